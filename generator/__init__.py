@@ -1,0 +1,1 @@
+"""Pure ML: models, pipelines, training, encoding, metrics. Imports no Django."""

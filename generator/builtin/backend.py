@@ -1,0 +1,73 @@
+"""The built-in model behind the common backend interface (the service's default model)."""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import numpy as np
+import torch
+from PIL import Image
+
+from generator.builtin.sample import BuiltinPipeline, to_uint8_frames
+from generator.interface import (Backend, CancelCheck, GenerationRequest, GenerationResult, ModelInfo,
+                                 ProgressCallback)
+from generator.postprocess import resize_frames
+
+WEIGHTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights", "builtin")
+NATIVE_SHORT_SIDE = 64
+NATIVE_MAX_SIDE = 128
+
+INFO = ModelInfo(
+    name="builtin",
+    description="Built-in shapes model trained by this project (CPU, offline): coloured circles, "
+                "squares and triangles moving left/right/up/down. Native 64x64, upscaled.",
+    native_size=(NATIVE_SHORT_SIDE, NATIVE_SHORT_SIDE),
+    default_frames=16, min_frames=8, max_frames=32,
+    default_width=256, default_height=256, size_multiple=16, min_size=64, max_size=512,
+    default_steps=20, max_steps=100, default_guidance=4.0, default_fps=8.0,
+)
+
+
+def native_size(height: int, width: int) -> tuple:
+    """Short side 64, long side in proportion (multiple of 16, at most 128): the canvas the U-Net fills."""
+    short, long = sorted((height, width))
+    long_native = min(NATIVE_MAX_SIDE, max(NATIVE_SHORT_SIDE, round(NATIVE_SHORT_SIDE * long / short / 16) * 16))
+    return (NATIVE_SHORT_SIDE, long_native) if height <= width else (long_native, NATIVE_SHORT_SIDE)
+
+
+def image_to_tensor(image: np.ndarray, size: tuple) -> torch.Tensor:
+    """H x W x 3 uint8 -> 3 x 1 x h x w in [-1, 1] at the native size."""
+    resized = np.asarray(Image.fromarray(image).convert("RGB").resize((size[1], size[0]), Image.Resampling.BICUBIC))
+    return torch.from_numpy(resized.copy()).permute(2, 0, 1).float().div(127.5).sub(1.0).unsqueeze(1)
+
+
+class BuiltinBackend(Backend):
+    def __init__(self, path: Optional[str] = None, info: ModelInfo = INFO):
+        super().__init__(info)
+        self.path = path or os.environ.get("BUILTIN_MODEL_PATH") or WEIGHTS
+        self.pipe: Optional[BuiltinPipeline] = None
+
+    def load(self) -> None:
+        self.pipe = BuiltinPipeline.from_pretrained(self.path)
+
+    def unload(self) -> None:
+        self.pipe = None
+
+    def generate(self, request: GenerationRequest, progress: Optional[ProgressCallback] = None,
+                 should_cancel: Optional[CancelCheck] = None) -> GenerationResult:
+        if self.pipe is None:
+            self.load()
+        req = self.fill_defaults(request)
+        size = native_size(req.height, req.width)
+        start = None if req.image is None else image_to_tensor(req.image, size)
+
+        def on_step(step, total, estimate):
+            if progress is not None:
+                progress(step, total, to_uint8_frames(estimate))
+
+        video = self.pipe(req.prompt, num_frames=req.num_frames, height=size[0], width=size[1],
+                          steps=req.steps, guidance_scale=req.guidance_scale,
+                          generator=torch.Generator().manual_seed(req.seed), start_frames=start,
+                          callback=on_step, should_cancel=should_cancel)
+        frames = resize_frames(to_uint8_frames(video), (req.height, req.width))
+        return GenerationResult(frames=frames, fps=req.fps, seed=req.seed, native_size=size)

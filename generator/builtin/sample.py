@@ -1,0 +1,93 @@
+"""Sampling from the built-in model: a small diffusers-style pipeline.
+
+A pipeline folder holds `unet/` (VideoUNet config + weights) and `scheduler/` (the DDPM
+training schedule); `from_pretrained` loads both from disk, the text encoder comes from
+the installed all-MiniLM-L6-v2 package. Sampling runs DPM-Solver++ (default) or DDIM
+from diffusers over that schedule, with classifier-free guidance.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+
+from generator.builtin.model import VideoUNet
+from generator.interface import Cancelled
+
+SAMPLERS = {
+    "dpm++": lambda config: DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++"),
+    "ddim": lambda config: DDIMScheduler.from_config(config),
+}
+
+
+def training_scheduler() -> DDPMScheduler:
+    """The reference design's schedule: linear betas 1e-4..0.02 over 1000 steps, eps prediction."""
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4,
+                         beta_end=0.02, prediction_type="epsilon", clip_sample=False)
+
+
+class BuiltinPipeline:
+    def __init__(self, unet: VideoUNet, scheduler: DDPMScheduler, text_encoder=None):
+        self.unet, self.scheduler, self.text_encoder = unet.eval(), scheduler, text_encoder
+
+    @classmethod
+    def from_pretrained(cls, path: str, text_encoder=None) -> "BuiltinPipeline":
+        from generator.builtin.text import shared_text_encoder
+
+        unet = VideoUNet.from_pretrained(os.path.join(path, "unet"))
+        scheduler = DDPMScheduler.from_pretrained(os.path.join(path, "scheduler"))
+        return cls(unet, scheduler, text_encoder or shared_text_encoder())
+
+    def save_pretrained(self, path: str) -> None:
+        self.unet.save_pretrained(os.path.join(path, "unet"))
+        self.scheduler.save_pretrained(os.path.join(path, "scheduler"))
+
+    @torch.no_grad()
+    def __call__(self, prompt: str, num_frames: int = 16, height: int = 64, width: int = 64,
+                 steps: int = 20, guidance_scale: float = 4.0, generator: Optional[torch.Generator] = None,
+                 start_frames: Optional[torch.Tensor] = None, sampler: str = "dpm++",
+                 callback: Optional[Callable[[int, int, torch.Tensor], None]] = None,
+                 should_cancel: Optional[Callable[[], bool]] = None) -> torch.Tensor:
+        """Returns the video as 3 x T x H x W in [-1, 1].
+
+        `start_frames` (3 x k x H x W in [-1, 1]) are the first k frames to continue from
+        (image-to-video with k = 1, extension of a previous clip with k > 1).
+        `callback(step, total, x0_estimate)` runs after every step.
+        """
+        states, mask, pooled = self.text_encoder([prompt, ""])
+        shape = (1, 3, num_frames, height, width)
+        cond_video = torch.zeros(shape)
+        cond_mask = torch.zeros(1, 1, num_frames, 1, 1)
+        if start_frames is not None:
+            k = min(start_frames.shape[1], num_frames)
+            cond_video[0, :, :k] = start_frames[:, :k]
+            cond_mask[:, :, :k] = 1.0
+        scheduler = SAMPLERS[sampler](self.scheduler.config)
+        scheduler.set_timesteps(steps)
+        alphas = self.scheduler.alphas_cumprod
+        latents = torch.randn(shape, generator=generator)
+        guided = guidance_scale != 1.0
+        total = len(scheduler.timesteps)
+        for i, t in enumerate(scheduler.timesteps):
+            if should_cancel is not None and should_cancel():
+                raise Cancelled()
+            if guided:
+                both = self.unet(latents.expand(2, -1, -1, -1, -1), t.view(1), states, mask, pooled,
+                                 cond_video.expand(2, -1, -1, -1, -1), cond_mask.expand(2, -1, -1, -1, -1))
+                eps_text, eps_free = both.chunk(2)
+                eps = eps_free + guidance_scale * (eps_text - eps_free)
+            else:
+                eps = self.unet(latents, t.view(1), states[:1], mask[:1], pooled[:1], cond_video, cond_mask)
+            if callback is not None:
+                a = alphas[t]
+                callback(i + 1, total, ((latents - (1 - a).sqrt() * eps) / a.sqrt()).clamp(-1, 1)[0])
+            latents = scheduler.step(eps, t, latents).prev_sample
+        return latents[0].clamp(-1, 1)
+
+
+def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
+    """3 x T x H x W in [-1, 1] -> T x H x W x 3 uint8."""
+    return ((video.permute(1, 2, 3, 0) + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()

@@ -1,0 +1,204 @@
+"""Train the built-in text-to-video model from scratch.
+
+    python -m generator.builtin.train --out runs/builtin --steps 6000
+    python -m generator.builtin.train --out runs/builtin --steps 8000 --resume   # go on
+    python -m generator.builtin.train --data path/to/videos --out runs/mine        # real clips
+
+Synthetic clips by default; `--data DIR` trains on a folder of videos (each `name.mp4`
+captioned by `name.txt` beside it, else by its file name). DDPM training: a random
+timestep per sample, x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps, MSE on the predicted eps;
+10% of captions are dropped (classifier-free guidance) and half the clips are given
+their first frame(s) (image-to-video). Writes `checkpoint.pt` (resumable), `pipeline/`
+(EMA weights via save_pretrained) and `loss.png` every `--ckpt-every` steps.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import random
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+from tqdm import tqdm
+
+from generator.builtin import world
+from generator.builtin.model import VideoUNet
+from generator.builtin.sample import BuiltinPipeline, training_scheduler
+from generator.builtin.text import shared_text_encoder
+
+CAPTION_DROP = 0.1
+
+
+class SyntheticClips:
+    def __init__(self, num_frames: int, size: int, seed: int):
+        self.num_frames, self.size, self.rng = num_frames, size, random.Random(seed)
+
+    def batch(self, batch_size: int) -> tuple:
+        scenes = [world.sample_scene(self.rng, self.num_frames) for _ in range(batch_size)]
+        captions = [world.caption(s, self.rng) for s in scenes]
+        return world.render(scenes, self.num_frames, self.size), captions
+
+
+class VideoFolderClips:
+    """Clips cut from a folder of videos, decoded with PyAV, resized and scaled to [-1, 1]."""
+
+    def __init__(self, folder: str, num_frames: int, size: int, seed: int):
+        from generator.encode import decode_video
+
+        self.rng = random.Random(seed)
+        self.num_frames, self.items = num_frames, []
+        for name in sorted(os.listdir(folder)):
+            stem, ext = os.path.splitext(name)
+            if ext.lower() not in {".mp4", ".webm", ".mov", ".mkv", ".avi"}:
+                continue
+            frames, _ = decode_video(os.path.join(folder, name), size=(size, size))
+            if len(frames) < num_frames:
+                continue
+            text_file = os.path.join(folder, stem + ".txt")
+            caption = open(text_file).read().strip() if os.path.exists(text_file) else stem.replace("_", " ")
+            video = torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 127.5 - 1.0  # C, T, H, W
+            self.items.append((video, caption))
+        if not self.items:
+            raise SystemExit(f"no videos of at least {num_frames} frames in {folder}")
+
+    def batch(self, batch_size: int) -> tuple:
+        clips, captions = [], []
+        for _ in range(batch_size):
+            video, caption = self.rng.choice(self.items)
+            start = self.rng.randrange(video.shape[1] - self.num_frames + 1)
+            clips.append(video[:, start:start + self.num_frames])
+            captions.append(caption)
+        return torch.stack(clips), captions
+
+
+def conditioning(clips: torch.Tensor, rng: random.Random) -> tuple:
+    """Half the clips get no frames, 30% their first frame, 20% their first 2-6 frames."""
+    b, _, t = clips.shape[:3]
+    mask = torch.zeros(b, 1, t, 1, 1)
+    for i in range(b):
+        r = rng.random()
+        given = 0 if r < 0.5 else 1 if r < 0.8 else rng.randint(2, min(6, t - 1))
+        mask[i, :, :given] = 1.0
+    return clips * mask, mask
+
+
+def save_loss_curve(losses: list, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = np.arange(1, len(losses) + 1)
+    window = max(1, len(losses) // 100)
+    smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, losses, alpha=0.25, label="loss")
+    ax.plot(steps[window - 1:], smooth, label=f"mean of {window}")
+    ax.set(xlabel="step", ylabel="MSE on noise", yscale="log", title="built-in model training")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def train(args) -> dict:
+    torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    os.makedirs(args.out, exist_ok=True)
+    data = (VideoFolderClips(args.data, args.frames, args.size, args.seed) if args.data
+            else SyntheticClips(args.frames, args.size, args.seed))
+    text = shared_text_encoder()
+    scheduler: DDPMScheduler = training_scheduler()
+    alphas = scheduler.alphas_cumprod
+    model = VideoUNet(channels=tuple(args.channels))
+    ema = copy.deepcopy(model).requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    state = {"step": 0, "losses": [], "seconds": 0.0}
+    checkpoint_path = os.path.join(args.out, "checkpoint.pt")
+    if args.resume and os.path.exists(checkpoint_path):
+        saved = torch.load(checkpoint_path, weights_only=False)
+        model = VideoUNet.from_config(saved["config"])
+        model.load_state_dict(saved["model"])
+        ema = copy.deepcopy(model).requires_grad_(False)
+        ema.load_state_dict(saved["ema"])
+        optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+        optimizer.load_state_dict(saved["optimizer"])
+        state = saved["state"]
+        data.rng.setstate(saved["data_rng"])
+        print(f"resumed at step {state['step']}")
+    rng = random.Random(args.seed + state["step"])
+
+    def save():
+        torch.save({"config": dict(model.config), "model": model.state_dict(), "ema": ema.state_dict(),
+                    "optimizer": optimizer.state_dict(), "state": state, "data_rng": data.rng.getstate()},
+                   checkpoint_path + ".tmp")
+        os.replace(checkpoint_path + ".tmp", checkpoint_path)
+        BuiltinPipeline(ema, training_scheduler(), text).save_pretrained(os.path.join(args.out, "pipeline"))
+        save_loss_curve(state["losses"], os.path.join(args.out, "loss.png"))
+        with open(os.path.join(args.out, "training.json"), "w") as fh:
+            json.dump({k: v for k, v in state.items() if k != "losses"} | {"args": vars(args)}, fh, indent=1)
+
+    model.train()
+    bar = tqdm(total=args.steps, initial=state["step"], desc="training", unit="step")
+    while state["step"] < args.steps:
+        started = time.time()
+        clips, captions = data.batch(args.batch)
+        captions = ["" if rng.random() < CAPTION_DROP else c for c in captions]
+        states, mask, pooled = text(captions)
+        cond_video, cond_mask = conditioning(clips, rng)
+        noise = torch.randn_like(clips)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (clips.shape[0],))
+        a = alphas[t].view(-1, 1, 1, 1, 1)
+        noisy = a.sqrt() * clips + (1 - a).sqrt() * noise
+        predicted = model(noisy, t, states, mask, pooled, cond_video, cond_mask)
+        # frames given as conditioning still count: the model must keep them unchanged
+        loss = F.mse_loss(predicted, noise)
+        lr = args.lr * min(1.0, (state["step"] + 1) / args.warmup)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        decay = min(args.ema, (1 + state["step"]) / (10 + state["step"]))
+        with torch.no_grad():
+            for e, p in zip(ema.parameters(), model.parameters()):
+                e.lerp_(p, 1 - decay)
+        state["step"] += 1
+        state["losses"].append(loss.item())
+        state["seconds"] += time.time() - started
+        bar.update(1)
+        bar.set_postfix(loss=f"{np.mean(state['losses'][-50:]):.4f}", lr=f"{lr:.1e}")
+        if state["step"] % args.ckpt_every == 0 or state["step"] == args.steps:
+            save()
+    bar.close()
+    return state
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="runs/builtin", help="output folder (checkpoint, pipeline/, loss.png)")
+    parser.add_argument("--data", help="folder of videos; synthetic shapes when omitted")
+    parser.add_argument("--steps", type=int, default=6000)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--channels", type=int, nargs=3, default=[64, 128, 256])
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--ema", type=float, default=0.999)
+    parser.add_argument("--ckpt-every", type=int, default=250)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--resume", action="store_true")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    train(parse_args())

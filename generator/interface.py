@@ -1,0 +1,179 @@
+"""The contract every video backend honours, and the registry that names them.
+
+A backend turns a `GenerationRequest` into a `GenerationResult` (uint8 frames,
+T x H x W x 3, plus fps). While it runs it reports each denoising step through a
+`progress` callback and asks `should_cancel` between steps; returning True there
+makes the backend raise `Cancelled`. Nothing here imports Django.
+"""
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+
+# step (1-based), total steps, preview frames (t x h x w x 3 uint8) or None
+ProgressCallback = Callable[[int, int, Optional[np.ndarray]], None]
+CancelCheck = Callable[[], bool]
+
+
+class Cancelled(Exception):
+    """Raised by a backend when `should_cancel` returned True between steps."""
+
+
+class GenerationError(Exception):
+    """A failure with a message fit to show the user (bad start image, out of memory...)."""
+
+
+@dataclass
+class GenerationRequest:
+    prompt: str
+    num_frames: Optional[int] = None
+    width: Optional[int] = None
+    height: Optional[int] = None
+    steps: Optional[int] = None
+    guidance_scale: Optional[float] = None
+    seed: Optional[int] = None
+    fps: Optional[float] = None
+    image: Optional[np.ndarray] = None  # start frame, H x W x 3 uint8 (image-to-video)
+
+
+@dataclass
+class GenerationResult:
+    frames: np.ndarray  # T x H x W x 3 uint8
+    fps: float
+    seed: int
+    native_size: tuple  # (height, width) the model generated before upscaling
+
+
+@dataclass
+class ModelInfo:
+    """What a model accepts; the service validates requests against this."""
+
+    name: str
+    description: str
+    supports_image: bool = True
+    native_size: tuple = (64, 64)  # (height, width) the network generates
+    default_frames: int = 16
+    min_frames: int = 8
+    max_frames: int = 32
+    frame_multiple: int = 1  # num_frames = frame_multiple * k + frame_offset
+    frame_offset: int = 0
+    default_width: int = 256
+    default_height: int = 256
+    size_multiple: int = 16
+    min_size: int = 64
+    max_size: int = 512
+    default_steps: int = 20
+    max_steps: int = 100
+    default_guidance: float = 4.0
+    max_guidance: float = 20.0
+    default_fps: float = 8.0
+    extra: dict = field(default_factory=dict)
+
+    def frame_rule(self) -> str:
+        if self.frame_multiple == 1:
+            return f"{self.min_frames}..{self.max_frames}"
+        return f"{self.frame_multiple}k+{self.frame_offset}, {self.min_frames}..{self.max_frames}"
+
+    def problems(self, num_frames: int, width: int, height: int, steps: int, guidance: float) -> list:
+        """Human-readable reasons this model cannot honour the numbers (empty when fine)."""
+        out = []
+        if not self.min_frames <= num_frames <= self.max_frames or (
+            (num_frames - self.frame_offset) % self.frame_multiple
+        ):
+            out.append(("num_frames", f"num_frames must be {self.frame_rule()} for model {self.name}"))
+        for label, value in (("width", width), ("height", height)):
+            if not self.min_size <= value <= self.max_size or value % self.size_multiple:
+                out.append((label, f"{label} must be a multiple of {self.size_multiple} "
+                                   f"between {self.min_size} and {self.max_size} for model {self.name}"))
+        if not 1 <= steps <= self.max_steps:
+            out.append(("steps", f"steps must be between 1 and {self.max_steps}"))
+        if not 0.0 <= guidance <= self.max_guidance:
+            out.append(("guidance_scale", f"guidance_scale must be between 0 and {self.max_guidance}"))
+        return out
+
+    def as_dict(self) -> dict:
+        data = asdict(self)
+        data["frame_rule"] = self.frame_rule()
+        return data
+
+
+class Backend(ABC):
+    """One loaded model. `load` is called lazily before the first `generate`."""
+
+    info: ModelInfo
+
+    def __init__(self, info: ModelInfo):
+        self.info = info
+
+    @abstractmethod
+    def load(self) -> None: ...
+
+    @abstractmethod
+    def generate(self, request: GenerationRequest, progress: Optional[ProgressCallback] = None,
+                 should_cancel: Optional[CancelCheck] = None) -> GenerationResult: ...
+
+    def unload(self) -> None:
+        """Free memory held by the model (called before another model is loaded)."""
+
+    def fill_defaults(self, request: GenerationRequest) -> GenerationRequest:
+        info = self.info
+        return GenerationRequest(
+            prompt=request.prompt,
+            num_frames=request.num_frames or info.default_frames,
+            width=request.width or info.default_width,
+            height=request.height or info.default_height,
+            steps=request.steps or info.default_steps,
+            guidance_scale=info.default_guidance if request.guidance_scale is None else request.guidance_scale,
+            seed=request.seed if request.seed is not None else int(np.random.SeedSequence().entropy % (2**31)),
+            fps=request.fps or info.default_fps,
+            image=request.image,
+        )
+
+
+# ---------------------------------------------------------------- registry
+BackendFactory = Callable[[], Backend]
+_factories: dict = {}
+_infos: dict = {}
+_resident: dict = {}  # at most one loaded backend per process
+_lock = threading.Lock()
+DEFAULT_MODEL = "builtin"
+
+
+def register(info: ModelInfo, factory: BackendFactory) -> None:
+    _factories[info.name] = factory
+    _infos[info.name] = info
+
+
+def _ensure_registered() -> None:
+    if DEFAULT_MODEL not in _factories:
+        from generator import registry_setup  # noqa: F401  (registers the backends)
+
+
+def list_models() -> list:
+    _ensure_registered()
+    return list(_infos.values())
+
+
+def get_info(name: str) -> Optional[ModelInfo]:
+    _ensure_registered()
+    return _infos.get(name)
+
+
+def get_backend(name: str = DEFAULT_MODEL) -> Backend:
+    """The loaded backend for `name`; loading a different model frees the resident one first."""
+    _ensure_registered()
+    if name not in _factories:
+        raise KeyError(f"unknown model {name!r}; known: {', '.join(sorted(_factories))}")
+    with _lock:
+        if name in _resident:
+            return _resident[name]
+        for old in list(_resident):
+            _resident.pop(old).unload()
+        backend = _factories[name]()
+        backend.load()
+        _resident[name] = backend
+        return backend

@@ -17,9 +17,14 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from generator.builtin.model import VideoUNet
 from generator.interface import Cancelled
 
+# `timestep_spacing` is explicit: a scheduler built in memory carries `_use_default_values`,
+# so `from_config` would take the sampler's own default ("linspace" for DPM-Solver) while the
+# same scheduler reloaded from disk passes DDPM's "leading" -- the exported pipeline then
+# sampled differently from the in-memory model. "trailing" starts at t=999 (pure noise).
 SAMPLERS = {
-    "dpm++": lambda config: DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++"),
-    "ddim": lambda config: DDIMScheduler.from_config(config),
+    "dpm++": lambda config: DPMSolverMultistepScheduler.from_config(
+        config, algorithm_type="dpmsolver++", timestep_spacing="trailing"),
+    "ddim": lambda config: DDIMScheduler.from_config(config, timestep_spacing="trailing"),
 }
 
 

@@ -1,0 +1,77 @@
+"""`python manage.py generate`: a real subprocess, the way an operator runs it."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+MANAGE = ROOT / "manage.py"
+
+
+def _settings_module() -> str:
+    match = re.search(r"DJANGO_SETTINGS_MODULE['\"]\s*,\s*['\"]([\w.]+)['\"]", MANAGE.read_text())
+    assert match, "manage.py does not set DJANGO_SETTINGS_MODULE"
+    return match.group(1)
+
+
+def _generate(*args, timeout=240):
+    env = dict(os.environ, DJANGO_SETTINGS_MODULE=_settings_module(), PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, str(MANAGE), "generate", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _decode(path):
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate)
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+    return np.stack(frames), fps
+
+
+def test_generate_writes_a_playable_mp4(tmp_path):
+    out = tmp_path / "clip.mp4"
+    done = _generate("a blue triangle moving to the right", "--steps", "2", "--frames", "8",
+                     "--width", "64", "--height", "64", "--seed", "5", "--fps", "10", "--output", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    frames, fps = _decode(out)
+    assert frames.shape == (8, 64, 64, 3)
+    assert fps == pytest.approx(10)
+    assert str(out) in done.stdout and "seed 5" in done.stdout and "frames 8" in done.stdout
+    assert "denoising" in done.stderr  # the progress bar
+
+
+def test_generate_webm_with_a_start_image(tmp_path):
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[20:40, 8:28] = (30, 220, 40)
+    Image.fromarray(image).save(tmp_path / "start.png")
+    out = tmp_path / "clip.webm"
+    done = _generate("a green square moving right", "--steps", "2", "--frames", "8", "--width", "96",
+                     "--height", "64", "--image", str(tmp_path / "start.png"), "--output", str(out),
+                     "--verbosity", "0")
+    assert done.returncode == 0, done.stderr[-3000:]
+    frames, _ = _decode(out)
+    assert frames.shape == (8, 64, 96, 3)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--width", "65"], "--width: width must be a multiple of 16"),
+    (["--frames", "3"], "--frames: num_frames must be"),
+    (["--steps", "0"], "--steps: steps must be between"),
+    (["--model", "no-such-model"], "unknown model 'no-such-model'"),
+    (["--image", "/nonexistent/start.png"], "--image: no such file"),
+])
+def test_generate_rejects_bad_arguments(tmp_path, args, message):
+    out = tmp_path / "never.mp4"
+    done = _generate("a red circle moving left", "--steps", "2", "--frames", "8", *args, "--output", str(out),
+                     timeout=120)
+    assert done.returncode != 0
+    assert message in done.stderr, done.stderr[-2000:]
+    assert not out.exists()

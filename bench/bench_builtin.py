@@ -1,0 +1,254 @@
+"""Benchmark of the built-in model and of video encoding on this machine.
+
+    python bench/bench_builtin.py [--clips N] [--threads T]
+
+Prints markdown tables:
+  * seconds per clip at default settings (p50 over N clips, after one warm-up clip),
+    seconds per denoising step, FLOPs per U-Net forward (classifier-free guidance: batch 2)
+    counted with torch.utils.flop_counter.FlopCounterMode, the machine's measured float32
+    matmul rate, and how far a step is from that floor;
+  * PyAV (`generator.encode.encode_video`) against `diffusers.utils.export_to_video`
+    (imageio-ffmpeg) for the same frames: the default clip and a synthetic 768x512x121 one.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import struct
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_flop_count  # noqa: E402
+
+PROMPT = "a red circle moving to the left"
+
+
+def _count_cpu_attention() -> None:
+    """FlopCounterMode knows the CUDA SDPA kernels only; count the CPU one the same way."""
+    aten = torch.ops.aten
+    for name in ("_scaled_dot_product_flash_attention_for_cpu",):
+        op = getattr(aten, name, None)
+        if op is None:
+            continue
+        try:
+            register_flop_formula(op)(lambda q, k, v, *args, out_shape=None, **kw: sdpa_flop_count(q, k, v))
+        except RuntimeError:  # already registered by a newer torch
+            pass
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def matmul_rate(n: int = 1024, repeats: int = 8) -> float:
+    """float32 FLOP/s of an n^3 matmul (best of `repeats`, after a warm-up)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - started)
+    return 2 * n**3 / min(times)
+
+
+def unet_inputs(pipe, frames: int, height: int, width: int):
+    states, mask, pooled = pipe.text_encoder([PROMPT, ""])
+    sample = torch.randn(2, 3, frames, height, width)
+    cond = torch.zeros_like(sample)
+    cond_mask = torch.zeros(2, 1, frames, 1, 1)
+    return sample, torch.tensor([500]), states, mask, pooled, cond, cond_mask
+
+
+@torch.no_grad()
+def unet_flops(pipe, inputs) -> int:
+    with FlopCounterMode(display=False) as counter:
+        pipe.unet(*inputs)
+    return counter.get_total_flops()
+
+
+@torch.no_grad()
+def unet_forward_seconds(pipe, inputs, repeats: int = 5) -> float:
+    pipe.unet(*inputs)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        pipe.unet(*inputs)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def bench_model(clips: int) -> dict:
+    from generator.builtin.backend import BuiltinBackend
+    from generator.interface import GenerationRequest
+
+    backend = BuiltinBackend()
+    started = time.perf_counter()
+    backend.load()
+    load_s = time.perf_counter() - started
+    info = backend.info
+    request = dict(prompt=PROMPT)  # everything else: the model's defaults
+
+    backend.generate(GenerationRequest(seed=999, **request))  # warm-up (allocator, caches)
+    clip_times, step_times, result = [], [], None
+    for i in range(clips):
+        marks = []
+        started = time.perf_counter()
+        result = backend.generate(GenerationRequest(seed=i, **request),
+                                  progress=lambda step, total, _p: marks.append(time.perf_counter()))
+        clip_times.append(time.perf_counter() - started)
+        step_times += list(np.diff([started] + marks)[1:])  # the first interval also holds text encoding
+    native_h, native_w = result.native_size
+    inputs = unet_inputs(backend.pipe, info.default_frames, native_h, native_w)
+    return {
+        "backend": backend, "result": result, "load_s": load_s,
+        "clip_s": statistics.median(clip_times), "clip_all": clip_times,
+        "step_s": statistics.median(step_times),
+        "forward_s": unet_forward_seconds(backend.pipe, inputs),
+        "flops": unet_flops(backend.pipe, inputs),
+        "params": sum(p.numel() for p in backend.pipe.unet.parameters()),
+        "info": info,
+    }
+
+
+# ------------------------------------------------------------------ encoding
+def moov_before_mdat(path: str) -> bool:
+    with open(path, "rb") as fh:
+        data = fh.read()
+    offset, boxes = 0, []
+    while offset + 8 <= len(data):
+        size, kind = struct.unpack(">I4s", data[offset:offset + 8])
+        if size == 1:
+            size = struct.unpack(">Q", data[offset + 8:offset + 16])[0]
+        elif size == 0:
+            size = len(data) - offset
+        boxes.append(kind)
+        offset += max(size, 8)
+    return b"moov" in boxes and b"mdat" in boxes and boxes.index(b"moov") < boxes.index(b"mdat")
+
+
+def synthetic_frames(num_frames: int, height: int, width: int) -> np.ndarray:
+    """Moving gradients and a moving square: enough texture and motion to make the encoder work."""
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    out = np.empty((num_frames, height, width, 3), np.uint8)
+    for t in range(num_frames):
+        r = 128 + 100 * np.sin((xs + 4 * t) / 37.0)
+        g = 128 + 100 * np.cos((ys - 3 * t) / 29.0)
+        b = 128 + 60 * np.sin((xs + ys + 5 * t) / 53.0)
+        frame = np.stack([r, g, b], -1)
+        x0, y0 = (20 + 5 * t) % (width - 80), (30 + 2 * t) % (height - 80)
+        frame[y0:y0 + 80, x0:x0 + 80] = (250, 250, 40)
+        out[t] = frame.clip(0, 255)
+    return out
+
+
+def _median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def bench_encode(frames: np.ndarray, fps: float, repeats: int, folder: str) -> dict:
+    from diffusers.utils import export_to_video
+
+    from generator.encode import encode_video
+
+    pyav_path = os.path.join(folder, "pyav.mp4")
+    imageio_path = os.path.join(folder, "export_to_video.mp4")
+    float_frames = [f.astype(np.float32) / 255.0 for f in frames]  # what a diffusers pipeline returns
+    pyav_s = _median_time(lambda: encode_video(frames, fps, pyav_path), repeats)
+    imageio_s = _median_time(lambda: export_to_video(float_frames, imageio_path, fps=int(fps)), repeats)
+    return {"pyav_s": pyav_s, "imageio_s": imageio_s,
+            "pyav_bytes": os.path.getsize(pyav_path), "imageio_bytes": os.path.getsize(imageio_path),
+            "pyav_faststart": moov_before_mdat(pyav_path), "imageio_faststart": moov_before_mdat(imageio_path)}
+
+
+# ------------------------------------------------------------------ report
+def _si(value: float, unit: str) -> str:
+    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.2f} {prefix}{unit}"
+    return f"{value:.0f} {unit}"
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clips", type=int, default=5, help="clips to time (p50 is reported)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--skip-encode", action="store_true", help="only the model benchmark")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    _count_cpu_attention()
+
+    import diffusers
+
+    print(f"# built-in model benchmark\n\n{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads), diffusers {diffusers.__version__}, "
+          f"load average {os.getloadavg()[0]:.2f}\n", flush=True)
+
+    rate = matmul_rate()
+    m = bench_model(args.clips)
+    info, result = m["info"], m["result"]
+    t, h, w = result.frames.shape[:3]
+    nh, nw = result.native_size
+    floor_s = m["flops"] / rate
+    rows = [
+        ("default request", f"{t} frames, {w}x{h} out (native {nw}x{nh}), {info.default_steps} steps, "
+                            f"guidance {info.default_guidance:g} (CFG batch 2)"),
+        ("U-Net parameters", f"{m['params'] / 1e6:.2f} M"),
+        ("model load (U-Net + text encoder)", f"{m['load_s']:.2f} s"),
+        (f"seconds per clip, p50 of {args.clips}", f"{m['clip_s']:.2f} s "
+                                                  f"(all: {', '.join(f'{x:.2f}' for x in m['clip_all'])})"),
+        ("seconds per denoising step, p50", f"{m['step_s'] * 1000:.1f} ms"),
+        ("U-Net forward alone (batch 2), p50", f"{m['forward_s'] * 1000:.1f} ms"),
+        ("FLOPs per U-Net forward (batch 2)", _si(m["flops"], "FLOP")),
+        ("float32 matmul rate (1024^3, best of 8)", _si(rate, "FLOP/s")),
+        ("floor: FLOPs / matmul rate", f"{floor_s * 1000:.1f} ms"),
+        ("step time / floor", f"{m['step_s'] / floor_s:.1f}x"),
+        ("U-Net achieved rate", _si(m["flops"] / m["forward_s"], "FLOP/s")),
+    ]
+    print("## Model\n\n| measure | value |\n|---|---|")
+    for name, value in rows:
+        print(f"| {name} | {value} |")
+    print(flush=True)
+
+    if args.skip_encode:
+        return
+    print("## Encoding: PyAV vs diffusers.utils.export_to_video\n")
+    print("PyAV: libx264 crf 18 preset veryfast, +faststart, frames streamed. export_to_video: imageio-ffmpeg "
+          "defaults (quality 5), float frames in [0, 1] as pipelines return them.\n")
+    print("| clip | PyAV s | export_to_video s | time ratio (export / PyAV) | PyAV size | export size "
+          "| size ratio | faststart PyAV / export |\n|---|---|---|---|---|---|---|---|")
+    cases = [(f"default clip {w}x{h}x{t}", result.frames, result.fps, 3),
+             ("synthetic 768x512x121", synthetic_frames(121, 512, 768), 24.0, 2)]
+    with tempfile.TemporaryDirectory() as folder:
+        for label, frames, fps, repeats in cases:
+            e = bench_encode(frames, fps, repeats, folder)
+            yes = lambda flag: "yes" if flag else "no"  # noqa: E731
+            print(f"| {label} | {e['pyav_s']:.3f} | {e['imageio_s']:.3f} | {e['imageio_s'] / e['pyav_s']:.2f} "
+                  f"| {e['pyav_bytes'] / 1024:.0f} KiB | {e['imageio_bytes'] / 1024:.0f} KiB "
+                  f"| {e['imageio_bytes'] / e['pyav_bytes']:.2f} "
+                  f"| {yes(e['pyav_faststart'])} / {yes(e['imageio_faststart'])} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

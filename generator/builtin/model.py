@@ -6,7 +6,7 @@ convolutions run at 16x16 and below. Each residual block has a 3x3 spatial conv,
 add temporal self-attention and cross-attention to the prompt's token states; the
 4x4 bottleneck attends over all of space-time. Optional image conditioning: a start
 frame (and a mask of which frames are given) is concatenated to the input, so one
-network does text-to-video and image-to-video. Predicts the noise (epsilon).
+network does text-to-video and image-to-video. Predicts the clean clip (x0).
 """
 from __future__ import annotations
 

@@ -6,7 +6,8 @@
 
 Synthetic clips by default; `--data DIR` trains on a folder of videos (each `name.mp4`
 captioned by `name.txt` beside it, else by its file name). DDPM training: a random
-timestep per sample, x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps, MSE on the predicted eps;
+timestep per sample, x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps, MSE on the predicted clean
+clip x0 (see `training_scheduler` for why x0 rather than eps);
 10% of captions are dropped (classifier-free guidance) and half the clips are given
 their first frame(s) (image-to-video). Writes `checkpoint.pt` (resumable), `pipeline/`
 (EMA weights via save_pretrained) and `loss.png` every `--ckpt-every` steps.
@@ -158,7 +159,7 @@ def train(args) -> dict:
         noisy = a.sqrt() * clips + (1 - a).sqrt() * noise
         predicted = model(noisy, t, states, mask, pooled, cond_video, cond_mask)
         # frames given as conditioning still count: the model must keep them unchanged
-        loss = F.mse_loss(predicted, noise)
+        loss = F.mse_loss(predicted, clips)
         lr = args.lr * min(1.0, (state["step"] + 1) / args.warmup)
         for group in optimizer.param_groups:
             group["lr"] = lr

@@ -1,0 +1,677 @@
+/* Web UI for the video generation service: vanilla JS, no build step.
+ *
+ * Talks to the websocket lobby (/ws/lobby/, protocol in docs/protocol.md) for submitting, live
+ * progress and completions, and to the HTTP API for models, history and fallbacks.
+ */
+(function () {
+  "use strict";
+
+  const $ = (sel, root) => (root || document).querySelector(sel);
+  const TERMINAL = new Set(["succeeded", "failed", "cancelled", "error"]);
+  const MAX_BACKOFF_MS = 10000;
+  const PING_EVERY_MS = 25000;
+
+  const els = {
+    conn: $("#conn-status"),
+    connText: $("#conn-status .conn-text"),
+    flash: $("#flash"),
+    form: $("#generate-form"),
+    prompt: $("#prompt"),
+    model: $("#model"),
+    modelHint: $("#model-hint"),
+    frames: $("#num_frames"),
+    width: $("#width"),
+    height: $("#height"),
+    steps: $("#steps"),
+    guidance: $("#guidance_scale"),
+    seed: $("#seed"),
+    fps: $("#fps"),
+    image: $("#image"),
+    imageClear: $("#image-clear"),
+    imagePreview: $("#image-preview"),
+    private: $("#private"),
+    submit: $("#submit"),
+    queue: $("#queue"),
+    queueEmpty: $("#queue-empty"),
+    queueClear: $("#queue-clear"),
+    gallery: $("#gallery"),
+    galleryEmpty: $("#gallery-empty"),
+    galleryRefresh: $("#gallery-refresh"),
+    template: $("#job-template"),
+  };
+
+  const state = {
+    ws: null,
+    attempt: 0,
+    reconnectTimer: null,
+    pingTimer: null,
+    models: {},
+    imageB64: null,
+    jobs: new Map(),      // job_id -> card element
+    pending: new Map(),   // request_id -> card element (sent, not yet queued)
+    objectUrls: new Map(), // card -> blob URL (revoked when the card goes)
+  };
+
+  // ---------------------------------------------------------------- helpers
+
+  function csrfToken() {
+    const input = document.querySelector("input[name=csrfmiddlewaretoken]");
+    if (input && input.value) return input.value;
+    const m = document.cookie.match(/(?:^|;\s*)csrftoken=([^;]+)/);
+    return m ? decodeURIComponent(m[1]) : "";
+  }
+
+  async function api(method, url, body) {
+    const opts = { method, headers: { Accept: "application/json" }, credentials: "same-origin" };
+    if (body !== undefined) {
+      opts.headers["Content-Type"] = "application/json";
+      opts.headers["X-CSRFToken"] = csrfToken();
+      opts.body = JSON.stringify(body);
+    }
+    const resp = await fetch(url, opts);
+    let data = null;
+    try { data = await resp.json(); } catch (e) { /* not JSON */ }
+    if (!resp.ok) {
+      const msg = (data && (data.message || data.error || data.detail)) || resp.status + " " + resp.statusText;
+      const err = new Error(typeof msg === "string" ? msg : JSON.stringify(msg));
+      err.data = data;
+      throw err;
+    }
+    return data;
+  }
+
+  function listFrom(data, key) {
+    if (Array.isArray(data)) return data;
+    if (data && Array.isArray(data[key])) return data[key];
+    if (data && Array.isArray(data.results)) return data.results;
+    return [];
+  }
+
+  let flashTimer = null;
+  function flash(message, kind) {
+    els.flash.textContent = message;
+    els.flash.className = "flash" + (kind === "info" ? " info" : "");
+    els.flash.hidden = false;
+    clearTimeout(flashTimer);
+    flashTimer = setTimeout(() => { els.flash.hidden = true; }, 8000);
+  }
+
+  function newRequestId() {
+    if (window.crypto && crypto.randomUUID) return crypto.randomUUID();
+    return "r" + Date.now().toString(36) + Math.random().toString(36).slice(2);
+  }
+
+  /** A preview may arrive as a data: URL or as bare base64; sniff the image type from the bytes. */
+  function imageSrc(preview) {
+    if (!preview || typeof preview !== "string") return null;
+    if (preview.startsWith("data:")) return preview;
+    let mime = "image/jpeg";
+    if (preview.startsWith("UklGR")) mime = "image/webp";
+    else if (preview.startsWith("iVBOR")) mime = "image/png";
+    else if (preview.startsWith("R0lGOD")) mime = "image/gif";
+    return "data:" + mime + ";base64," + preview;
+  }
+
+  function base64ToBlob(b64, mime) {
+    const comma = b64.indexOf(",");
+    if (b64.startsWith("data:") && comma > 0) {
+      mime = b64.slice(5, b64.indexOf(";")) || mime;
+      b64 = b64.slice(comma + 1);
+    }
+    const bin = atob(b64);
+    const bytes = new Uint8Array(bin.length);
+    for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+    return new Blob([bytes], { type: mime || "video/mp4" });
+  }
+
+  function formatEta(seconds) {
+    if (seconds === null || seconds === undefined || !isFinite(seconds)) return "";
+    const s = Math.max(0, Math.round(seconds));
+    if (s < 60) return "ETA " + s + " s";
+    return "ETA " + Math.floor(s / 60) + " min " + String(s % 60).padStart(2, "0") + " s";
+  }
+
+  function describeParams(p) {
+    if (!p) return "";
+    const bits = [];
+    if (p.model) bits.push(p.model);
+    if (p.width && p.height) bits.push(p.width + "\u00d7" + p.height);
+    if (p.num_frames) bits.push(p.num_frames + " frames");
+    if (p.steps) bits.push(p.steps + " steps");
+    if (p.seed !== undefined && p.seed !== null && p.seed !== "") bits.push("seed " + p.seed);
+    if (p.private) bits.push("private");
+    return bits.join(" \u00b7 ");
+  }
+
+  function numOrNull(input) {
+    const v = input.value.trim();
+    if (v === "") return null;
+    const n = Number(v);
+    return Number.isFinite(n) ? n : null;
+  }
+
+  // ---------------------------------------------------------------- models
+
+  async function loadModels() {
+    try {
+      const models = listFrom(await api("GET", "/api/models"), "models");
+      els.model.innerHTML = "";
+      for (const m of models) {
+        state.models[m.name] = m;
+        const opt = document.createElement("option");
+        opt.value = m.name;
+        opt.textContent = m.name;
+        opt.title = m.description || "";
+        els.model.appendChild(opt);
+      }
+      if (!models.length) els.model.innerHTML = '<option value="">no models</option>';
+      applyModel(true);
+    } catch (e) {
+      els.model.innerHTML = '<option value="">(default)</option>';
+      flash("Could not load models: " + e.message);
+    }
+  }
+
+  function setBounds(input, min, max, step) {
+    if (min !== undefined && min !== null) input.min = min;
+    if (max !== undefined && max !== null) input.max = max;
+    if (step !== undefined && step !== null) input.step = step;
+  }
+
+  function applyModel(setDefaults) {
+    const m = state.models[els.model.value];
+    if (!m) return;
+    setBounds(els.frames, m.min_frames, m.max_frames, m.frame_multiple || 1);
+    for (const input of [els.width, els.height]) setBounds(input, m.min_size, m.max_size, m.size_multiple);
+    setBounds(els.steps, 1, m.max_steps, 1);
+    setBounds(els.guidance, 0, m.max_guidance, null);
+    if (setDefaults) {
+      if (m.default_frames) els.frames.value = m.default_frames;
+      if (m.default_width) els.width.value = m.default_width;
+      if (m.default_height) els.height.value = m.default_height;
+      if (m.default_steps) els.steps.value = m.default_steps;
+      if (m.default_guidance !== undefined) els.guidance.value = m.default_guidance;
+      if (m.default_fps) els.fps.value = m.default_fps;
+    }
+    const hint = [];
+    if (m.description) hint.push(m.description);
+    if (m.frame_rule) hint.push("frames: " + m.frame_rule);
+    if (m.size_multiple) hint.push("size: multiple of " + m.size_multiple + ", " + m.min_size + "\u2013" + m.max_size);
+    els.modelHint.textContent = hint.join(" \u2022 ");
+    const supportsImage = m.supports_image !== false;
+    els.image.disabled = !supportsImage;
+    els.image.closest(".image-field").classList.toggle("disabled", !supportsImage);
+    if (!supportsImage) clearImage();
+  }
+
+  // ---------------------------------------------------------------- start image
+
+  function clearImage() {
+    state.imageB64 = null;
+    els.image.value = "";
+    els.imagePreview.hidden = true;
+    els.imagePreview.removeAttribute("src");
+    els.imageClear.hidden = true;
+  }
+
+  function readImage() {
+    const file = els.image.files && els.image.files[0];
+    if (!file) { clearImage(); return; }
+    if (!/^image\/(png|jpeg)$/.test(file.type)) {
+      flash("The start image must be a PNG or JPEG.");
+      clearImage();
+      return;
+    }
+    const reader = new FileReader();
+    reader.onload = () => {
+      const dataUrl = String(reader.result);
+      state.imageB64 = dataUrl.slice(dataUrl.indexOf(",") + 1);
+      els.imagePreview.src = dataUrl;
+      els.imagePreview.hidden = false;
+      els.imageClear.hidden = false;
+    };
+    reader.onerror = () => { flash("Could not read the image file."); clearImage(); };
+    reader.readAsDataURL(file);
+  }
+
+  // ---------------------------------------------------------------- job cards
+
+  function refreshEmpty() {
+    els.queueEmpty.hidden = els.queue.children.length > 0;
+  }
+
+  function createCard(info) {
+    const card = els.template.content.firstElementChild.cloneNode(true);
+    $(".job-prompt", card).textContent = info.prompt || "(someone else\u2019s job)";
+    $(".job-meta", card).textContent = describeParams(info.params || info);
+    $(".job-cancel", card).addEventListener("click", () => cancelJob(card));
+    els.queue.prepend(card);
+    refreshEmpty();
+    return card;
+  }
+
+  function bindJob(card, jobId) {
+    card.dataset.jobId = jobId;
+    state.jobs.set(jobId, card);
+  }
+
+  function cardFor(jobId, info) {
+    let card = state.jobs.get(jobId);
+    if (!card) {
+      card = createCard(info || {});
+      bindJob(card, jobId);
+      if (!info || !info.prompt) fillFromServer(card, jobId);
+    }
+    return card;
+  }
+
+  async function fillFromServer(card, jobId) {
+    try {
+      const job = await api("GET", "/api/jobs/" + encodeURIComponent(jobId));
+      const j = job && job.job ? job.job : job;
+      if (!j) return;
+      if (j.prompt) $(".job-prompt", card).textContent = j.prompt;
+      const params = Object.assign({}, j.params || {}, { model: j.model || (j.params || {}).model });
+      $(".job-meta", card).textContent = describeParams(params);
+    } catch (e) { /* the job may be private or gone; keep the placeholder */ }
+  }
+
+  function setStatus(card, status, label) {
+    card.dataset.status = status;
+    $(".job-status", card).textContent = label || status;
+    const done = TERMINAL.has(status);
+    $(".job-cancel", card).hidden = done;
+    if (done) $(".job-eta", card).textContent = "";
+  }
+
+  function setProgress(card, percent) {
+    const p = Math.max(0, Math.min(100, Number(percent) || 0));
+    const bar = $(".progress-bar", card);
+    bar.style.width = p + "%";
+    bar.setAttribute("aria-valuenow", String(Math.round(p)));
+  }
+
+  function setError(card, message) {
+    const el = $(".job-error", card);
+    el.textContent = message;
+    el.hidden = !message;
+  }
+
+  function makeVideo(src) {
+    const video = document.createElement("video");
+    video.controls = true;
+    video.autoplay = true;
+    video.loop = true;
+    video.muted = true;
+    video.playsInline = true;
+    video.setAttribute("muted", "");
+    video.setAttribute("playsinline", "");
+    video.preload = "auto";
+    video.src = src;
+    return video;
+  }
+
+  function showVideo(card, msg) {
+    let src = null;
+    if (msg.video) {
+      try {
+        src = URL.createObjectURL(base64ToBlob(msg.video, msg.mime || "video/mp4"));
+        state.objectUrls.set(card, src);
+      } catch (e) { src = null; }
+    }
+    if (!src && msg.url) src = msg.url;
+    if (!src) return;
+    const media = $(".job-media", card);
+    media.innerHTML = "";
+    const video = makeVideo(src);
+    video.dataset.testid = "job-video";
+    video.setAttribute("data-testid", "job-video");
+    media.appendChild(video);
+    const play = video.play();
+    if (play && play.catch) play.catch(() => { /* autoplay refused: controls are there */ });
+    if (msg.url) {
+      const link = $(".job-link", card);
+      link.href = msg.url;
+      link.hidden = false;
+    }
+  }
+
+  function removeCard(card) {
+    const url = state.objectUrls.get(card);
+    if (url) { URL.revokeObjectURL(url); state.objectUrls.delete(card); }
+    if (card.dataset.jobId) state.jobs.delete(card.dataset.jobId);
+    if (card.dataset.requestId) state.pending.delete(card.dataset.requestId);
+    card.remove();
+    refreshEmpty();
+  }
+
+  async function cancelJob(card) {
+    const jobId = card.dataset.jobId;
+    if (!jobId) { flash("The job has not been queued yet.", "info"); return; }
+    $(".job-cancel", card).disabled = true;
+    setStatus(card, card.dataset.status, "cancelling");
+    if (!send({ type: "cancel", job_id: jobId })) {
+      try {
+        await api("POST", "/api/jobs/" + encodeURIComponent(jobId) + "/cancel", {});
+      } catch (e) {
+        flash("Cancel failed: " + e.message);
+        $(".job-cancel", card).disabled = false;
+        setStatus(card, card.dataset.status);
+      }
+    }
+  }
+
+  // ---------------------------------------------------------------- websocket
+
+  function setConn(stateName, text) {
+    els.conn.dataset.state = stateName;
+    els.connText.textContent = text;
+  }
+
+  function send(obj) {
+    if (state.ws && state.ws.readyState === WebSocket.OPEN) {
+      state.ws.send(JSON.stringify(obj));
+      return true;
+    }
+    return false;
+  }
+
+  function connect() {
+    clearTimeout(state.reconnectTimer);
+    const proto = location.protocol === "https:" ? "wss:" : "ws:";
+    setConn("connecting", state.attempt ? "reconnecting\u2026" : "connecting\u2026");
+    let ws;
+    try {
+      ws = new WebSocket(proto + "//" + location.host + "/ws/lobby/");
+    } catch (e) {
+      scheduleReconnect();
+      return;
+    }
+    state.ws = ws;
+    ws.onopen = () => {
+      const wasReconnect = state.attempt > 0;
+      state.attempt = 0;
+      setConn("open", "connected");
+      clearInterval(state.pingTimer);
+      state.pingTimer = setInterval(() => send({ type: "ping" }), PING_EVERY_MS);
+      if (wasReconnect) resync();
+    };
+    ws.onmessage = (ev) => {
+      let msg;
+      try { msg = JSON.parse(ev.data); } catch (e) { return; }
+      handle(msg);
+    };
+    ws.onclose = () => {
+      if (state.ws !== ws) return;
+      clearInterval(state.pingTimer);
+      state.ws = null;
+      scheduleReconnect();
+    };
+    ws.onerror = () => { /* onclose follows */ };
+  }
+
+  function scheduleReconnect() {
+    state.attempt += 1;
+    const base = Math.min(MAX_BACKOFF_MS, 500 * Math.pow(2, state.attempt - 1));
+    const delay = Math.round(base * (0.75 + Math.random() * 0.5));
+    setConn("closed", "offline \u2013 retrying in " + Math.ceil(delay / 1000) + " s");
+    state.reconnectTimer = setTimeout(connect, delay);
+  }
+
+  /** After a reconnect, ask the API where each unfinished job stands (messages may have been missed). */
+  async function resync() {
+    for (const [jobId, card] of state.jobs) {
+      if (TERMINAL.has(card.dataset.status)) continue;
+      try {
+        const data = await api("GET", "/api/jobs/" + encodeURIComponent(jobId));
+        applyJobRecord(card, data && data.job ? data.job : data);
+      } catch (e) { /* leave it */ }
+    }
+    loadGallery();
+  }
+
+  function applyJobRecord(card, j) {
+    if (!j || !j.status) return;
+    if (j.status === "succeeded") {
+      setStatus(card, "succeeded");
+      setProgress(card, 100);
+      const url = j.url || j.video_url || j.output_url;
+      if (url && !card.querySelector("video")) showVideo(card, { url });
+    } else if (j.status === "failed" || j.status === "cancelled") {
+      setStatus(card, j.status);
+      if (j.error) setError(card, j.error);
+    } else {
+      setStatus(card, j.status);
+      if (typeof j.progress === "number") setProgress(card, j.progress <= 1 ? j.progress * 100 : j.progress);
+    }
+  }
+
+  function handle(msg) {
+    switch (msg.type) {
+      case "queued": {
+        let card = msg.request_id ? state.pending.get(msg.request_id) : null;
+        if (card) {
+          state.pending.delete(msg.request_id);
+          bindJob(card, msg.job_id);
+        } else {
+          card = cardFor(msg.job_id, msg);
+        }
+        const pos = msg.position;
+        setStatus(card, "queued", pos !== undefined && pos !== null ? "queued #" + pos : "queued");
+        break;
+      }
+      case "started": {
+        const card = cardFor(msg.job_id);
+        setStatus(card, "running", "running");
+        if (msg.worker) $(".job-eta", card).textContent = "on " + msg.worker;
+        break;
+      }
+      case "progress": {
+        const card = cardFor(msg.job_id);
+        if (card.dataset.status !== "running") setStatus(card, "running");
+        let percent = msg.percent;
+        if ((percent === undefined || percent === null) && msg.total_steps) percent = 100 * msg.step / msg.total_steps;
+        setProgress(card, percent);
+        const stepText = msg.total_steps ? "step " + msg.step + "/" + msg.total_steps : "";
+        $(".job-eta", card).textContent = [stepText, formatEta(msg.eta_s)].filter(Boolean).join(" \u00b7 ");
+        const src = imageSrc(msg.preview);
+        const img = card.querySelector(".job-preview");
+        if (src && img) {
+          img.src = src;
+          img.hidden = false;
+          const ph = card.querySelector(".job-placeholder");
+          if (ph) ph.remove();
+        }
+        break;
+      }
+      case "generation_complete": {
+        const card = cardFor(msg.job_id, msg);
+        if (msg.prompt) $(".job-prompt", card).textContent = msg.prompt;
+        setStatus(card, "succeeded", "done");
+        setProgress(card, 100);
+        const bits = [];
+        if (msg.width && msg.height) bits.push(msg.width + "\u00d7" + msg.height);
+        if (msg.num_frames) bits.push(msg.num_frames + " frames @ " + (msg.fps || "?") + " fps");
+        if (msg.seed !== undefined) bits.push("seed " + msg.seed);
+        if (msg.elapsed_s !== undefined) bits.push(Number(msg.elapsed_s).toFixed(1) + " s");
+        $(".job-meta", card).textContent = bits.join(" \u00b7 ");
+        showVideo(card, msg);
+        loadGallery();
+        break;
+      }
+      case "generation_failed": {
+        const card = cardFor(msg.job_id);
+        setStatus(card, "failed");
+        setError(card, msg.error || "generation failed");
+        break;
+      }
+      case "cancelled": {
+        const card = cardFor(msg.job_id);
+        setStatus(card, "cancelled");
+        break;
+      }
+      case "error": {
+        const card = msg.request_id ? state.pending.get(msg.request_id) : null;
+        const text = (msg.code ? msg.code + ": " : "") + (msg.message || "request refused");
+        if (card) {
+          state.pending.delete(msg.request_id);
+          setStatus(card, "error");
+          setError(card, msg.message || text);
+        }
+        flash(text);
+        // a refused cancel leaves the card as it was
+        for (const c of state.jobs.values()) {
+          if ($(".job-status", c).textContent === "cancelling") {
+            $(".job-cancel", c).disabled = false;
+            setStatus(c, c.dataset.status);
+          }
+        }
+        break;
+      }
+      case "pong":
+      default:
+        break;
+    }
+  }
+
+  // ---------------------------------------------------------------- submit
+
+  function collect() {
+    const req = {
+      type: "generate",
+      prompt: els.prompt.value.trim(),
+      num_frames: numOrNull(els.frames),
+      width: numOrNull(els.width),
+      height: numOrNull(els.height),
+      steps: numOrNull(els.steps),
+      guidance_scale: numOrNull(els.guidance),
+      seed: numOrNull(els.seed),
+      fps: numOrNull(els.fps),
+      private: els.private.checked,
+      request_id: newRequestId(),
+    };
+    if (els.model.value) req.model = els.model.value;
+    if (state.imageB64) req.image = state.imageB64;
+    for (const k of Object.keys(req)) if (req[k] === null) delete req[k];
+    return req;
+  }
+
+  async function submit(ev) {
+    ev.preventDefault();
+    const req = collect();
+    if (!req.prompt) {
+      flash("Type a prompt first.");
+      els.prompt.focus();
+      return;
+    }
+    const card = createCard(req);
+    card.dataset.requestId = req.request_id;
+    if (req.image) {
+      const img = $(".job-preview", card);
+      img.src = imageSrc(req.image);
+      img.hidden = false;
+    }
+    if (send(req)) {
+      state.pending.set(req.request_id, card);
+      setStatus(card, "sending", "sending");
+      return;
+    }
+    // Websocket down: the HTTP API takes the same fields; events arrive once reconnected.
+    setStatus(card, "sending", "sending (http)");
+    try {
+      const body = Object.assign({}, req);
+      delete body.type;
+      const data = await api("POST", "/api/jobs", body);
+      const j = data && data.job ? data.job : data;
+      const jobId = j && (j.job_id || j.id);
+      if (jobId) {
+        bindJob(card, jobId);
+        setStatus(card, "queued");
+      }
+    } catch (e) {
+      setStatus(card, "error");
+      setError(card, e.message);
+    }
+  }
+
+  // ---------------------------------------------------------------- gallery
+
+  let galleryLoading = false;
+  async function loadGallery() {
+    if (galleryLoading) return;
+    galleryLoading = true;
+    try {
+      const jobs = listFrom(await api("GET", "/api/jobs?status=succeeded"), "jobs");
+      const done = jobs.filter((j) => j.status === "succeeded" && (j.url || j.video_url || j.output_url));
+      const seen = new Set();
+      for (const j of done) {
+        const id = String(j.id || j.job_id);
+        seen.add(id);
+        if (els.gallery.querySelector('[data-job-id="' + CSS.escape(id) + '"]')) continue;
+        els.gallery.appendChild(galleryItem(j, id));
+      }
+      for (const item of Array.from(els.gallery.children)) {
+        if (!seen.has(item.dataset.jobId)) item.remove();
+      }
+      // newest first, as the API lists them
+      for (const j of done) {
+        const item = els.gallery.querySelector('[data-job-id="' + CSS.escape(String(j.id || j.job_id)) + '"]');
+        if (item) els.gallery.appendChild(item);
+      }
+      els.galleryEmpty.hidden = els.gallery.children.length > 0;
+    } catch (e) {
+      els.galleryEmpty.textContent = "Could not load the history: " + e.message;
+      els.galleryEmpty.hidden = false;
+    } finally {
+      galleryLoading = false;
+    }
+  }
+
+  function galleryItem(j, id) {
+    const item = document.createElement("figure");
+    item.className = "gallery-item";
+    item.dataset.jobId = id;
+    item.setAttribute("data-testid", "gallery-item");
+    item.style.margin = "0";
+    const video = makeVideo(j.url || j.video_url || j.output_url);
+    video.autoplay = false;
+    video.preload = "metadata";
+    video.addEventListener("mouseenter", () => { const p = video.play(); if (p && p.catch) p.catch(() => {}); });
+    video.addEventListener("mouseleave", () => video.pause());
+    const cap = document.createElement("figcaption");
+    cap.className = "caption";
+    const p = document.createElement("p");
+    p.textContent = j.prompt || "";
+    const small = document.createElement("small");
+    const params = Object.assign({}, j.params || {}, { model: j.model || (j.params || {}).model });
+    const when = j.finished_at || j.created_at;
+    small.textContent = [describeParams(params), when ? new Date(when).toLocaleString() : ""].filter(Boolean).join(" \u00b7 ");
+    cap.append(p, small);
+    item.append(video, cap);
+    return item;
+  }
+
+  // ---------------------------------------------------------------- wiring
+
+  els.form.addEventListener("submit", submit);
+  els.model.addEventListener("change", () => applyModel(true));
+  els.image.addEventListener("change", readImage);
+  els.imageClear.addEventListener("click", clearImage);
+  els.galleryRefresh.addEventListener("click", loadGallery);
+  els.queueClear.addEventListener("click", () => {
+    for (const card of Array.from(els.queue.children)) {
+      if (TERMINAL.has(card.dataset.status)) removeCard(card);
+    }
+  });
+  els.prompt.addEventListener("keydown", (ev) => {
+    if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) els.form.requestSubmit();
+  });
+
+  refreshEmpty();
+  loadModels();
+  loadGallery();
+  connect();
+
+  // for tests and debugging
+  window.videoUI = { state, handle, connect };
+})();

@@ -225,7 +225,11 @@ def test_held_out_captions_never_equal_training_ones():
 def _train(out, *extra):
     from generator.builtin.train import parse_args, train
 
-    return train(parse_args(["--out", str(out), *TINY, *extra]))
+    threads = torch.get_num_threads()  # --threads 1 sets the process-wide count: put it back
+    try:
+        return train(parse_args(["--out", str(out), *TINY, *extra]))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_training_loss_goes_down(tmp_path, text_encoder):

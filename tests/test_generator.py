@@ -26,6 +26,16 @@ TINY = ["--channels", "16", "32", "32", "--batch", "2", "--frames", "8", "--size
         "--warmup", "1", "--threads", "1"]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """The workloads here are tiny; on a small busy machine (training in the background) two
+    torch threads contend for the cores and run several times slower than one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def text_encoder():
     from generator.builtin.text import shared_text_encoder
@@ -225,11 +235,7 @@ def test_held_out_captions_never_equal_training_ones():
 def _train(out, *extra):
     from generator.builtin.train import parse_args, train
 
-    threads = torch.get_num_threads()  # --threads 1 sets the process-wide count: put it back
-    try:
-        return train(parse_args(["--out", str(out), *TINY, *extra]))
-    finally:
-        torch.set_num_threads(threads)
+    return train(parse_args(["--out", str(out), *TINY, *extra]))
 
 
 def test_training_loss_goes_down(tmp_path, text_encoder):

@@ -66,7 +66,7 @@ def test_generate_webm_with_a_start_image(tmp_path):
 @pytest.mark.parametrize("args,messages", [
     (["--width", "65", "--frames", "3", "--steps", "0"],  # every problem is listed at once
      ["--width: width must be a multiple of 16", "--frames: num_frames must be", "--steps: steps must be between"]),
-    (["--model", "no-such-model"], ["unknown model 'no-such-model'", "known models: builtin"]),
+    (["--model", "no-such-model"], ["unknown model 'no-such-model'", "known models:", "builtin"]),
     (["--image", "/nonexistent/start.png"], ["--image: no such file"]),
 ])
 def test_generate_rejects_bad_arguments(tmp_path, args, messages):

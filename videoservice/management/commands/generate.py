@@ -140,6 +140,8 @@ class Command(BaseCommand):
             result = backend.generate(request, progress=progress)
         except GenerationError as exc:
             raise CommandError(str(exc)) from exc
+        except KeyboardInterrupt:
+            raise CommandError("interrupted; nothing written")
         finally:
             bar.close()
         generated = time.perf_counter()

@@ -1,0 +1,256 @@
+"""Run the whole service in the foreground and supervise it (started by scripts/serve.sh).
+
+Children, each in its own process group, their output prefixed with a tag:
+  redis   redis-server with AOF persistence under var/redis (skipped when REDIS_URL answers)
+  web     Daphne serving videoservice.asgi (HTTP API, web UI, websocket lobby)
+  worker  one Celery worker (prefork, 1 process, events on for Flower)
+  flower  Flower, the Celery monitor
+
+A child that dies is restarted (with back-off; a child that keeps dying stops the service, as
+during start-up). Ctrl-C / SIGTERM stops the children in reverse order: SIGTERM to each process
+group, then SIGKILL after a grace period.
+
+Environment: HOST (127.0.0.1), PORT (8000), FLOWER_PORT (5555), REDIS_URL
+(redis://127.0.0.1:6379/0), WORKER_QUEUES (builtin,celery), WORKER_CONCURRENCY (1),
+WEBSOCKET_MAX_MESSAGE_SIZE (64 MiB), READY_TIMEOUT (180 s).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlparse
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+COLOURS = {"redis": "31", "web": "32", "worker": "33", "flower": "35", "serve": "36"}
+STOP_GRACE_S = {"worker": 20.0}  # a warm Celery shutdown finishes the current denoising step
+MAX_RESTARTS = 5  # within RESTART_WINDOW_S
+RESTART_WINDOW_S = 60.0
+
+_print_lock = threading.Lock()
+_tty = sys.stdout.isatty()
+
+
+def say(tag: str, line: str) -> None:
+    prefix = f"{tag:>6} |"
+    if _tty:
+        prefix = f"\033[{COLOURS.get(tag, '0')}m{prefix}\033[0m"
+    with _print_lock:
+        sys.stdout.write(f"{prefix} {line}\n")
+        sys.stdout.flush()
+
+
+class Child:
+    def __init__(self, tag: str, argv: list, env: dict):
+        self.tag, self.argv, self.env = tag, argv, env
+        self.proc: subprocess.Popen | None = None
+        self.restarts: list = []
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            self.argv, cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        threading.Thread(target=self._pump, args=(self.proc,), daemon=True).start()
+        say("serve", f"started {self.tag} (pid {self.proc.pid}): {' '.join(map(str, self.argv))}")
+
+    def _pump(self, proc: subprocess.Popen) -> None:
+        for raw in iter(proc.stdout.readline, b""):
+            say(self.tag, raw.decode(errors="replace").rstrip())
+        proc.stdout.close()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        """SIGTERM to the main process (Celery stops its pool itself), SIGKILL to the group after
+        the grace period, and to any straggler left in the group once the main process is gone."""
+        if self.proc is None:
+            return
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=STOP_GRACE_S.get(self.tag, 10.0))
+            except subprocess.TimeoutExpired:
+                say("serve", f"{self.tag} did not stop in time: SIGKILL")
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.proc.wait()
+        say("serve", f"stopped {self.tag} (exit {self.proc.returncode})")
+
+
+class Stop(Exception):
+    pass
+
+
+def _on_signal(signum, frame):
+    raise Stop(signal.Signals(signum).name)
+
+
+def redis_reachable(url: str) -> bool:
+    try:
+        import redis
+        return bool(redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1).ping())
+    except Exception:
+        return False
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def wait_until(check, timeout: float, children: list, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        for child in children:
+            if not child.alive():
+                raise SystemExit(f"{child.tag} exited (code {child.proc.returncode}) while waiting for {what}")
+        time.sleep(0.25)
+    raise SystemExit(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def healthz(url: str):
+    try:
+        with urllib.request.urlopen(url, timeout=3) as resp:
+            return resp.status, resp.read(2000).decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(2000).decode(errors="replace")
+    except Exception:
+        return None, ""
+
+
+def main() -> int:
+    host = os.environ.get("HOST", "127.0.0.1")
+    port = int(os.environ.get("PORT", "8000"))
+    flower_port = int(os.environ.get("FLOWER_PORT", "5555"))
+    redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    queues = os.environ.get("WORKER_QUEUES", "builtin,celery")
+    concurrency = os.environ.get("WORKER_CONCURRENCY", "1")
+    max_msg = os.environ.get("WEBSOCKET_MAX_MESSAGE_SIZE", str(64 * 1024 * 1024))
+    ready_timeout = float(os.environ.get("READY_TIMEOUT", "180"))
+
+    env = dict(os.environ)
+    env.setdefault("DJANGO_SETTINGS_MODULE", "videoservice.settings")
+    env["REDIS_URL"] = redis_url
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+
+    for name, p in (("PORT", port), ("FLOWER_PORT", flower_port)):
+        if not port_free(host, p):
+            raise SystemExit(f"{name}={p} is already in use on {host}: stop the other server or choose another {name}")
+
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    children: list = []
+    t0 = time.monotonic()
+    try:
+        say("serve", "migrating the database")
+        subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=ROOT, env=env, check=True)
+
+        if redis_reachable(redis_url):
+            say("serve", f"using the Redis at {redis_url}")
+        else:
+            parsed = urlparse(redis_url)
+            if parsed.hostname not in ("127.0.0.1", "localhost", "::1"):
+                raise SystemExit(f"REDIS_URL={redis_url} does not answer (only a local Redis is started here)")
+            data_dir = ROOT / "var" / "redis"
+            data_dir.mkdir(parents=True, exist_ok=True)
+            redis = Child("redis", [
+                "redis-server", "--bind", "127.0.0.1", "--port", str(parsed.port or 6379),
+                "--dir", str(data_dir), "--appendonly", "yes", "--daemonize", "no",
+                "--save", "300 10", "--loglevel", "warning",
+            ], env)
+            redis.start()
+            children.append(redis)
+            wait_until(lambda: redis_reachable(redis_url), 30, children, "redis")
+
+        children.append(Child("web", [
+            str(BIN / "daphne"), "-b", host, "-p", str(port),
+            "--websocket-max-message-size", max_msg, "--proxy-headers",
+            "videoservice.asgi:application",
+        ], env))
+        children.append(Child("worker", [
+            str(BIN / "celery"), "-A", "worker", "worker", "-P", "prefork", "-c", concurrency, "-E",
+            "-Q", queues, "-n", f"{queues.split(',')[0]}@%h", "--loglevel", "INFO", "--without-mingle", "--without-gossip",
+        ], env))
+        children.append(Child("flower", [
+            str(BIN / "celery"), "-A", "worker", "flower", f"--address={host}", f"--port={flower_port}",
+            "--read_only=True", "--persistent=False",
+        ], env))
+        for child in children:
+            if not child.proc:
+                child.start()
+
+        display_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        base = f"http://{display_host}:{port}"
+        state = {}
+
+        def ready():
+            state["status"], state["body"] = healthz(f"{base}/healthz")
+            return state["status"] == 200
+
+        wait_until(ready, ready_timeout, children, f"{base}/healthz")
+        say("serve", f"ready in {time.monotonic() - t0:.1f} s: {state['body'][:300]}")
+        banner = [
+            "",
+            f"  Web UI     {base}/",
+            f"  Websocket  ws://{display_host}:{port}/ws/lobby/",
+            f"  API        {base}/api/models  {base}/api/jobs",
+            f"  Health     {base}/healthz",
+            f"  Flower     http://{display_host}:{flower_port}/",
+            f"  Redis      {redis_url}",
+            "",
+            "  Press Ctrl-C to stop.",
+            "",
+        ]
+        with _print_lock:
+            print("\n".join(banner), flush=True)
+
+        while True:  # supervise: restart what dies, give up on a crash loop
+            time.sleep(1)
+            for child in children:
+                if child.alive():
+                    continue
+                now = time.monotonic()
+                child.restarts = [t for t in child.restarts if now - t < RESTART_WINDOW_S] + [now]
+                if len(child.restarts) > MAX_RESTARTS:
+                    raise SystemExit(f"{child.tag} keeps dying (exit {child.proc.returncode}); stopping")
+                say("serve", f"{child.tag} exited with {child.proc.returncode}; restarting")
+                time.sleep(min(2 ** len(child.restarts) / 4, 5))
+                child.start()
+    except Stop as exc:
+        say("serve", f"{exc}: stopping")
+        return 0
+    except subprocess.CalledProcessError as exc:
+        say("serve", f"failed: {exc}")
+        return 1
+    except SystemExit as exc:
+        say("serve", f"failed: {exc}")
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for child in reversed(children):
+            child.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

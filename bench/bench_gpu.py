@@ -1,0 +1,283 @@
+"""GPU benchmark: LTX-Video's real architecture with random weights at its published setting.
+
+    python bench/bench_gpu.py                      # 768x512, 121 frames, 50 steps, every variant
+    python bench/bench_gpu.py --steps 8 --variants bf16,fp16,cache
+    python bench/bench_gpu.py --json bench/ltx_h100.json
+
+Architecture: `LTXVideoTransformer3DModel()` and `AutoencoderKLLTXVideo()` with diffusers' default
+constructor arguments, which are the published LTX-Video 0.9.0 configs (transformer: 28 blocks,
+32 heads x 64, 128 latent channels, caption_channels 4096; VAE: 32x32 px x 8 frames per latent,
+128 channels). Weights are random (nothing is downloaded), which does not change the cost of a
+step. The text encoder is a ONE-layer T5 with d_model 4096 (the width LTX's caption projection
+expects) and a small in-memory tokenizer, so prompt encoding is near free in every variant: the
+numbers are denoising + VAE decode, not T5-XXL.
+
+Per variant: seconds per denoising step (median of step intervals measured in the step callback
+after a CUDA sync), total seconds for one clip, peak GPU memory (torch.cuda.max_memory_allocated),
+after one untimed warm-up run (compile time is reported separately).
+Variants: bf16 (baseline), fp16, compile (regional torch.compile of the transformer, bf16),
+cache (FirstBlockCache threshold 0.05, bf16), tiling (VAE tiling, bf16), service (the same bf16
+checkpoint saved to disk, configured as a model, run through registry -> DiffusersBackend ->
+MP4 encode, compared with the bare pipeline: overhead ratio). The service variant does NOT
+include Django/Channels/Celery hops (queue wait, progress broadcasts): those are a few ms per
+message and are measured by the service's own tests.
+
+Without CUDA it says so and runs the same code path on a tiny config on CPU (smoke test), exit 0.
+Never prints made-up numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+VARIANTS = ("bf16", "fp16", "compile", "cache", "tiling", "service")
+PUBLISHED = "LTX-Video: 768x512, 121 frames (5 s at 24 fps) in about 2 s on one H100 (published claim)"
+
+TINY = {  # the same classes, CPU-sized (smoke run)
+    "transformer": dict(in_channels=8, out_channels=8, num_attention_heads=2, attention_head_dim=8,
+                        cross_attention_dim=16, num_layers=2, caption_channels=32),
+    "vae": dict(latent_channels=8, block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
+                layers_per_block=(1, 1, 1, 1, 1), decoder_layers_per_block=(1, 1, 1, 1, 1)),
+    "text_dim": 32,
+}
+
+
+def tokenizer():
+    from transformers import T5TokenizerFast
+
+    words = "a the red blue cat dog sea sky city night walking flying over under slowly camera".split()
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [("\u2581" + w, -1.0) for w in words]
+    vocab += [(c, -5.0) for c in "abcdefghijklmnopqrstuvwxyz"]
+    return T5TokenizerFast(vocab=vocab, extra_ids=0)
+
+
+def build_pipeline(tiny: bool, device: str, dtype: torch.dtype):
+    """LTXPipeline with the published architecture (or the tiny one), random weights."""
+    from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXPipeline, LTXVideoTransformer3DModel
+    from transformers import T5Config, T5EncoderModel
+
+    tok = tokenizer()
+    text_dim = TINY["text_dim"] if tiny else 4096
+    torch.manual_seed(0)
+    with torch.device(device):
+        transformer = LTXVideoTransformer3DModel(**(TINY["transformer"] if tiny else {}))
+        vae = AutoencoderKLLTXVideo(**(TINY["vae"] if tiny else {}))
+        text_encoder = T5EncoderModel(T5Config(vocab_size=len(tok), d_model=text_dim, d_kv=64, d_ff=256,
+                                               num_layers=1, num_heads=max(1, text_dim // 64)))
+    scheduler = FlowMatchEulerDiscreteScheduler()
+    pipe = LTXPipeline(transformer=transformer.to(dtype), vae=vae.to(dtype), scheduler=scheduler,
+                       text_encoder=text_encoder.to(dtype).eval(), tokenizer=tok)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed_call(pipe, args, step_times):
+    def on_step(p, i, t, kwargs):
+        sync()
+        step_times.append(time.perf_counter())
+        return kwargs
+
+    sync()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    step_times.append(start)
+    out = pipe(**args, callback_on_step_end=on_step, callback_on_step_end_tensor_inputs=["latents"])
+    sync()
+    total = time.perf_counter() - start
+    return out, total
+
+
+def measure(pipe, args, label, warmup=True):
+    if warmup:
+        t0 = time.perf_counter()
+        timed_call(pipe, dict(args, num_inference_steps=2), [])
+        warm = time.perf_counter() - t0
+    else:
+        warm = None
+    steps = []
+    out, total = timed_call(pipe, args, steps)
+    intervals = np.diff(steps)
+    frames = out.frames[0]
+    row = {
+        "variant": label,
+        "s_per_step": float(statistics.median(intervals[1:])) if len(intervals) > 1 else float(intervals[0]),
+        "first_step_s": float(intervals[0]),  # includes prompt encoding + latent prep
+        "total_s": total,
+        "after_denoise_s": total - (steps[-1] - steps[0]),  # VAE decode + postprocess
+        "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
+        "warmup_s": warm,
+        "finite": bool(np.isfinite(np.asarray(frames, dtype=np.float32)).all()),
+        "frames_shape": list(np.asarray(frames).shape),
+    }
+    return row
+
+
+def service_row(pipe, args, tiny, workdir):
+    """Save the bf16 pipeline as a checkpoint, configure it, run it through registry -> backend -> MP4."""
+    from generator import interface
+    from generator.encode import encode_video
+    from generator.interface import GenerationRequest
+    from generator.registry_setup import register_configured_models
+
+    path = os.path.join(workdir, "ltx-random")
+    pipe.save_pretrained(path)
+    config = {"bench-ltx": {"path": path, "pipeline": ["ltx", "ltx-i2v"], "dtype": "bfloat16",
+                            "defaults": {"steps": args["num_inference_steps"], "width": args["width"],
+                                         "height": args["height"], "frames": args["num_frames"], "fps": 24},
+                            "limits": {"min_size": 32, "max_frames": 257}}}
+    cfg_file = os.path.join(workdir, "models.json")
+    with open(cfg_file, "w") as fh:
+        json.dump(config, fh)
+    interface.list_models()
+    register_configured_models(cfg_file, strict=True)
+    t0 = time.perf_counter()
+    backend = interface.get_backend("bench-ltx")
+    load_s = time.perf_counter() - t0
+    request = GenerationRequest(args["prompt"], seed=0)
+    previews = []
+    backend.generate(GenerationRequest(args["prompt"], seed=0, steps=2), progress=lambda s, t, p: None)  # warm-up
+    sync()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    result = backend.generate(request, progress=lambda s, t, p: previews.append(time.perf_counter()))
+    gen_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    mp4 = encode_video(result.frames, result.fps)
+    enc_s = time.perf_counter() - t1
+    row = {"variant": "service", "total_s": gen_s + enc_s, "generate_s": gen_s, "encode_mp4_s": enc_s,
+           "load_s": load_s, "mp4_bytes": len(mp4),
+           "s_per_step": float(statistics.median(np.diff(previews))) if len(previews) > 2 else None,
+           "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
+           "frames_shape": list(result.frames.shape)}
+    backend.unload()
+    interface._resident.pop("bench-ltx", None)
+    return row
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--width", type=int, default=768)
+    parser.add_argument("--height", type=int, default=512)
+    parser.add_argument("--frames", type=int, default=121)
+    parser.add_argument("--steps", type=int, default=50, help="LTXPipeline's default num_inference_steps")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--json", help="write the rows here")
+    parser.add_argument("--tiny", action="store_true", help="tiny config (also used automatically without CUDA)")
+    opts = parser.parse_args(argv)
+    variants = [v for v in opts.variants.split(",") if v]
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        parser.error(f"unknown variants {sorted(unknown)}; known: {', '.join(VARIANTS)}")
+
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.set_verbosity_error()
+    cuda = torch.cuda.is_available()
+    tiny = opts.tiny or not cuda
+    if not cuda:
+        print("bench_gpu: this benchmark needs a CUDA GPU; none here. Running a tiny CPU smoke test of the "
+              "same code path instead (these timings say nothing about GPU speed).")
+        opts.width, opts.height, opts.frames, opts.steps = 64, 64, 9, 2
+        torch.set_num_threads(min(2, torch.get_num_threads()))
+    device = "cuda" if cuda else "cpu"
+    print(f"device: {torch.cuda.get_device_name() if cuda else 'cpu'}; torch {torch.__version__}; "
+          f"{'tiny' if tiny else 'LTX-Video 0.9.0'} architecture, random weights; "
+          f"{opts.width}x{opts.height}, {opts.frames} frames, {opts.steps} steps")
+    args = dict(prompt="a cat walking over the city at night, camera slowly flying", width=opts.width,
+                height=opts.height, num_frames=opts.frames, num_inference_steps=opts.steps, output_type="np",
+                generator=None, max_sequence_length=128)
+    rows = []
+
+    def run(label, dtype, setup=None, teardown=None):
+        if label not in variants:
+            return
+        pipe = build_pipeline(tiny, device, dtype)
+        try:
+            if setup is not None:
+                note = setup(pipe)
+                if note:
+                    print(f"{label}: skipped: {note}")
+                    rows.append({"variant": label, "skipped": note})
+                    return
+            args["generator"] = torch.Generator(device).manual_seed(0)
+            row = measure(pipe, args, label)
+            rows.append(row)
+            print(json.dumps(row))
+        finally:
+            if teardown is not None:
+                teardown(pipe)
+            del pipe
+            if cuda:
+                torch.cuda.empty_cache()
+
+    def compile_setup(pipe):
+        if not cuda:
+            return "compile is only benchmarked on a GPU"
+        pipe.transformer.compile_repeated_blocks(fullgraph=True)
+
+    def cache_setup(pipe):
+        from diffusers.hooks import FirstBlockCacheConfig
+
+        pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.05))
+
+    run("bf16", torch.bfloat16)
+    run("fp16", torch.float16)
+    run("compile", torch.bfloat16, compile_setup)
+    run("cache", torch.bfloat16, cache_setup)
+    run("tiling", torch.bfloat16, lambda p: p.vae.enable_tiling())
+    if "service" in variants:
+        with tempfile.TemporaryDirectory() as workdir:
+            pipe = build_pipeline(tiny, device, torch.bfloat16)
+            bare_args = dict(args, generator=torch.Generator(device).manual_seed(0))
+            bare = measure(pipe, bare_args, "bare-for-service")
+            try:
+                service = service_row(pipe.to("cpu"), args, tiny, workdir)
+            finally:
+                del pipe
+                if cuda:
+                    torch.cuda.empty_cache()
+            service["overhead_ratio"] = service["total_s"] / bare["total_s"]
+            rows += [bare, service]
+            print(json.dumps(bare))
+            print(json.dumps(service))
+
+    print()
+    print(f"{'variant':18} {'s/step':>8} {'total s':>8} {'peak GiB':>9}")
+    for row in rows:
+        if "skipped" in row:
+            print(f"{row['variant']:18} skipped: {row['skipped']}")
+            continue
+        sps = row.get("s_per_step")
+        peak = row.get("peak_gpu_gib")
+        print(f"{row['variant']:18} {sps if sps is None else f'{sps:8.3f}'} {row['total_s']:8.2f} "
+              f"{'-' if peak is None else f'{peak:9.2f}'}")
+    print(f"\nreference: {PUBLISHED}")
+    if not cuda:
+        print("no GPU numbers were produced in this run.")
+    if opts.json:
+        with open(opts.json, "w") as fh:
+            json.dump({"device": torch.cuda.get_device_name() if cuda else "cpu", "tiny": tiny,
+                       "setting": {"width": opts.width, "height": opts.height, "frames": opts.frames,
+                                   "steps": opts.steps}, "rows": rows}, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -266,7 +266,7 @@ def main(argv=None) -> int:
             continue
         sps = row.get("s_per_step")
         peak = row.get("peak_gpu_gib")
-        print(f"{row['variant']:18} {sps if sps is None else f'{sps:8.3f}'} {row['total_s']:8.2f} "
+        print(f"{row['variant']:18} {'-' if sps is None else f'{sps:.3f}':>8} {row['total_s']:8.2f} "
               f"{'-' if peak is None else f'{peak:9.2f}'}")
     print(f"\nreference: {PUBLISHED}")
     if not cuda:

@@ -127,6 +127,7 @@
   function formatEta(seconds) {
     if (seconds === null || seconds === undefined || !isFinite(seconds)) return "";
     const s = Math.max(0, Math.round(seconds));
+    if (s < 1) return "ETA <1 s";
     if (s < 60) return "ETA " + s + " s";
     return "ETA " + Math.floor(s / 60) + " min " + String(s % 60).padStart(2, "0") + " s";
   }

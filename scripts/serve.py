@@ -12,7 +12,7 @@ group, then SIGKILL after a grace period.
 
 Environment: HOST (127.0.0.1), PORT (8000), FLOWER_PORT (5555), REDIS_URL
 (redis://127.0.0.1:6379/0), WORKER_QUEUES (builtin,celery), WORKER_CONCURRENCY (1),
-WEBSOCKET_MAX_MESSAGE_SIZE (64 MiB), READY_TIMEOUT (180 s).
+WEBSOCKET_MAX_MESSAGE_SIZE (64 MiB), READY_TIMEOUT (180 s), REDIS_DIR (var/redis).
 """
 from __future__ import annotations
 
@@ -171,7 +171,7 @@ def main() -> int:
             parsed = urlparse(redis_url)
             if parsed.hostname not in ("127.0.0.1", "localhost", "::1"):
                 raise SystemExit(f"REDIS_URL={redis_url} does not answer (only a local Redis is started here)")
-            data_dir = ROOT / "var" / "redis"
+            data_dir = Path(os.environ.get("REDIS_DIR", ROOT / "var" / "redis"))
             data_dir.mkdir(parents=True, exist_ok=True)
             redis = Child("redis", [
                 "redis-server", "--bind", "127.0.0.1", "--port", str(parsed.port or 6379),

@@ -470,6 +470,7 @@
       case "progress": {
         const card = cardFor(msg.job_id);
         if (card.dataset.status !== "running") setStatus(card, "running");
+        card.dataset.step = msg.step;
         let percent = msg.percent;
         if ((percent === undefined || percent === null) && msg.total_steps) percent = 100 * msg.step / msg.total_steps;
         setProgress(card, percent);

@@ -1,0 +1,187 @@
+"""The web UI in a real headless Chromium against the whole service started as command 1 starts it.
+
+`scripts/serve.py` (what `./scripts/serve.sh` runs once the installs are done) starts its own
+redis-server, Daphne, a Celery worker and Flower on free ports, with the database, media and
+Redis data in a temporary folder. Debian's `/usr/bin/chromium`, driven by Playwright (no
+browser download), loads `/`, submits a small job from the form, sees progress and a preview,
+and the finished `<video>` play. The service must then stop cleanly on SIGTERM.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run", "--disable-dev-shm-usage", "--autoplay-policy=no-user-gesture-required",
+]
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+pytestmark = [
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} not installed (apt-get install chromium)"),
+    pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url: str, timeout: float = 3.0):
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status
+    except Exception:
+        return None
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    """The service as `./scripts/serve.sh` runs it, isolated in a temporary folder."""
+    tmp = tmp_path_factory.mktemp("served")
+    port, flower_port, redis_port = free_port(), free_port(), free_port()
+    env = dict(os.environ)
+    env.update({
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "FLOWER_PORT": str(flower_port),
+        "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "REDIS_DIR": str(tmp / "redis"),
+        "DATABASE_URL": f"sqlite:///{tmp / 'db.sqlite3'}",
+        "SQLITE_PATH": str(tmp / "db.sqlite3"),
+        "MEDIA_ROOT": str(tmp / "media"),
+        "READY_TIMEOUT": "150",
+        "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1"),
+    })
+    log_path = tmp / "serve.log"
+    log = open(log_path, "wb")
+    t0 = time.monotonic()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "serve.py")], cwd=ROOT, env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while get(f"{base}/healthz") != 200:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"service did not become ready (exit {proc.poll()}):\n{log_path.read_text()[-4000:]}")
+            time.sleep(0.5)
+        # serve.py prints its banner after /healthz answers; wait for it so Flower is up too.
+        while "Press Ctrl-C" not in log_path.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        print(f"service ready in {time.monotonic() - t0:.1f} s")
+        yield {"url": base, "flower": f"http://127.0.0.1:{flower_port}", "proc": proc, "log": log_path}
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def test_submit_from_page_watch_progress_and_play_video(service, browser, tmp_path):
+    expect = playwright_api.expect
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        page.goto(service["url"] + "/")
+        expect(page.get_by_test_id("conn-status")).to_have_attribute("data-state", "open", timeout=20_000)
+        expect(page.locator("#model option[value=builtin]")).to_have_count(1, timeout=20_000)
+
+        page.fill("#prompt", "a red circle moving to the right")
+        for field, value in (("num_frames", "8"), ("width", "64"), ("height", "64"), ("steps", "4"), ("seed", "7")):
+            page.fill(f"#{field}", value)
+        page.click("#submit")
+
+        job = page.get_by_test_id("job").first
+        expect(job).to_have_attribute("data-job-id", re.compile(r".+"), timeout=20_000)
+        # progress: a running status with a preview image of the video being denoised
+        expect(job).to_have_attribute("data-status", re.compile(r"running|succeeded"), timeout=90_000)
+        expect(job).to_have_attribute("data-status", "succeeded", timeout=120_000)
+        assert int(job.get_attribute("data-step") or 0) >= 1  # progress messages reached the page
+
+        video = job.get_by_test_id("job-video")
+        expect(video).to_have_count(1)
+        handle = video.element_handle()
+        page.wait_for_function("v => v.readyState >= 2", arg=handle, timeout=20_000)
+        start = video.evaluate("v => v.currentTime")
+        page.wait_for_function("([v, t]) => !v.paused && v.currentTime !== t", arg=[handle, start], timeout=20_000)
+        width, height = video.evaluate("v => [v.videoWidth, v.videoHeight]")
+        assert (width, height) == (64, 64)
+
+        # the finished job reaches the gallery (loaded from GET /api/jobs)
+        expect(page.get_by_test_id("gallery-item")).not_to_have_count(0, timeout=20_000)
+        shot = Path(os.environ.get("BROWSER_SCREENSHOT", tmp_path / "ui.png"))
+        page.screenshot(path=str(shot), full_page=True)
+        assert shot.stat().st_size > 10_000
+        assert not errors, errors
+    finally:
+        page.close()
+
+
+def test_progress_and_preview_are_shown_while_running(service, browser):
+    """A longer job, watched while it runs: the bar moves, the preview appears, cancel ends it."""
+    expect = playwright_api.expect
+    page = browser.new_page()
+    try:
+        page.goto(service["url"] + "/")
+        expect(page.get_by_test_id("conn-status")).to_have_attribute("data-state", "open", timeout=20_000)
+        expect(page.locator("#model option[value=builtin]")).to_have_count(1, timeout=20_000)
+        page.fill("#prompt", "a blue square moving up")
+        for field, value in (("num_frames", "8"), ("width", "64"), ("height", "64"), ("steps", "100")):
+            page.fill(f"#{field}", value)
+        page.click("#submit")
+        job = page.get_by_test_id("job").first
+        expect(job).to_have_attribute("data-status", "running", timeout=60_000)
+        expect(job.get_by_test_id("job-preview")).to_be_visible(timeout=60_000)
+        page.wait_for_function(
+            "el => Number(el.getAttribute('aria-valuenow')) > 0", arg=job.get_by_test_id("job-progress").element_handle(),
+            timeout=60_000)
+        expect(job.get_by_test_id("job-eta")).to_contain_text("step", timeout=10_000)
+        job.get_by_test_id("job-cancel").click()
+        expect(job).to_have_attribute("data-status", "cancelled", timeout=60_000)
+    finally:
+        page.close()
+
+
+def test_service_stops_cleanly_on_sigterm(service):
+    """Last in this module: SIGTERM to the launcher stops every child (nothing left in their groups)."""
+    proc, log = service["proc"], service["log"]
+    text = log.read_text()
+    pids = [int(p) for p in re.findall(r"started \w+ \(pid (\d+)\)", text)]
+    assert len(pids) >= 4, text[-3000:]  # redis, web, worker, flower
+    assert get(service["flower"] + "/") == 200
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
+    print(f"stopped in {time.monotonic() - t0:.1f} s")
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.killpg(pid, 0)

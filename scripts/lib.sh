@@ -29,6 +29,11 @@ apt_install() {  # apt_install pkg... (installs, after one apt-get update per ru
   $sudo apt-get install -y -qq --no-install-recommends "$@" >&2 || die "apt-get install $* failed"
 }
 
+pip_run() {  # pip without the noise of unreachable extra index locations
+  "$PY" -m pip "$@" 2>&1 | { grep -v -E '^WARNING: Location .* is ignored' || true; } >&2
+  return "${PIPESTATUS[0]}"
+}
+
 ensure_tool() {  # ensure_tool command package
   command -v "$1" >/dev/null 2>&1 || apt_install "$2"
 }
@@ -52,10 +57,10 @@ ensure_venv() {
   fi
   log "installing Python requirements (first run takes a few minutes)"
   local t0=$SECONDS
-  "$PY" -m pip install -q --upgrade pip >&2 || true
-  "$PY" -m pip install -q -r "$ROOT/requirements.txt" >&2 || die "pip install -r requirements.txt failed"
+  pip_run install -q --upgrade pip || true
+  pip_run install -q -r "$ROOT/requirements.txt" || die "pip install -r requirements.txt failed"
   if [ -f "$ROOT/requirements-nodeps.txt" ]; then
-    "$PY" -m pip install -q --no-deps -r "$ROOT/requirements-nodeps.txt" >&2 \
+    pip_run install -q --no-deps -r "$ROOT/requirements-nodeps.txt" \
       || die "pip install --no-deps -r requirements-nodeps.txt failed"
   fi
   echo "$want" > "$stamp"

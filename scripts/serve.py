@@ -12,7 +12,7 @@ group, then SIGKILL after a grace period.
 
 Environment: HOST (127.0.0.1), PORT (8000), FLOWER_PORT (5555), REDIS_URL
 (redis://127.0.0.1:6379/0), WORKER_QUEUES (builtin,celery), WORKER_CONCURRENCY (1),
-WEBSOCKET_MAX_MESSAGE_SIZE (64 MiB), READY_TIMEOUT (180 s), REDIS_DIR (var/redis).
+WEBSOCKET_MAX_MESSAGE_BYTES (64 MiB), READY_TIMEOUT (180 s), REDIS_DIR (var/redis).
 """
 from __future__ import annotations
 
@@ -144,7 +144,8 @@ def main() -> int:
     redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     queues = os.environ.get("WORKER_QUEUES", "builtin,celery")
     concurrency = os.environ.get("WORKER_CONCURRENCY", "1")
-    max_msg = os.environ.get("WEBSOCKET_MAX_MESSAGE_SIZE", str(64 * 1024 * 1024))
+    max_msg = os.environ.get("WEBSOCKET_MAX_MESSAGE_BYTES") or os.environ.get("WEBSOCKET_MAX_MESSAGE_SIZE") \
+        or str(64 * 1024 * 1024)  # Daphne's cap also applies to what it sends: base64 completions
     ready_timeout = float(os.environ.get("READY_TIMEOUT", "180"))
 
     env = dict(os.environ)

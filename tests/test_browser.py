@@ -62,7 +62,6 @@ def service(tmp_path_factory):
         "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
         "REDIS_DIR": str(tmp / "redis"),
         "DATABASE_URL": f"sqlite:///{tmp / 'db.sqlite3'}",
-        "SQLITE_PATH": str(tmp / "db.sqlite3"),
         "MEDIA_ROOT": str(tmp / "media"),
         "READY_TIMEOUT": "150",
         "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1"),

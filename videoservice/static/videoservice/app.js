@@ -521,6 +521,7 @@
           setError(card, msg.message || text);
         }
         flash(text);
+        markField(msg.field);
         // a refused cancel leaves the card as it was
         for (const c of state.jobs.values()) {
           if ($(".job-status", c).textContent === "cancelling") {
@@ -537,6 +538,15 @@
   }
 
   // ---------------------------------------------------------------- submit
+
+  /** Outline the form field an `error` names (its `field`), until it is edited. */
+  function markField(name) {
+    const input = name && els.form.querySelector("#" + CSS.escape(name));
+    if (!input) return;
+    input.classList.add("field-error");
+    input.addEventListener("input", () => input.classList.remove("field-error"), { once: true });
+    input.focus();
+  }
 
   function collect() {
     const req = {

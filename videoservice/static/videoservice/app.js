@@ -72,7 +72,8 @@
     let data = null;
     try { data = await resp.json(); } catch (e) { /* not JSON */ }
     if (!resp.ok) {
-      const msg = (data && (data.message || data.error || data.detail)) || resp.status + " " + resp.statusText;
+      const detail = data && typeof data.error === "object" && data.error ? data.error : data;
+      const msg = (detail && (detail.message || detail.error || detail.detail)) || resp.status + " " + resp.statusText;
       const err = new Error(typeof msg === "string" ? msg : JSON.stringify(msg));
       err.data = data;
       throw err;

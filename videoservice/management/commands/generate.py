@@ -17,6 +17,9 @@ from django.core.management.base import BaseCommand, CommandError
 class Command(BaseCommand):
     help = ("Generate a video from a prompt (and optionally a start image) in-process, "
             "without the queue, and write it as MP4 or WebM.")
+    # touches no database, URLs or templates: don't make a generation wait on (or fail with) them
+    requires_system_checks = []
+    requires_migrations_checks = False
 
     def add_arguments(self, parser):
         parser.add_argument("prompt", nargs="?", help="what the video shows, e.g. \"a red circle moving left\"")

@@ -35,6 +35,8 @@ class Command(BaseCommand):
         parser.add_argument("--fps", type=float, help="frames per second of the written file")
         parser.add_argument("--format", choices=["mp4", "webm"],
                             help="container (default: from --output's extension, else mp4)")
+        parser.add_argument("--threads", type=int, default=0,
+                            help="torch CPU threads (default: torch's choice; 1 is faster on a busy machine)")
         parser.add_argument("--list-models", action="store_true", help="list the models and their limits, then exit")
 
     # ------------------------------------------------------------------ helpers
@@ -119,6 +121,10 @@ class Command(BaseCommand):
         from generator.encode import encode_video
         from generator.interface import GenerationError, GenerationRequest, get_backend
 
+        if options["threads"] > 0:
+            import torch
+
+            torch.set_num_threads(options["threads"])
         verbose = options["verbosity"] > 0
         started = time.perf_counter()
         if verbose:

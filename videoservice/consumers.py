@@ -1,0 +1,103 @@
+"""The websocket lobby (`/ws/lobby/`): submit, cancel, ping; relays job events to subscribers.
+
+Every connection joins the group "lobby" (public jobs) and one group per owner (its private
+jobs). The owner is the Django session (cookie) when the client has one, else the connection.
+Protocol: docs/protocol.md.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+
+from videoservice import jobs
+from videoservice.models import LOBBY_GROUP, owner_group
+from videoservice.validation import (CANCEL_FIELDS, INVALID_FIELD, INVALID_JSON, MISSING_FIELD, PING_FIELDS,
+                                     TOO_LARGE, UNKNOWN_TYPE, RequestError, check_fields, parse_json,
+                                     request_id_of, validate_generate, validate_job_id)
+
+log = logging.getLogger(__name__)
+
+
+def owner_of(scope) -> str:
+    session = scope.get("session")
+    key = getattr(session, "session_key", None) if session is not None else None
+    return f"s:{key}" if key else f"c:{uuid.uuid4().hex}"
+
+
+class LobbyConsumer(AsyncWebsocketConsumer):
+    async def connect(self):
+        self.owner = owner_of(self.scope)
+        self.groups_joined = [LOBBY_GROUP, owner_group(self.owner)]
+        for group in self.groups_joined:
+            await self.channel_layer.group_add(group, self.channel_name)
+        await self.accept()
+
+    async def disconnect(self, code):
+        for group in getattr(self, "groups_joined", []):
+            await self.channel_layer.group_discard(group, self.channel_name)
+
+    async def send_json(self, content: dict) -> None:
+        await self.send(text_data=json.dumps(content, separators=(",", ":")))
+
+    async def send_error(self, err: RequestError, request_id=None) -> None:
+        await self.send_json({"type": "error", "request_id": request_id, **err.as_dict()})
+
+    async def receive(self, text_data=None, bytes_data=None):
+        data = None
+        try:
+            if text_data is None:
+                raise RequestError(INVALID_JSON, "binary frames are not accepted; send JSON text")
+            if len(text_data) > settings.WS_MAX_CLIENT_MESSAGE_BYTES:
+                raise RequestError(TOO_LARGE, f"message larger than {settings.WS_MAX_CLIENT_MESSAGE_BYTES} bytes")
+            data = parse_json(text_data)
+            if not isinstance(data, dict):
+                raise RequestError(INVALID_JSON, "each message must be a JSON object with a \"type\"")
+            kind = data.get("type")
+            if kind is None:
+                raise RequestError(MISSING_FIELD, "message has no \"type\"", "type")
+            handler = {"generate": self.on_generate, "cancel": self.on_cancel, "ping": self.on_ping}.get(kind)
+            if handler is None:
+                raise RequestError(UNKNOWN_TYPE, f"unknown message type {str(kind)[:50]!r} "
+                                                 "(generate, cancel, ping)", "type")
+            await handler(data)
+        except RequestError as err:
+            await self.send_error(err, request_id_of(data))
+        except Exception:
+            log.exception("lobby message failed")
+            await self.send_error(RequestError("internal_error", "the server failed to handle this message"),
+                                  request_id_of(data))
+
+    async def on_ping(self, data):
+        check_fields(data, PING_FIELDS)
+        await self.send_json({"type": "pong", "request_id": request_id_of(data)})
+
+    async def on_generate(self, data):
+        req = await database_sync_to_async(validate_generate)(data)
+        user = self.scope.get("user")
+        job, position = await database_sync_to_async(jobs.create_job)(req, self.owner, user)
+        # only now: the job row exists and its task is on the queue
+        await self.send_json({"type": "queued", "job_id": str(job.id), "request_id": req.request_id,
+                              "position": position, "model": job.model, "prompt": job.prompt,
+                              "params": job.params, "private": job.private})
+
+    async def on_cancel(self, data):
+        check_fields(data, CANCEL_FIELDS)
+        if data.get("job_id") is None:
+            raise RequestError(MISSING_FIELD, "job_id is required", "job_id")
+        job_id = validate_job_id(data["job_id"])
+        user = self.scope.get("user")
+        staff = bool(user is not None and getattr(user, "is_staff", False))
+        job, state = await database_sync_to_async(jobs.cancel_job)(job_id, self.owner, staff)
+        if state == "cancelling":  # the worker confirms with a `cancelled` event between two steps
+            await self.send_json({"type": "cancelling", "job_id": job_id, "request_id": request_id_of(data)})
+        elif job.audience() != LOBBY_GROUP and job.owner != self.owner:
+            await self.send_json({"type": "cancelled", "job_id": job_id})
+
+    async def job_event(self, message):
+        """A job event from the channel layer (worker or another consumer): pass it on."""
+        await self.send_json(message["event"])

@@ -1,0 +1,224 @@
+"""Settings for the video service; everything an operator changes comes from the environment.
+
+Environment (defaults in brackets):
+  SECRET_KEY            [an insecure development key; set it off loopback]
+  DEBUG                 [0]
+  ALLOWED_HOSTS         [localhost,127.0.0.1,[::1]]  comma separated; also checked against the
+                        websocket Origin header
+  CSRF_TRUSTED_ORIGINS  [empty] comma separated origins (https://example.org) behind a proxy
+  DATABASE_URL          [sqlite:///<repo>/var/db.sqlite3]  sqlite:///ABS/PATH or
+                        postgres://USER:PASS@HOST:PORT/NAME (needs psycopg installed)
+  SQLITE_PATH           used when DATABASE_URL is unset
+  REDIS_URL             [redis://127.0.0.1:6379/0]  channel layer, Celery broker and results
+  CELERY_BROKER_URL / CELERY_RESULT_BACKEND  [REDIS_URL]
+  MEDIA_ROOT            [<repo>/var/media]  where videos and start images are stored
+  MEDIA_URL             [/media/]
+  WEBSOCKET_MAX_MESSAGE_BYTES [67108864]  what Daphne's --websocket-max-message-size is set to
+                        (it also caps what the server sends: base64 completions)
+  WS_MAX_CLIENT_MESSAGE_BYTES [12582912]  largest message a client may send (error too_large)
+  MAX_PROMPT_CHARS [1000], MAX_IMAGE_BYTES [8388608], MAX_IMAGE_PIXELS [16777216]
+  MAX_QUEUED_JOBS [200] (all owners), MAX_QUEUED_PER_OWNER [20]  -> error queue_full
+  INLINE_VIDEO_MAX_BYTES [33554432]  larger videos are announced by url only (video: null)
+  JOB_TIME_LIMIT_S [3600]  hard limit for one generation (soft limit 60 s earlier)
+  JOB_VISIBILITY_TIMEOUT_S [43200]  broker redelivery timeout; keep it above the longest
+                        queue wait + generation
+  JOB_MAX_ATTEMPTS [2]  deliveries of one job (a worker lost mid-job re-queues it once)
+  PROGRESS_INTERVAL_S [0.5]  at most one progress message per this many seconds per job
+  WORKER_WARMUP [1]  load the model of the worker's first queue right after start
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = BASE_DIR / "var"
+
+
+def env_bool(name: str, default: bool = False) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value not in (None, "") else default
+
+
+def env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return float(value) if value not in (None, "") else default
+
+
+def env_list(name: str, default: str) -> list:
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+def database_from_url(url: str) -> dict:
+    """sqlite:///relative/or//absolute/path, sqlite:///:memory:, postgres[ql]://user:pass@host:port/name."""
+    parsed = urlparse(url)
+    if parsed.scheme == "sqlite":
+        path = unquote(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else unquote(parsed.path)
+        if path and path != ":memory:" and not os.path.isabs(path):
+            path = str(BASE_DIR / path)
+        return sqlite_database(path or ":memory:")
+    if parsed.scheme in ("postgres", "postgresql", "pgsql"):
+        options = {}
+        for part in filter(None, parsed.query.split("&")):
+            key, _, value = part.partition("=")
+            options[key] = unquote(value)
+        return {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": unquote(parsed.path.lstrip("/")),
+            "USER": unquote(parsed.username or ""),
+            "PASSWORD": unquote(parsed.password or ""),
+            "HOST": parsed.hostname or "",
+            "PORT": str(parsed.port or ""),
+            "CONN_MAX_AGE": env_int("DB_CONN_MAX_AGE", 60),
+            "CONN_HEALTH_CHECKS": True,
+            "OPTIONS": options,
+        }
+    raise ValueError(f"DATABASE_URL scheme {parsed.scheme!r} is not supported (sqlite, postgres)")
+
+
+def sqlite_database(path: str) -> dict:
+    if path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": path,
+        # web and worker processes write the same file: WAL, wait for locks, take the write lock up front
+        "OPTIONS": {
+            "timeout": 30,
+            "transaction_mode": "IMMEDIATE",
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        },
+    }
+
+
+SECRET_KEY = os.environ.get("SECRET_KEY", "dev-insecure-3c1b0f8e-videoservice-change-me")
+DEBUG = env_bool("DEBUG", False)
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
+
+INSTALLED_APPS = [
+    "daphne",  # `manage.py runserver` serves ASGI (websockets) too
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "videoservice",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "videoservice.urls"
+TEMPLATES = [{
+    "BACKEND": "django.template.backends.django.DjangoTemplates",
+    "DIRS": [],
+    "APP_DIRS": True,
+    "OPTIONS": {"context_processors": [
+        "django.template.context_processors.request",
+        "django.contrib.auth.context_processors.auth",
+        "django.contrib.messages.context_processors.messages",
+    ]},
+}]
+WSGI_APPLICATION = None
+ASGI_APPLICATION = "videoservice.asgi.application"
+
+if os.environ.get("DATABASE_URL"):
+    DATABASES = {"default": database_from_url(os.environ["DATABASE_URL"])}
+else:
+    DATABASES = {"default": sqlite_database(os.environ.get("SQLITE_PATH", str(VAR_DIR / "db.sqlite3")))}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+SESSION_ENGINE = "django.contrib.sessions.backends.db"
+SESSION_COOKIE_AGE = 60 * 60 * 24 * 30
+SESSION_COOKIE_SAMESITE = "Lax"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATIC_ROOT = os.environ.get("STATIC_ROOT", str(VAR_DIR / "static"))
+MEDIA_ROOT = os.environ.get("MEDIA_ROOT", str(VAR_DIR / "media"))
+MEDIA_URL = os.environ.get("MEDIA_URL", "/media/")
+
+# ---------------------------------------------------------------- Redis: channel layer + Celery
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+CHANNEL_LAYERS = {
+    "default": {
+        # RedisChannelLayer (lists), not the pub/sub layer: the latter drops large messages.
+        # socket_timeout None: redis-py 8's 5 s default kills idle consumers (channels_redis#422).
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {
+            "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
+            "capacity": env_int("CHANNEL_CAPACITY", 500),
+            "expiry": 60,
+        },
+    },
+}
+
+WEBSOCKET_MAX_MESSAGE_BYTES = env_int("WEBSOCKET_MAX_MESSAGE_BYTES",
+                                      env_int("WEBSOCKET_MAX_MESSAGE_SIZE", 64 * 1024 * 1024))
+WS_MAX_CLIENT_MESSAGE_BYTES = env_int("WS_MAX_CLIENT_MESSAGE_BYTES", 12 * 1024 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = WS_MAX_CLIENT_MESSAGE_BYTES
+MAX_PROMPT_CHARS = env_int("MAX_PROMPT_CHARS", 1000)
+MAX_IMAGE_BYTES = env_int("MAX_IMAGE_BYTES", 8 * 1024 * 1024)
+MAX_IMAGE_PIXELS = env_int("MAX_IMAGE_PIXELS", 4096 * 4096)
+MAX_QUEUED_JOBS = env_int("MAX_QUEUED_JOBS", 200)
+MAX_QUEUED_PER_OWNER = env_int("MAX_QUEUED_PER_OWNER", 20)
+# base64 grows by 4/3 and the message has to fit WEBSOCKET_MAX_MESSAGE_BYTES
+INLINE_VIDEO_MAX_BYTES = env_int("INLINE_VIDEO_MAX_BYTES", 32 * 1024 * 1024)
+PROGRESS_INTERVAL_S = env_float("PROGRESS_INTERVAL_S", 0.5)
+JOB_TIME_LIMIT_S = env_int("JOB_TIME_LIMIT_S", 3600)
+JOB_VISIBILITY_TIMEOUT_S = env_int("JOB_VISIBILITY_TIMEOUT_S", 12 * 3600)
+JOB_MAX_ATTEMPTS = env_int("JOB_MAX_ATTEMPTS", 2)
+WORKER_WARMUP = env_bool("WORKER_WARMUP", True)
+
+# Celery reads the CELERY_* names below (worker/celery.py: namespace="CELERY").
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
+CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", REDIS_URL)
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": JOB_VISIBILITY_TIMEOUT_S}
+CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"visibility_timeout": JOB_VISIBILITY_TIMEOUT_S}
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SEND_SENT_EVENT = True
+CELERY_WORKER_SEND_TASK_EVENTS = True
+CELERY_TASK_TRACK_STARTED = True
+CELERY_TASK_ROUTES = ("worker.routing.route_task",)
+CELERY_TASK_DEFAULT_QUEUE = "celery"
+CELERY_TASK_SOFT_TIME_LIMIT = max(JOB_TIME_LIMIT_S - 60, 30)
+CELERY_TASK_TIME_LIMIT = JOB_TIME_LIMIT_S
+CELERY_RESULT_EXPIRES = 24 * 3600
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    "loggers": {"daphne": {"level": "WARNING"}, "django.channels.server": {"level": "WARNING"}},
+}

@@ -1,0 +1,15 @@
+from django.contrib import admin
+from django.urls import path
+
+from videoservice import views
+
+urlpatterns = [
+    path("", views.index, name="index"),
+    path("healthz", views.healthz, name="healthz"),
+    path("api/models", views.models_list, name="models"),
+    path("api/jobs", views.jobs_collection, name="jobs"),
+    path("api/jobs/<str:job_id>", views.job_detail, name="job"),
+    path("api/jobs/<str:job_id>/cancel", views.job_cancel, name="job-cancel"),
+    path("api/jobs/<str:job_id>/video", views.job_video, name="job-video"),
+    path("admin/", admin.site.urls),
+]

@@ -1,0 +1,247 @@
+"""The generation task: thin glue between a Job row, the generator backend and the channel layer.
+
+Events (docs/protocol.md) go to the job's audience: the "lobby" group, or the owner's group for
+private jobs. The video itself is never returned as the task result (the Redis result backend
+would store and publish it); it is stored through Django's storage and broadcast base64.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import logging
+import threading
+import time
+
+import numpy as np
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import worker_process_init
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.db import close_old_connections
+from django.utils import timezone
+
+from videoservice.models import Job
+from worker.celery import app
+
+log = logging.getLogger(__name__)
+PREVIEW_FRAMES = 4
+PREVIEW_HEIGHT = 96
+
+
+# ---------------------------------------------------------------- channel layer from a sync task
+class _LayerLoop:
+    """One event loop thread per worker process, so the channel layer keeps its Redis connections."""
+
+    def __init__(self):
+        self.loop = None
+        self.lock = threading.Lock()
+
+    def _ensure(self):
+        with self.lock:
+            if self.loop is None or not self.thread.is_alive():
+                self.loop = asyncio.new_event_loop()
+                self.thread = threading.Thread(target=self.loop.run_forever, name="channel-layer", daemon=True)
+                self.thread.start()
+        return self.loop
+
+    def group_send(self, group: str, message: dict, timeout: float = 30.0) -> None:
+        fut = asyncio.run_coroutine_threadsafe(get_channel_layer().group_send(group, message), self._ensure())
+        fut.result(timeout)
+
+
+_layer = _LayerLoop()
+
+
+def send_event(job: Job, kind: str, **fields) -> None:
+    try:
+        _layer.group_send(job.audience(), {"type": "job.event", "event": {"type": kind, "job_id": str(job.id), **fields}})
+    except Exception:  # a lost event must not fail the job; the DB row stays authoritative
+        log.exception("could not send %s for job %s", kind, job.id)
+
+
+# ---------------------------------------------------------------- previews
+def preview_jpeg(frames: np.ndarray) -> str | None:
+    """A contact sheet of up to 4 evenly spaced frames, <= 96 px high, as base64 JPEG."""
+    from PIL import Image
+
+    if frames is None:
+        return None
+    frames = np.asarray(frames)
+    if frames.ndim == 3:
+        frames = frames[None]
+    if frames.ndim != 4 or frames.shape[0] == 0:
+        return None
+    if frames.dtype != np.uint8:
+        frames = np.clip(frames, 0, 255).astype(np.uint8)
+    idx = np.unique(np.linspace(0, frames.shape[0] - 1, min(PREVIEW_FRAMES, frames.shape[0])).round().astype(int))
+    h, w = frames.shape[1:3]
+    th = min(PREVIEW_HEIGHT, h)
+    tw = max(1, round(w * th / h))
+    tiles = [Image.fromarray(frames[i][..., :3]).resize((tw, th), Image.Resampling.BILINEAR) for i in idx]
+    sheet = Image.new("RGB", (tw * len(tiles), th))
+    for k, tile in enumerate(tiles):
+        sheet.paste(tile, (k * tw, 0))
+    buf = io.BytesIO()
+    sheet.save(buf, format="JPEG", quality=70)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+# ---------------------------------------------------------------- the task
+def _finish(job: Job, status: str, **fields) -> bool:
+    """Move a running job to a terminal status (only from running: a concurrent change wins)."""
+    return bool(Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).update(
+        status=status, finished_at=timezone.now(), **fields))
+
+
+def _fail(job: Job, message: str) -> dict:
+    if _finish(job, Job.Status.FAILED, error=message[:2000]):
+        send_event(job, "generation_failed", error=message)
+    return {"job_id": str(job.id), "status": "failed", "error": message}
+
+
+def _load_image(job: Job):
+    if not job.input_image:
+        return None
+    from PIL import Image
+
+    with job.input_image.open("rb") as fh:
+        return np.asarray(Image.open(fh).convert("RGB"), dtype=np.uint8).copy()
+
+
+@app.task(bind=True, name="worker.tasks.generate_video")
+def generate_video(self, job_id: str, model: str | None = None) -> dict:
+    close_old_connections()
+    try:
+        return _run(job_id, self.request.hostname or "worker")
+    finally:
+        close_old_connections()
+
+
+def _run(job_id: str, hostname: str) -> dict:
+    from generator.encode import encode_video, mime_type
+    from generator.interface import Cancelled, GenerationError, GenerationRequest, get_backend
+
+    job = Job.objects.filter(pk=job_id).first()
+    if job is None:
+        log.warning("job %s does not exist", job_id)
+        return {"job_id": job_id, "status": "missing"}
+    if job.status not in (Job.Status.QUEUED, Job.Status.RUNNING):
+        return {"job_id": job_id, "status": job.status}  # e.g. cancelled while queued
+    attempts = job.attempts + 1
+    if job.status == Job.Status.RUNNING and attempts > settings.JOB_MAX_ATTEMPTS:
+        # redelivered after its worker was lost; a job that keeps crashing workers stops here
+        return _fail(job, f"the worker running this job was lost {job.attempts} times; giving up")
+    started = timezone.now()
+    if not Job.objects.filter(pk=job.pk, status=job.status).update(
+            status=Job.Status.RUNNING, started_at=started, worker=hostname, attempts=attempts,
+            progress=0.0, step=0):
+        job.refresh_from_db()
+        return {"job_id": job_id, "status": job.status}
+    job.refresh_from_db()
+    p = job.params
+    send_event(job, "started", worker=hostname, prompt=job.prompt, model=job.model, params=p,
+               private=job.private)
+
+    t0 = time.monotonic()
+    state = {"sent": -1e9, "checked": -1e9, "cancel": False, "gen_t0": None}
+
+    def should_cancel() -> bool:
+        now = time.monotonic()
+        if not state["cancel"] and now - state["checked"] >= 0.1:
+            state["checked"] = now
+            state["cancel"] = Job.objects.filter(pk=job.pk, cancel_requested=True).exists()
+        return state["cancel"]
+
+    def progress(step: int, total: int, preview=None) -> None:
+        now = time.monotonic()
+        if state["gen_t0"] is None:
+            state["gen_t0"] = t0
+        if step < total and now - state["sent"] < settings.PROGRESS_INTERVAL_S:
+            return
+        state["sent"] = now
+        spent = now - state["gen_t0"]
+        eta = spent / max(step, 1) * (total - step)
+        Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).update(
+            progress=step / max(total, 1), step=step, total_steps=total)
+        try:
+            preview_b64 = preview_jpeg(preview) if preview is not None else None
+        except Exception:
+            log.exception("preview failed")
+            preview_b64 = None
+        send_event(job, "progress", step=step, total_steps=total, percent=round(100.0 * step / max(total, 1), 1),
+                   eta_s=round(eta, 2), preview=preview_b64, preview_mime="image/jpeg" if preview_b64 else None)
+
+    try:
+        backend = get_backend(job.model)
+        request = GenerationRequest(
+            prompt=job.prompt, num_frames=p.get("num_frames"), width=p.get("width"), height=p.get("height"),
+            steps=p.get("steps"), guidance_scale=p.get("guidance_scale"), seed=p.get("seed"), fps=p.get("fps"),
+            image=_load_image(job))
+        state["gen_t0"] = time.monotonic()
+        result = backend.generate(request, progress=progress, should_cancel=should_cancel)
+        if should_cancel():
+            raise Cancelled()
+        data = encode_video(result.frames, result.fps, fmt="mp4")
+        t, h, w = result.frames.shape[:3]
+        h, w = h - h % 2, w - w % 2  # the encoder crops odd sizes
+        elapsed = time.monotonic() - t0
+        name = job.output.field.generate_filename(job, "video.mp4")
+        stored = job.output.storage.save(name, ContentFile(data))
+        if not _finish(job, Job.Status.SUCCEEDED, output=stored, mime=mime_type("mp4"), size_bytes=len(data),
+                       fps=float(result.fps), num_frames=int(t), width=int(w), height=int(h), seed=int(result.seed),
+                       elapsed_s=round(elapsed, 3), progress=1.0, step=job.total_steps or p.get("steps") or 0):
+            job.refresh_from_db()
+            return {"job_id": job_id, "status": job.status}
+        job.refresh_from_db()
+        inline = len(data) <= settings.INLINE_VIDEO_MAX_BYTES
+        send_event(job, "generation_complete", prompt=job.prompt, model=job.model,
+                   video=base64.b64encode(data).decode("ascii") if inline else None,
+                   url=job.url, mime=job.mime, num_frames=job.num_frames, fps=job.fps, width=job.width,
+                   height=job.height, seed=job.seed, elapsed_s=job.elapsed_s, size_bytes=len(data),
+                   private=job.private)
+        return {"job_id": job_id, "status": "succeeded", "url": job.url, "elapsed_s": job.elapsed_s,
+                "size_bytes": len(data)}
+    except Cancelled:
+        if _finish(job, Job.Status.CANCELLED, error="cancelled while running"):
+            send_event(job, "cancelled")
+        return {"job_id": job_id, "status": "cancelled"}
+    except GenerationError as exc:
+        return _fail(job, str(exc) or "generation failed")
+    except SoftTimeLimitExceeded:
+        return _fail(job, f"time limit exceeded ({settings.CELERY_TASK_SOFT_TIME_LIMIT} s)")
+    except Exception as exc:
+        log.exception("job %s failed", job_id)
+        _fail(job, f"internal error: {type(exc).__name__}: {exc}")
+        raise
+
+
+# ---------------------------------------------------------------- warm-up
+@worker_process_init.connect
+def _warm_up(**kwargs):
+    """Load the model of this worker's first model queue in the background (handlers of this
+    signal are killed after 4 s, so the load runs in a thread; a job arriving meanwhile waits on
+    the registry's lock)."""
+    if not settings.WORKER_WARMUP:
+        return
+    try:
+        queues = list(app.amqp.queues.consume_from or {})
+    except Exception:
+        queues = []
+
+    def load():
+        from generator.interface import get_backend, get_info
+
+        for name in queues:
+            try:
+                if get_info(name) is not None:
+                    t = time.monotonic()
+                    get_backend(name)
+                    log.info("model %s loaded in %.1f s", name, time.monotonic() - t)
+                    return
+            except Exception:
+                log.exception("warm-up of model %s failed", name)
+                return
+
+    threading.Thread(target=load, name="warm-up", daemon=True).start()

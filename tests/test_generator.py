@@ -244,7 +244,7 @@ def test_training_loss_goes_down(tmp_path, text_encoder):
     assert len(losses) == 30 and state["step"] == 30
     assert np.isfinite(losses).all()
     first, last = np.mean(losses[:10]), np.mean(losses[-10:])
-    assert last < first * 0.97, (first, last)
+    assert last < first * 0.9, (first, last)
     for name in ("checkpoint.pt", "loss.png", "training.json", "pipeline/unet/config.json",
                  "pipeline/scheduler/scheduler_config.json"):
         assert (tmp_path / name).exists(), name

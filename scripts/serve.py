@@ -16,6 +16,7 @@ WEBSOCKET_MAX_MESSAGE_BYTES (64 MiB), READY_TIMEOUT (180 s), REDIS_DIR (var/redi
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -204,9 +205,12 @@ def main() -> int:
         base = f"http://{display_host}:{port}"
         state = {}
 
-        def ready():
-            state["status"], state["body"] = healthz(f"{base}/healthz")
-            return state["status"] == 200
+        def ready():  # database and Redis answer, and so does a worker
+            state["status"], state["body"] = healthz(f"{base}/healthz?timeout=1")
+            try:
+                return state["status"] == 200 and bool(json.loads(state["body"]).get("workers"))
+            except ValueError:
+                return False
 
         wait_until(ready, ready_timeout, children, f"{base}/healthz")
         say("serve", f"ready in {time.monotonic() - t0:.1f} s: {state['body'][:300]}")

@@ -31,7 +31,7 @@ def free_port() -> int:
 
 
 def http(method: str, url: str, body=None, headers=None, timeout: float = 10.0):
-    """(status, headers, bytes) without raising on 4xx/5xx."""
+    """(status, headers (an email.message.Message: case-insensitive, get_all), bytes); no raise on 4xx/5xx."""
     data = None
     headers = dict(headers or {})
     if body is not None:
@@ -40,9 +40,9 @@ def http(method: str, url: str, body=None, headers=None, timeout: float = 10.0):
     req = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, dict(resp.headers), resp.read()
+            return resp.status, resp.headers, resp.read()
     except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), exc.read()
+        return exc.code, exc.headers, exc.read()
 
 
 class Proc:
@@ -108,6 +108,8 @@ def live_service(tmp_path_factory):
         procs.append(worker)
         web = Proc("web", [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(web_port),
                            "--websocket-max-message-size", str(WS_MAX_MESSAGE_BYTES),
+                           # browsers send a message as one frame; daphne's frame cap is 1 MiB too
+                           "--websocket-max-frame-size", str(WS_MAX_MESSAGE_BYTES),
                            "videoservice.asgi:application"], env, tmp)
         procs.append(web)
         base = f"http://127.0.0.1:{web_port}"

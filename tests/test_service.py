@@ -26,9 +26,7 @@ def session_cookie(svc) -> str:
     """A fresh Django session, as a browser gets from GET /."""
     status, headers, _ = http("GET", svc["base"] + "/")
     assert status == 200
-    cookies = [v for k, v in headers.items() if k.lower() == "set-cookie"]
-    raw = ";".join(cookies)
-    for part in raw.replace(",", ";").split(";"):
+    for part in ";".join(headers.get_all("Set-Cookie") or []).split(";"):
         part = part.strip()
         if part.startswith("sessionid="):
             return part
@@ -123,3 +121,274 @@ def test_submit_progress_complete_and_second_subscriber(live_service):
             status, headers, body = http("GET", live_service["base"] + done["url"])
             assert status == 200 and body == video and headers["Content-Type"] == "video/mp4"
     run(scenario())
+
+
+def png_b64(size=(64, 64), fmt="PNG") -> str:
+    img = np.zeros((size[1], size[0], 3), np.uint8)
+    img[16:40, 8:32] = (230, 30, 30)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format=fmt)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_private_job_reaches_only_its_owner(live_service):
+    cookie = session_cookie(live_service)
+
+    async def scenario():
+        async with Client(live_service, cookie) as mine, Client(live_service, cookie) as mine2, \
+                Client(live_service) as stranger, Client(live_service, session_cookie(live_service)) as other:
+            queued = await mine.submit(prompt="a green square moving up", private=True, image=png_b64(), **SMALL)
+            assert queued["type"] == "queued", queued
+            job_id = queued["job_id"]
+            events = await mine.events_for(job_id)
+            assert [m["type"] for m in events][-1] == "generation_complete"
+            frames, _ = decode_video(base64.b64decode(events[-1]["video"]))
+            assert frames.shape == (8, 64, 64, 3)
+            # the same session's other connection sees it too
+            await mine2.until(lambda m: m.get("job_id") == job_id and m["type"] == "generation_complete")
+            for c in (stranger, other):
+                await c.ping_ok()  # anything sent to them before now has arrived
+                assert not [m for m in c.seen if m.get("job_id") == job_id], c.seen
+            return job_id, events[-1]["url"]
+
+    job_id, url = run(scenario())
+    base = live_service["base"]
+    assert http("GET", f"{base}/api/jobs/{job_id}")[0] == 404
+    assert http("GET", base + url)[0] == 404
+    status, _, body = http("GET", f"{base}/api/jobs/{job_id}", headers={"Cookie": cookie})
+    assert status == 200 and json.loads(body)["job"]["private"] is True
+    listed = json.loads(http("GET", f"{base}/api/jobs")[2])["jobs"]
+    assert job_id not in [j["id"] for j in listed]
+    assert http("GET", base + url, headers={"Cookie": cookie})[0] == 200
+
+
+def test_ten_clients_at_once_all_complete(live_service):
+    n = 10
+
+    async def one(i, watchers_ready):
+        async with Client(live_service) as c:
+            await watchers_ready.wait()
+            queued = await c.submit(prompt=f"a blue circle moving {['left', 'right'][i % 2]}", seed=i,
+                                    **{**SMALL, "steps": 2})
+            assert queued["type"] == "queued", queued
+            done = await c.until(lambda m: m.get("job_id") == queued["job_id"] and m["type"] in TERMINAL, 150)
+            assert done["type"] == "generation_complete", done
+            # everyone in the lobby sees every completion: wait for all n
+            ids = {m["job_id"] for m in c.seen if m["type"] == "generation_complete"}
+            return queued["job_id"], done, c
+
+    async def scenario():
+        ready = asyncio.Event()
+        tasks = [asyncio.create_task(one(i, ready)) for i in range(n)]
+        await asyncio.sleep(0.5)
+        ready.set()
+        return await asyncio.gather(*tasks)
+
+    t0 = time.monotonic()
+    results = run(scenario())
+    print(f"{n} parallel jobs done in {time.monotonic() - t0:.1f} s")
+    ids = {job_id for job_id, _, _ in results}
+    assert len(ids) == n
+    for job_id, done, _ in results:
+        frames, _ = decode_video(base64.b64decode(done["video"]))
+        assert frames.shape == (8, 64, 64, 3)
+    # nothing lost: every job is succeeded in the database
+    jobs = {j["id"]: j for j in json.loads(http("GET", live_service["base"] + "/api/jobs?limit=200")[2])["jobs"]}
+    assert all(jobs[i]["status"] == "succeeded" for i in ids)
+
+
+def test_cancel_queued_and_running(live_service):
+    async def scenario():
+        async with Client(live_service) as c, Client(live_service) as watcher:
+            long = await c.submit(prompt="a yellow triangle moving down", **{**SMALL, "steps": 100})
+            await c.until(lambda m: m.get("job_id") == long["job_id"] and m["type"] == "progress", 60)
+            waiting = await c.submit(prompt="a red square moving left", **SMALL)
+            assert waiting["position"] >= 1
+            # cancel while queued: immediate, broadcast to the lobby
+            await c.send({"type": "cancel", "job_id": waiting["job_id"], "request_id": "c1"})
+            await c.until(lambda m: m.get("job_id") == waiting["job_id"] and m["type"] == "cancelled", 10)
+            await watcher.until(lambda m: m.get("job_id") == waiting["job_id"] and m["type"] == "cancelled", 10)
+            # cancel while running: the worker stops between two steps
+            t0 = time.monotonic()
+            await c.send({"type": "cancel", "job_id": long["job_id"], "request_id": "c2"})
+            ack = await c.until(lambda m: m.get("request_id") == "c2", 10)
+            assert ack["type"] == "cancelling", ack
+            events = await c.events_for(long["job_id"], 30)
+            assert events[-1]["type"] == "cancelled"
+            assert time.monotonic() - t0 < 10
+            steps = [m["step"] for m in events if m["type"] == "progress"]
+            assert steps and max(steps) < 100
+            # cancelling again: the job is over
+            await c.send({"type": "cancel", "job_id": long["job_id"], "request_id": "c3"})
+            err = await c.until(lambda m: m.get("request_id") == "c3", 10)
+            assert (err["type"], err["code"]) == ("error", "not_cancellable")
+            # the worker is free again and the cancelled queued job never starts
+            after = await c.submit(prompt="a blue square moving right", **{**SMALL, "steps": 2})
+            done = await c.events_for(after["job_id"])
+            assert done[-1]["type"] == "generation_complete"
+            assert not [m for m in c.seen if m.get("job_id") == waiting["job_id"] and m["type"] == "started"]
+            return long["job_id"], waiting["job_id"]
+
+    long_id, waiting_id = run(scenario())
+    base = live_service["base"]
+    for job_id, error in ((long_id, "cancelled while running"), (waiting_id, "cancelled while queued")):
+        job = json.loads(http("GET", f"{base}/api/jobs/{job_id}")[2])["job"]
+        assert job["status"] == "cancelled" and job["error"] == error
+        assert job["url"] is None
+    assert json.loads(http("GET", f"{base}/api/jobs/{waiting_id}")[2])["job"]["started_at"] is None
+
+
+BIG = "A" * (13 * 1024 * 1024)
+BAD_INPUTS = [
+    # (raw message or object, expected code)
+    ("hello", "invalid_json"),
+    (b"\x00\x01binary", "invalid_json"),
+    ("[1, 2]", "invalid_json"),
+    ('{"type": "generate", "prompt": "x", "guidance_scale": NaN, "request_id": "r"}', "invalid_json"),
+    ('{"type": "generate", "prompt": "x", "fps": Infinity, "request_id": "r"}', "invalid_json"),
+    ({"prompt": "no type"}, "missing_field"),
+    ({"type": "dance"}, "unknown_type"),
+    ({"type": 5}, "unknown_type"),
+    ({"type": "generate"}, "missing_field"),
+    ({"type": "generate", "prompt": 5}, "invalid_field"),
+    ({"type": "generate", "prompt": "   "}, "invalid_field"),
+    ({"type": "generate", "prompt": "x" * 1001}, "invalid_field"),
+    ({"type": "generate", "prompt": "x", "num_frames": True}, "invalid_field"),
+    ({"type": "generate", "prompt": "x", "num_frames": "8"}, "invalid_field"),
+    ({"type": "generate", "prompt": "x", "num_frames": 8.5}, "invalid_field"),
+    ({"type": "generate", "prompt": "x", "num_frames": 1000}, "invalid_field"),
+    ({"type": "generate", "prompt": "x", "width": 65}, "invalid_field"),
+    ({"type": "generate", "prompt": "x", "height": 4096}, "invalid_field"),
+    ({"type": "generate", "prompt": "x", "steps": 0}, "invalid_field"),
+    ({"type": "generate", "prompt": "x", "guidance_scale": "high"}, "invalid_field"),
+    ({"type": "generate", "prompt": "x", "seed": -1}, "invalid_field"),
+    ({"type": "generate", "prompt": "x", "fps": 0}, "invalid_field"),
+    ({"type": "generate", "prompt": "x", "private": "yes"}, "invalid_field"),
+    ({"type": "generate", "prompt": "x", "request_id": {"a": 1}}, "invalid_field"),
+    ({"type": "generate", "prompt": "x", "colour": "red"}, "unknown_field"),
+    ({"type": "generate", "prompt": "x", "model": "no-such-model"}, "unknown_model"),
+    ({"type": "generate", "prompt": "x", "model": 3}, "invalid_field"),
+    ({"type": "generate", "prompt": "x", "image": 12}, "invalid_field"),
+    ({"type": "generate", "prompt": "x", "image": "not base64 !!"}, "image_invalid"),
+    ({"type": "generate", "prompt": "x", "image": base64.b64encode(b"hello world").decode()}, "image_invalid"),
+    ({"type": "generate", "prompt": "x", "image": png_b64(fmt="GIF")}, "image_invalid"),
+    ({"type": "generate", "prompt": "x", "image": png_b64(size=(4, 4))}, "image_invalid"),
+    ({"type": "generate", "prompt": "x", "image": "A" * (11 * 1024 * 1024 + 512 * 1024)}, "too_large"),
+    ('{"type": "generate", "prompt": "' + BIG + '"}', "too_large"),
+    ({"type": "cancel"}, "missing_field"),
+    ({"type": "cancel", "job_id": "abc"}, "not_found"),
+    ({"type": "cancel", "job_id": str(uuid.uuid4())}, "not_found"),
+    ({"type": "cancel", "job_id": 7}, "invalid_field"),
+    ({"type": "ping", "extra": 1}, "unknown_field"),
+]
+
+
+def test_bad_inputs_get_errors_and_the_connection_stays_usable(live_service):
+    async def scenario():
+        async with Client(live_service) as c:
+            failures = []
+            for i, (msg, code) in enumerate(BAD_INPUTS):
+                if isinstance(msg, dict):
+                    msg = {**msg, "request_id": msg.get("request_id", f"bad-{i}")}
+                await c.send(msg)
+                reply = await c.recv(15)
+                if reply.get("type") != "error" or reply.get("code") != code:
+                    failures.append((str(msg)[:80], code, reply))
+                    continue
+                assert reply["message"]
+                if isinstance(msg, dict) and isinstance(msg["request_id"], str):
+                    assert reply["request_id"] == msg["request_id"]
+                await c.ping_ok()
+            assert not failures, failures
+            # a well-formed request still works on the same connection
+            queued = await c.submit(prompt="a red circle moving up", **{**SMALL, "steps": 2})
+            assert queued["type"] == "queued"
+            assert (await c.events_for(queued["job_id"]))[-1]["type"] == "generation_complete"
+    run(scenario())
+
+
+def test_connection_without_allowed_origin_is_refused(live_service):
+    async def scenario():
+        with pytest.raises(websockets.exceptions.InvalidStatus):
+            await websockets.connect(live_service["ws"], origin="http://evil.example")
+    run(scenario())
+
+
+# ---------------------------------------------------------------- HTTP API
+def wait_job(base, job_id, headers=None, timeout=60.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = json.loads(http("GET", f"{base}/api/jobs/{job_id}", headers=headers)[2])["job"]
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} not finished: {job}")
+
+
+def test_http_api(live_service):
+    base = live_service["base"]
+    cookie = session_cookie(live_service)
+    me = {"Cookie": cookie}
+
+    status, _, body = http("GET", f"{base}/healthz")
+    health = json.loads(body)
+    assert status == 200 and health["database"] == "ok" and health["redis"] == "ok"
+    assert any(w.startswith("test-builtin@") for w in health["workers"])
+
+    models = json.loads(http("GET", f"{base}/api/models")[2])["models"]
+    builtin = next(m for m in models if m["name"] == "builtin")
+    assert builtin["max_frames"] >= 8 and builtin["size_multiple"] and "frame_rule" in builtin
+
+    status, _, body = http("POST", f"{base}/api/jobs", {"prompt": "a green circle moving left", "seed": 11,
+                                                       "request_id": "h1", **SMALL}, headers=me)
+    assert status == 201, body
+    created = json.loads(body)
+    job = created["job"]
+    assert job["status"] in ("queued", "running") and created["request_id"] == "h1"
+    assert job["params"]["steps"] == 3 and job["params"]["seed"] == 11 and job["mine"] is True
+    done = wait_job(base, job["id"], me)
+    assert done["status"] == "succeeded" and done["num_frames"] == 8 and done["url"]
+
+    listed = json.loads(http("GET", f"{base}/api/jobs?status=succeeded", headers=me)[2])["jobs"]
+    assert job["id"] in [j["id"] for j in listed] and all(j["status"] == "succeeded" for j in listed)
+    assert http("GET", f"{base}/api/jobs?status=bogus")[0] == 400
+
+    # the video, whole and in ranges
+    status, headers, whole = http("GET", base + done["url"])
+    assert status == 200 and headers["Accept-Ranges"] == "bytes" and len(whole) == done["size_bytes"]
+    assert decode_video(whole)[0].shape == (8, 64, 64, 3)
+    size = len(whole)
+    for rng, start, end in (("bytes=0-99", 0, 99), ("bytes=100-", 100, size - 1), ("bytes=-50", size - 50, size - 1)):
+        status, headers, part = http("GET", base + done["url"], headers={"Range": rng})
+        assert status == 206, (rng, status)
+        assert headers["Content-Range"] == f"bytes {start}-{end}/{size}"
+        assert part == whole[start:end + 1]
+    assert http("GET", base + done["url"], headers={"Range": f"bytes={size}-"})[0] == 416
+
+    # cancel: someone else's job is forbidden, a finished one is not cancellable
+    status, _, body = http("POST", f"{base}/api/jobs/{job['id']}/cancel", b"{}")
+    assert status == 403 and json.loads(body)["code"] == "forbidden"
+    status, _, body = http("POST", f"{base}/api/jobs/{job['id']}/cancel", b"{}", headers=me)
+    assert status == 409 and json.loads(body)["code"] == "not_cancellable"
+    status, _, body = http("POST", f"{base}/api/jobs", {"prompt": "a red square moving down",
+                                                       **{**SMALL, "steps": 100}}, headers=me)
+    running = json.loads(body)["job"]["id"]
+    status, _, body = http("POST", f"{base}/api/jobs/{running}/cancel", b"{}", headers=me)
+    assert status in (200, 202), body
+    assert wait_job(base, running, me)["status"] == "cancelled"
+
+    # errors
+    for payload, code in (({"prompt": "x", "width": 63}, "invalid_field"), ({}, "missing_field"),
+                          ({"prompt": "x", "model": "nope"}, "unknown_model"), (b"{nope", "invalid_json")):
+        status, _, body = http("POST", f"{base}/api/jobs", payload)
+        assert status == 400 and json.loads(body)["code"] == code, body
+    status, _, body = http("POST", f"{base}/api/jobs", b"prompt=x", headers={"Content-Type": "text/plain"})
+    assert status == 415
+    assert http("GET", f"{base}/api/jobs/{uuid.uuid4()}")[0] == 404
+    assert http("GET", f"{base}/api/jobs/not-a-uuid")[0] == 404
+
+    # the page and its static files (served by Daphne with DEBUG off)
+    status, _, page = http("GET", base + "/")
+    assert status == 200 and b"<html" in page.lower()
+    assert http("GET", base + "/static/videoservice/app.js")[0] == 200
+    assert http("GET", base + "/admin/login/")[0] == 200

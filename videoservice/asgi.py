@@ -3,6 +3,7 @@
     daphne -b 127.0.0.1 -p 8000 --websocket-max-message-size 67108864 videoservice.asgi:application
 """
 import os
+import threading
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "videoservice.settings")
 
@@ -16,6 +17,21 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from videoservice.routing import websocket_urlpatterns  # noqa: E402
+
+
+def _import_model_registry():
+    """Validation asks the generator registry for model limits; importing it pulls in torch (seconds).
+    Do that now in the background rather than in the first request (Python's import lock makes an
+    early request wait for it)."""
+    try:
+        from generator.interface import list_models
+
+        list_models()
+    except Exception:  # reported again, with a clear error, on the first request that needs it
+        pass
+
+
+threading.Thread(target=_import_model_registry, name="import-models", daemon=True).start()
 
 application = ProtocolTypeRouter({
     # /static/ straight from the apps' static folders (no collectstatic, works with DEBUG off)

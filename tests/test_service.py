@@ -217,6 +217,7 @@ def test_cancel_queued_and_running(live_service):
             assert events[-1]["type"] == "cancelled"
             assert time.monotonic() - t0 < 10
             steps = [m["step"] for m in events if m["type"] == "progress"]
+            print(f"running job cancelled at step {max(steps or [0])}/100")
             assert steps and max(steps) < 100
             # cancelling again: the job is over
             await c.send({"type": "cancel", "job_id": long["job_id"], "request_id": "c3"})

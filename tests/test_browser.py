@@ -8,6 +8,7 @@ and the finished `<video>` play. The service must then stop cleanly on SIGTERM.
 """
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
@@ -145,14 +146,33 @@ def test_submit_from_page_watch_progress_and_play_video(service, browser, tmp_pa
         page.close()
 
 
-def test_progress_and_preview_are_shown_while_running(service, browser):
-    """A longer job, watched while it runs: the bar moves, the preview appears, cancel ends it."""
+def png_bytes(size: int = 64) -> bytes:
+    from PIL import Image
+
+    img = Image.new("RGB", (size, size), (10, 10, 40))
+    img.paste((40, 90, 230), (20, 20, 40, 40))
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_reconnect_start_image_progress_and_cancel(service, browser):
+    """The page reconnects by itself; a longer image-to-video job is watched while it runs (the bar
+    moves, the preview appears), and its cancel button ends it."""
     expect = playwright_api.expect
     page = browser.new_page()
     try:
         page.goto(service["url"] + "/")
-        expect(page.get_by_test_id("conn-status")).to_have_attribute("data-state", "open", timeout=20_000)
+        status = page.get_by_test_id("conn-status")
+        expect(status).to_have_attribute("data-state", "open", timeout=20_000)
+        page.evaluate("window.oldSocket = window.videoUI.state.ws; window.oldSocket.close()")  # server gone
+        page.wait_for_function("() => { const ws = window.videoUI.state.ws;"
+                               " return ws && ws !== window.oldSocket && ws.readyState === 1; }", timeout=20_000)
+        expect(status).to_have_attribute("data-state", "open", timeout=5_000)
+
         expect(page.locator("#model option[value=builtin]")).to_have_count(1, timeout=20_000)
+        page.set_input_files("#image", {"name": "start.png", "mimeType": "image/png", "buffer": png_bytes()})
+        expect(page.locator("#image-preview")).to_be_visible(timeout=10_000)
         page.fill("#prompt", "a blue square moving up")
         for field, value in (("num_frames", "8"), ("width", "64"), ("height", "64"), ("steps", "100")):
             page.fill(f"#{field}", value)

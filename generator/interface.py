@@ -38,6 +38,10 @@ class GenerationRequest:
     seed: Optional[int] = None
     fps: Optional[float] = None
     image: Optional[np.ndarray] = None  # start frame, H x W x 3 uint8 (image-to-video)
+    # frames to continue from, k x H x W x 3 uint8 (long-video extension); a backend honours the
+    # last `max_start_frames` of them as the clip's first frames; one with a single start frame
+    # (image-to-video) gets the last one as `image` (see fill_defaults)
+    start_frames: Optional[np.ndarray] = None
 
 
 @dataclass
@@ -105,6 +109,9 @@ class Backend(ABC):
     """One loaded model. `load` is called lazily before the first `generate`."""
 
     info: ModelInfo
+    # how many leading frames of `start_frames` generate() reproduces and continues from
+    # (1: image-to-video from the last one; only meaningful when info.supports_image)
+    max_start_frames: int = 1
 
     def __init__(self, info: ModelInfo):
         self.info = info
@@ -130,7 +137,9 @@ class Backend(ABC):
             guidance_scale=info.default_guidance if request.guidance_scale is None else request.guidance_scale,
             seed=request.seed if request.seed is not None else int(np.random.SeedSequence().entropy % (2**31)),
             fps=request.fps or info.default_fps,
-            image=request.image,
+            image=request.image if request.image is not None or request.start_frames is None
+            else request.start_frames[-1],
+            start_frames=request.start_frames,
         )
 
 

@@ -42,6 +42,8 @@ def image_to_tensor(image: np.ndarray, size: tuple) -> torch.Tensor:
 
 
 class BuiltinBackend(Backend):
+    max_start_frames = 6  # trained with 0, 1 or 2-6 given leading frames
+
     def __init__(self, path: Optional[str] = None, info: ModelInfo = INFO):
         super().__init__(info)
         self.path = path or os.environ.get("BUILTIN_MODEL_PATH") or WEIGHTS
@@ -60,6 +62,9 @@ class BuiltinBackend(Backend):
         req = self.fill_defaults(request)
         size = native_size(req.height, req.width)
         start = None if req.image is None else image_to_tensor(req.image, size)
+        if req.start_frames is not None and len(req.start_frames):
+            given = req.start_frames[-min(self.max_start_frames, req.num_frames - 1):]
+            start = torch.cat([image_to_tensor(f, size) for f in given], dim=1)  # 3 x k x h x w
 
         def on_step(step, total, estimate):
             if progress is not None:

@@ -1,0 +1,393 @@
+"""Long videos and post-processing on every backend, through the common interface.
+
+Three strategies (MISSION.md, "Further capabilities"), composed by `run_job`:
+
+1. `extend`: autoregressive extension. Chunk i > 0 is conditioned on the last frames of chunk
+   i-1 (`GenerationRequest.start_frames`; a backend with only image-to-video gets the last frame
+   as `image`), so its first `n` frames re-create the previous chunk's last `n`; those are blended
+   with the ramp w(f) = (f - f_start) / n, x = w x_new + (1 - w) x_old.
+   A text-only backend cannot be conditioned: its chunks are independent and the overlap is a
+   cross-fade (the seams show; the service should prefer a model with image-to-video).
+2. `interpolate`: key frames + optical flow. Between each pair of frames, k - 1 frames
+   x_t = (1 - t) Warp(x0, F_t->0) + t Warp(x1, F_t->1), with OpenCV's dense DIS flow both ways
+   and cv2.remap; pairs run in parallel on a thread pool (OpenCV releases the GIL).
+3. `hierarchical`: a low-res, low-fps base generation, then per-frame super-resolution
+   (bicubic + unsharp mask, generator.postprocess.resize_frames, frame-parallel), then `interpolate`.
+
+Options multiply the request: the request's num_frames/width/height/fps describe one base chunk,
+`upscale` multiplies the size and `interpolate` the fps (frames: (T - 1) * k + 1).
+"""
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import Optional
+
+import cv2
+import numpy as np
+
+from generator.interface import (Backend, Cancelled, CancelCheck, GenerationRequest, GenerationResult, ModelInfo,
+                                 ProgressCallback)
+from generator.postprocess import resize_frames
+
+# our parallelism is one pair (or frame) per thread; OpenCV's own pool on top would oversubscribe
+cv2.setNumThreads(1)
+
+MAX_CHUNKS = 8
+MAX_OVERLAP = 8
+INTERPOLATE_FACTORS = (1, 2, 3, 4, 6)
+UPSCALE_FACTORS = (1, 2, 4)
+MAX_DURATION_S = 120.0
+MAX_FINAL_FRAMES = 1024
+MAX_FINAL_SIDE = 2048
+MAX_TOTAL_PIXELS = 2 ** 27  # frames x height x width of the final video (~400 MB as uint8 RGB)
+FLOW_MAX_SIDE = 512  # flow is computed at most this large, then scaled up
+
+
+def _workers(workers: Optional[int]) -> int:
+    return max(1, workers or os.cpu_count() or 1)
+
+
+# ------------------------------------------------------------------ 1. extension
+def blend_weights(overlap: int) -> np.ndarray:
+    """w(f) = (f - f_start) / f_overlap for the overlap's frames f_start .. f_start + overlap - 1."""
+    return np.arange(overlap, dtype=np.float32) / float(overlap)
+
+
+def blend_overlap(old: np.ndarray, new: np.ndarray, overlap: int) -> np.ndarray:
+    """Append `new` to `old`, whose last `overlap` frames and new's first `overlap` show the same instants."""
+    if overlap <= 0:
+        return np.concatenate([old, new])
+    w = blend_weights(overlap).reshape(-1, 1, 1, 1)
+    mixed = w * new[:overlap].astype(np.float32) + (1.0 - w) * old[-overlap:].astype(np.float32)
+    mixed = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
+    return np.concatenate([old[:-overlap], mixed, new[overlap:]])
+
+
+def conditioned_frames(backend: Backend, overlap: int) -> int:
+    """How many previous frames a chunk can be conditioned on (0: the backend is text-to-video only)."""
+    if not backend.info.supports_image:
+        return 0
+    return max(1, min(overlap, int(getattr(backend, "max_start_frames", 1))))
+
+
+def effective_overlap(backend: Backend, overlap: int) -> int:
+    """Frames shared by consecutive chunks: the conditioned ones, or `overlap` cross-faded ones."""
+    k = conditioned_frames(backend, overlap)
+    return k if k else overlap
+
+
+def chunks_for_duration(duration_s: float, fps: float, num_frames: int, overlap: int) -> int:
+    """Chunks of num_frames (sharing `overlap` frames) needed for at least duration_s seconds."""
+    needed = math.ceil(duration_s * fps - 1e-9)
+    if needed <= num_frames:
+        return 1
+    return 1 + math.ceil((needed - num_frames) / (num_frames - overlap))
+
+
+def extended_length(num_chunks: int, num_frames: int, overlap: int) -> int:
+    return num_chunks * num_frames - (num_chunks - 1) * overlap
+
+
+def extend(backend: Backend, request: GenerationRequest, num_chunks: Optional[int] = None, overlap: int = 4,
+           progress: Optional[ProgressCallback] = None, should_cancel: Optional[CancelCheck] = None,
+           duration_s: Optional[float] = None) -> GenerationResult:
+    """Generate `num_chunks` chunks (or enough for `duration_s` seconds, trimmed to it) as one video.
+
+    Progress reports (step, total) over all chunks; cancel is checked between chunks and, by the
+    backend, between steps. Chunk i uses seed + i.
+    """
+    req = backend.fill_defaults(request)
+    frames_per_chunk = req.num_frames
+    if not 1 <= overlap < frames_per_chunk:
+        raise ValueError(f"overlap must be between 1 and {frames_per_chunk - 1} (num_frames - 1)")
+    cond = conditioned_frames(backend, overlap)
+    shared = cond if cond else overlap
+    if duration_s is not None:
+        num_chunks = chunks_for_duration(duration_s, req.fps, frames_per_chunk, shared)
+    num_chunks = int(num_chunks or 1)
+    if num_chunks < 1:
+        raise ValueError("num_chunks must be at least 1")
+
+    total = num_chunks * req.steps
+    done = [0]  # steps finished in earlier chunks
+    video, first = None, None
+    for i in range(num_chunks):
+        if should_cancel is not None and should_cancel():
+            raise Cancelled()
+        chunk_req = replace(req, seed=(req.seed + i) % (2 ** 31))
+        if i > 0:
+            if cond:
+                tail = np.ascontiguousarray(video[-cond:])
+                chunk_req = replace(chunk_req, start_frames=tail, image=tail[-1])
+            else:
+                chunk_req = replace(chunk_req, start_frames=None, image=None)
+
+        def on_step(step, _total, preview, _offset=done[0]):
+            if progress is not None:
+                progress(_offset + step, total, preview)
+
+        result = backend.generate(chunk_req, progress=on_step, should_cancel=should_cancel)
+        done[0] += req.steps
+        frames = result.frames
+        if first is None:
+            first = result
+            video = frames
+        else:
+            video = blend_overlap(video, frames, shared)
+    if duration_s is not None:
+        video = video[:max(1, math.ceil(duration_s * req.fps - 1e-9))]
+    return GenerationResult(frames=video, fps=first.fps, seed=req.seed, native_size=first.native_size)
+
+
+# ------------------------------------------------------------------ 2. flow interpolation
+_DIS = None
+
+
+def _flow_both_ways(a: np.ndarray, b: np.ndarray, max_side: int = FLOW_MAX_SIDE) -> tuple:
+    """Dense flow a->b and b->a (H x W x 2, pixels), computed at most max_side large."""
+    h, w = a.shape[:2]
+    scale = min(1.0, max_side / max(h, w))
+    ga, gb = cv2.cvtColor(a, cv2.COLOR_RGB2GRAY), cv2.cvtColor(b, cv2.COLOR_RGB2GRAY)
+    if scale < 1.0:
+        size = (max(8, round(w * scale)), max(8, round(h * scale)))
+        ga, gb = cv2.resize(ga, size, interpolation=cv2.INTER_AREA), cv2.resize(gb, size, interpolation=cv2.INTER_AREA)
+    # a DIS instance per call: instances keep state and are not meant to be shared between threads
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    f_ab = dis.calc(ga, gb, None)
+    f_ba = dis.calc(gb, ga, None)
+    if scale < 1.0:
+        f_ab = cv2.resize(f_ab, (w, h), interpolation=cv2.INTER_LINEAR) * np.float32(w / ga.shape[1])
+        f_ba = cv2.resize(f_ba, (w, h), interpolation=cv2.INTER_LINEAR) * np.float32(w / ga.shape[1])
+    return f_ab, f_ba
+
+
+def _warp(image: np.ndarray, flow: np.ndarray, grid: tuple) -> np.ndarray:
+    """Backward warp: out(p) = image(p + flow(p)), bilinear, edges replicated."""
+    map_x = grid[0] + flow[..., 0]
+    map_y = grid[1] + flow[..., 1]
+    return cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def interpolate_pair(x0: np.ndarray, x1: np.ndarray, factor: int, max_side: int = FLOW_MAX_SIDE) -> list:
+    """The factor - 1 frames between x0 and x1 (t = j / factor), warped from both sides.
+
+    Flows to the intermediate instant follow Super SloMo's linear-motion approximation:
+    F_t->0 = -(1-t) t F_0->1 + t^2 F_1->0,  F_t->1 = (1-t)^2 F_0->1 - t (1-t) F_1->0.
+    """
+    f01, f10 = _flow_both_ways(x0, x1, max_side)
+    h, w = x0.shape[:2]
+    grid = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    a, b = x0.astype(np.float32), x1.astype(np.float32)
+    out = []
+    for j in range(1, factor):
+        t = j / factor
+        ft0 = -(1 - t) * t * f01 + t * t * f10
+        ft1 = (1 - t) ** 2 * f01 - t * (1 - t) * f10
+        mid = (1 - t) * _warp(a, ft0, grid) + t * _warp(b, ft1, grid)
+        out.append(np.clip(np.rint(mid), 0, 255).astype(np.uint8))
+    return out
+
+
+def blend_pair(x0: np.ndarray, x1: np.ndarray, factor: int) -> list:
+    """The baseline: plain cross-fades (1 - t) x0 + t x1."""
+    a, b = x0.astype(np.float32), x1.astype(np.float32)
+    return [np.clip(np.rint((1 - j / factor) * a + j / factor * b), 0, 255).astype(np.uint8)
+            for j in range(1, factor)]
+
+
+def interpolate(frames: np.ndarray, factor: int, workers: Optional[int] = None, method: str = "flow",
+                should_cancel: Optional[CancelCheck] = None) -> np.ndarray:
+    """T x H x W x 3 -> ((T - 1) * factor + 1) x H x W x 3; the fps multiplies by factor.
+
+    Pairs run in parallel (`workers` threads, default every core); workers=1 is the serial reference.
+    """
+    factor = int(factor)
+    if factor < 1:
+        raise ValueError("interpolation factor must be at least 1")
+    if factor == 1 or len(frames) < 2:
+        return frames
+    pair = interpolate_pair if method == "flow" else blend_pair
+
+    def one(i):
+        if should_cancel is not None and should_cancel():
+            raise Cancelled()
+        return pair(frames[i], frames[i + 1], factor)
+
+    n = _workers(workers)
+    if n == 1:
+        middles = [one(i) for i in range(len(frames) - 1)]
+    else:
+        with ThreadPoolExecutor(max_workers=n) as pool:
+            middles = list(pool.map(one, range(len(frames) - 1)))
+    out = np.empty(((len(frames) - 1) * factor + 1,) + frames.shape[1:], np.uint8)
+    for i, mids in enumerate(middles):
+        out[i * factor] = frames[i]
+        for j, m in enumerate(mids, 1):
+            out[i * factor + j] = m
+    out[-1] = frames[-1]
+    return out
+
+
+# ------------------------------------------------------------------ 3. super-resolution + hierarchical
+def upscale_frames(frames: np.ndarray, factor: int, workers: Optional[int] = None) -> np.ndarray:
+    """Per-frame super-resolution by `factor`: bicubic + unsharp mask, one frame per thread."""
+    if factor == 1:
+        return frames
+    h, w = frames.shape[1:3]
+    return resize_frames(frames, (h * factor, w * factor), sharpen=True, workers=_workers(workers))
+
+
+def hierarchical(backend: Backend, request: GenerationRequest, upscale: int = 2, interpolate_factor: int = 4,
+                 progress: Optional[ProgressCallback] = None, should_cancel: Optional[CancelCheck] = None,
+                 workers: Optional[int] = None) -> GenerationResult:
+    """Low-res, low-fps base clip (the request as given) -> super-resolution x upscale -> interpolation."""
+    return run_job(backend, request, LongVideoOptions(upscale=upscale, interpolate=interpolate_factor),
+                   progress, should_cancel, workers)
+
+
+# ------------------------------------------------------------------ 4. the worker's entry point
+@dataclass
+class LongVideoOptions:
+    num_chunks: int = 1  # chunks generated one after another (ignored when duration_s is set)
+    duration_s: Optional[float] = None  # seconds of video wanted: chunks as needed, trimmed to it
+    overlap: Optional[int] = None  # frames shared by consecutive chunks (None: min(4, num_frames - 1))
+    interpolate: int = 1  # flow-interpolation factor k: fps x k, frames (T - 1) k + 1
+    upscale: int = 1  # per-frame super-resolution factor
+
+    def overlap_for(self, num_frames: int) -> int:
+        return self.overlap if self.overlap is not None else min(4, num_frames - 1)
+
+    @property
+    def active(self) -> bool:
+        return self.num_chunks > 1 or self.duration_s is not None or self.interpolate > 1 or self.upscale > 1
+
+
+FIELDS = ("num_chunks", "duration_s", "overlap", "interpolate", "upscale")
+
+
+def _as_int(value):
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def validate_options(data: dict, info: Optional[ModelInfo] = None, num_frames: Optional[int] = None,
+                     width: Optional[int] = None, height: Optional[int] = None,
+                     fps: Optional[float] = None) -> tuple:
+    """(LongVideoOptions, [(field, message), ...]) from a job's fields; absent fields take defaults.
+
+    Only FIELDS are read from `data`. num_frames/width/height/fps are the job's (defaults from
+    `info`); they bound overlap and the final video (frames, side, total pixels).
+    """
+    problems = []
+    if info is not None:
+        num_frames = num_frames or info.default_frames
+        width, height = width or info.default_width, height or info.default_height
+        fps = fps or info.default_fps
+    opts = LongVideoOptions()
+
+    def get_int(name, allowed=None, lo=None, hi=None):
+        if data.get(name) is None:
+            return None
+        value = _as_int(data[name])
+        if value is None:
+            problems.append((name, f"{name} must be an integer"))
+        elif allowed is not None and value not in allowed:
+            problems.append((name, f"{name} must be one of {', '.join(map(str, allowed))}"))
+        elif lo is not None and not lo <= value <= hi:
+            problems.append((name, f"{name} must be between {lo} and {hi}"))
+        else:
+            return value
+        return None
+
+    chunks = get_int("num_chunks", lo=1, hi=MAX_CHUNKS)
+    if chunks is not None:
+        opts.num_chunks = chunks
+    max_overlap = MAX_OVERLAP if num_frames is None else min(MAX_OVERLAP, num_frames - 1)
+    overlap = get_int("overlap", lo=1, hi=max_overlap)
+    if overlap is not None:
+        opts.overlap = overlap
+    k = get_int("interpolate", allowed=INTERPOLATE_FACTORS)
+    if k is not None:
+        opts.interpolate = k
+    up = get_int("upscale", allowed=UPSCALE_FACTORS)
+    if up is not None:
+        opts.upscale = up
+
+    if data.get("duration_s") is not None:
+        d = data["duration_s"]
+        if isinstance(d, bool) or not isinstance(d, (int, float)) or not math.isfinite(d):
+            problems.append(("duration_s", "duration_s must be a number of seconds"))
+        elif not 0 < d <= MAX_DURATION_S:
+            problems.append(("duration_s", f"duration_s must be more than 0 and at most {MAX_DURATION_S:g} seconds"))
+        elif data.get("num_chunks") is not None:
+            problems.append(("duration_s", "give either duration_s or num_chunks, not both"))
+        else:
+            opts.duration_s = float(d)
+    if problems or num_frames is None:
+        return opts, problems
+
+    ov = opts.overlap_for(num_frames)
+    chunks = opts.num_chunks
+    if opts.duration_s is not None and fps:
+        chunks = chunks_for_duration(opts.duration_s, fps, num_frames, ov)
+        if chunks > MAX_CHUNKS:
+            longest = extended_length(MAX_CHUNKS, num_frames, ov) / fps
+            problems.append(("duration_s", f"duration_s {opts.duration_s:g} needs {chunks} chunks of {num_frames} "
+                                           f"frames at {fps:g} fps; at most {MAX_CHUNKS} chunks "
+                                           f"({longest:.1f} s) - raise num_frames or lower duration_s"))
+            return opts, problems
+    frames = extended_length(chunks, num_frames, ov)
+    if opts.duration_s is not None and fps:
+        frames = min(frames, math.ceil(opts.duration_s * fps - 1e-9))
+    frames = (frames - 1) * opts.interpolate + 1
+    if frames > MAX_FINAL_FRAMES:
+        problems.append(("interpolate" if opts.interpolate > 1 else "num_chunks",
+                         f"the video would have {frames} frames; at most {MAX_FINAL_FRAMES}"))
+    if width and height:
+        side = max(width, height) * opts.upscale
+        if side > MAX_FINAL_SIDE:
+            problems.append(("upscale", f"upscale {opts.upscale} makes a {width * opts.upscale}x"
+                                        f"{height * opts.upscale} video; the longest side may be at most "
+                                        f"{MAX_FINAL_SIDE}"))
+        elif frames * width * height * opts.upscale ** 2 > MAX_TOTAL_PIXELS:
+            problems.append(("upscale" if opts.upscale > 1 else "num_chunks",
+                             f"the video would hold {frames} frames of {width * opts.upscale}x"
+                             f"{height * opts.upscale} pixels, over the budget of {MAX_TOTAL_PIXELS} pixels; "
+                             f"use fewer chunks, a lower interpolation or upscale factor, or a smaller size"))
+    return opts, problems
+
+
+def run_job(backend: Backend, request: GenerationRequest, options: Optional[LongVideoOptions] = None,
+            progress: Optional[ProgressCallback] = None, should_cancel: Optional[CancelCheck] = None,
+            workers: Optional[int] = None) -> GenerationResult:
+    """Generate (extended over chunks when asked), then upscale, then interpolate.
+
+    Progress counts denoising steps over all chunks; cancel is honoured between chunks, steps and
+    post-processing stages (and interpolation pairs). The result's fps is the request's x interpolate.
+    """
+    options = options or LongVideoOptions()
+    req = backend.fill_defaults(request)
+    if options.num_chunks > 1 or options.duration_s is not None:
+        result = extend(backend, req, num_chunks=options.num_chunks, overlap=options.overlap_for(req.num_frames),
+                        progress=progress, should_cancel=should_cancel, duration_s=options.duration_s)
+    else:
+        result = backend.generate(req, progress=progress, should_cancel=should_cancel)
+    frames, fps = result.frames, result.fps
+    if options.upscale > 1:
+        if should_cancel is not None and should_cancel():
+            raise Cancelled()
+        frames = upscale_frames(frames, options.upscale, workers)
+    if options.interpolate > 1:
+        if should_cancel is not None and should_cancel():
+            raise Cancelled()
+        frames = interpolate(frames, options.interpolate, workers, should_cancel=should_cancel)
+        fps = fps * options.interpolate
+    return GenerationResult(frames=frames, fps=fps, seed=result.seed, native_size=result.native_size)

@@ -1,0 +1,291 @@
+"""Long videos: extension with blended overlaps, flow interpolation, hierarchical upscaling.
+
+Small CPU workloads: the built-in model at 64x64 x 8 frames with 2-3 steps, synthetic clips
+from generator.builtin.world for interpolation.
+"""
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from generator import longvideo as lv
+from generator.builtin import world
+from generator.interface import Backend, Cancelled, GenerationRequest, GenerationResult, ModelInfo
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def backend():
+    from generator.builtin.backend import WEIGHTS, BuiltinBackend
+
+    path = os.environ.get("BUILTIN_MODEL_PATH") or WEIGHTS
+    if not os.path.exists(os.path.join(path, "unet", "config.json")):
+        pytest.skip(f"no built-in weights at {path}")
+    b = BuiltinBackend(path)
+    b.load()
+    return b
+
+
+def _request(**kw):
+    base = dict(prompt="a red square moving right", num_frames=8, width=64, height=64, steps=2, seed=5)
+    return GenerationRequest(**(base | kw))
+
+
+def clip(seed: int, num_frames: int = 17, size: int = 64, speed=None) -> np.ndarray:
+    """A rendered shape clip, T x H x W x 3 uint8 (known, constant-speed motion)."""
+    rng = random.Random(seed)
+    scene = world.sample_scene(rng, num_frames, two_shapes_prob=0.0)
+    if speed is not None:
+        scene[0].speed = speed
+    video = world.render([scene], num_frames, size)[0]
+    return ((video.permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy()
+
+
+def psnr(a, b) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float(10 * np.log10(255.0 ** 2 / max(mse, 1e-10)))
+
+
+def seam_stats(frames: np.ndarray, chunk_starts: list) -> tuple:
+    """(boundary, inside) frame-to-frame mean abs difference of a video extended in chunks.
+
+    `chunk_starts` are (first frame of the blended overlap, overlap length) per seam. A seam's
+    window holds the differences from the frame before the overlap to the first unblended new
+    frame; its value is the largest of them (a hard cut shows as one big jump, a blend spreads
+    it). boundary = mean over seams; inside = mean of the differences outside every window."""
+    diffs = np.abs(np.diff(frames.astype(np.float32), axis=0)).mean(axis=(1, 2, 3))
+    windows = [range(s - 1, min(s + n, len(diffs))) for s, n in chunk_starts]
+    seam = {i for w in windows for i in w}
+    inside = [d for i, d in enumerate(diffs) if i not in seam]
+    return float(np.mean([diffs[list(w)].max() for w in windows])), float(np.mean(inside))
+
+
+# ------------------------------------------------------------------ blend ramp
+def test_blend_weights_are_the_linear_ramp():
+    assert np.allclose(lv.blend_weights(4), [0.0, 0.25, 0.5, 0.75])
+    assert np.allclose(lv.blend_weights(1), [0.0])
+    old = np.full((6, 2, 2, 3), 100, np.uint8)
+    new = np.full((5, 2, 2, 3), 200, np.uint8)
+    out = lv.blend_overlap(old, new, 4)
+    assert out.shape[0] == 6 + 5 - 4
+    # x = w x_new + (1 - w) x_old with w = (f - f_start) / f_overlap
+    assert out[:, 0, 0, 0].tolist() == [100, 100, 100, 125, 150, 175, 200]
+
+
+def test_chunks_for_duration():
+    assert lv.chunks_for_duration(1.0, 8, 8, 2) == 1
+    assert lv.chunks_for_duration(2.0, 8, 8, 2) == 3  # 8 + 6 + 6 = 20 >= 16 frames; 2 chunks give 14
+    assert lv.extended_length(3, 8, 2) == 20
+
+
+# ------------------------------------------------------------------ extension on the built-in model
+def test_extend_builtin_length_progress_and_continuity(backend):
+    calls = []
+    out = lv.extend(backend, _request(), num_chunks=3, overlap=2,
+                    progress=lambda s, n, p: calls.append((s, n)))
+    assert out.frames.shape == (3 * 8 - 2 * 2, 64, 64, 3) and out.frames.dtype == np.uint8
+    assert out.fps == 8 and out.seed == 5
+    steps = [s for s, _ in calls]
+    assert steps == list(range(1, 7)) and {n for _, n in calls} == {6}
+
+
+def test_extend_duration_trims_and_start_frames_condition(backend):
+    out = lv.extend(backend, _request(fps=8), overlap=2, duration_s=2.0)
+    assert out.frames.shape[0] == 16  # 3 chunks (20 frames) trimmed to 2 s at 8 fps
+    # the built-in backend honours start_frames: the conditioned frames come back (nearly) as given
+    start = out.frames[-2:]
+    cont = backend.generate(_request(start_frames=start, guidance_scale=1.0))
+    assert np.abs(cont.frames[:2].astype(float) - start.astype(float)).mean() < 12
+
+
+def test_extend_cancel_between_chunks(backend):
+    steps = []
+
+    def cancel():  # True once the first chunk (2 steps) is done: the second chunk never starts
+        return len(steps) >= 2
+
+    with pytest.raises(Cancelled):
+        lv.extend(backend, _request(), num_chunks=3, overlap=2,
+                  progress=lambda s, n, p: steps.append(s), should_cancel=cancel)
+    assert steps == [1, 2]
+    with pytest.raises(Cancelled):
+        lv.extend(backend, _request(), num_chunks=2, overlap=2, should_cancel=lambda: True)
+
+
+def test_extend_seams_builtin_model(backend):
+    """Built-in model output: boundary change <= 1.5x the change inside chunks."""
+    ratios = []
+    for seed, prompt in ((3, "a red square moving right"), (4, "a blue circle moving down")):
+        out = lv.extend(backend, _request(prompt=prompt, seed=seed, steps=3), num_chunks=3, overlap=3)
+        starts = [(8 - 3, 3), (8 - 3 + 8 - 3, 3)]
+        boundary, inside = seam_stats(out.frames, starts)
+        ratios.append(boundary / max(inside, 1e-6))
+    print("built-in seam ratios", ratios)
+    assert np.mean(ratios) <= 1.5, ratios
+
+
+class SyntheticShapeBackend(Backend):
+    """Deterministic synthetic 'backend' (not a model): a square moving right at constant speed.
+
+    A continuation starts where the given start frames' square is (its centroid), and each chunk
+    has its own exposure (+-3 levels), so without blending every boundary would jump."""
+
+    max_start_frames = 8
+
+    def __init__(self):
+        super().__init__(ModelInfo(name="synthetic", description="test", default_frames=8, default_width=64,
+                                   default_height=64, default_steps=2))
+
+    def load(self):
+        pass
+
+    def generate(self, request, progress=None, should_cancel=None):
+        req = self.fill_defaults(request)
+        n, h, w = req.num_frames, req.height, req.width
+        x0 = 14.0
+        if req.start_frames is not None:
+            k = min(len(req.start_frames), self.max_start_frames)
+            fg = req.start_frames[-k].astype(float).sum(-1) > 200
+            x0 = float(np.nonzero(fg)[1].mean()) + 0.5 if fg.any() else x0
+        for s in range(req.steps):
+            if should_cancel is not None and should_cancel():
+                raise Cancelled()
+            if progress is not None:
+                progress(s + 1, req.steps, None)
+        yy, xx = np.mgrid[0:h, 0:w] + 0.5
+        frames = np.empty((n, h, w, 3), np.uint8)
+        offset = 3.0 * ((req.seed % 3) - 1)  # the chunk's own exposure
+        for t in range(n):
+            inside = (np.abs(xx - (x0 + 4.0 * t)) < 12) & (np.abs(yy - h / 2) < 12)
+            frame = np.where(inside[..., None], [220.0, 60.0, 40.0], [20.0, 20.0, 30.0]) + offset
+            frames[t] = np.clip(frame, 0, 255)
+        return GenerationResult(frames=frames, fps=req.fps, seed=req.seed, native_size=(h, w))
+
+
+def test_extend_seams_synthetic_backend_blending_beats_hard_cut(monkeypatch):
+    b = SyntheticShapeBackend()
+    req = GenerationRequest(prompt="x", num_frames=12, width=160, height=32, seed=0)  # the shape stays in view
+    out = lv.extend(b, req, num_chunks=3, overlap=4)
+    assert out.frames.shape[0] == 3 * 12 - 2 * 4
+    starts = [(8, 4), (16, 4)]
+    boundary, inside = seam_stats(out.frames, starts)
+    assert boundary <= 1.5 * inside, (boundary, inside)
+    monkeypatch.setattr(lv, "blend_weights", lambda n: np.ones(n, np.float32))  # no blend: hard cut
+    cut_boundary, cut_inside = seam_stats(lv.extend(b, req, num_chunks=3, overlap=4).frames, starts)
+    assert cut_boundary / cut_inside > boundary / inside
+
+
+def test_extend_text_only_backend_crossfades():
+    b = SyntheticShapeBackend()
+    b.info.supports_image = False  # no conditioning possible: independent chunks, cross-faded
+    seen = []
+    orig = b.generate
+    b.generate = lambda r, **kw: (seen.append(r.start_frames), orig(r, **kw))[1]
+    out = lv.extend(b, GenerationRequest(prompt="x", num_frames=8, seed=0), num_chunks=2, overlap=3)
+    assert out.frames.shape[0] == 13 and seen == [None, None]
+
+
+def test_single_frame_backends_get_the_last_frame_as_image():
+    b = SyntheticShapeBackend()
+    b.max_start_frames = 1
+    seen = []
+    orig = b.generate
+    b.generate = lambda r, **kw: (seen.append(r), orig(r, **kw))[1]
+    out = lv.extend(b, GenerationRequest(prompt="x", num_frames=8, seed=0), num_chunks=2, overlap=4)
+    assert out.frames.shape[0] == 8 + 8 - 1  # the new chunk starts at the last frame
+    assert len(seen[1].start_frames) == 1 and np.array_equal(seen[1].image, seen[1].start_frames[-1])
+    filled = b.fill_defaults(GenerationRequest(prompt="x", start_frames=np.zeros((3, 4, 4, 3), np.uint8)))
+    assert filled.image is not None and filled.image.shape == (4, 4, 3)
+
+
+# ------------------------------------------------------------------ interpolation
+@pytest.mark.parametrize("factor", [2, 4])
+def test_flow_interpolation_beats_blending(factor):
+    flow_scores, blend_scores = [], []
+    for seed in range(4):
+        truth = clip(seed, num_frames=4 * factor + 1)
+        keys = truth[::factor]
+        middle = np.ones(len(truth), bool)
+        middle[::factor] = False
+        flow = lv.interpolate(keys, factor, workers=1)
+        blend = lv.interpolate(keys, factor, workers=1, method="blend")
+        assert flow.shape == truth.shape
+        assert np.array_equal(flow[::factor], keys)
+        flow_scores.append(psnr(flow[middle], truth[middle]))
+        blend_scores.append(psnr(blend[middle], truth[middle]))
+    assert np.mean(flow_scores) > np.mean(blend_scores) + 3.0, (flow_scores, blend_scores)
+
+
+def test_interpolation_parallel_equals_serial():
+    frames = clip(7, num_frames=9)
+    serial = lv.interpolate(frames, 3, workers=1)
+    parallel = lv.interpolate(frames, 3, workers=4)
+    assert serial.shape == ((9 - 1) * 3 + 1, 64, 64, 3)
+    assert np.array_equal(serial, parallel)
+
+
+def test_upscale_parallel_equals_serial():
+    frames = clip(8, num_frames=6)
+    serial = lv.upscale_frames(frames, 2, workers=1)
+    assert serial.shape == (6, 128, 128, 3)
+    assert np.array_equal(serial, lv.upscale_frames(frames, 2, workers=4))
+
+
+def test_interpolation_can_be_cancelled():
+    with pytest.raises(Cancelled):
+        lv.interpolate(clip(1, num_frames=5), 2, workers=1, should_cancel=lambda: True)
+
+
+# ------------------------------------------------------------------ hierarchical + run_job
+def test_hierarchical_size_and_fps(backend):
+    calls = []
+    out = lv.hierarchical(backend, _request(fps=4), upscale=2, interpolate_factor=3,
+                          progress=lambda s, n, p: calls.append(s), workers=2)
+    assert out.frames.shape == ((8 - 1) * 3 + 1, 128, 128, 3)
+    assert out.fps == 12 and out.native_size == (64, 64) and calls == [1, 2]
+
+
+def test_run_job_all_three(backend):
+    opts = lv.LongVideoOptions(num_chunks=2, overlap=2, interpolate=2, upscale=2)
+    calls = []
+    out = lv.run_job(backend, _request(fps=4), opts, progress=lambda s, n, p: calls.append((s, n)))
+    assert out.frames.shape == ((14 - 1) * 2 + 1, 128, 128, 3) and out.fps == 8
+    assert calls == [(1, 4), (2, 4), (3, 4), (4, 4)]
+
+
+# ------------------------------------------------------------------ options
+def test_validate_options_defaults_and_bounds():
+    info = ModelInfo(name="m", description="", default_frames=16, default_width=256, default_height=256)
+    opts, problems = lv.validate_options({}, info)
+    assert problems == [] and opts == lv.LongVideoOptions() and not opts.active
+    opts, problems = lv.validate_options({"num_chunks": 3, "overlap": 2, "interpolate": 4, "upscale": 2}, info)
+    assert problems == [] and (opts.num_chunks, opts.overlap, opts.interpolate, opts.upscale) == (3, 2, 4, 2)
+    bad = {"num_chunks": 9, "overlap": 0, "interpolate": 5, "upscale": 3}
+    assert {f for f, _ in lv.validate_options(bad, info)[1]} == set(bad)
+    assert lv.validate_options({"num_chunks": "2"}, info)[1][0][0] == "num_chunks"
+    assert lv.validate_options({"num_chunks": True}, info)[1][0][0] == "num_chunks"
+    assert lv.validate_options({"overlap": 8}, info, num_frames=8)[1][0][0] == "overlap"  # < num_frames
+    assert lv.validate_options({"duration_s": 0}, info)[1][0][0] == "duration_s"
+    assert lv.validate_options({"duration_s": 3, "num_chunks": 2}, info)[1][0][0] == "duration_s"
+    opts, problems = lv.validate_options({"duration_s": 5.0}, info, fps=8)
+    assert problems == [] and opts.duration_s == 5.0
+    (field, msg), = lv.validate_options({"duration_s": 100}, info, fps=8)[1]
+    assert field == "duration_s" and "at most 8 chunks" in msg
+    # caps on the final video
+    assert lv.validate_options({"upscale": 4}, info, width=512, height=512)[1] == []
+    (field, msg), = lv.validate_options({"upscale": 4}, info, width=768, height=512)[1]
+    assert field == "upscale" and "at most 2048" in msg
+    problems = lv.validate_options({"num_chunks": 8, "interpolate": 6, "upscale": 4}, info, num_frames=32,
+                                   width=256, height=256)[1]
+    assert problems and all(msg for _, msg in problems)

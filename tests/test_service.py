@@ -173,9 +173,11 @@ def test_ten_clients_at_once_all_complete(live_service):
             assert queued["type"] == "queued", queued
             done = await c.until(lambda m: m.get("job_id") == queued["job_id"] and m["type"] in TERMINAL, 150)
             assert done["type"] == "generation_complete", done
-            # everyone in the lobby sees every completion: wait for all n
-            ids = {m["job_id"] for m in c.seen if m["type"] == "generation_complete"}
-            return queued["job_id"], done, c
+            # everyone in the lobby sees every completion: keep listening until all n arrived
+            seen = lambda: {m["job_id"] for m in c.seen if m["type"] == "generation_complete"}  # noqa: E731
+            if len(seen()) < n:
+                await c.until(lambda m: len(seen()) >= n, 150)
+            return queued["job_id"], done, seen()
 
     async def scenario():
         ready = asyncio.Event()
@@ -189,6 +191,8 @@ def test_ten_clients_at_once_all_complete(live_service):
     print(f"{n} parallel jobs done in {time.monotonic() - t0:.1f} s")
     ids = {job_id for job_id, _, _ in results}
     assert len(ids) == n
+    for _, _, seen in results:
+        assert seen == ids  # each client received all 10 completions, nothing lost
     for job_id, done, _ in results:
         frames, _ = decode_video(base64.b64decode(done["video"]))
         assert frames.shape == (8, 64, 64, 3)

@@ -16,7 +16,7 @@ from django.conf import settings
 
 from videoservice import jobs
 from videoservice.models import LOBBY_GROUP, owner_group
-from videoservice.validation import (CANCEL_FIELDS, INVALID_FIELD, INVALID_JSON, MISSING_FIELD, PING_FIELDS,
+from videoservice.validation import (CANCEL_FIELDS, INVALID_JSON, MISSING_FIELD, PING_FIELDS,
                                      TOO_LARGE, UNKNOWN_TYPE, RequestError, check_fields, parse_json,
                                      request_id_of, validate_generate, validate_job_id)
 

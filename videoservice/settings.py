@@ -18,7 +18,7 @@ Environment (defaults in brackets):
   WS_MAX_CLIENT_MESSAGE_BYTES [12582912]  largest message a client may send (error too_large)
   MAX_PROMPT_CHARS [1000], MAX_IMAGE_BYTES [8388608], MAX_IMAGE_PIXELS [16777216]
   MAX_QUEUED_JOBS [200] (all owners), MAX_QUEUED_PER_OWNER [20]  -> error queue_full
-  INLINE_VIDEO_MAX_BYTES [33554432]  larger videos are announced by url only (video: null)
+  INLINE_VIDEO_MAX_BYTES [32 MiB, less if WEBSOCKET_MAX_MESSAGE_BYTES is lower]  larger videos are announced by url only (video: null)
   JOB_TIME_LIMIT_S [3600]  hard limit for one generation (soft limit 60 s earlier)
   JOB_VISIBILITY_TIMEOUT_S [43200]  broker redelivery timeout; keep it above the longest
                         queue wait + generation
@@ -185,7 +185,8 @@ MAX_IMAGE_PIXELS = env_int("MAX_IMAGE_PIXELS", 4096 * 4096)
 MAX_QUEUED_JOBS = env_int("MAX_QUEUED_JOBS", 200)
 MAX_QUEUED_PER_OWNER = env_int("MAX_QUEUED_PER_OWNER", 20)
 # base64 grows by 4/3 and the message has to fit WEBSOCKET_MAX_MESSAGE_BYTES
-INLINE_VIDEO_MAX_BYTES = env_int("INLINE_VIDEO_MAX_BYTES", 32 * 1024 * 1024)
+INLINE_VIDEO_MAX_BYTES = env_int("INLINE_VIDEO_MAX_BYTES",
+                                 min(32 * 1024 * 1024, (WEBSOCKET_MAX_MESSAGE_BYTES - 65536) * 3 // 4))
 PROGRESS_INTERVAL_S = env_float("PROGRESS_INTERVAL_S", 0.5)
 JOB_TIME_LIMIT_S = env_int("JOB_TIME_LIMIT_S", 3600)
 JOB_VISIBILITY_TIMEOUT_S = env_int("JOB_VISIBILITY_TIMEOUT_S", 12 * 3600)

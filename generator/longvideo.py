@@ -142,6 +142,41 @@ def extend(backend: Backend, request: GenerationRequest, num_chunks: Optional[in
     return GenerationResult(frames=video, fps=first.fps, seed=req.seed, native_size=first.native_size)
 
 
+def seam_positions(num_chunks: int, num_frames: int, overlap: int) -> list:
+    """(first frame of the blended overlap, overlap) for each seam of an extended video."""
+    return [(i * (num_frames - overlap), overlap) for i in range(1, num_chunks)]
+
+
+def seam_metrics(frames: np.ndarray, seams: list) -> dict:
+    """How much the video changes at its seams vs inside its chunks.
+
+    A seam's window holds the frame-to-frame differences from the frame before the overlap to the
+    first unblended new frame; its value is the largest of them (a hard cut shows as one big jump,
+    a blend spreads it). mad: mean absolute difference (0-255 levels), boundary = mean over seams,
+    inside = mean over the differences outside every window, ratio = boundary / inside.
+    tc: temporal consistency (cosine similarity of consecutive frame embeddings, as in
+    generator.evaluate), the lowest in each window vs the mean inside.
+    """
+    from generator.evaluate import frame_embeddings
+
+    f = frames.astype(np.float32)
+    diffs = np.abs(np.diff(f, axis=0)).mean(axis=(1, 2, 3))
+    e = frame_embeddings(frames)
+    e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+    cos = np.sum(e[1:] * e[:-1], axis=1)
+    windows = [list(range(max(0, s - 1), min(s + n, len(diffs)))) for s, n in seams]
+    in_seam = {i for w in windows for i in w}
+    inside = [i for i in range(len(diffs)) if i not in in_seam] or list(range(len(diffs)))
+    out = {
+        "boundary_mad": float(np.mean([diffs[w].max() for w in windows])) if windows else 0.0,
+        "inside_mad": float(diffs[inside].mean()),
+        "boundary_tc": float(np.mean([cos[w].min() for w in windows])) if windows else 1.0,
+        "inside_tc": float(cos[inside].mean()),
+    }
+    out["mad_ratio"] = out["boundary_mad"] / max(out["inside_mad"], 1e-6)
+    return out
+
+
 # ------------------------------------------------------------------ 2. flow interpolation
 _DIS = None
 

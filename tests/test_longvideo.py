@@ -57,18 +57,9 @@ def psnr(a, b) -> float:
     return float(10 * np.log10(255.0 ** 2 / max(mse, 1e-10)))
 
 
-def seam_stats(frames: np.ndarray, chunk_starts: list) -> tuple:
-    """(boundary, inside) frame-to-frame mean abs difference of a video extended in chunks.
-
-    `chunk_starts` are (first frame of the blended overlap, overlap length) per seam. A seam's
-    window holds the differences from the frame before the overlap to the first unblended new
-    frame; its value is the largest of them (a hard cut shows as one big jump, a blend spreads
-    it). boundary = mean over seams; inside = mean of the differences outside every window."""
-    diffs = np.abs(np.diff(frames.astype(np.float32), axis=0)).mean(axis=(1, 2, 3))
-    windows = [range(s - 1, min(s + n, len(diffs))) for s, n in chunk_starts]
-    seam = {i for w in windows for i in w}
-    inside = [d for i, d in enumerate(diffs) if i not in seam]
-    return float(np.mean([diffs[list(w)].max() for w in windows])), float(np.mean(inside))
+def seam_stats(frames: np.ndarray, seams: list) -> tuple:
+    m = lv.seam_metrics(frames, seams)
+    return m["boundary_mad"], m["inside_mad"]
 
 
 # ------------------------------------------------------------------ blend ramp
@@ -128,8 +119,7 @@ def test_extend_seams_builtin_model(backend):
     ratios = []
     for seed, prompt in ((3, "a red square moving right"), (4, "a blue circle moving down")):
         out = lv.extend(backend, _request(prompt=prompt, seed=seed, steps=3), num_chunks=3, overlap=3)
-        starts = [(8 - 3, 3), (8 - 3 + 8 - 3, 3)]
-        boundary, inside = seam_stats(out.frames, starts)
+        boundary, inside = seam_stats(out.frames, lv.seam_positions(3, 8, 3))
         ratios.append(boundary / max(inside, 1e-6))
     print("built-in seam ratios", ratios)
     assert np.mean(ratios) <= 1.5, ratios
@@ -178,7 +168,8 @@ def test_extend_seams_synthetic_backend_blending_beats_hard_cut(monkeypatch):
     req = GenerationRequest(prompt="x", num_frames=12, width=160, height=32, seed=0)  # the shape stays in view
     out = lv.extend(b, req, num_chunks=3, overlap=4)
     assert out.frames.shape[0] == 3 * 12 - 2 * 4
-    starts = [(8, 4), (16, 4)]
+    starts = lv.seam_positions(3, 12, 4)
+    assert starts == [(8, 4), (16, 4)]
     boundary, inside = seam_stats(out.frames, starts)
     assert boundary <= 1.5 * inside, (boundary, inside)
     monkeypatch.setattr(lv, "blend_weights", lambda n: np.ones(n, np.float32))  # no blend: hard cut

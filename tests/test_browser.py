@@ -9,6 +9,7 @@ and the finished `<video>` play. The service must then stop cleanly on SIGTERM.
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import shutil
@@ -188,6 +189,23 @@ def test_reconnect_start_image_progress_and_cancel(service, browser):
         expect(job).to_have_attribute("data-status", "cancelled", timeout=60_000)
     finally:
         page.close()
+
+
+def test_flower_shows_the_worker_and_its_tasks(service):
+    """Flower (started by the launcher) lists the worker and the generation tasks run above."""
+    with urllib.request.urlopen(service["flower"] + "/workers", timeout=10) as resp:
+        assert "builtin@" in resp.read().decode()
+    query = ("draw=1&start=0&length=50&search%5Bvalue%5D=&order%5B0%5D%5Bcolumn%5D=0"
+             "&order%5B0%5D%5Bdir%5D=asc&columns%5B0%5D%5Bdata%5D=name")
+    deadline = time.monotonic() + 20
+    while True:
+        with urllib.request.urlopen(f"{service['flower']}/tasks/datatable?{query}", timeout=10) as resp:
+            tasks = json.loads(resp.read())["data"]
+        names = {t["name"] for t in tasks}
+        if "worker.tasks.generate_video" in names and any(t["state"] == "SUCCESS" for t in tasks):
+            break
+        assert time.monotonic() < deadline, tasks
+        time.sleep(0.5)
 
 
 def test_service_stops_cleanly_on_sigterm(service):

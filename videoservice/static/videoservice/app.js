@@ -49,6 +49,7 @@
     imageB64: null,
     jobs: new Map(),      // job_id -> card element
     pending: new Map(),   // request_id -> card element (sent, not yet queued)
+    cancels: new Map(),   // request_id of a cancel -> card element (until refused or done)
     objectUrls: new Map(), // card -> blob URL (revoked when the card goes)
   };
 
@@ -103,10 +104,10 @@
   }
 
   /** A preview may arrive as a data: URL or as bare base64; sniff the image type from the bytes. */
-  function imageSrc(preview) {
+  function imageSrc(preview, mimeHint) {
     if (!preview || typeof preview !== "string") return null;
     if (preview.startsWith("data:")) return preview;
-    let mime = "image/jpeg";
+    let mime = mimeHint || "image/jpeg";
     if (preview.startsWith("UklGR")) mime = "image/webp";
     else if (preview.startsWith("iVBOR")) mime = "image/png";
     else if (preview.startsWith("R0lGOD")) mime = "image/gif";
@@ -352,7 +353,10 @@
     if (!jobId) { flash("The job has not been queued yet.", "info"); return; }
     $(".job-cancel", card).disabled = true;
     setStatus(card, card.dataset.status, "cancelling");
-    if (!send({ type: "cancel", job_id: jobId })) {
+    const requestId = newRequestId();
+    state.cancels.set(requestId, card);
+    if (!send({ type: "cancel", job_id: jobId, request_id: requestId })) {
+      state.cancels.delete(requestId);
       try {
         await api("POST", "/api/jobs/" + encodeURIComponent(jobId) + "/cancel", {});
       } catch (e) {
@@ -458,12 +462,12 @@
         } else {
           card = cardFor(msg.job_id, msg);
         }
-        const pos = msg.position;
-        setStatus(card, "queued", pos !== undefined && pos !== null ? "queued #" + pos : "queued");
+        const ahead = Number(msg.position) || 0;  // jobs ahead of this one for the same model
+        setStatus(card, "queued", ahead > 0 ? "queued \u00b7 " + ahead + " ahead" : "queued");
         break;
       }
       case "started": {
-        const card = cardFor(msg.job_id);
+        const card = cardFor(msg.job_id, msg);
         setStatus(card, "running", "running");
         if (msg.worker) $(".job-eta", card).textContent = "on " + msg.worker;
         break;
@@ -477,7 +481,7 @@
         setProgress(card, percent);
         const stepText = msg.total_steps ? "step " + msg.step + "/" + msg.total_steps : "";
         $(".job-eta", card).textContent = [stepText, formatEta(msg.eta_s)].filter(Boolean).join(" \u00b7 ");
-        const src = imageSrc(msg.preview);
+        const src = imageSrc(msg.preview, msg.preview_mime);
         const img = card.querySelector(".job-preview");
         if (src && img) {
           img.src = src;
@@ -511,6 +515,7 @@
       case "cancelled": {
         const card = cardFor(msg.job_id);
         setStatus(card, "cancelled");
+        for (const [rid, c] of state.cancels) if (c === card) state.cancels.delete(rid);
         break;
       }
       case "error": {
@@ -523,13 +528,17 @@
         }
         flash(text);
         markField(msg.field);
-        // a refused cancel leaves the card as it was
-        for (const c of state.jobs.values()) {
-          if ($(".job-status", c).textContent === "cancelling") {
-            $(".job-cancel", c).disabled = false;
-            setStatus(c, c.dataset.status);
-          }
+        const cancelled = msg.request_id ? state.cancels.get(msg.request_id) : null;
+        if (cancelled) {  // a refused cancel leaves the card as it was
+          state.cancels.delete(msg.request_id);
+          $(".job-cancel", cancelled).disabled = false;
+          setStatus(cancelled, cancelled.dataset.status);
         }
+        break;
+      }
+      case "cancelling": {  // acknowledged; `cancelled` follows after the current step
+        const card = state.jobs.get(msg.job_id);
+        if (card) $(".job-status", card).textContent = "cancelling";
         break;
       }
       case "pong":

@@ -397,3 +397,37 @@ def test_http_api(live_service):
     assert status == 200 and b"<html" in page.lower()
     assert http("GET", base + "/static/videoservice/app.js")[0] == 200
     assert http("GET", base + "/admin/login/")[0] == 200
+
+
+def pool_children(pid: int) -> list:
+    import subprocess
+
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def test_job_survives_a_lost_worker_process(live_service):
+    """SIGKILL the pool process mid-job: acks_late + reject_on_worker_lost put the job back on the
+    queue, the restarted pool process runs it again, and the client still gets its video."""
+    import os
+    import signal
+
+    worker = live_service["procs"]["worker"].proc
+
+    async def scenario():
+        async with Client(live_service) as c:
+            queued = await c.submit(prompt="a green triangle moving left", **{**SMALL, "steps": 30})
+            job_id = queued["job_id"]
+            await c.until(lambda m: m.get("job_id") == job_id and m["type"] == "progress", 60)
+            children = pool_children(worker.pid)
+            assert len(children) == 1, children
+            os.kill(children[0], signal.SIGKILL)
+            events = await c.events_for(job_id, 120)
+            kinds = [m["type"] for m in events]
+            assert kinds.count("started") == 2, kinds
+            assert kinds[-1] == "generation_complete", kinds
+            return job_id
+
+    job_id = run(scenario())
+    job = json.loads(http("GET", f"{live_service['base']}/api/jobs/{job_id}")[2])["job"]
+    assert job["status"] == "succeeded"

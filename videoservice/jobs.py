@@ -62,12 +62,14 @@ def create_job(req: GenerateRequest, owner: str, user=None) -> tuple:
     return job, queue_position(job)
 
 
-def visible_jobs(viewer: str):
+def visible_jobs(viewer: str | None):
     """Public jobs plus the viewer's own private ones."""
+    if viewer is None:
+        return Job.objects.filter(private=False)
     return Job.objects.filter(Q(private=False) | Q(owner=viewer))
 
 
-def get_visible(job_id: str, viewer: str) -> Job:
+def get_visible(job_id: str, viewer: str | None) -> Job:
     job = visible_jobs(viewer).filter(pk=job_id).first()
     if job is None:
         raise RequestError(NOT_FOUND, "no such job", "job_id", status=404)

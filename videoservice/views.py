@@ -26,9 +26,12 @@ RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 MAX_RANGE_CHUNK = 8 * 1024 * 1024
 
 
-def viewer_of(request) -> str:
-    """The owner key for this browser: its session (created on first use)."""
+def viewer_of(request, create: bool = True) -> str | None:
+    """The owner key for this browser: its session (created on first use when `create`; read-only
+    requests from clients without a session cookie do not create one)."""
     if not request.session.session_key:
+        if not create:
+            return None
         request.session["created"] = int(time.time())
         request.session.save()
     return f"s:{request.session.session_key}"
@@ -79,7 +82,7 @@ def read_json_body(request):
 @api
 @require_http_methods(["GET", "POST"])
 def jobs_collection(request):
-    viewer = viewer_of(request)
+    viewer = viewer_of(request, create=request.method == "POST")
     if request.method == "POST":
         data = read_json_body(request)
         if isinstance(data, dict) and data.get("type") == "generate":
@@ -115,7 +118,7 @@ def _job_id(raw: str) -> str:
 @api
 @require_http_methods(["GET"])
 def job_detail(request, job_id):
-    viewer = viewer_of(request)
+    viewer = viewer_of(request, create=False)
     job = jobs.get_visible(_job_id(job_id), viewer)
     return JsonResponse({"job": job.as_dict(viewer)})
 
@@ -132,7 +135,7 @@ def job_cancel(request, job_id):
 @require_http_methods(["GET", "HEAD"])
 def job_video(request, job_id):
     """The MP4, with single-range `Range: bytes=a-b` support (206) so `<video>` can seek."""
-    viewer = viewer_of(request)
+    viewer = viewer_of(request, create=False)
     job = jobs.get_visible(_job_id(job_id), viewer)
     if not job.output:
         raise RequestError(NOT_FOUND, f"job is {job.status}; no video yet", status=404)

@@ -379,12 +379,10 @@ def validate_options(data: dict, info: Optional[ModelInfo] = None, num_frames: O
                                            f"frames at {fps:g} fps; at most {MAX_CHUNKS} chunks "
                                            f"({longest:.1f} s) - raise num_frames or lower duration_s"))
             return opts, problems
-    frames = extended_length(chunks, num_frames, ov)
-    if opts.duration_s is not None and fps:
-        frames = min(frames, math.ceil(opts.duration_s * fps - 1e-9))
-    frames = (frames - 1) * opts.interpolate + 1
+    frames = final_shape(opts, num_frames, width or 0, height or 0, fps or 0.0)["num_frames"]
+    length_field = "duration_s" if opts.duration_s is not None else "num_chunks"
     if frames > MAX_FINAL_FRAMES:
-        problems.append(("interpolate" if opts.interpolate > 1 else "num_chunks",
+        problems.append(("interpolate" if opts.interpolate > 1 else length_field,
                          f"the video would have {frames} frames; at most {MAX_FINAL_FRAMES}"))
     if width and height:
         side = max(width, height) * opts.upscale
@@ -393,11 +391,26 @@ def validate_options(data: dict, info: Optional[ModelInfo] = None, num_frames: O
                                         f"{height * opts.upscale} video; the longest side may be at most "
                                         f"{MAX_FINAL_SIDE}"))
         elif frames * width * height * opts.upscale ** 2 > MAX_TOTAL_PIXELS:
-            problems.append(("upscale" if opts.upscale > 1 else "num_chunks",
+            problems.append(("upscale" if opts.upscale > 1 else length_field,
                              f"the video would hold {frames} frames of {width * opts.upscale}x"
                              f"{height * opts.upscale} pixels, over the budget of {MAX_TOTAL_PIXELS} pixels; "
                              f"use fewer chunks, a lower interpolation or upscale factor, or a smaller size"))
     return opts, problems
+
+
+def final_shape(options: LongVideoOptions, num_frames: int, width: int, height: int, fps: float,
+                overlap: Optional[int] = None) -> dict:
+    """The video run_job makes from a request of num_frames/width/height/fps (an upper bound on the
+    frame count when the backend shares fewer frames than `overlap`: image-to-video shares one)."""
+    ov = overlap if overlap is not None else options.overlap_for(num_frames)
+    chunks = options.num_chunks
+    if options.duration_s is not None and fps:
+        chunks = chunks_for_duration(options.duration_s, fps, num_frames, ov)
+    frames = extended_length(chunks, num_frames, ov)
+    if options.duration_s is not None and fps:
+        frames = min(frames, math.ceil(options.duration_s * fps - 1e-9))
+    return {"num_chunks": chunks, "num_frames": (frames - 1) * options.interpolate + 1,
+            "width": width * options.upscale, "height": height * options.upscale, "fps": fps * options.interpolate}
 
 
 def run_job(backend: Backend, request: GenerationRequest, options: Optional[LongVideoOptions] = None,

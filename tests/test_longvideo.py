@@ -277,6 +277,38 @@ def test_validate_options_defaults_and_bounds():
     assert lv.validate_options({"upscale": 4}, info, width=512, height=512)[1] == []
     (field, msg), = lv.validate_options({"upscale": 4}, info, width=768, height=512)[1]
     assert field == "upscale" and "at most 2048" in msg
+    shape = lv.final_shape(lv.LongVideoOptions(num_chunks=3, overlap=2, interpolate=4, upscale=2), 16, 256, 128, 8.0)
+    assert shape == {"num_chunks": 3, "num_frames": (3 * 16 - 2 * 2 - 1) * 4 + 1, "width": 512, "height": 256,
+                     "fps": 32.0}
+    assert lv.final_shape(lv.LongVideoOptions(duration_s=3.0), 16, 64, 64, 8.0)["num_frames"] == 24
     problems = lv.validate_options({"num_chunks": 8, "interpolate": 6, "upscale": 4}, info, num_frames=32,
                                    width=256, height=256)[1]
     assert problems and all(msg for _, msg in problems)
+
+
+# ------------------------------------------------------------------ a diffusers image-to-video backend
+def test_extend_and_run_job_on_a_tiny_ltx_backend(tmp_path):
+    """The same entry point on a diffusers backend (tiny random LTX, T2V + I2V): chunk 2 is
+    image-to-video from chunk 1's last frame, so consecutive chunks share one frame."""
+    pytest.importorskip("diffusers")
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import tiny_checkpoints
+    from generator.diffusers_backend import DiffusersBackend
+    from generator.model_config import parse_entry
+
+    tiny_checkpoints.save_tiny_checkpoint("ltx", str(tmp_path / "ltx"))
+    config = parse_entry("tiny-ltx-long", {
+        "path": "ltx", "pipeline": ["ltx", "ltx-i2v"], "dtype": "float32",
+        "defaults": {"steps": 2, "width": 64, "height": 64, "frames": 9, "fps": 8},
+        "limits": {"min_size": 32, "max_size": 128}, "max_sequence_length": 16}, base_dir=str(tmp_path))
+    b = DiffusersBackend(config)
+    assert b.max_start_frames == 1 and b.info.supports_image
+    calls = []
+    out = lv.run_job(b, GenerationRequest("a red ball", seed=1),
+                     lv.LongVideoOptions(num_chunks=2, overlap=4, interpolate=2),
+                     progress=lambda s, n, p: calls.append((s, n)))
+    assert out.frames.shape == ((17 - 1) * 2 + 1, 64, 64, 3) and out.fps == 16  # 9 + 9 - 1 shared frame
+    assert [s for s, _ in calls] == [1, 2, 3, 4] and {n for _, n in calls} == {4}
+    b.unload()

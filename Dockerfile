@@ -36,4 +36,4 @@ RUN mkdir -p /data/media /data/db \
 USER app
 
 EXPOSE 8000 5555
-CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "--websocket-max-message-size", "67108864", "--proxy-headers", "videoservice.asgi:application"]
+CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "--websocket-max-message-size", "67108864", "--websocket-max-frame-size", "67108864", "--proxy-headers", "videoservice.asgi:application"]

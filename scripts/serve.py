@@ -186,7 +186,8 @@ def main() -> int:
 
         children.append(Child("web", [
             str(BIN / "daphne"), "-b", host, "-p", str(port),
-            "--websocket-max-message-size", max_msg, "--proxy-headers",
+            # many clients (Python websockets) send a message as one frame: the 1 MiB frame cap must go too
+            "--websocket-max-message-size", max_msg, "--websocket-max-frame-size", max_msg, "--proxy-headers",
             "videoservice.asgi:application",
         ], env))
         children.append(Child("worker", [

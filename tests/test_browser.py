@@ -147,13 +147,15 @@ def test_submit_from_page_watch_progress_and_play_video(service, browser, tmp_pa
         page.close()
 
 
-def png_bytes(size: int = 64) -> bytes:
+def noisy_png(size: int = 800) -> bytes:
+    """A start image whose base64 is well over 1 MiB (Daphne's default message cap)."""
+    import numpy as np
     from PIL import Image
 
-    img = Image.new("RGB", (size, size), (10, 10, 40))
-    img.paste((40, 90, 230), (20, 20, 40, 40))
+    pixels = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    pixels[size // 3:size // 2, size // 3:size // 2] = (40, 90, 230)
     buf = io.BytesIO()
-    img.save(buf, "PNG")
+    Image.fromarray(pixels).save(buf, "PNG")
     return buf.getvalue()
 
 
@@ -172,7 +174,9 @@ def test_reconnect_start_image_progress_and_cancel(service, browser):
         expect(status).to_have_attribute("data-state", "open", timeout=5_000)
 
         expect(page.locator("#model option[value=builtin]")).to_have_count(1, timeout=20_000)
-        page.set_input_files("#image", {"name": "start.png", "mimeType": "image/png", "buffer": png_bytes()})
+        image = noisy_png()
+        assert len(image) * 4 / 3 > 1.5 * 2**20
+        page.set_input_files("#image", {"name": "start.png", "mimeType": "image/png", "buffer": image})
         expect(page.locator("#image-preview")).to_be_visible(timeout=10_000)
         page.fill("#prompt", "a blue square moving up")
         for field, value in (("num_frames", "8"), ("width", "64"), ("height", "64"), ("steps", "100")):

@@ -344,13 +344,15 @@ def test_http_api(live_service):
     builtin = next(m for m in models if m["name"] == "builtin")
     assert builtin["max_frames"] >= 8 and builtin["size_multiple"] and "frame_rule" in builtin
 
+    start = "data:image/jpeg;base64," + png_b64(size=(80, 48), fmt="JPEG")  # any size: the model resizes it
     status, _, body = http("POST", f"{base}/api/jobs", {"prompt": "a green circle moving left", "seed": 11,
-                                                       "request_id": "h1", **SMALL}, headers=me)
+                                                       "request_id": "h1", "image": start, **SMALL}, headers=me)
     assert status == 201, body
     created = json.loads(body)
     job = created["job"]
     assert job["status"] in ("queued", "running") and created["request_id"] == "h1"
     assert job["params"]["steps"] == 3 and job["params"]["seed"] == 11 and job["mine"] is True
+    assert job["params"]["image"] is True
     done = wait_job(base, job["id"], me)
     assert done["status"] == "succeeded" and done["num_frames"] == 8 and done["url"]
 

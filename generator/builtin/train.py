@@ -2,12 +2,14 @@
 
     python -m generator.builtin.train --out runs/builtin --steps 6000
     python -m generator.builtin.train --out runs/builtin --steps 8000 --resume   # go on
+    python -m generator.builtin.train --out runs/more --init-from generator/weights/builtin
     python -m generator.builtin.train --data path/to/videos --out runs/mine        # real clips
 
 Synthetic clips by default; `--data DIR` trains on a folder of videos (each `name.mp4`
 captioned by `name.txt` beside it, else by its file name). DDPM training: a random
 timestep per sample, x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps, MSE on the predicted clean
-clip x0 (see `training_scheduler` for why x0 rather than eps);
+clip x0 (see `training_scheduler` for why x0 rather than eps), weighted by clamp(SNR, 1, 5)
+so the low-noise steps that shape edges are not drowned by the noisy ones (Min-SNR style);
 10% of captions are dropped (classifier-free guidance) and half the clips are given
 their first frame(s) (image-to-video). Writes `checkpoint.pt` (resumable), `pipeline/`
 (EMA weights via save_pretrained) and `loss.png` every `--ckpt-every` steps.
@@ -33,6 +35,7 @@ from generator.builtin.sample import BuiltinPipeline, training_scheduler
 from generator.builtin.text import shared_text_encoder
 
 CAPTION_DROP = 0.1
+LOSS_WEIGHT_MIN, LOSS_WEIGHT_MAX = 1.0, 5.0
 
 
 class SyntheticClips:
@@ -133,6 +136,10 @@ def train(args) -> dict:
         state = saved["state"]
         data.rng.setstate(saved["data_rng"])
         print(f"resumed at step {state['step']}")
+    elif args.init_from:  # fine-tune shipped weights (a pipeline folder) with a fresh optimizer
+        model = VideoUNet.from_pretrained(os.path.join(args.init_from, "unet"))
+        ema = copy.deepcopy(model).requires_grad_(False)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     rng = random.Random(args.seed + state["step"])
 
     def save():
@@ -159,7 +166,9 @@ def train(args) -> dict:
         noisy = a.sqrt() * clips + (1 - a).sqrt() * noise
         predicted = model(noisy, t, states, mask, pooled, cond_video, cond_mask)
         # frames given as conditioning still count: the model must keep them unchanged
-        loss = F.mse_loss(predicted, clips)
+        snr = a.flatten() / (1 - a.flatten())
+        per_clip = (predicted - clips).pow(2).mean(dim=(1, 2, 3, 4))
+        loss = (per_clip * snr.clamp(LOSS_WEIGHT_MIN, LOSS_WEIGHT_MAX)).mean()
         lr = args.lr * min(1.0, (state["step"] + 1) / args.warmup)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -197,7 +206,8 @@ def parse_args(argv=None):
     parser.add_argument("--ckpt-every", type=int, default=250)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    parser.add_argument("--init-from", help="start from a pipeline folder's weights, e.g. generator/weights/builtin")
     return parser.parse_args(argv)
 
 

@@ -195,6 +195,38 @@ def test_reconnect_start_image_progress_and_cancel(service, browser):
         page.close()
 
 
+def test_long_video_section_sends_only_changed_options(service, browser):
+    """The collapsed "Long video" section adds nothing to a plain job; changed inputs are sent and
+    the finished card shows the final video (2 chunks of 8 sharing 4 frames, x2 interpolation)."""
+    expect = playwright_api.expect
+    page = browser.new_page()
+    try:
+        page.goto(service["url"] + "/")
+        expect(page.get_by_test_id("conn-status")).to_have_attribute("data-state", "open", timeout=20_000)
+        expect(page.locator("#model option[value=builtin]")).to_have_count(1, timeout=20_000)
+        page.evaluate("""() => { const ws = window.videoUI.state.ws, send = ws.send.bind(ws); window.sent = [];
+                                 ws.send = (m) => { window.sent.push(JSON.parse(m)); send(m); }; }""")
+        expect(page.locator("#num_chunks")).to_be_hidden()  # collapsed
+        page.fill("#prompt", "a red circle moving to the right")
+        for field, value in (("num_frames", "8"), ("width", "64"), ("height", "64"), ("steps", "2"), ("fps", "8")):
+            page.fill(f"#{field}", value)
+        page.click("#submit")
+        page.get_by_test_id("long-video").locator("summary").click()
+        page.fill("#num_chunks", "2")
+        page.select_option("#interpolate", "2")
+        page.click("#submit")
+        page.wait_for_function("() => window.sent.filter(m => m.type === 'generate').length === 2")
+        plain, long = [m for m in page.evaluate("window.sent") if m["type"] == "generate"]
+        fields = {"num_chunks", "duration_s", "overlap", "interpolate", "upscale"}
+        assert not fields & set(plain), plain
+        assert {k: long[k] for k in fields & set(long)} == {"num_chunks": 2, "interpolate": 2}, long
+        job = page.get_by_test_id("job").first  # newest first
+        expect(job).to_have_attribute("data-status", "succeeded", timeout=120_000)
+        expect(job.locator(".job-meta")).to_contain_text("23 frames @ 16 fps")
+    finally:
+        page.close()
+
+
 def test_flower_shows_the_worker_and_its_tasks(service):
     """Flower (started by the launcher) lists the worker and the generation tasks run above."""
     with urllib.request.urlopen(service["flower"] + "/workers", timeout=10) as resp:

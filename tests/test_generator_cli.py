@@ -63,7 +63,24 @@ def test_generate_webm_with_a_start_image(tmp_path):
     assert frames.shape == (8, 64, 96, 3)
 
 
+def test_generate_long_video_with_chunks_and_interpolation(tmp_path):
+    from generator.longvideo import LongVideoOptions, final_shape
+
+    out = tmp_path / "long.mp4"
+    done = _generate("a blue triangle moving to the right", "--steps", "2", "--frames", "8",
+                     "--width", "64", "--height", "64", "--seed", "5", "--fps", "8", "--num-chunks", "2",
+                     "--interpolate", "2", "--output", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    expected = final_shape(LongVideoOptions(num_chunks=2, interpolate=2), 8, 64, 64, 8.0)
+    frames, fps = _decode(out)
+    assert frames.shape == (expected["num_frames"], 64, 64, 3) == ((2 * 8 - 4 - 1) * 2 + 1, 64, 64, 3)
+    assert fps == pytest.approx(16)
+    assert f"frames {expected['num_frames']}" in done.stdout and "chunks 2" in done.stdout
+
+
 @pytest.mark.parametrize("args,messages", [
+    (["--interpolate", "5", "--num-chunks", "9"],
+     ["--interpolate: interpolate must be one of 1, 2, 3, 4, 6", "--num-chunks: num_chunks must be between 1 and 8"]),
     (["--width", "65", "--frames", "3", "--steps", "0"],  # every problem is listed at once
      ["--width: width must be a multiple of 16", "--frames: num_frames must be", "--steps: steps must be between"]),
     (["--model", "no-such-model"], ["unknown model 'no-such-model'", "known models:", "builtin"]),

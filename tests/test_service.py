@@ -243,6 +243,58 @@ def test_cancel_queued_and_running(live_service):
     assert json.loads(http("GET", f"{base}/api/jobs/{waiting_id}")[2])["job"]["started_at"] is None
 
 
+# ---------------------------------------------------------------- long videos
+def test_long_video_job_chunks_and_interpolation(live_service):
+    """Two chunks (the second continues the first's last 2 frames) then x2 flow interpolation:
+    the MP4 holds final_shape's frames at double fps, and progress counts both chunks' steps."""
+    from generator.longvideo import LongVideoOptions, final_shape
+
+    tiny = {**SMALL, "steps": 2, "fps": 8}
+    expected = final_shape(LongVideoOptions(num_chunks=2, overlap=2, interpolate=2), 8, 64, 64, 8.0)
+    assert expected["num_frames"] == (2 * 8 - 2 - 1) * 2 + 1
+
+    async def scenario():
+        async with Client(live_service) as c:
+            queued = await c.submit(prompt="a red circle moving to the right", seed=4, num_chunks=2, overlap=2,
+                                    interpolate=2, **tiny)
+            assert queued["type"] == "queued", queued
+            p = queued["params"]
+            assert (p["num_chunks"], p["overlap"], p["interpolate"]) == (2, 2, 2)
+            assert "upscale" not in p and "duration_s" not in p
+            events = await c.events_for(queued["job_id"], 180)
+            kinds = [m["type"] for m in events]
+            assert kinds[-1] == "generation_complete", events[-1]
+            prog = [m for m in events if m["type"] == "progress"]
+            assert prog[-1]["step"] == prog[-1]["total_steps"] == 2 * 2
+            done = events[-1]
+            frames, fps = decode_video(base64.b64decode(done["video"]))
+            assert frames.shape == (expected["num_frames"], 64, 64, 3)
+            assert fps == pytest.approx(16)
+            assert (done["num_frames"], done["fps"], done["width"], done["height"]) == \
+                (expected["num_frames"], expected["fps"], 64, 64)
+            return queued["job_id"]
+
+    job_id = run(scenario())
+    job = json.loads(http("GET", f"{live_service['base']}/api/jobs/{job_id}")[2])["job"]
+    assert job["status"] == "succeeded" and job["total_steps"] == 4 and job["step"] == 4
+
+
+def test_long_video_invalid_options_are_refused(live_service):
+    async def scenario():
+        async with Client(live_service) as c:
+            for fields, field in (({"interpolate": 5}, "interpolate"), ({"num_chunks": 9}, "num_chunks"),
+                                  ({"upscale": 3}, "upscale"), ({"overlap": 8}, "overlap"),
+                                  ({"duration_s": 2, "num_chunks": 2}, "duration_s")):
+                reply = await c.submit(prompt="a red circle moving left", **SMALL, **fields)
+                assert (reply["type"], reply["code"], reply["field"]) == ("error", "invalid_field", field), reply
+                assert reply["message"]
+            await c.ping_ok()
+    run(scenario())
+    status, _, body = http("POST", f"{live_service['base']}/api/jobs",
+                           {"prompt": "a red circle moving left", "interpolate": 5, **SMALL})
+    assert status == 400 and json.loads(body)["code"] == "invalid_field" and json.loads(body)["field"] == "interpolate"
+
+
 BIG = "A" * (13 * 1024 * 1024)
 BAD_INPUTS = [
     # (raw message or object, expected code)

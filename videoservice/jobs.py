@@ -45,7 +45,7 @@ def create_job(req: GenerateRequest, owner: str, user=None) -> tuple:
     job = Job.objects.create(
         owner=owner, user=user if (user is not None and user.is_authenticated) else None,
         prompt=req.prompt, model=req.model, params=req.params, private=req.private,
-        total_steps=req.params["steps"], seed=req.params["seed"],
+        total_steps=req.total_steps or req.params["steps"], seed=req.params["seed"],
     )
     if req.image_png is not None:
         job.input_image.save("start.png", ContentFile(req.image_png), save=True)

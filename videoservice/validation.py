@@ -36,7 +36,9 @@ ERROR_CODES = (INVALID_JSON, UNKNOWN_TYPE, INVALID_FIELD, UNKNOWN_FIELD, MISSING
                IMAGE_INVALID, TOO_LARGE, NOT_FOUND, FORBIDDEN, NOT_CANCELLABLE, QUEUE_FULL, UNAVAILABLE)
 
 GENERATE_FIELDS = {"type", "prompt", "num_frames", "width", "height", "steps", "guidance_scale", "seed",
-                   "model", "fps", "image", "request_id", "private"}
+                   "model", "fps", "image", "request_id", "private",
+                   # long videos (generator.longvideo.FIELDS)
+                   "num_chunks", "duration_s", "overlap", "interpolate", "upscale"}
 CANCEL_FIELDS = {"type", "job_id", "request_id"}
 PING_FIELDS = {"type", "request_id"}
 MAX_SEED = 2**32 - 1
@@ -60,11 +62,13 @@ class RequestError(Exception):
 class GenerateRequest:
     prompt: str
     model: str
-    params: dict  # num_frames, width, height, steps, guidance_scale, seed, fps, model, image (bool)
+    params: dict  # num_frames, width, height, steps, guidance_scale, seed, fps, model, image (bool),
+    #               and the long-video fields that were given (num_chunks, duration_s, overlap, interpolate, upscale)
     private: bool = False
     image: Optional[np.ndarray] = field(default=None, repr=False)  # H x W x 3 uint8
     image_png: Optional[bytes] = field(default=None, repr=False)
     request_id: Any = None
+    total_steps: int = 0  # denoising steps over all chunks of a long video
 
 
 def _reject_constant(name: str):
@@ -167,6 +171,7 @@ def decode_image(value: Any) -> tuple:
 
 def validate_generate(data: Any) -> GenerateRequest:
     from generator.interface import DEFAULT_MODEL, get_info
+    from generator.longvideo import FIELDS as LONG_FIELDS, final_shape, validate_options
 
     if not isinstance(data, dict):
         raise RequestError(INVALID_JSON, "the request must be a JSON object")
@@ -224,15 +229,22 @@ def validate_generate(data: Any) -> GenerateRequest:
         fields = [p[0] if isinstance(p, (tuple, list)) else None for p in problems]
         messages = [p[1] if isinstance(p, (tuple, list)) else str(p) for p in problems]
         raise RequestError(INVALID_FIELD, "; ".join(messages), fields[0])
+    fps = fps if fps is not None else float(info.default_fps)
+    long_opts, problems = validate_options(data, info, num_frames=num_frames, width=width, height=height, fps=fps)
+    if problems:
+        raise RequestError(INVALID_FIELD, "; ".join(m for _, m in problems), problems[0][0])
     if seed is None:
         seed = random.SystemRandom().randrange(0, 2**31)
     params = {
         "model": model, "num_frames": num_frames, "width": width, "height": height, "steps": steps,
-        "guidance_scale": guidance, "seed": seed, "fps": fps if fps is not None else float(info.default_fps),
-        "image": image is not None,
+        "guidance_scale": guidance, "seed": seed, "fps": fps, "image": image is not None,
     }
+    for name in LONG_FIELDS:  # only those given: absent ones mean a plain single-clip job
+        if data.get(name) is not None:
+            params[name] = getattr(long_opts, name)
+    chunks = final_shape(long_opts, num_frames, width, height, fps)["num_chunks"]
     return GenerateRequest(prompt=prompt, model=model, params=params, private=private, image=image,
-                           image_png=png, request_id=request_id_of(data))
+                           image_png=png, request_id=request_id_of(data), total_steps=steps * chunks)
 
 
 def validate_job_id(value: Any) -> str:

@@ -122,6 +122,7 @@ def generate_video(self, job_id: str, model: str | None = None) -> dict:
 def _run(job_id: str, hostname: str) -> dict:
     from generator.encode import encode_video, mime_type
     from generator.interface import Cancelled, GenerationError, GenerationRequest, get_backend
+    from generator.longvideo import LongVideoOptions, run_job
 
     job = Job.objects.filter(pk=job_id).first()
     if job is None:
@@ -156,6 +157,7 @@ def _run(job_id: str, hostname: str) -> dict:
 
     def progress(step: int, total: int, preview=None) -> None:
         now = time.monotonic()
+        state["total"] = total
         if state["gen_t0"] is None:
             state["gen_t0"] = t0
         if step < total and now - state["sent"] < settings.PROGRESS_INTERVAL_S:
@@ -179,8 +181,14 @@ def _run(job_id: str, hostname: str) -> dict:
             prompt=job.prompt, num_frames=p.get("num_frames"), width=p.get("width"), height=p.get("height"),
             steps=p.get("steps"), guidance_scale=p.get("guidance_scale"), seed=p.get("seed"), fps=p.get("fps"),
             image=_load_image(job))
+        options = LongVideoOptions(num_chunks=p.get("num_chunks") or 1, duration_s=p.get("duration_s"),
+                                   overlap=p.get("overlap"), interpolate=p.get("interpolate") or 1,
+                                   upscale=p.get("upscale") or 1)
         state["gen_t0"] = time.monotonic()
-        result = backend.generate(request, progress=progress, should_cancel=should_cancel)
+        if options.active:  # chunks, then upscaling, then interpolation; progress counts all chunks' steps
+            result = run_job(backend, request, options, progress=progress, should_cancel=should_cancel)
+        else:
+            result = backend.generate(request, progress=progress, should_cancel=should_cancel)
         if should_cancel():
             raise Cancelled()
         data = encode_video(result.frames, result.fps, fmt="mp4")
@@ -191,7 +199,8 @@ def _run(job_id: str, hostname: str) -> dict:
         stored = job.output.storage.save(name, ContentFile(data))
         if not _finish(job, Job.Status.SUCCEEDED, output=stored, mime=mime_type("mp4"), size_bytes=len(data),
                        fps=float(result.fps), num_frames=int(t), width=int(w), height=int(h), seed=int(result.seed),
-                       elapsed_s=round(elapsed, 3), progress=1.0, step=job.total_steps or p.get("steps") or 0):
+                       elapsed_s=round(elapsed, 3), progress=1.0,
+                       step=state.get("total") or job.total_steps or p.get("steps") or 0):
             job.refresh_from_db()
             return {"job_id": job_id, "status": job.status}
         job.refresh_from_db()

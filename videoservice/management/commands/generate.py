@@ -35,6 +35,15 @@ class Command(BaseCommand):
         parser.add_argument("--fps", type=float, help="frames per second of the written file")
         parser.add_argument("--format", choices=["mp4", "webm"],
                             help="container (default: from --output's extension, else mp4)")
+        long = parser.add_argument_group("long videos", "extension over chunks, super-resolution, interpolation "
+                                                        "(generator.longvideo; docs/protocol.md)")
+        long.add_argument("--num-chunks", type=int, help="generate this many chunks, each continuing the last (1..8)")
+        long.add_argument("--duration", type=float,
+                          help="seconds of video wanted: as many chunks as needed (instead of --num-chunks)")
+        long.add_argument("--overlap", type=int, help="frames shared (blended) by consecutive chunks (default 4)")
+        long.add_argument("--interpolate", type=int,
+                          help="optical-flow frame interpolation factor: 1, 2, 3, 4 or 6 (fps multiplies)")
+        long.add_argument("--upscale", type=int, help="per-frame super-resolution factor: 1, 2 or 4")
         parser.add_argument("--threads", type=int, default=0,
                             help="torch CPU threads (default: torch's choice; 1 is faster on a busy machine)")
         parser.add_argument("--list-models", action="store_true", help="list the models and their limits, then exit")
@@ -102,6 +111,16 @@ class Command(BaseCommand):
             problems.append(f"--seed: must be between 0 and 2^63-1 (got {seed})")
         if options["image"] and not info.supports_image:
             problems.append(f"--image: model {name} does not take a start image")
+        from generator.longvideo import final_shape, validate_options
+
+        long_fields = {"num_chunks": options["num_chunks"], "duration_s": options["duration"],
+                       "overlap": options["overlap"], "interpolate": options["interpolate"],
+                       "upscale": options["upscale"]}
+        long_names = {"num_chunks": "--num-chunks", "duration_s": "--duration", "overlap": "--overlap",
+                      "interpolate": "--interpolate", "upscale": "--upscale"}
+        long_opts, long_problems = validate_options(long_fields, info, num_frames=frames, width=width,
+                                                    height=height, fps=fps)
+        problems += [f"{long_names.get(field, field)}: {message}" for field, message in long_problems]
         if problems:
             raise CommandError("invalid arguments:\n  " + "\n  ".join(problems))
 
@@ -137,7 +156,8 @@ class Command(BaseCommand):
 
         request = GenerationRequest(prompt=prompt, num_frames=frames, width=width, height=height,
                                     steps=steps, guidance_scale=guidance, seed=seed, fps=fps, image=image)
-        bar = tqdm(total=steps, desc="denoising", unit="step", file=sys.stderr, disable=not verbose,
+        chunks = final_shape(long_opts, frames, width, height, fps)["num_chunks"]
+        bar = tqdm(total=steps * chunks, desc="denoising", unit="step", file=sys.stderr, disable=not verbose,
                    dynamic_ncols=True)
 
         def progress(step, total, _preview):
@@ -146,7 +166,12 @@ class Command(BaseCommand):
             bar.update(step - bar.n)
 
         try:
-            result = backend.generate(request, progress=progress)
+            if long_opts.active:  # chunk by chunk, then upscaling, then interpolation
+                from generator.longvideo import run_job
+
+                result = run_job(backend, request, long_opts, progress=progress)
+            else:
+                result = backend.generate(request, progress=progress)
         except GenerationError as exc:
             raise CommandError(str(exc)) from exc
         except KeyboardInterrupt:
@@ -162,7 +187,9 @@ class Command(BaseCommand):
         self.stdout.write(self.style.SUCCESS(f"wrote {os.path.abspath(output)} ({len(data) / 1024:.1f} KiB, {fmt})"))
         self.stdout.write(
             f"model {name}  seed {result.seed}  frames {t}  size {w}x{h} (native {nw}x{nh})  "
-            f"fps {result.fps:g}  steps {steps}  guidance {guidance:g}")
+            f"fps {result.fps:g}  steps {steps}  guidance {guidance:g}"
+            + (f"  chunks {chunks}  interpolate x{long_opts.interpolate}  upscale x{long_opts.upscale}"
+               if long_opts.active else ""))
         self.stdout.write(
             f"time: load {loaded - started:.2f} s, generate {generated - loaded:.2f} s "
-            f"({(generated - loaded) / max(steps, 1):.3f} s/step), encode {encoded - generated:.2f} s")
+            f"({(generated - loaded) / max(steps * chunks, 1):.3f} s/step), encode {encoded - generated:.2f} s")

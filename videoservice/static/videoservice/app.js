@@ -30,6 +30,12 @@
     imageClear: $("#image-clear"),
     imagePreview: $("#image-preview"),
     private: $("#private"),
+    longVideo: $("#long-video"),
+    numChunks: $("#num_chunks"),
+    duration: $("#duration_s"),
+    overlap: $("#overlap"),
+    interpolate: $("#interpolate"),
+    upscale: $("#upscale"),
     submit: $("#submit"),
     queue: $("#queue"),
     queueEmpty: $("#queue-empty"),
@@ -141,6 +147,10 @@
     if (p.width && p.height) bits.push(p.width + "\u00d7" + p.height);
     if (p.num_frames) bits.push(p.num_frames + " frames");
     if (p.steps) bits.push(p.steps + " steps");
+    if (p.num_chunks > 1) bits.push(p.num_chunks + " chunks");
+    if (p.duration_s) bits.push(p.duration_s + " s");
+    if (p.interpolate > 1) bits.push("interpolate \u00d7" + p.interpolate);
+    if (p.upscale > 1) bits.push("upscale \u00d7" + p.upscale);
     if (p.seed !== undefined && p.seed !== null && p.seed !== "") bits.push("seed " + p.seed);
     if (p.private) bits.push("private");
     return bits.join(" \u00b7 ");
@@ -553,6 +563,7 @@
   function markField(name) {
     const input = name && els.form.querySelector("#" + CSS.escape(name));
     if (!input) return;
+    if (els.longVideo.contains(input)) els.longVideo.open = true;
     input.classList.add("field-error");
     input.addEventListener("input", () => input.classList.remove("field-error"), { once: true });
     input.focus();
@@ -574,8 +585,25 @@
     };
     if (els.model.value) req.model = els.model.value;
     if (state.imageB64) req.image = state.imageB64;
+    Object.assign(req, longVideoFields());
     for (const k of Object.keys(req)) if (req[k] === null) delete req[k];
     return req;
+  }
+
+  /** The "Long video" options that differ from their defaults (none: a plain clip). */
+  function longVideoFields() {
+    const out = {};
+    const chunks = numOrNull(els.numChunks);
+    if (chunks !== null && chunks !== 1) out.num_chunks = chunks;
+    const duration = numOrNull(els.duration);
+    if (duration !== null) out.duration_s = duration;
+    const overlap = numOrNull(els.overlap);
+    if (overlap !== null) out.overlap = overlap;
+    const k = Number(els.interpolate.value);
+    if (k && k !== 1) out.interpolate = k;
+    const up = Number(els.upscale.value);
+    if (up && up !== 1) out.upscale = up;
+    return out;
   }
 
   async function submit(ev) {

@@ -356,8 +356,3 @@ class DiffusersBackend(Backend):
                 log.debug("maybe_free_model_hooks: %s", exc)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-
-
-def factory_for(config: ModelConfig):
-    """The registry factory: builds (does not load) the backend; `get_backend` calls `load()`."""
-    return lambda: DiffusersBackend(config)

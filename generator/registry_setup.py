@@ -2,12 +2,19 @@
 model named in the operator's model configuration (`VIDEO_MODELS_CONFIG`, default `models.json`)."""
 import logging
 
-from generator.builtin.backend import INFO as BUILTIN_INFO, BuiltinBackend
+from generator.builtin.info import INFO as BUILTIN_INFO
 from generator.interface import register
 
 log = logging.getLogger(__name__)
 
-register(BUILTIN_INFO, BuiltinBackend)
+
+def _builtin_backend():
+    from generator.builtin.backend import BuiltinBackend  # torch is imported only by workers
+
+    return BuiltinBackend()
+
+
+register(BUILTIN_INFO, _builtin_backend)
 
 
 def register_configured_models(path=None, strict: bool = False) -> list:
@@ -17,8 +24,14 @@ def register_configured_models(path=None, strict: bool = False) -> list:
     first `get_backend(name)`. With `strict=False` a broken entry is logged and skipped so one typo
     does not take the whole service down; `python -m generator.model_config` reports it.
     """
-    from generator.diffusers_backend import factory_for
     from generator.model_config import ConfigError, load_config
+
+    def factory_for(config):
+        def build():
+            from generator.diffusers_backend import DiffusersBackend
+
+            return DiffusersBackend(config)
+        return build
 
     try:
         configs = load_config(path, strict=strict)

@@ -9,25 +9,12 @@ import torch
 from PIL import Image
 
 from generator.builtin.sample import BuiltinPipeline, to_uint8_frames
+from generator.builtin.info import INFO, NATIVE_MAX_SIDE, NATIVE_SHORT_SIDE
 from generator.interface import (Backend, CancelCheck, GenerationRequest, GenerationResult, ModelInfo,
                                  ProgressCallback)
 from generator.postprocess import resize_frames
 
 WEIGHTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights", "builtin")
-NATIVE_SHORT_SIDE = 64
-NATIVE_MAX_SIDE = 128
-
-INFO = ModelInfo(
-    name="builtin",
-    description="Built-in shapes model trained by this project (CPU, offline): coloured circles, "
-                "squares and triangles moving left/right/up/down. Native 64x64, upscaled.",
-    native_size=(NATIVE_SHORT_SIDE, NATIVE_SHORT_SIDE),
-    default_frames=16, min_frames=8, max_frames=32,
-    default_width=256, default_height=256, size_multiple=16, min_size=64, max_size=512,
-    default_steps=20, max_steps=100, default_guidance=4.0, default_fps=8.0,
-)
-
-
 def native_size(height: int, width: int) -> tuple:
     """Short side 64, long side in proportion (multiple of 16, at most 128): the canvas the U-Net fills."""
     short, long = sorted((height, width))

@@ -1,0 +1,15 @@
+"""What the built-in model accepts; importable without torch (the web tier validates with it)."""
+from generator.interface import ModelInfo
+
+NATIVE_SHORT_SIDE = 64
+NATIVE_MAX_SIDE = 128
+
+INFO = ModelInfo(
+    name="builtin",
+    description="Built-in shapes model trained by this project (CPU, offline): coloured circles, "
+                "squares and triangles moving left/right/up/down. Native 64x64, upscaled.",
+    native_size=(NATIVE_SHORT_SIDE, NATIVE_SHORT_SIDE),
+    default_frames=16, min_frames=8, max_frames=32,
+    default_width=256, default_height=256, size_multiple=16, min_size=64, max_size=512,
+    default_steps=20, max_steps=100, default_guidance=4.0, default_fps=8.0,
+)

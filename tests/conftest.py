@@ -22,6 +22,17 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 WS_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# Every service process reads this model configuration (VIDEO_MODELS_CONFIG): a tiny LTX-Video
+# (T2V + I2V) next to the built-in model. Registering it loads nothing; its checkpoint folder is
+# built, and a worker for its queue started, only by tests/test_service_diffusers.py.
+TINY_LTX = "tiny-ltx"
+TINY_LTX_QUEUE = "tiny-ltx-cpu"
+TINY_LTX_ENTRY = {
+    "path": "checkpoints/tiny-ltx", "pipeline": ["ltx", "ltx-i2v"], "dtype": "float32",
+    "defaults": {"steps": 2, "width": 32, "height": 32, "frames": 9, "fps": 8},
+    "limits": {"min_size": 32, "max_size": 128, "max_frames": 25, "max_steps": 1000},
+    "max_sequence_length": 16, "queue": TINY_LTX_QUEUE,
+}
 
 
 def free_port() -> int:
@@ -95,6 +106,9 @@ def live_service(tmp_path_factory):
         "LOG_LEVEL": "INFO",
     })
     env.pop("DEBUG", None)
+    models_config = tmp / "models.json"  # relative paths resolve against its folder
+    models_config.write_text(json.dumps({TINY_LTX: TINY_LTX_ENTRY}))
+    env["VIDEO_MODELS_CONFIG"] = str(models_config)
     procs: list = []
     try:
         redis = Proc("redis", ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
@@ -134,6 +148,8 @@ def live_service(tmp_path_factory):
             "env": env,
             "tmp": tmp,
             "procs": {p.name: p for p in procs},
+            "models_config": models_config,
+            "tiny_ltx_path": tmp / "checkpoints" / "tiny-ltx",
         }
     finally:
         for p in reversed(procs):

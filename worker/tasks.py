@@ -240,17 +240,17 @@ def _warm_up(**kwargs):
         queues = []
 
     def load():
-        from generator.interface import get_backend, get_info
+        from generator.interface import get_backend
+        from worker.routing import models_of
 
-        for name in queues:
-            try:
-                if get_info(name) is not None:
+        for queue in queues:
+            for name in models_of(queue)[:1]:
+                try:
                     t = time.monotonic()
                     get_backend(name)
                     log.info("model %s loaded in %.1f s", name, time.monotonic() - t)
-                    return
-            except Exception:
-                log.exception("warm-up of model %s failed", name)
+                except Exception:
+                    log.exception("warm-up of model %s failed", name)
                 return
 
     threading.Thread(target=load, name="warm-up", daemon=True).start()

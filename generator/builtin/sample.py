@@ -67,17 +67,19 @@ class BuiltinPipeline:
         (image-to-video with k = 1, extension of a previous clip with k > 1).
         `callback(step, total, x0_estimate)` runs after every step.
         """
-        states, mask, pooled = self.text_encoder([prompt, ""])
+        device = self.unet.device
+        states, mask, pooled = (x.to(device) for x in self.text_encoder([prompt, ""]))
         shape = (1, 3, num_frames, height, width)
-        cond_video = torch.zeros(shape)
-        cond_mask = torch.zeros(1, 1, num_frames, 1, 1)
+        cond_video = torch.zeros(shape, device=device)
+        cond_mask = torch.zeros(1, 1, num_frames, 1, 1, device=device)
         if start_frames is not None:
             k = min(start_frames.shape[1], num_frames)
-            cond_video[0, :, :k] = start_frames[:, :k]
+            cond_video[0, :, :k] = start_frames[:, :k].to(device)
             cond_mask[:, :, :k] = 1.0
         scheduler = SAMPLERS[sampler](self.scheduler.config)
-        scheduler.set_timesteps(steps)
-        latents = torch.randn(shape, generator=generator)
+        scheduler.set_timesteps(steps, device=device)
+        # noise drawn on the CPU so a seed gives the same video on every device
+        latents = torch.randn(shape, generator=generator).to(device)
         guided = guidance_scale != 1.0
         total = len(scheduler.timesteps)
         for i, t in enumerate(scheduler.timesteps):
@@ -91,9 +93,9 @@ class BuiltinPipeline:
             else:
                 x0 = self.unet(latents, t.view(1), states[:1], mask[:1], pooled[:1], cond_video, cond_mask)
             if callback is not None:
-                callback(i + 1, total, x0.clamp(-1, 1)[0])
+                callback(i + 1, total, x0.clamp(-1, 1)[0].cpu())
             latents = scheduler.step(x0, t, latents).prev_sample
-        return latents[0].clamp(-1, 1)
+        return latents[0].clamp(-1, 1).cpu()
 
 
 def to_uint8_frames(video: torch.Tensor) -> np.ndarray:

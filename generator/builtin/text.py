@@ -23,18 +23,20 @@ class TextEncoder:
 
     dim = 384
 
-    def __init__(self, path: str | None = None):
+    def __init__(self, path: str | None = None, device: str | torch.device = "cpu"):
         from transformers import AutoModel, AutoTokenizer
 
         path = path or minilm_path()
+        self.device = torch.device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         self.model = AutoModel.from_pretrained(path, local_files_only=True).eval().requires_grad_(False)
+        self.model.to(self.device)
         self._cache: dict = {}
 
     @torch.no_grad()
     def _encode_batch(self, prompts: list) -> list:
         batch = self.tokenizer([p.lower() for p in prompts], padding=True, truncation=True,
-                               max_length=MAX_TOKENS, return_tensors="pt")
+                               max_length=MAX_TOKENS, return_tensors="pt").to(self.device)
         states = self.model(**batch).last_hidden_state
         mask = batch["attention_mask"].bool()
         pooled = (states * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True)
@@ -42,15 +44,15 @@ class TextEncoder:
         return [(states[i, : mask[i].sum()], pooled[i]) for i in range(len(prompts))]
 
     def __call__(self, prompts: list) -> tuple:
+        if len(self._cache) > 50_000:  # training sees unbounded two-shape captions
+            self._cache.clear()
         missing = [p for p in dict.fromkeys(prompts) if p not in self._cache]
         if missing:
-            if len(self._cache) > 50_000:  # training sees unbounded two-shape captions
-                self._cache.clear()
             self._cache.update(zip(missing, self._encode_batch(missing)))
         items = [self._cache[p] for p in prompts]
         length = max(s.shape[0] for s, _ in items)
-        states = torch.zeros(len(items), length, self.dim)
-        mask = torch.zeros(len(items), length, dtype=torch.bool)
+        states = torch.zeros(len(items), length, self.dim, device=self.device)
+        mask = torch.zeros(len(items), length, dtype=torch.bool, device=self.device)
         for i, (s, _) in enumerate(items):
             states[i, : s.shape[0]] = s
             mask[i, : s.shape[0]] = True

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from generator.builtin import world
 from generator.builtin.model import VideoUNet
 from generator.builtin.sample import BuiltinPipeline, training_scheduler
-from generator.builtin.text import shared_text_encoder
+from generator.builtin.text import TextEncoder, shared_text_encoder
 
 CAPTION_DROP = 0.1
 LOSS_WEIGHT_MIN, LOSS_WEIGHT_MAX = 1.0, 5.0
@@ -42,10 +42,10 @@ class SyntheticClips:
     def __init__(self, num_frames: int, size: int, seed: int):
         self.num_frames, self.size, self.rng = num_frames, size, random.Random(seed)
 
-    def batch(self, batch_size: int) -> tuple:
+    def batch(self, batch_size: int, device=None) -> tuple:
         scenes = [world.sample_scene(self.rng, self.num_frames) for _ in range(batch_size)]
         captions = [world.caption(s, self.rng) for s in scenes]
-        return world.render(scenes, self.num_frames, self.size), captions
+        return world.render(scenes, self.num_frames, self.size, device=device), captions
 
 
 class VideoFolderClips:
@@ -70,20 +70,20 @@ class VideoFolderClips:
         if not self.items:
             raise SystemExit(f"no videos of at least {num_frames} frames in {folder}")
 
-    def batch(self, batch_size: int) -> tuple:
+    def batch(self, batch_size: int, device=None) -> tuple:
         clips, captions = [], []
         for _ in range(batch_size):
             video, caption = self.rng.choice(self.items)
             start = self.rng.randrange(video.shape[1] - self.num_frames + 1)
             clips.append(video[:, start:start + self.num_frames])
             captions.append(caption)
-        return torch.stack(clips), captions
+        return torch.stack(clips).to(device), captions
 
 
 def conditioning(clips: torch.Tensor, rng: random.Random) -> tuple:
     """Half the clips get no frames, 30% their first frame, 20% their first 2-6 frames."""
     b, _, t = clips.shape[:3]
-    mask = torch.zeros(b, 1, t, 1, 1)
+    mask = torch.zeros(b, 1, t, 1, 1, device=clips.device)
     for i in range(b):
         r = rng.random()
         given = 0 if r < 0.5 else 1 if r < 0.8 else rng.randint(2, min(6, t - 1))
@@ -110,37 +110,49 @@ def save_loss_curve(losses: list, path: str) -> None:
     plt.close(fig)
 
 
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
 def train(args) -> dict:
     torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
     os.makedirs(args.out, exist_ok=True)
     data = (VideoFolderClips(args.data, args.frames, args.size, args.seed) if args.data
             else SyntheticClips(args.frames, args.size, args.seed))
-    text = shared_text_encoder()
+    text = shared_text_encoder() if device.type == "cpu" else TextEncoder(device=device)
     scheduler: DDPMScheduler = training_scheduler()
-    alphas = scheduler.alphas_cumprod
-    model = VideoUNet(channels=tuple(args.channels))
-    ema = copy.deepcopy(model).requires_grad_(False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    alphas = scheduler.alphas_cumprod.to(device)
     state = {"step": 0, "losses": [], "seconds": 0.0}
     checkpoint_path = os.path.join(args.out, "checkpoint.pt")
+    saved = None
     if args.resume and os.path.exists(checkpoint_path):
-        saved = torch.load(checkpoint_path, weights_only=False)
+        saved = torch.load(checkpoint_path, weights_only=False, map_location="cpu")
         model = VideoUNet.from_config(saved["config"])
         model.load_state_dict(saved["model"])
-        ema = copy.deepcopy(model).requires_grad_(False)
+    elif args.init_from:  # fine-tune shipped weights (a pipeline folder) with a fresh optimizer
+        model = VideoUNet.from_pretrained(os.path.join(args.init_from, "unet"))
+    else:
+        model = VideoUNet(channels=tuple(args.channels))
+    model.to(device)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    if saved is not None:
         ema.load_state_dict(saved["ema"])
-        optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
-        optimizer.load_state_dict(saved["optimizer"])
+        optimizer.load_state_dict(saved["optimizer"])  # moves its state to the parameters' device
         state = saved["state"]
         data.rng.setstate(saved["data_rng"])
         print(f"resumed at step {state['step']}")
-    elif args.init_from:  # fine-tune shipped weights (a pipeline folder) with a fresh optimizer
-        model = VideoUNet.from_pretrained(os.path.join(args.init_from, "unet"))
-        ema = copy.deepcopy(model).requires_grad_(False)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     rng = random.Random(args.seed + state["step"])
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    deadline = time.time() + args.max_minutes * 60 if args.max_minutes else float("inf")
 
     def save():
         torch.save({"config": dict(model.config), "model": model.state_dict(), "ema": ema.state_dict(),
@@ -154,17 +166,18 @@ def train(args) -> dict:
 
     model.train()
     bar = tqdm(total=args.steps, initial=state["step"], desc="training", unit="step")
-    while state["step"] < args.steps:
+    while state["step"] < args.steps and time.time() < deadline:
         started = time.time()
-        clips, captions = data.batch(args.batch)
+        clips, captions = data.batch(args.batch, device)
         captions = ["" if rng.random() < CAPTION_DROP else c for c in captions]
         states, mask, pooled = text(captions)
         cond_video, cond_mask = conditioning(clips, rng)
         noise = torch.randn_like(clips)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (clips.shape[0],))
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (clips.shape[0],), device=device)
         a = alphas[t].view(-1, 1, 1, 1, 1)
         noisy = a.sqrt() * clips + (1 - a).sqrt() * noise
-        predicted = model(noisy, t, states, mask, pooled, cond_video, cond_mask)
+        with autocast:
+            predicted = model(noisy, t, states, mask, pooled, cond_video, cond_mask).float()
         # frames given as conditioning still count: the model must keep them unchanged
         snr = a.flatten() / (1 - a.flatten())
         per_clip = (predicted - clips).pow(2).mean(dim=(1, 2, 3, 4))
@@ -188,6 +201,8 @@ def train(args) -> dict:
         if state["step"] % args.ckpt_every == 0 or state["step"] == args.steps:
             save()
     bar.close()
+    if state["step"] % args.ckpt_every:  # stopped by --max-minutes between checkpoints
+        save()
     return state
 
 
@@ -206,6 +221,9 @@ def parse_args(argv=None):
     parser.add_argument("--ckpt-every", type=int, default=250)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1... (auto: cuda when there is one)")
+    parser.add_argument("--max-minutes", type=float, default=0,
+                        help="stop (and save) after this much wall time, e.g. to fit a GPU lease")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     parser.add_argument("--init-from", help="start from a pipeline folder's weights, e.g. generator/weights/builtin")
     return parser.parse_args(argv)

@@ -67,40 +67,48 @@ def sample_scene(rng: random.Random, num_frames: int, two_shapes_prob: float = 0
     return [first, second]
 
 
-def _coverage(shape: str, px: torch.Tensor, py: torch.Tensor, radius: float) -> torch.Tensor:
-    """Anti-aliased coverage (0..1) of a shape centred at the origin; px, py are offsets."""
-    if shape == "circle":
-        distance = torch.sqrt(px**2 + py**2) - radius
-    elif shape == "square":
-        side = radius * 0.9
-        distance = torch.maximum(px.abs(), py.abs()) - side
-    else:  # upward-pointing equilateral triangle: three edges at the inradius from the centre
-        inradius = radius * 0.62
-        half_root3 = math.sqrt(3.0) / 2.0
-        distance = torch.maximum(torch.maximum(py, -half_root3 * px - 0.5 * py),
-                                 half_root3 * px - 0.5 * py) - inradius
-    return (0.5 - distance).clamp(0.0, 1.0)
+SHAPE_INDEX = {name: i for i, name in enumerate(SHAPES)}
 
 
-def render(scenes: list, num_frames: int, size: int = 64) -> torch.Tensor:
-    """Scenes (lists of ShapeMotion) -> clips B x 3 x T x size x size in [-1, 1]."""
-    grid = torch.arange(size, dtype=torch.float32) + 0.5
-    ys, xs = grid.view(1, size, 1), grid.view(1, 1, size)
-    t = torch.arange(num_frames, dtype=torch.float32).view(num_frames, 1, 1)
-    clips = torch.empty(len(scenes), 3, num_frames, size, size)
-    background = torch.tensor(BACKGROUND).view(3, 1, 1, 1)
-    for i, scene in enumerate(scenes):
-        canvas = background.expand(3, num_frames, size, size).clone()
-        for m in scene:
-            scale = size / 64.0
-            dx, dy = DIRECTIONS[m.direction]
-            cx = (m.x0 + dx * m.speed * t) * scale
-            cy = (m.y0 + dy * m.speed * t) * scale
-            alpha = _coverage(m.shape, xs - cx, ys - cy, m.radius * scale).unsqueeze(0)
-            colour = torch.tensor(COLOURS[m.colour]).view(3, 1, 1, 1)
-            canvas = canvas * (1 - alpha) + colour * alpha
-        clips[i] = canvas
-    return clips * 2.0 - 1.0
+def _distance(shape: torch.Tensor, px: torch.Tensor, py: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
+    """Signed distance (pixels) to each shape's edge, picked per clip by `shape` (an index
+    into SHAPES); px, py are offsets from the shape's centre."""
+    circle = torch.sqrt(px**2 + py**2) - radius
+    square = torch.maximum(px.abs(), py.abs()) - radius * 0.9
+    # upward-pointing equilateral triangle: three edges at the inradius from the centre
+    half_root3 = math.sqrt(3.0) / 2.0
+    triangle = torch.maximum(torch.maximum(py, -half_root3 * px - 0.5 * py),
+                             half_root3 * px - 0.5 * py) - radius * 0.62
+    return torch.where(shape == 0, circle, torch.where(shape == 1, square, triangle))
+
+
+def render(scenes: list, num_frames: int, size: int = 64, device=None) -> torch.Tensor:
+    """Scenes (lists of ShapeMotion) -> clips B x 3 x T x size x size in [-1, 1].
+
+    Vectorised over the batch (one pass per shape slot), so it runs as well on a GPU."""
+    b, scale = len(scenes), size / 64.0
+    grid = torch.arange(size, dtype=torch.float32, device=device) + 0.5
+    ys, xs = grid.view(1, 1, size, 1), grid.view(1, 1, 1, size)
+    t = torch.arange(num_frames, dtype=torch.float32, device=device).view(1, num_frames)
+    canvas = torch.tensor(BACKGROUND, device=device).view(1, 3, 1, 1, 1).repeat(b, 1, num_frames, size, size)
+    for slot in range(max(len(scene) for scene in scenes)):
+        motions = [scene[slot] if slot < len(scene) else None for scene in scenes]
+
+        def column(value, fill=0.0):
+            return torch.tensor([value(m) if m else fill for m in motions], dtype=torch.float32, device=device)
+
+        present = column(lambda m: 1.0)
+        dx, dy = column(lambda m: DIRECTIONS[m.direction][0]), column(lambda m: DIRECTIONS[m.direction][1])
+        speed, radius = column(lambda m: m.speed), column(lambda m: m.radius, 1.0)
+        cx = (column(lambda m: m.x0)[:, None] + dx[:, None] * speed[:, None] * t) * scale  # B x T
+        cy = (column(lambda m: m.y0)[:, None] + dy[:, None] * speed[:, None] * t) * scale
+        shape = column(lambda m: SHAPE_INDEX[m.shape]).view(b, 1, 1, 1)
+        distance = _distance(shape, xs - cx[:, :, None, None], ys - cy[:, :, None, None],
+                             (radius * scale).view(b, 1, 1, 1))
+        alpha = ((0.5 - distance).clamp(0.0, 1.0) * present.view(b, 1, 1, 1)).unsqueeze(1)  # B x 1 x T x H x W
+        colour = torch.tensor([COLOURS[m.colour] if m else BACKGROUND for m in motions], device=device)
+        canvas = canvas * (1 - alpha) + colour.view(b, 3, 1, 1, 1) * alpha
+    return canvas * 2.0 - 1.0
 
 
 # ------------------------------------------------------------------ captions

@@ -45,6 +45,11 @@ class Job(models.Model):
     task_id = models.CharField(max_length=64, blank=True)
     worker = models.CharField(max_length=200, blank=True)
     attempts = models.PositiveIntegerField(default=0)
+    # who holds a running job (worker/reaper.py): a fresh token per delivery, the pool process's pid,
+    # and a timestamp its heartbeat thread refreshes; a job whose holder is gone is re-queued or failed
+    lease = models.CharField(max_length=32, blank=True)
+    worker_pid = models.PositiveIntegerField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
 
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)

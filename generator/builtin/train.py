@@ -103,7 +103,7 @@ def save_loss_curve(losses: list, path: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(steps, losses, alpha=0.25, label="loss")
     ax.plot(steps[window - 1:], smooth, label=f"mean of {window}")
-    ax.set(xlabel="step", ylabel="MSE on noise", yscale="log", title="built-in model training")
+    ax.set(xlabel="step", ylabel="SNR-weighted MSE on x0", yscale="log", title="built-in model training")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path)

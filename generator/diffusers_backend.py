@@ -341,6 +341,9 @@ class DiffusersBackend(Backend):
         finally:
             self._free_after_call(pipe)
         video = np.asarray(output.frames[0])  # T x H x W x 3 float in [0, 1]
+        if np.issubdtype(video.dtype, np.floating) and not np.isfinite(video).all():
+            raise GenerationError(f"model {cfg.name} produced NaN/Inf values (numerical instability, often "
+                                  f"float16 overflow): try dtype bfloat16/float32, another seed or fewer steps")
         frames = (np.clip(video, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
         return GenerationResult(frames=frames, fps=float(req.fps), seed=int(req.seed),
                                 native_size=(frames.shape[1], frames.shape[2]))

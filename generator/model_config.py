@@ -98,7 +98,7 @@ DEFAULT_KEYS = {"steps", "guidance", "width", "height", "frames", "fps"}
 LIMIT_KEYS = {"max_size", "min_size", "max_frames", "min_frames", "max_steps", "max_guidance",
               "frame_multiple", "frame_offset", "size_multiple"}
 MEMORY_KEYS = {"cpu_offload", "vae_tiling", "vae_slicing", "compile", "cache", "attention_backend"}
-ENTRY_KEYS = {"path", "pipeline", "dtype", "vae_dtype", "description", "defaults", "limits", "memory", "queue",
+ENTRY_KEYS = {"path", "pipeline", "backend", "dtype", "vae_dtype", "description", "defaults", "limits", "memory", "queue",
               "negative_prompt", "max_sequence_length"}
 
 
@@ -127,6 +127,9 @@ class ModelConfig:
     queue: str = ""
     negative_prompt: Optional[str] = None
     max_sequence_length: Optional[int] = None
+    # "diffusers", or "package.module:factory" (a callable taking this ModelConfig and returning a
+    # generator.interface.Backend): a plug-in backend; the tests register fault-injecting fakes this way
+    backend: str = "diffusers"
 
     @property
     def text_kind(self) -> Optional[str]:
@@ -161,7 +164,7 @@ class ModelConfig:
             max_guidance=float(lim.get("max_guidance", 20.0)),
             default_fps=float(d.get("fps", fam.default_fps)),
             extra={
-                "backend": "diffusers",
+                "backend": self.backend,
                 "family": self.family,
                 "pipelines": list(self.kinds),
                 "requires_image": self.text_kind is None,
@@ -214,11 +217,14 @@ def _positive_int(name, where, value):
 
 def parse_entry(name: str, entry: dict, base_dir: str = REPO_ROOT) -> ModelConfig:
     _check_keys(name, "entry", entry, ENTRY_KEYS)
-    if "path" not in entry or "pipeline" not in entry:
+    backend = entry.get("backend", "diffusers")
+    if backend != "diffusers" and (not isinstance(backend, str) or backend.count(":") != 1):
+        raise ConfigError(f"model {name!r}: 'backend' must be \"diffusers\" or \"package.module:factory\"")
+    if "pipeline" not in entry or ("path" not in entry and backend == "diffusers"):
         raise ConfigError(f"model {name!r}: 'path' and 'pipeline' are required")
     kinds = _parse_kinds(name, entry["pipeline"])
     family = KINDS[kinds[0]][0]
-    path = os.path.expanduser(str(entry["path"]))
+    path = os.path.expanduser(str(entry.get("path", "")))
     if not os.path.isabs(path):
         path = os.path.normpath(os.path.join(base_dir, path))
     dtype = entry.get("dtype", "bfloat16")
@@ -256,7 +262,7 @@ def parse_entry(name: str, entry: dict, base_dir: str = REPO_ROOT) -> ModelConfi
                          description=str(entry.get("description", "")), defaults=dict(defaults),
                          limits=dict(limits), memory=mem, queue=str(entry.get("queue") or name),
                          negative_prompt=entry.get("negative_prompt"),
-                         max_sequence_length=entry.get("max_sequence_length"))
+                         max_sequence_length=entry.get("max_sequence_length"), backend=backend)
     info = config.model_info()
     problems = info.problems(info.default_frames, info.default_width, info.default_height,
                              info.default_steps, info.default_guidance)

@@ -28,6 +28,11 @@ def register_configured_models(path=None, strict: bool = False) -> list:
 
     def factory_for(config):
         def build():
+            if config.backend != "diffusers":  # a plug-in backend "package.module:factory"
+                import importlib
+
+                module, _, attr = config.backend.partition(":")
+                return getattr(importlib.import_module(module), attr)(config)
             from generator.diffusers_backend import DiffusersBackend
 
             return DiffusersBackend(config)

@@ -23,6 +23,9 @@ Environment (defaults in brackets):
   JOB_VISIBILITY_TIMEOUT_S [43200]  broker redelivery timeout; keep it above the longest
                         queue wait + generation
   JOB_MAX_ATTEMPTS [2]  deliveries of one job (a worker lost mid-job re-queues it once)
+  JOB_HEARTBEAT_S [5], JOB_HEARTBEAT_TIMEOUT_S [60], JOB_REAPER_INTERVAL_S [30]  the reaper of jobs
+                        whose worker vanished (worker/reaper.py)
+  BROKER_RESTORE_INTERVAL_S [kombu's ~100 s]  sweep for messages past the visibility timeout
   PROGRESS_INTERVAL_S [0.5]  at most one progress message per this many seconds per job
   WORKER_WARMUP [1]  load the model of the worker's first queue right after start
 """
@@ -191,12 +194,25 @@ PROGRESS_INTERVAL_S = env_float("PROGRESS_INTERVAL_S", 0.5)
 JOB_TIME_LIMIT_S = env_int("JOB_TIME_LIMIT_S", 3600)
 JOB_VISIBILITY_TIMEOUT_S = env_int("JOB_VISIBILITY_TIMEOUT_S", 12 * 3600)
 JOB_MAX_ATTEMPTS = env_int("JOB_MAX_ATTEMPTS", 2)
+# worker/reaper.py: the process running a job refreshes Job.heartbeat_at every JOB_HEARTBEAT_S; a
+# running job whose heartbeat is older than JOB_HEARTBEAT_TIMEOUT_S (or whose pool process is gone,
+# seen from the same worker) is re-queued or failed by the reaper, run at worker start-up and every
+# JOB_REAPER_INTERVAL_S inside every worker
+JOB_HEARTBEAT_S = env_float("JOB_HEARTBEAT_S", 5.0)
+JOB_HEARTBEAT_TIMEOUT_S = env_float("JOB_HEARTBEAT_TIMEOUT_S", 60.0)
+JOB_REAPER_INTERVAL_S = env_float("JOB_REAPER_INTERVAL_S", 30.0)
+# how often a worker looks for unacknowledged messages older than the visibility timeout (kombu's
+# default sweep is ~100 s); empty: kombu's default
+BROKER_RESTORE_INTERVAL_S = os.environ.get("BROKER_RESTORE_INTERVAL_S", "")
 WORKER_WARMUP = env_bool("WORKER_WARMUP", True)
 
 # Celery reads the CELERY_* names below (worker/celery.py: namespace="CELERY").
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
 CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", REDIS_URL)
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": JOB_VISIBILITY_TIMEOUT_S}
+if BROKER_RESTORE_INTERVAL_S:
+    CELERY_BROKER_TRANSPORT_OPTIONS.update(unacked_restore_interval=float(BROKER_RESTORE_INTERVAL_S),
+                                           unacked_restore_throttle=1)
 CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"visibility_timeout": JOB_VISIBILITY_TIMEOUT_S}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ACKS_LATE = True

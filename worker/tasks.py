@@ -10,12 +10,13 @@ import asyncio
 import base64
 import io
 import logging
+import os
 import threading
 import time
 
 import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.core.files.base import ContentFile
@@ -23,6 +24,7 @@ from django.db import close_old_connections
 from django.utils import timezone
 
 from videoservice.models import Job
+from worker import reaper
 from worker.celery import app
 
 log = logging.getLogger(__name__)
@@ -90,15 +92,20 @@ def preview_jpeg(frames: np.ndarray) -> str | None:
 
 # ---------------------------------------------------------------- the task
 def _finish(job: Job, status: str, **fields) -> bool:
-    """Move a running job to a terminal status (only from running: a concurrent change wins)."""
-    return bool(Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).update(
+    """Move a running job to a terminal status (only from running, and only while this delivery
+    holds its lease: a concurrent change, or a reaper that handed the job to another worker, wins)."""
+    return bool(Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING, lease=job.lease).update(
         status=status, finished_at=timezone.now(), **fields))
 
 
-def _fail(job: Job, message: str) -> dict:
+def _fail(job: Job, message: str, retriable: bool = False) -> dict:
     if _finish(job, Job.Status.FAILED, error=message[:2000]):
-        send_event(job, "generation_failed", error=message)
+        send_event(job, "generation_failed", error=message, retriable=retriable)
     return {"job_id": str(job.id), "status": "failed", "error": message}
+
+
+class LeaseLost(Exception):
+    """The reaper gave this job to another delivery (this worker looked dead): stop, store nothing."""
 
 
 def _load_image(job: Job):
@@ -106,8 +113,51 @@ def _load_image(job: Job):
         return None
     from PIL import Image
 
-    with job.input_image.open("rb") as fh:
-        return np.asarray(Image.open(fh).convert("RGB"), dtype=np.uint8).copy()
+    try:
+        with job.input_image.open("rb") as fh:
+            img = Image.open(fh)
+            img.load()
+            return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+    except Exception as exc:  # truncated / overwritten / missing file
+        from generator.interface import GenerationError
+
+        raise GenerationError(f"the start image could not be read ({type(exc).__name__}: {exc}); "
+                              "submit it again") from None
+
+
+def _check_frames(frames) -> np.ndarray:
+    """A backend's frames as T x H x W x 3 uint8; NaN/Inf (a numerically broken model) is an error."""
+    from generator.interface import GenerationError
+
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[0] == 0 or frames.shape[-1] != 3:
+        raise GenerationError(f"the model returned frames of shape {frames.shape}, not T x H x W x 3")
+    if frames.dtype != np.uint8:
+        if np.issubdtype(frames.dtype, np.floating) and not np.isfinite(frames).all():
+            raise GenerationError("the model produced NaN/Inf values (numerical instability); "
+                                  "try another seed, fewer steps or a float32 model")
+        frames = np.clip(frames, 0, 255).astype(np.uint8)
+    return frames
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+
+
+def _free_memory() -> None:
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:
+        pass
 
 
 @app.task(bind=True, name="worker.tasks.generate_video")
@@ -120,26 +170,42 @@ def generate_video(self, job_id: str, model: str | None = None) -> dict:
 
 
 def _run(job_id: str, hostname: str) -> dict:
-    from generator.encode import encode_video, mime_type
-    from generator.interface import Cancelled, GenerationError, GenerationRequest, get_backend
-    from generator.longvideo import LongVideoOptions, run_job
-
     job = Job.objects.filter(pk=job_id).first()
     if job is None:
         log.warning("job %s does not exist", job_id)
         return {"job_id": job_id, "status": "missing"}
     if job.status not in (Job.Status.QUEUED, Job.Status.RUNNING):
         return {"job_id": job_id, "status": job.status}  # e.g. cancelled while queued
+    if job.status == Job.Status.RUNNING and reaper.holder_alive(job, hostname):
+        # a second delivery of a job that is running (the broker's visibility timeout expired, or the
+        # reaper re-queued it while this message was redelivered): never run it twice
+        log.warning("duplicate delivery of job %s dropped: it is running on %s (pid %s)", job_id, job.worker,
+                    job.worker_pid)
+        return {"job_id": job_id, "status": "duplicate"}
     attempts = job.attempts + 1
     if job.status == Job.Status.RUNNING and attempts > settings.JOB_MAX_ATTEMPTS:
         # redelivered after its worker was lost; a job that keeps crashing workers stops here
-        return _fail(job, f"the worker running this job was lost {job.attempts} times; giving up")
+        return _fail(job, f"the worker running this job ({job.worker}) was lost {job.attempts} times; giving up "
+                          "(submit it again to retry)", retriable=True)
     started = timezone.now()
-    if not Job.objects.filter(pk=job.pk, status=job.status).update(
+    lease = reaper.new_lease()
+    if not Job.objects.filter(pk=job.pk, status=job.status, lease=job.lease).update(
             status=Job.Status.RUNNING, started_at=started, worker=hostname, attempts=attempts,
-            progress=0.0, step=0):
+            progress=0.0, step=0, lease=lease, worker_pid=os.getpid(), heartbeat_at=started):
         job.refresh_from_db()
         return {"job_id": job_id, "status": job.status}
+    reaper.heartbeat.hold(job.pk, lease)
+    try:
+        return _run_held(job, job_id, hostname)
+    finally:
+        reaper.heartbeat.release()
+
+
+def _run_held(job: Job, job_id: str, hostname: str) -> dict:
+    from generator.encode import encode_video, mime_type
+    from generator.interface import Cancelled, GenerationError, GenerationRequest, get_backend
+    from generator.longvideo import LongVideoOptions, run_job
+
     job.refresh_from_db()
     p = job.params
     send_event(job, "started", worker=hostname, prompt=job.prompt, model=job.model, params=p,
@@ -152,7 +218,10 @@ def _run(job_id: str, hostname: str) -> dict:
         now = time.monotonic()
         if not state["cancel"] and now - state["checked"] >= 0.1:
             state["checked"] = now
-            state["cancel"] = Job.objects.filter(pk=job.pk, cancel_requested=True).exists()
+            row = Job.objects.filter(pk=job.pk).values("cancel_requested", "lease").first()
+            if row is None or row["lease"] != job.lease:
+                raise LeaseLost()
+            state["cancel"] = row["cancel_requested"]
         return state["cancel"]
 
     def progress(step: int, total: int, preview=None) -> None:
@@ -176,7 +245,12 @@ def _run(job_id: str, hostname: str) -> dict:
                    eta_s=round(eta, 2), preview=preview_b64, preview_mime="image/jpeg" if preview_b64 else None)
 
     try:
-        backend = get_backend(job.model)
+        try:
+            backend = get_backend(job.model)
+        except (GenerationError, KeyError, ImportError, OSError, ValueError, RuntimeError) as exc:
+            if _is_oom(exc):
+                raise
+            raise GenerationError(f"model {job.model!r} could not be loaded: {exc}") from None
         request = GenerationRequest(
             prompt=job.prompt, num_frames=p.get("num_frames"), width=p.get("width"), height=p.get("height"),
             steps=p.get("steps"), guidance_scale=p.get("guidance_scale"), seed=p.get("seed"), fps=p.get("fps"),
@@ -191,6 +265,7 @@ def _run(job_id: str, hostname: str) -> dict:
             result = backend.generate(request, progress=progress, should_cancel=should_cancel)
         if should_cancel():
             raise Cancelled()
+        result.frames = _check_frames(result.frames)
         data = encode_video(result.frames, result.fps, fmt="mp4")
         t, h, w = result.frames.shape[:3]
         h, w = h - h % 2, w - w % 2  # the encoder crops odd sizes
@@ -216,14 +291,44 @@ def _run(job_id: str, hostname: str) -> dict:
         if _finish(job, Job.Status.CANCELLED, error="cancelled while running"):
             send_event(job, "cancelled")
         return {"job_id": job_id, "status": "cancelled"}
+    except LeaseLost:
+        log.warning("job %s was handed to another worker while this one ran it; result dropped", job_id)
+        return {"job_id": job_id, "status": "lease_lost"}
     except GenerationError as exc:
         return _fail(job, str(exc) or "generation failed")
     except SoftTimeLimitExceeded:
         return _fail(job, f"time limit exceeded ({settings.CELERY_TASK_SOFT_TIME_LIMIT} s)")
     except Exception as exc:
+        if _is_oom(exc):  # the worker survives it: free what the failed run held and take the next job
+            detail = f"{type(exc).__name__}: {exc}"
+            del exc
+            _free_memory()
+            log.warning("job %s ran out of memory: %s", job_id, detail)
+            return _fail(job, f"out of memory running model {job.model} at {p.get('width')}x{p.get('height')}, "
+                              f"{p.get('num_frames')} frames ({detail[:300]}); try fewer frames or a smaller size",
+                         retriable=True)
         log.exception("job %s failed", job_id)
         _fail(job, f"internal error: {type(exc).__name__}: {exc}")
         raise
+
+
+# ---------------------------------------------------------------- the reaper (worker main process)
+_reaper = None
+
+
+@worker_ready.connect
+def _start_reaper(sender=None, **kwargs):
+    """Settle the jobs a previous life of this worker (or a vanished one) left `running`, then keep
+    doing so every JOB_REAPER_INTERVAL_S (worker/reaper.py says why not Celery beat)."""
+    global _reaper
+    hostname = getattr(sender, "hostname", None) or "worker"
+    _reaper = reaper.Reaper(hostname).start()
+
+
+@worker_shutdown.connect
+def _stop_reaper(**kwargs):
+    if _reaper is not None:
+        _reaper.stop()
 
 
 # ---------------------------------------------------------------- warm-up

@@ -1,0 +1,44 @@
+"""Test-only backends that fake faults which cannot be produced for real on a CPU test host.
+
+Registered through the model configuration (an entry with "backend": "tests.fault_backends:fake_faults")
+by tests/test_faults.py. Which fault a model fakes comes from its configured name:
+
+- `fake-oom`: generate() raises torch.OutOfMemoryError after two steps (there is no GPU to exhaust);
+  `fake-memoryerror`: the host-memory flavour, a Python MemoryError;
+- `fake-nan`: generate() returns float frames full of NaN, as a numerically broken model would.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from generator.interface import Backend, GenerationResult
+
+
+class FakeFaultBackend(Backend):
+    def __init__(self, config):
+        super().__init__(config.model_info())
+        self.fault = config.name.removeprefix("fake-")
+
+    def load(self) -> None:
+        pass
+
+    def generate(self, request, progress=None, should_cancel=None):
+        req = self.fill_defaults(request)
+        for step in (1, 2):
+            if progress is not None:
+                progress(step, req.steps, None)
+        if self.fault == "oom":
+            import torch
+
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (faked by the test)")
+        if self.fault == "memoryerror":
+            raise MemoryError("faked by the test: cannot allocate 20 GiB")
+        if self.fault == "nan":
+            frames = np.full((req.num_frames, req.height, req.width, 3), np.nan, np.float32)
+            return GenerationResult(frames=frames, fps=float(req.fps), seed=int(req.seed),
+                                    native_size=(req.height, req.width))
+        raise AssertionError(f"unknown fake fault {self.fault!r}")
+
+
+def fake_faults(config):
+    return FakeFaultBackend(config)

@@ -1,0 +1,325 @@
+"""Faults on real parts: whole Celery workers SIGKILLed mid-job (20 times), Redis killed and restarted
+under load with append-only persistence, a message redelivered after the broker visibility timeout,
+and jobs whose model fails (faked OOM, NaN output, a model that does not load, a corrupt start image).
+
+The module starts its own service (fixture `faults`): redis-server with appendonly/appendfsync always,
+Daphne, and Celery workers it can SIGKILL and restart (the shared `live_service` is not touched).
+Reaper timings are shortened through settings env (heartbeat 0.5 s, timeout 4 s, sweep 1 s).
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import websockets
+from PIL import Image
+
+from tests.conftest import BIN, ROOT, WS_MAX_MESSAGE_BYTES, Proc, free_port, http
+
+SMALL = {"num_frames": 8, "width": 64, "height": 64, "steps": 3}
+TERMINAL = {"generation_complete", "generation_failed", "cancelled"}
+FAULT_QUEUE = "faults"
+FAKE_ENTRY = {"backend": "tests.fault_backends:fake_faults", "pipeline": "ltx", "queue": FAULT_QUEUE,
+              "defaults": {"steps": 4, "width": 64, "height": 64, "frames": 9, "fps": 8},
+              "limits": {"min_size": 32, "max_size": 128, "max_frames": 25}}
+MODELS = {
+    "fake-oom": FAKE_ENTRY,
+    "fake-memoryerror": FAKE_ENTRY,
+    "fake-nan": FAKE_ENTRY,
+    # a real diffusers entry whose checkpoint folder does not exist: its load fails for real
+    "broken-model": {"path": "checkpoints/does-not-exist", "pipeline": "ltx", "dtype": "float32",
+                     "queue": FAULT_QUEUE, "defaults": {"steps": 2, "width": 32, "height": 32, "frames": 9},
+                     "limits": {"min_size": 32, "max_size": 128}},
+}
+
+
+# ---------------------------------------------------------------- the service under test
+class Service:
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.redis_port, self.web_port = free_port(), free_port()
+        (tmp / "redis").mkdir()
+        models = tmp / "models.json"
+        models.write_text(json.dumps(MODELS))
+        self.env = dict(os.environ)
+        self.env.pop("DEBUG", None)
+        self.env.update({
+            "DJANGO_SETTINGS_MODULE": "videoservice.settings",
+            "REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/0",
+            "DATABASE_URL": f"sqlite:///{tmp / 'db.sqlite3'}",
+            "MEDIA_ROOT": str(tmp / "media"),
+            "PYTHONUNBUFFERED": "1",
+            "OMP_NUM_THREADS": "1",
+            "WEBSOCKET_MAX_MESSAGE_BYTES": str(WS_MAX_MESSAGE_BYTES),
+            "VIDEO_MODELS_CONFIG": str(models),
+            "LOG_LEVEL": "INFO",
+            "JOB_HEARTBEAT_S": "0.5",
+            "JOB_HEARTBEAT_TIMEOUT_S": "4",
+            "JOB_REAPER_INTERVAL_S": "1",
+            "JOB_MAX_ATTEMPTS": "2",
+            "MAX_QUEUED_PER_OWNER": "100",
+        })
+        self.base = f"http://127.0.0.1:{self.web_port}"
+        self.ws = f"ws://127.0.0.1:{self.web_port}/ws/lobby/"
+        self.redis = self.web = None
+        self.workers: dict = {}
+        self.starts = 0
+
+    # redis ------------------------------------------------------------------------------------
+    def start_redis(self) -> None:
+        self.starts += 1
+        self.redis = Proc(f"redis-{self.starts}", [
+            "redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--dir", str(self.tmp / "redis"),
+            "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--daemonize", "no"], self.env, self.tmp)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.redis_port), 1) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(64).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"redis did not start:\n{self.redis.tail()}")
+
+    def kill_redis(self) -> None:
+        os.killpg(self.redis.proc.pid, signal.SIGKILL)
+        self.redis.stop()
+
+    # workers ----------------------------------------------------------------------------------
+    def start_worker(self, name: str = "w1", queues: str = f"builtin,{FAULT_QUEUE}", concurrency: int = 1,
+                     env: dict | None = None, wait: bool = True) -> Proc:
+        self.starts += 1
+        proc = Proc(f"worker-{name}-{self.starts}", [
+            str(BIN / "celery"), "-A", "worker", "worker", "-P", "prefork", "-c", str(concurrency), "-Q", queues,
+            "-E", "-n", f"fault-{name}@%h", "--without-mingle", "--without-gossip", "--loglevel", "INFO"],
+            {**self.env, **(env or {})}, self.tmp)
+        proc.node = f"fault-{name}@{socket.gethostname()}"
+        self.workers[name] = proc
+        if wait:
+            self.wait_ready(proc)
+        return proc
+
+    def wait_ready(self, proc: Proc, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while " ready." not in proc.tail(100000):
+            if not proc.alive():
+                raise AssertionError(f"{proc.name} exited:\n{proc.tail()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{proc.name} not ready:\n{proc.tail()}")
+            time.sleep(0.1)
+
+    def kill_worker(self, name: str = "w1") -> None:
+        """SIGKILL the whole worker: main process and pool processes at once (its process group)."""
+        proc = self.workers.pop(name)
+        os.killpg(proc.proc.pid, signal.SIGKILL)
+        proc.stop()
+
+    def stop_worker(self, name: str) -> None:
+        self.workers.pop(name).stop(grace=20)
+
+    def job(self, job_id: str) -> dict:
+        status, _, body = http("GET", f"{self.base}/api/jobs/{job_id}")
+        assert status == 200, body
+        return json.loads(body)["job"]
+
+
+@pytest.fixture(scope="module")
+def faults(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("faults")
+    svc = Service(tmp)
+    try:
+        svc.start_redis()
+        subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=svc.env,
+                       check=True, timeout=120)
+        svc.web = Proc("web", [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(svc.web_port),
+                               "--websocket-max-message-size", str(WS_MAX_MESSAGE_BYTES),
+                               "videoservice.asgi:application"], svc.env, tmp)
+        svc.start_worker("w1")
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if http("GET", f"{svc.base}/healthz?timeout=1", timeout=5)[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert svc.web.alive() and time.monotonic() < deadline, svc.web.tail()
+            time.sleep(0.2)
+        yield svc
+    finally:
+        for proc in list(svc.workers.values()):
+            proc.stop(grace=10)
+        for proc in (svc.web, svc.redis):
+            if proc is not None:
+                proc.stop(grace=5)
+
+
+# ---------------------------------------------------------------- a websocket client
+class Client:
+    """A lobby connection that records everything; with `reconnect`, it reconnects when the server
+    closes the socket (as the web UI does) and counts the reconnections."""
+
+    def __init__(self, svc: Service, reconnect: bool = False):
+        self.svc, self.reconnect = svc, reconnect
+        self.ws = None
+        self.seen: list = []
+        self.closes = 0
+
+    async def __aenter__(self):
+        await self._connect()
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.ws.close()
+
+    async def _connect(self, timeout: float = 10) -> None:
+        self.ws = await websockets.connect(self.svc.ws, origin=self.svc.base, max_size=None, open_timeout=timeout)
+
+    async def send(self, msg: dict) -> None:
+        await self.ws.send(json.dumps(msg))
+
+    async def recv(self, timeout: float) -> dict:
+        while True:
+            try:
+                msg = json.loads(await asyncio.wait_for(self.ws.recv(), timeout))
+                self.seen.append(msg)
+                return msg
+            except websockets.ConnectionClosed:
+                if not self.reconnect:
+                    raise
+                self.closes += 1
+                self.seen.append({"type": "_closed"})
+                deadline = time.monotonic() + 60
+                while True:  # back off until the server accepts us again
+                    try:
+                        await self._connect(timeout=5)
+                        self.seen.append({"type": "_reconnected"})
+                        break
+                    except (OSError, websockets.InvalidHandshake, asyncio.TimeoutError):
+                        if time.monotonic() > deadline:
+                            raise
+                        await asyncio.sleep(0.5)
+
+    async def until(self, pred, timeout: float = 60.0) -> dict:
+        for msg in self.seen:
+            if pred(msg):
+                return msg
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"timed out; seen: {[m.get('type') for m in self.seen][-30:]}")
+            msg = await self.recv(left)
+            if pred(msg):
+                return msg
+
+    async def submit(self, **fields) -> dict:
+        rid = uuid.uuid4().hex
+        await self.send({"type": "generate", "request_id": rid, **fields})
+        msg = await self.until(lambda m: m.get("request_id") == rid and m["type"] in ("queued", "error"), 30)
+        assert msg["type"] == "queued", msg
+        return msg
+
+    async def terminal(self, job_id: str, timeout: float = 90.0) -> dict:
+        return await self.until(lambda m: m.get("job_id") == job_id and m["type"] in TERMINAL, timeout)
+
+    def events(self, job_id: str) -> list:
+        return [m["type"] for m in self.seen if m.get("job_id") == job_id]
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def png_b64() -> str:
+    img = np.zeros((64, 64, 3), np.uint8)
+    img[16:40, 8:32] = (230, 30, 30)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def pool_pids(proc: Proc) -> list:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(proc.proc.pid)], capture_output=True, text=True).stdout
+    return sorted(int(p) for p in out.split())
+
+
+# ---------------------------------------------------------------- a job fails, the worker serves on
+async def _fails_then_next_succeeds(svc: Service, c: Client, job: dict, expect: str) -> dict:
+    pools = pool_pids(svc.workers["w1"])
+    queued = await c.submit(**job)
+    failed = await c.terminal(queued["job_id"])
+    assert failed["type"] == "generation_failed", failed
+    assert re.search(expect, failed["error"]), failed["error"]
+    row = svc.job(queued["job_id"])
+    assert row["status"] == "failed" and re.search(expect, row["error"]), row
+    nxt = await c.submit(prompt="a blue square moving right", **SMALL)
+    done = await c.terminal(nxt["job_id"])
+    assert done["type"] == "generation_complete", done
+    assert pool_pids(svc.workers["w1"]) == pools  # the same pool process: nothing crashed or restarted
+    return failed
+
+
+def test_faked_oom_fails_the_job_and_the_worker_serves_the_next(faults):
+    async def scenario():
+        async with Client(faults) as c:
+            failed = await _fails_then_next_succeeds(faults, c, {"prompt": "x", "model": "fake-oom"},
+                                                     r"^out of memory running model fake-oom at 64x64, 9 frames")
+            assert failed["retriable"] is True and "OutOfMemoryError" in failed["error"]
+            failed = await _fails_then_next_succeeds(faults, c, {"prompt": "x", "model": "fake-memoryerror"},
+                                                     r"^out of memory running model fake-memoryerror")
+            assert "MemoryError" in failed["error"]
+    run(scenario())
+
+
+def test_nan_output_fails_the_job_and_the_worker_serves_the_next(faults):
+    async def scenario():
+        async with Client(faults) as c:
+            failed = await _fails_then_next_succeeds(faults, c, {"prompt": "x", "model": "fake-nan"},
+                                                     r"produced NaN/Inf values")
+            assert failed["retriable"] is False
+    run(scenario())
+
+
+def test_model_that_fails_to_load_fails_the_job_and_the_worker_serves_the_next(faults):
+    async def scenario():
+        async with Client(faults) as c:
+            await _fails_then_next_succeeds(faults, c, {"prompt": "x", "model": "broken-model"},
+                                            r"^model 'broken-model' could not be loaded: .*does-not-exist")
+    run(scenario())
+
+
+def test_corrupt_start_image_fails_the_job_and_the_worker_serves_the_next(faults):
+    """The image passed validation; its stored copy is then damaged before the worker reads it."""
+    async def scenario():
+        async with Client(faults) as c:
+            blocker = await c.submit(prompt="a yellow triangle moving down", **{**SMALL, "steps": 100})
+            await c.until(lambda m: m.get("job_id") == blocker["job_id"] and m["type"] == "progress", 60)
+            queued = await c.submit(prompt="a red square moving left", image=png_b64(), **SMALL)
+            stored = list((faults.tmp / "media" / "inputs").rglob(f"{queued['job_id']}.png"))
+            assert len(stored) == 1, stored
+            stored[0].write_bytes(stored[0].read_bytes()[:40])  # truncated: header only
+            await c.send({"type": "cancel", "job_id": blocker["job_id"]})
+            assert (await c.terminal(blocker["job_id"]))["type"] == "cancelled"
+            pools = pool_pids(faults.workers["w1"])
+            failed = await c.terminal(queued["job_id"])
+            assert failed["type"] == "generation_failed", failed
+            assert failed["error"].startswith("the start image could not be read"), failed
+            nxt = await c.submit(prompt="a red square moving left", image=png_b64(), **SMALL)
+            assert (await c.terminal(nxt["job_id"]))["type"] == "generation_complete"
+            assert pool_pids(faults.workers["w1"]) == pools
+    run(scenario())

@@ -11,8 +11,13 @@ during start-up). Ctrl-C / SIGTERM stops the children in reverse order: SIGTERM 
 group, then SIGKILL after a grace period.
 
 Environment: HOST (127.0.0.1), PORT (8000), FLOWER_PORT (5555), REDIS_URL
-(redis://127.0.0.1:6379/0), WORKER_QUEUES (builtin,celery), WORKER_CONCURRENCY (1),
-WEBSOCKET_MAX_MESSAGE_BYTES (64 MiB), READY_TIMEOUT (180 s), REDIS_DIR (var/redis).
+(redis://127.0.0.1:6379/0), WORKER_QUEUES (builtin,describe,celery), WORKER_CONCURRENCY (1),
+WEBSOCKET_MAX_MESSAGE_BYTES (64 MiB), READY_TIMEOUT (180 s), REDIS_DIR (var/redis),
+FLOWER_BASIC_AUTH (user:password[,user2:password2]).
+
+HOST is passed on as BIND_ADDRESS: on any address but loopback the settings require
+authentication, a real SECRET_KEY and ALLOWED_HOSTS, and Flower is only started behind basic
+auth (FLOWER_BASIC_AUTH; Flower reads it from the environment, so it is not on the command line).
 """
 from __future__ import annotations
 
@@ -128,6 +133,30 @@ def wait_until(check, timeout: float, children: list, what: str) -> None:
     raise SystemExit(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    host = host.strip().strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def flower_argv(host: str, port: int, env: dict) -> list:
+    """Flower's command line; off loopback it needs FLOWER_BASIC_AUTH (user:password) in `env`."""
+    auth = env.get("FLOWER_BASIC_AUTH", "").strip()
+    if not is_loopback(host):
+        if not auth or any(":" not in pair or not pair.split(":", 1)[1] for pair in auth.split(",")):
+            raise SystemExit(f"HOST={host} is not loopback: set FLOWER_BASIC_AUTH=user:password so that Flower "
+                             "is not open to the network")
+    argv = [str(BIN / "celery"), "-A", "worker", "flower", f"--address={host}", f"--port={port}",
+            "--read_only=True", "--persistent=False"]
+    return argv  # with FLOWER_BASIC_AUTH in its environment Flower asks for that user and password
+
+
 def healthz(url: str):
     try:
         with urllib.request.urlopen(url, timeout=3) as resp:
@@ -143,7 +172,7 @@ def main() -> int:
     port = int(os.environ.get("PORT", "8000"))
     flower_port = int(os.environ.get("FLOWER_PORT", "5555"))
     redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-    queues = os.environ.get("WORKER_QUEUES", "builtin,celery")
+    queues = os.environ.get("WORKER_QUEUES", "builtin,describe,celery")
     concurrency = os.environ.get("WORKER_CONCURRENCY", "1")
     max_msg = os.environ.get("WEBSOCKET_MAX_MESSAGE_BYTES") or os.environ.get("WEBSOCKET_MAX_MESSAGE_SIZE") \
         or str(64 * 1024 * 1024)  # Daphne's cap also applies to what it sends: base64 completions
@@ -154,6 +183,12 @@ def main() -> int:
     env["REDIS_URL"] = redis_url
     env["PYTHONUNBUFFERED"] = "1"
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["BIND_ADDRESS"] = host  # the settings require authentication off loopback
+    try:
+        flower_cmd = flower_argv(host, flower_port, env)
+    except SystemExit as exc:
+        say("serve", f"refusing to start: {exc}")
+        return 1
 
     for name, p in (("PORT", port), ("FLOWER_PORT", flower_port)):
         if not port_free(host, p):
@@ -194,10 +229,7 @@ def main() -> int:
             str(BIN / "celery"), "-A", "worker", "worker", "-P", "prefork", "-c", concurrency, "-E",
             "-Q", queues, "-n", f"{queues.split(',')[0]}@%h", "--loglevel", "INFO", "--without-mingle", "--without-gossip",
         ], env))
-        children.append(Child("flower", [
-            str(BIN / "celery"), "-A", "worker", "flower", f"--address={host}", f"--port={flower_port}",
-            "--read_only=True", "--persistent=False",
-        ], env))
+        children.append(Child("flower", flower_cmd, env))
         for child in children:
             if not child.proc:
                 child.start()

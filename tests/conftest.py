@@ -154,3 +154,60 @@ def live_service(tmp_path_factory):
     finally:
         for p in reversed(procs):
             p.stop(grace=20 if p.name == "worker" else 5)
+
+
+# The settings a server bound to a public address runs with (authentication required), with small
+# limits so that tests reach them. Plain HTTP: HTTPS=0 (the deploy check is in test_settings.py).
+STRICT_ENV = {
+    "BIND_ADDRESS": "0.0.0.0",
+    "SECRET_KEY": "strict-test-" + "k3Y9#x!Q" * 8,
+    "ALLOWED_HOSTS": "127.0.0.1,localhost",
+    "HTTPS": "0",
+    "SUBMISSIONS_PER_MINUTE": "4",
+    "WS_MESSAGES_PER_MINUTE": "40",
+    "MAX_VIDEO_PIXELS": "40000",
+}
+STRICT_USERS = """
+from django.contrib.auth import get_user_model
+User = get_user_model()
+User.objects.create_user("dave", password="dave-pass-Xy7!")
+"""
+
+
+@pytest.fixture(scope="session")
+def strict_service(live_service):
+    """A second Daphne on the live service's Redis, database and worker, configured as when bound to a
+    non-loopback address (STRICT_ENV). Users: alice, bob, carol (API tokens), boss (staff, token),
+    dave (password, for session login)."""
+    env = {**live_service["env"], **STRICT_ENV}
+    tokens = {}
+    for user, extra in (("alice", []), ("bob", []), ("carol", []), ("boss", ["--staff"])):
+        out = subprocess.run([sys.executable, "manage.py", "create_api_token", user, "--create-user",
+                              "--name", "tests", *extra], cwd=ROOT, env=env, check=True, timeout=120,
+                             capture_output=True, text=True)
+        tokens[user] = out.stdout.strip()
+    subprocess.run([sys.executable, "manage.py", "shell", "-c", STRICT_USERS], cwd=ROOT, env=env, check=True,
+                   timeout=120)
+    port = free_port()
+    web = Proc("web-strict", [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port),
+                              "--websocket-max-message-size", str(WS_MAX_MESSAGE_BYTES),
+                              "--websocket-max-frame-size", str(WS_MAX_MESSAGE_BYTES),
+                              "videoservice.asgi:application"], env, live_service["tmp"])
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if not web.alive():
+                pytest.fail(f"strict web exited:\n{web.tail()}")
+            try:
+                if http("GET", f"{base}/healthz?timeout=1", timeout=5)[0] == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"strict web not ready:\n{web.tail()}")
+            time.sleep(0.3)
+        yield {"base": base, "ws": f"ws://127.0.0.1:{port}/ws/lobby/", "origin": base, "env": env,
+               "tokens": tokens, "proc": web}
+    finally:
+        web.stop(grace=5)

@@ -16,3 +16,73 @@ def test_sqlite_urls(tmp_path):
     rel = database_from_url("sqlite:///var/test-rel.sqlite3")
     assert rel["NAME"] == str(BASE_DIR / "var" / "test-rel.sqlite3")
     assert rel["OPTIONS"]["transaction_mode"] == "IMMEDIATE"
+
+
+# ---------------------------------------------------------------- bind address, auth, deploy check
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+GOOD_KEY = "prod-" + "Zq8#vW2!pL5@" * 5
+SETTINGS_VARS = ("BIND_ADDRESS", "SECRET_KEY", "ALLOWED_HOSTS", "REQUIRE_AUTH", "HTTPS", "DEBUG", "SECURE_SSL_REDIRECT",
+                 "SECURE_HSTS_SECONDS", "SECURE_HSTS_INCLUDE_SUBDOMAINS", "SECURE_HSTS_PRELOAD")
+
+
+def settings_env(tmp_path, **extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in SETTINGS_VARS and k != "DATABASE_URL"}
+    env.update({"DJANGO_SETTINGS_MODULE": "videoservice.settings", "SQLITE_PATH": str(tmp_path / "db.sqlite3")})
+    env.update(extra)
+    return env
+
+
+def load_settings(tmp_path, **extra):
+    code = ("import json, videoservice.settings as s; print(json.dumps({'auth': s.REQUIRE_AUTH, "
+            "'loopback': s.LOOPBACK, 'ssl': getattr(s, 'SECURE_SSL_REDIRECT', False)}))")
+    return subprocess.run([sys.executable, "-c", code], cwd=BASE_DIR, env=settings_env(tmp_path, **extra),
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_loopback_default_is_anonymous(tmp_path):
+    import json
+
+    for bind in ("", "127.0.0.1", "::1", "localhost", "127.0.0.2"):
+        out = load_settings(tmp_path, BIND_ADDRESS=bind)
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout) == {"auth": False, "loopback": True, "ssl": False}
+    out = load_settings(tmp_path, REQUIRE_AUTH="1")  # may be turned on on loopback
+    assert json.loads(out.stdout)["auth"] is True
+
+
+def test_public_bind_refuses_to_start_half_configured(tmp_path):
+    import json
+
+    cases = (
+        ({}, "SECRET_KEY"),
+        ({"SECRET_KEY": "short"}, "SECRET_KEY"),
+        ({"SECRET_KEY": "dev-insecure-3c1b0f8e-videoservice-change-me"}, "SECRET_KEY"),
+        ({"SECRET_KEY": GOOD_KEY}, "ALLOWED_HOSTS"),
+        ({"SECRET_KEY": GOOD_KEY, "ALLOWED_HOSTS": "*"}, "ALLOWED_HOSTS"),
+        ({"SECRET_KEY": GOOD_KEY, "ALLOWED_HOSTS": "video.example.org", "REQUIRE_AUTH": "0"}, "REQUIRE_AUTH"),
+        ({"SECRET_KEY": GOOD_KEY, "ALLOWED_HOSTS": "video.example.org", "DEBUG": "1"}, "DEBUG"),
+    )
+    for bind in ("0.0.0.0", "192.168.1.20", "::", "video.example.org"):
+        for extra, word in cases:
+            out = load_settings(tmp_path, BIND_ADDRESS=bind, **extra)
+            assert out.returncode != 0, (bind, extra)
+            assert "ImproperlyConfigured" in out.stderr and word in out.stderr.splitlines()[-1], out.stderr[-500:]
+    out = load_settings(tmp_path, BIND_ADDRESS="0.0.0.0", SECRET_KEY=GOOD_KEY, ALLOWED_HOSTS="video.example.org")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"auth": True, "loopback": False, "ssl": True}
+
+
+def test_check_deploy_is_clean_with_production_settings(tmp_path):
+    env = settings_env(tmp_path, BIND_ADDRESS="0.0.0.0", SECRET_KEY=GOOD_KEY, ALLOWED_HOSTS="video.example.org")
+    out = subprocess.run([sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+                         cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "System check identified no issues (0 silenced)." in out.stdout
+    assert "WARNING" not in out.stdout + out.stderr
+    # the loopback development defaults are not production-ready, and the check says so
+    out = subprocess.run([sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+                         cwd=BASE_DIR, env=settings_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "security.W009" in out.stdout + out.stderr

@@ -1,6 +1,6 @@
-from django.contrib import admin
+from django.contrib import admin, messages
 
-from videoservice.models import Job
+from videoservice.models import ApiToken, Job
 
 
 @admin.register(Job)
@@ -15,3 +15,25 @@ class JobAdmin(admin.ModelAdmin):
     @admin.display(description="prompt")
     def short_prompt(self, job):
         return job.prompt[:60]
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    """Adding a token here shows it once in a message; only its hash is stored."""
+    list_display = ("hint", "user", "name", "created_at", "last_used_at")
+    search_fields = ("user__username", "name", "hint")
+    fields = ("user", "name", "hint", "created_at", "last_used_at")
+    readonly_fields = ("hint", "created_at", "last_used_at")
+
+    def has_change_permission(self, request, obj=None):
+        return obj is None and super().has_change_permission(request, obj)
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            return
+        import secrets
+
+        token = ApiToken.PREFIX + secrets.token_urlsafe(32)
+        obj.digest, obj.hint = ApiToken.hash(token), token[:10]
+        super().save_model(request, obj, form, change)
+        messages.warning(request, f"API token for {obj.user}: {token}  (copy it now: it is not shown again)")

@@ -16,6 +16,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
+from videoservice.auth import TokenAuthMiddleware  # noqa: E402
 from videoservice.routing import websocket_urlpatterns  # noqa: E402
 
 
@@ -36,5 +37,7 @@ threading.Thread(target=_import_model_registry, name="import-models", daemon=Tru
 application = ProtocolTypeRouter({
     # /static/ straight from the apps' static folders (no collectstatic, works with DEBUG off)
     "http": ASGIStaticFilesHandler(django_asgi_app),
-    "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+    # Origin checked against ALLOWED_HOSTS; user from the session cookie, replaced by an API token
+    # (?token= or Authorization: Bearer) when the handshake carries one
+    "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(TokenAuthMiddleware(URLRouter(websocket_urlpatterns)))),
 })

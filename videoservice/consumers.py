@@ -14,16 +14,22 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from videoservice import jobs
+from videoservice import jobs, limits
 from videoservice.models import LOBBY_GROUP, owner_group
-from videoservice.validation import (CANCEL_FIELDS, INVALID_JSON, MISSING_FIELD, PING_FIELDS,
-                                     TOO_LARGE, UNKNOWN_TYPE, RequestError, check_fields, parse_json,
+from videoservice.validation import (AUTH_REQUIRED, CANCEL_FIELDS, INVALID_JSON, MISSING_FIELD, PING_FIELDS,
+                                     RATE_LIMITED, TOO_LARGE, UNKNOWN_TYPE, RequestError, check_fields, parse_json,
                                      request_id_of, validate_generate, validate_job_id)
 
 log = logging.getLogger(__name__)
 
 
+CLOSE_AUTH_REQUIRED = 4401  # websocket close code after an `auth_required` error
+
+
 def owner_of(scope) -> str:
+    user = scope.get("user")
+    if user is not None and getattr(user, "is_authenticated", False):
+        return f"u:{user.pk}"  # every session and token of this user
     session = scope.get("session")
     key = getattr(session, "session_key", None) if session is not None else None
     return f"s:{key}" if key else f"c:{uuid.uuid4().hex}"
@@ -31,6 +37,17 @@ def owner_of(scope) -> str:
 
 class LobbyConsumer(AsyncWebsocketConsumer):
     async def connect(self):
+        user = self.scope.get("user")
+        authenticated = bool(user is not None and getattr(user, "is_authenticated", False))
+        refusal = self.scope.get("auth_error")
+        if refusal is None and settings.REQUIRE_AUTH and not authenticated:
+            refusal = "log in, or connect with ?token=<API token> or an Authorization: Bearer header"
+        if refusal:  # accept, so that the client can read why, then close
+            await self.accept()
+            await self.send_error(RequestError(AUTH_REQUIRED, refusal))
+            await self.close(code=CLOSE_AUTH_REQUIRED)
+            return
+        self.bucket = limits.MessageBucket()
         self.owner = owner_of(self.scope)
         self.groups_joined = [LOBBY_GROUP, owner_group(self.owner)]
         for group in self.groups_joined:
@@ -49,7 +66,13 @@ class LobbyConsumer(AsyncWebsocketConsumer):
 
     async def receive(self, text_data=None, bytes_data=None):
         data = None
+        bucket = getattr(self, "bucket", None)
+        if bucket is None:  # refused at connect
+            return
         try:
+            if not bucket.take():
+                raise RequestError(RATE_LIMITED, f"more than {settings.WS_MESSAGES_PER_MINUTE} messages a minute "
+                                                 "on this connection; slow down")
             if text_data is None:
                 raise RequestError(INVALID_JSON, "binary frames are not accepted; send JSON text")
             if len(text_data) > settings.WS_MAX_CLIENT_MESSAGE_BYTES:
@@ -60,6 +83,8 @@ class LobbyConsumer(AsyncWebsocketConsumer):
             kind = data.get("type")
             if kind is None:
                 raise RequestError(MISSING_FIELD, "message has no \"type\"", "type")
+            if not isinstance(kind, str):
+                raise RequestError(UNKNOWN_TYPE, "\"type\" must be a string (generate, cancel, ping)", "type")
             handler = {"generate": self.on_generate, "cancel": self.on_cancel, "ping": self.on_ping}.get(kind)
             if handler is None:
                 raise RequestError(UNKNOWN_TYPE, f"unknown message type {str(kind)[:50]!r} "
@@ -78,6 +103,7 @@ class LobbyConsumer(AsyncWebsocketConsumer):
 
     async def on_generate(self, data):
         req = await database_sync_to_async(validate_generate)(data)
+        await database_sync_to_async(limits.check_submission)(self.owner)
         user = self.scope.get("user")
         job, position = await database_sync_to_async(jobs.create_job)(req, self.owner, user)
         # only now: the job row exists and its task is on the queue

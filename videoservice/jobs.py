@@ -62,15 +62,17 @@ def create_job(req: GenerateRequest, owner: str, user=None) -> tuple:
     return job, queue_position(job)
 
 
-def visible_jobs(viewer: str | None):
-    """Public jobs plus the viewer's own private ones."""
+def visible_jobs(viewer: str | None, staff: bool = False):
+    """Public jobs plus the viewer's own private ones (staff: every job)."""
+    if staff:
+        return Job.objects.all()
     if viewer is None:
         return Job.objects.filter(private=False)
     return Job.objects.filter(Q(private=False) | Q(owner=viewer))
 
 
-def get_visible(job_id: str, viewer: str | None) -> Job:
-    job = visible_jobs(viewer).filter(pk=job_id).first()
+def get_visible(job_id: str, viewer: str | None, staff: bool = False) -> Job:
+    job = visible_jobs(viewer, staff).filter(pk=job_id).first()
     if job is None:
         raise RequestError(NOT_FOUND, "no such job", "job_id", status=404)
     return job
@@ -81,7 +83,7 @@ def cancel_job(job_id: str, viewer: str, staff: bool = False) -> tuple:
 
     Returns (job, "cancelled" | "cancelling"). Only the submitter (or staff) may cancel.
     """
-    job = get_visible(job_id, viewer)
+    job = get_visible(job_id, viewer, staff)
     if job.owner != viewer and not staff:
         raise RequestError(FORBIDDEN, "only the submitter can cancel this job", "job_id", status=403)
     now = timezone.now()

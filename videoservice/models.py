@@ -120,3 +120,37 @@ LOBBY_GROUP = "lobby"
 def owner_group(owner: str) -> str:
     """Group names must be short ASCII: hash the owner key."""
     return "owner." + hashlib.sha256(owner.encode()).hexdigest()[:32]
+
+
+class ApiToken(models.Model):
+    """A secret for scripts: `Authorization: Bearer <token>` (HTTP) or `?token=` / the same header
+    (websocket) act as `user`. Only a SHA-256 of the token is stored; the token itself is shown
+    once, by `manage.py create_api_token USER` or the admin."""
+
+    PREFIX = "vs_"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100, blank=True, help_text="what it is for, e.g. 'render farm'")
+    digest = models.CharField(max_length=64, unique=True, editable=False)
+    hint = models.CharField(max_length=12, editable=False, help_text="first characters, to tell tokens apart")
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "API token"
+
+    def __str__(self) -> str:
+        return f"{self.hint}... ({self.user})"
+
+    @staticmethod
+    def hash(token: str) -> str:
+        return hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
+
+    @classmethod
+    def issue(cls, user, name: str = "") -> tuple:
+        """Create a token for `user`; returns (ApiToken, the token string, shown only now)."""
+        import secrets
+
+        token = cls.PREFIX + secrets.token_urlsafe(32)
+        return cls.objects.create(user=user, name=name, digest=cls.hash(token), hint=token[:10]), token

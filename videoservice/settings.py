@@ -28,12 +28,36 @@ Environment (defaults in brackets):
   BROKER_RESTORE_INTERVAL_S [kombu's ~100 s]  sweep for messages past the visibility timeout
   PROGRESS_INTERVAL_S [0.5]  at most one progress message per this many seconds per job
   WORKER_WARMUP [1]  load the model of the worker's first queue right after start
+
+Who may do what (docs/deploy.md, "Authentication"):
+  BIND_ADDRESS          [127.0.0.1]  the address Daphne listens on (scripts/serve.py sets it from
+                        HOST). Loopback (127.x, ::1, localhost): anonymous use is allowed. Any
+                        other address: authentication is required (session login or API token),
+                        and start-up refuses (ImproperlyConfigured) without a real SECRET_KEY
+                        (>= 50 characters, not the development key) and an explicit ALLOWED_HOSTS
+                        (without "*").
+  REQUIRE_AUTH          [0 on loopback, 1 elsewhere]  may be turned on on loopback, never off elsewhere
+  HTTPS                 [0 on loopback, 1 elsewhere]  served over TLS (directly or by a proxy): SSL
+                        redirect, secure cookies, HSTS
+  SECURE_PROXY_SSL_HEADER [0]  1: trust X-Forwarded-Proto: https from the proxy in front
+  SECURE_HSTS_SECONDS   [31536000 with HTTPS]; SECURE_HSTS_INCLUDE_SUBDOMAINS, SECURE_HSTS_PRELOAD [1 with HTTPS]
+
+Limits on what clients send (error codes in docs/protocol.md):
+  SUBMISSIONS_PER_MINUTE [30]  accepted submissions (generate / POST /api/jobs) per user (or
+                        anonymous owner) in any 60 s window, counted in Redis -> rate_limited
+  WS_MESSAGES_PER_MINUTE [600]  messages of any kind per websocket connection (token bucket of
+                        this size, refilled at this rate / 60 per second) -> rate_limited
+  MAX_VIDEO_PIXELS      [134217728]  frames x width x height of the final video -> invalid_field
+  (and WS_MAX_CLIENT_MESSAGE_BYTES, MAX_PROMPT_CHARS, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS,
+  MAX_QUEUED_JOBS, MAX_QUEUED_PER_OWNER above)
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
 from urllib.parse import unquote, urlparse
+
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
@@ -102,10 +126,55 @@ def sqlite_database(path: str) -> dict:
     }
 
 
-SECRET_KEY = os.environ.get("SECRET_KEY", "dev-insecure-3c1b0f8e-videoservice-change-me")
+def is_loopback(address: str) -> bool:
+    import ipaddress
+
+    address = address.strip().strip("[]")
+    if address.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+DEV_SECRET_KEY = "dev-insecure-3c1b0f8e-videoservice-change-me"
+BIND_ADDRESS = os.environ.get("BIND_ADDRESS", "").strip() or "127.0.0.1"
+LOOPBACK = is_loopback(BIND_ADDRESS)
+SECRET_KEY = os.environ.get("SECRET_KEY", DEV_SECRET_KEY)
 DEBUG = env_bool("DEBUG", False)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
+REQUIRE_AUTH = env_bool("REQUIRE_AUTH", not LOOPBACK)
+if not LOOPBACK:
+    # Off loopback the service faces a network: refuse to start half-configured.
+    if not REQUIRE_AUTH:
+        raise ImproperlyConfigured(f"BIND_ADDRESS={BIND_ADDRESS} is not loopback: REQUIRE_AUTH cannot be off "
+                                   "(anonymous use is only allowed on 127.0.0.1 / ::1)")
+    if SECRET_KEY == DEV_SECRET_KEY or len(SECRET_KEY) < 50 or len(set(SECRET_KEY)) < 5:
+        raise ImproperlyConfigured(
+            f"BIND_ADDRESS={BIND_ADDRESS} is not loopback: set SECRET_KEY to a random string of at least 50 "
+            "characters (python -c 'import secrets; print(secrets.token_urlsafe(50))')")
+    if not os.environ.get("ALLOWED_HOSTS", "").strip() or "*" in ALLOWED_HOSTS:
+        raise ImproperlyConfigured(
+            f"BIND_ADDRESS={BIND_ADDRESS} is not loopback: set ALLOWED_HOSTS to the host names clients use "
+            "(comma separated, no '*'); the websocket Origin is checked against it too")
+    if DEBUG:
+        raise ImproperlyConfigured(f"BIND_ADDRESS={BIND_ADDRESS} is not loopback: DEBUG must be off")
+
+HTTPS = env_bool("HTTPS", not LOOPBACK)
+if HTTPS:
+    SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]  # probes from inside the host speak plain HTTP
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", True)
+if env_bool("SECURE_PROXY_SSL_HEADER", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/"
 
 INSTALLED_APPS = [
     "daphne",  # `manage.py runserver` serves ASGI (websockets) too
@@ -187,6 +256,9 @@ MAX_IMAGE_BYTES = env_int("MAX_IMAGE_BYTES", 8 * 1024 * 1024)
 MAX_IMAGE_PIXELS = env_int("MAX_IMAGE_PIXELS", 4096 * 4096)
 MAX_QUEUED_JOBS = env_int("MAX_QUEUED_JOBS", 200)
 MAX_QUEUED_PER_OWNER = env_int("MAX_QUEUED_PER_OWNER", 20)
+SUBMISSIONS_PER_MINUTE = env_int("SUBMISSIONS_PER_MINUTE", 30)
+WS_MESSAGES_PER_MINUTE = env_int("WS_MESSAGES_PER_MINUTE", 600)
+MAX_VIDEO_PIXELS = env_int("MAX_VIDEO_PIXELS", 2 ** 27)
 # base64 grows by 4/3 and the message has to fit WEBSOCKET_MAX_MESSAGE_BYTES
 INLINE_VIDEO_MAX_BYTES = env_int("INLINE_VIDEO_MAX_BYTES",
                                  min(32 * 1024 * 1024, (WEBSOCKET_MAX_MESSAGE_BYTES - 65536) * 3 // 4))

@@ -32,8 +32,14 @@ FORBIDDEN = "forbidden"
 NOT_CANCELLABLE = "not_cancellable"
 QUEUE_FULL = "queue_full"
 UNAVAILABLE = "unavailable"
+AUTH_REQUIRED = "auth_required"
+CSRF_FAILED = "csrf_failed"
+RATE_LIMITED = "rate_limited"
+METHOD_NOT_ALLOWED = "method_not_allowed"
+INTERNAL_ERROR = "internal_error"
 ERROR_CODES = (INVALID_JSON, UNKNOWN_TYPE, INVALID_FIELD, UNKNOWN_FIELD, MISSING_FIELD, UNKNOWN_MODEL,
-               IMAGE_INVALID, TOO_LARGE, NOT_FOUND, FORBIDDEN, NOT_CANCELLABLE, QUEUE_FULL, UNAVAILABLE)
+               IMAGE_INVALID, TOO_LARGE, NOT_FOUND, FORBIDDEN, NOT_CANCELLABLE, QUEUE_FULL, UNAVAILABLE,
+               AUTH_REQUIRED, CSRF_FAILED, RATE_LIMITED, METHOD_NOT_ALLOWED, INTERNAL_ERROR)
 
 GENERATE_FIELDS = {"type", "prompt", "num_frames", "width", "height", "steps", "guidance_scale", "seed",
                    "model", "fps", "image", "request_id", "private",
@@ -71,6 +77,14 @@ class GenerateRequest:
     total_steps: int = 0  # denoising steps over all chunks of a long video
 
 
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _reject_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
 
@@ -88,7 +102,7 @@ def request_id_of(data: Any) -> Any:
     if not isinstance(data, dict):
         return None
     rid = data.get("request_id")
-    if isinstance(rid, str) and len(rid) <= MAX_REQUEST_ID_CHARS:
+    if isinstance(rid, str) and len(rid) <= MAX_REQUEST_ID_CHARS and _utf8(rid):
         return rid
     if isinstance(rid, int) and not isinstance(rid, bool):
         return rid
@@ -161,6 +175,8 @@ def decode_image(value: Any) -> tuple:
             rgb.load()
     except RequestError:
         raise
+    except Image.DecompressionBombError:  # Pillow's own cap (2 x its MAX_IMAGE_PIXELS), checked on open
+        raise RequestError(TOO_LARGE, f"image has more than {settings.MAX_IMAGE_PIXELS} pixels", "image") from None
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise RequestError(IMAGE_INVALID, f"image could not be decoded: {exc}", "image") from None
     array = np.asarray(rgb, dtype=np.uint8).copy()
@@ -189,6 +205,8 @@ def validate_generate(data: Any) -> GenerateRequest:
         raise RequestError(INVALID_FIELD, f"prompt is longer than {settings.MAX_PROMPT_CHARS} characters", "prompt")
     if "\x00" in prompt:
         raise RequestError(INVALID_FIELD, "prompt must not contain NUL characters", "prompt")
+    if not _utf8(prompt):
+        raise RequestError(INVALID_FIELD, "prompt must be valid Unicode (no lone surrogates)", "prompt")
 
     model = data.get("model")
     if model is None:
@@ -242,7 +260,13 @@ def validate_generate(data: Any) -> GenerateRequest:
     for name in LONG_FIELDS:  # only those given: absent ones mean a plain single-clip job
         if data.get(name) is not None:
             params[name] = getattr(long_opts, name)
-    chunks = final_shape(long_opts, num_frames, width, height, fps)["num_chunks"]
+    shape = final_shape(long_opts, num_frames, width, height, fps)
+    chunks = shape["num_chunks"]
+    budget = settings.MAX_VIDEO_PIXELS
+    if shape["num_frames"] * shape["width"] * shape["height"] > budget:
+        raise RequestError(INVALID_FIELD, f"the video would have {shape['num_frames']} frames of "
+                                          f"{shape['width']}x{shape['height']} pixels, more than the "
+                                          f"{budget} pixel budget (MAX_VIDEO_PIXELS)", "num_frames")
     return GenerateRequest(prompt=prompt, model=model, params=params, private=private, image=image,
                            image_png=png, request_id=request_id_of(data), total_steps=steps * chunks)
 

@@ -16,10 +16,12 @@ from django.shortcuts import render
 from django.views.decorators.csrf import csrf_exempt, ensure_csrf_cookie
 from django.views.decorators.http import require_http_methods
 
-from videoservice import jobs
+from videoservice import jobs, limits
+from videoservice.auth import authenticate_http
 from videoservice.models import Job
-from videoservice.validation import (INVALID_FIELD, INVALID_JSON, NOT_FOUND, TOO_LARGE, RequestError,
-                                     parse_json, validate_generate, validate_job_id)
+from videoservice.validation import (CSRF_FAILED, INTERNAL_ERROR, INVALID_FIELD, INVALID_JSON, METHOD_NOT_ALLOWED,
+                                     NOT_FOUND, TOO_LARGE, RequestError, parse_json, validate_generate,
+                                     validate_job_id)
 
 log = logging.getLogger(__name__)
 RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
@@ -27,8 +29,11 @@ MAX_RANGE_CHUNK = 8 * 1024 * 1024
 
 
 def viewer_of(request, create: bool = True) -> str | None:
-    """The owner key for this browser: its session (created on first use when `create`; read-only
-    requests from clients without a session cookie do not create one)."""
+    """The owner key: `u:<id>` for a signed-in user (session or API token), else this browser's
+    session (created on first use when `create`; read-only requests from clients without a session
+    cookie do not create one)."""
+    if request.user.is_authenticated:
+        return f"u:{request.user.pk}"
     if not request.session.session_key:
         if not create:
             return None
@@ -41,15 +46,42 @@ def error_response(err: RequestError) -> JsonResponse:
     return JsonResponse({"error": err.as_dict(), **err.as_dict()}, status=err.status)
 
 
+def _csrf_ok(request) -> bool:
+    from django.middleware.csrf import CsrfViewMiddleware
+
+    def callback(req):  # not csrf_exempt: process_view checks it
+        return None
+
+    return CsrfViewMiddleware(lambda req: None).process_view(request, callback, (), {}) is None
+
+
 def api(view):
-    """JSON API wrapper: RequestError -> {"error": {code, message}, code, message} with its status."""
+    """JSON API wrapper: authentication (Bearer token or session; auth_required when REQUIRE_AUTH),
+    CSRF for POSTs of signed-in sessions (token requests need none: a header is no ambient
+    credential), and RequestError -> {"error": {code, message}, code, message} with its status."""
     def wrapped(request, *args, **kwargs):
         try:
-            return view(request, *args, **kwargs)
+            token_auth = authenticate_http(request)
+            if request.method not in ("GET", "HEAD", "OPTIONS") and not token_auth \
+                    and request.user.is_authenticated and not _csrf_ok(request):
+                raise RequestError(CSRF_FAILED, "CSRF check failed: send the csrftoken cookie's value in an "
+                                                "X-CSRFToken header (or use an API token)", status=403)
+            response = view(request, *args, **kwargs)
+            if response.status_code == 405 and not response.get("Content-Type", "").startswith("application/json"):
+                allowed = response.get("Allow", "")
+                err = RequestError(METHOD_NOT_ALLOWED, f"{request.method} is not allowed here (allowed: {allowed})",
+                                   status=405)
+                response = error_response(err)
+                response["Allow"] = allowed
+            return response
         except RequestError as err:
             return error_response(err)
         except RequestDataTooBig:
             return error_response(RequestError(TOO_LARGE, "request body too large", status=413))
+        except Exception:
+            log.exception("API request failed: %s %s", request.method, request.path)
+            return error_response(RequestError(INTERNAL_ERROR, "the server failed to handle this request",
+                                               status=500))
     wrapped.__name__ = view.__name__
     wrapped.__doc__ = view.__doc__
     return csrf_exempt(wrapped)
@@ -57,6 +89,10 @@ def api(view):
 
 @ensure_csrf_cookie
 def index(request):
+    if settings.REQUIRE_AUTH and not request.user.is_authenticated:
+        from django.contrib.auth.views import redirect_to_login
+
+        return redirect_to_login(request.get_full_path())
     viewer_of(request)  # the websocket handshake then carries the session cookie (private jobs)
     return render(request, "videoservice/index.html", {
         "ws_path": "/ws/lobby/",
@@ -88,10 +124,11 @@ def jobs_collection(request):
         if isinstance(data, dict) and data.get("type") == "generate":
             data = {k: v for k, v in data.items() if k != "type"}
         req = validate_generate(data)
+        limits.check_submission(viewer)
         job, position = jobs.create_job(req, viewer, request.user)
         body = {"job": job.as_dict(viewer), "position": position, "request_id": req.request_id}
         return JsonResponse(body, status=201)
-    qs = jobs.visible_jobs(viewer)
+    qs = jobs.visible_jobs(viewer, staff=request.user.is_staff)
     status = request.GET.get("status")
     if status:
         wanted = [s for s in status.split(",") if s]
@@ -119,7 +156,7 @@ def _job_id(raw: str) -> str:
 @require_http_methods(["GET"])
 def job_detail(request, job_id):
     viewer = viewer_of(request, create=False)
-    job = jobs.get_visible(_job_id(job_id), viewer)
+    job = jobs.get_visible(_job_id(job_id), viewer, staff=request.user.is_staff)
     return JsonResponse({"job": job.as_dict(viewer)})
 
 
@@ -136,7 +173,7 @@ def job_cancel(request, job_id):
 def job_video(request, job_id):
     """The MP4, with single-range `Range: bytes=a-b` support (206) so `<video>` can seek."""
     viewer = viewer_of(request, create=False)
-    job = jobs.get_visible(_job_id(job_id), viewer)
+    job = jobs.get_visible(_job_id(job_id), viewer, staff=request.user.is_staff)
     if not job.output:
         raise RequestError(NOT_FOUND, f"job is {job.status}; no video yet", status=404)
     name = job.output.name
@@ -179,6 +216,7 @@ def _unsatisfiable(size: int) -> HttpResponse:
     return resp
 
 
+@api
 @require_http_methods(["GET"])
 def models_list(request):
     from generator.interface import DEFAULT_MODEL, list_models
@@ -233,3 +271,12 @@ async def healthz(request):
     if not ok:
         body["status"] = "unavailable"
     return JsonResponse(body, status=200 if ok else 503)
+
+
+def not_found(request, exception=None):
+    """404 handler: the JSON error under /api/, Django's page elsewhere."""
+    if request.path.startswith("/api/"):
+        return error_response(RequestError(NOT_FOUND, f"no such resource: {request.path[:200]}", status=404))
+    from django.views.defaults import page_not_found
+
+    return page_not_found(request, exception)

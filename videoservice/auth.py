@@ -1,0 +1,99 @@
+"""Who is asking: Django login sessions, API tokens, and the owner key jobs are filed under.
+
+- HTTP: `Authorization: Bearer <token>` (an `ApiToken`), else the session (login or anonymous).
+- Websocket: the same header on the handshake, or `?token=<token>` in the URL (browsers cannot
+  set headers), else the session cookie.
+- `settings.REQUIRE_AUTH` (on whenever the server binds to a non-loopback address): anonymous
+  requests are refused with `auth_required` (HTTP 401; websocket: an `error`, then close 4401).
+- Owner keys: `u:<user id>` for a signed-in user (every session and token of that user),
+  `s:<session key>` for an anonymous browser, `c:<uuid>` for an anonymous cookieless connection.
+"""
+from __future__ import annotations
+
+import datetime
+from typing import Optional
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+from django.utils import timezone
+
+from videoservice.validation import AUTH_REQUIRED, RequestError
+
+LAST_USED_RESOLUTION = datetime.timedelta(minutes=1)
+
+
+def user_for_token(token: str):
+    """The active user an API token belongs to, or None."""
+    from videoservice.models import ApiToken
+
+    if not token or len(token) > 200:
+        return None
+    row = ApiToken.objects.select_related("user").filter(digest=ApiToken.hash(token)).first()
+    if row is None or not row.user.is_active:
+        return None
+    now = timezone.now()
+    if row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION:
+        ApiToken.objects.filter(pk=row.pk).update(last_used_at=now)
+    return row.user
+
+
+def bearer(value: Optional[str]) -> Optional[str]:
+    """The token of an `Authorization: Bearer <token>` header value (None when there is none)."""
+    if not value:
+        return None
+    scheme, _, token = value.strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
+def owner_for(user, session_key: Optional[str]) -> Optional[str]:
+    if user is not None and getattr(user, "is_authenticated", False):
+        return f"u:{user.pk}"
+    return f"s:{session_key}" if session_key else None
+
+
+def authenticate_http(request) -> bool:
+    """Sets request.user from a Bearer token if there is one; True when the request is token-authenticated.
+    Raises auth_required for a bad token, or for an anonymous request when REQUIRE_AUTH is on."""
+    from django.conf import settings
+
+    header = request.headers.get("Authorization")
+    if header:
+        token = bearer(header)
+        user = user_for_token(token) if token else None
+        if user is None:
+            raise RequestError(AUTH_REQUIRED, "invalid API token (Authorization: Bearer <token>)", status=401)
+        request.user = user
+        request._dont_enforce_csrf_checks = True  # no ambient credential: a header cannot be forged cross-site
+        return True
+    if settings.REQUIRE_AUTH and not request.user.is_authenticated:
+        raise RequestError(AUTH_REQUIRED, "log in or send an API token (Authorization: Bearer <token>)",
+                           status=401)
+    return False
+
+
+class TokenAuthMiddleware:
+    """ASGI middleware for the websocket (inside AuthMiddlewareStack): a token in `?token=` or in an
+    `Authorization: Bearer` handshake header replaces the session user. A token that matches no
+    user sets scope["auth_error"]; the consumer refuses the connection."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    async def __call__(self, scope, receive, send):
+        token = None
+        for name, value in scope.get("headers", []):
+            if name == b"authorization":
+                token = bearer(value.decode("latin-1"))
+                if token is None:
+                    scope = {**scope, "auth_error": "the Authorization header must be 'Bearer <token>'"}
+        if token is None:
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            if query.get("token"):
+                token = query["token"][0]
+        if token is not None:
+            user = await database_sync_to_async(user_for_token)(token)
+            if user is None:
+                scope = {**scope, "auth_error": "invalid API token"}
+            else:
+                scope = {**scope, "user": user, "auth_method": "token"}
+        return await self.inner(scope, receive, send)

@@ -1,0 +1,73 @@
+"""Rate limits: accepted submissions per user (shared by every web process, in Redis) and
+messages per websocket connection (in the consumer). Settings: SUBMISSIONS_PER_MINUTE,
+WS_MESSAGES_PER_MINUTE (videoservice/settings.py)."""
+from __future__ import annotations
+
+import time
+import uuid
+
+from django.conf import settings
+
+from videoservice.validation import RATE_LIMITED, UNAVAILABLE, RequestError
+
+# sliding 60 s window: a sorted set of submission times per owner
+_SLIDING_WINDOW = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', tonumber(ARGV[1]) - 60000)
+local n = redis.call('ZCARD', KEYS[1])
+if n >= tonumber(ARGV[2]) then
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  return tonumber(oldest[2]) + 60000 - tonumber(ARGV[1])
+end
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[1], 61000)
+return -1
+"""
+_client = None
+_script = None
+
+
+def _redis():
+    global _client, _script
+    if _client is None:
+        import redis
+
+        _client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
+        _script = _client.register_script(_SLIDING_WINDOW)
+    return _script
+
+
+def check_submission(owner: str) -> None:
+    """Count one submission for `owner`; rate_limited when SUBMISSIONS_PER_MINUTE were accepted in
+    the last 60 s. Call it after validation, right before the job is created."""
+    limit = settings.SUBMISSIONS_PER_MINUTE
+    if limit <= 0:
+        return
+    try:
+        wait_ms = _redis()(keys=[f"videoservice:submissions:{owner}"],
+                           args=[int(time.time() * 1000), limit, uuid.uuid4().hex])
+    except Exception as exc:
+        raise RequestError(UNAVAILABLE, f"rate limiter unavailable: {exc}", status=503) from None
+    if int(wait_ms) >= 0:
+        raise RequestError(RATE_LIMITED, f"at most {limit} submissions a minute; try again in "
+                                         f"{max(int(wait_ms) / 1000, 0.1):.0f} s", status=429)
+
+
+class MessageBucket:
+    """Token bucket for one websocket connection: WS_MESSAGES_PER_MINUTE messages at once, refilled
+    at WS_MESSAGES_PER_MINUTE / 60 a second."""
+
+    def __init__(self, per_minute: int | None = None):
+        self.capacity = float(per_minute if per_minute is not None else settings.WS_MESSAGES_PER_MINUTE)
+        self.tokens = self.capacity
+        self.at = time.monotonic()
+
+    def take(self) -> bool:
+        if self.capacity <= 0:
+            return True
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.at) * self.capacity / 60.0)
+        self.at = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False

@@ -9,7 +9,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     DJANGO_SETTINGS_MODULE=videoservice.settings \
-    MEDIA_ROOT=/data/media
+    MEDIA_ROOT=/data/media \
+    BIND_ADDRESS=0.0.0.0
+# BIND_ADDRESS=0.0.0.0 (what the CMD binds): the settings require SECRET_KEY, ALLOWED_HOSTS and
+# authentication (docs/deploy.md, "Authentication")
 
 # Which torch build to install: the CPU wheel by default, a CUDA one for GPU workers.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu

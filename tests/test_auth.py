@@ -306,3 +306,59 @@ def test_flower_needs_basic_auth_off_loopback(live_service):
     finally:
         flower.stop(grace=5)
     assert BIN.exists()
+
+
+def non_loopback_address() -> str | None:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.123", 9))  # no packet is sent: this only picks the outgoing interface
+            address = s.getsockname()[0]
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address
+
+
+def test_daphne_on_a_public_address_without_bind_address_still_requires_auth(live_service):
+    """Guard for a misconfiguration: Daphne bound to a non-loopback address while the settings were
+    told loopback (BIND_ADDRESS unset). Requests that arrive on that address, even with a spoofed
+    `Host: 127.0.0.1`, are treated as off loopback: auth_required."""
+    address = non_loopback_address()
+    if address is None:  # no network interface: check the decision itself
+        out = subprocess.run([sys.executable, "-c", "import django; django.setup(); from videoservice.auth import "
+                              "auth_required as a; print(a(('10.0.0.5', 80)), a(('127.0.0.1', 80)), a(None))"],
+                             cwd=ROOT, env=live_service["env"], capture_output=True, text=True, timeout=60)
+        assert out.stdout.split() == ["True", "False", "False"], out.stderr
+        return
+    port = free_port()
+    env = {k: v for k, v in live_service["env"].items() if k not in ("BIND_ADDRESS", "REQUIRE_AUTH")}
+    web = Proc("web-public", [str(BIN / "daphne"), "-b", address, "-p", str(port), "videoservice.asgi:application"],
+               env, live_service["tmp"])
+    base = f"http://{address}:{port}"
+    spoof = {"Host": f"127.0.0.1:{port}"}
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if http("GET", base + "/healthz", headers=spoof, timeout=5)[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert web.alive() and time.monotonic() < deadline, web.tail()
+            time.sleep(0.3)
+        status, _, raw = http("GET", base + "/api/jobs", headers=spoof)
+        assert status == 401 and json.loads(raw)["code"] == "auth_required", raw
+        status, _, raw = http("POST", base + "/api/jobs", {"prompt": "x"}, headers=spoof)
+        assert status == 401 and json.loads(raw)["code"] == "auth_required", raw
+
+        async def ws():
+            async with websockets.connect(f"ws://{address}:{port}/ws/lobby/", origin=f"http://127.0.0.1:{port}",
+                                          additional_headers=spoof) as conn:
+                msg = json.loads(await asyncio.wait_for(conn.recv(), 10))
+                assert msg["type"] == "error" and msg["code"] == "auth_required", msg
+                with pytest.raises(websockets.exceptions.ConnectionClosed):
+                    await asyncio.wait_for(conn.recv(), 10)
+        run(ws())
+    finally:
+        web.stop(grace=5)

@@ -51,11 +51,23 @@ def owner_for(user, session_key: Optional[str]) -> Optional[str]:
     return f"s:{session_key}" if session_key else None
 
 
+def auth_required(server) -> bool:
+    """Whether this request / connection must be authenticated: REQUIRE_AUTH, or (a guard for a server
+    bound to a public address without BIND_ADDRESS saying so) it arrived on a non-loopback local
+    address. `server` is the ASGI scope's (host, port) of the listening side."""
+    from django.conf import settings
+
+    from videoservice.settings import is_loopback
+
+    if settings.REQUIRE_AUTH:
+        return True
+    host = server[0] if server else None
+    return bool(host) and not is_loopback(str(host))
+
+
 def authenticate_http(request) -> bool:
     """Sets request.user from a Bearer token if there is one; True when the request is token-authenticated.
     Raises auth_required for a bad token, or for an anonymous request when REQUIRE_AUTH is on."""
-    from django.conf import settings
-
     header = request.headers.get("Authorization")
     if header:
         token = bearer(header)
@@ -65,7 +77,7 @@ def authenticate_http(request) -> bool:
         request.user = user
         request._dont_enforce_csrf_checks = True  # no ambient credential: a header cannot be forged cross-site
         return True
-    if settings.REQUIRE_AUTH and not request.user.is_authenticated:
+    if not request.user.is_authenticated and auth_required(getattr(request, "scope", {}).get("server")):
         raise RequestError(AUTH_REQUIRED, "log in or send an API token (Authorization: Bearer <token>)",
                            status=401)
     return False

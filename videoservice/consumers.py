@@ -15,6 +15,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from videoservice import jobs, limits
+from videoservice.auth import auth_required
 from videoservice.models import LOBBY_GROUP, owner_group
 from videoservice.validation import (AUTH_REQUIRED, CANCEL_FIELDS, INVALID_JSON, MISSING_FIELD, PING_FIELDS,
                                      RATE_LIMITED, TOO_LARGE, UNKNOWN_TYPE, RequestError, check_fields, parse_json,
@@ -40,7 +41,7 @@ class LobbyConsumer(AsyncWebsocketConsumer):
         user = self.scope.get("user")
         authenticated = bool(user is not None and getattr(user, "is_authenticated", False))
         refusal = self.scope.get("auth_error")
-        if refusal is None and settings.REQUIRE_AUTH and not authenticated:
+        if refusal is None and not authenticated and auth_required(self.scope.get("server")):
             refusal = "log in, or connect with ?token=<API token> or an Authorization: Bearer header"
         if refusal:  # accept, so that the client can read why, then close
             await self.accept()

@@ -17,7 +17,7 @@ from django.views.decorators.csrf import csrf_exempt, ensure_csrf_cookie
 from django.views.decorators.http import require_http_methods
 
 from videoservice import jobs, limits
-from videoservice.auth import authenticate_http
+from videoservice.auth import auth_required, authenticate_http
 from videoservice.models import Job
 from videoservice.validation import (CSRF_FAILED, INTERNAL_ERROR, INVALID_FIELD, INVALID_JSON, METHOD_NOT_ALLOWED,
                                      NOT_FOUND, TOO_LARGE, RequestError, parse_json, validate_generate,
@@ -89,7 +89,7 @@ def api(view):
 
 @ensure_csrf_cookie
 def index(request):
-    if settings.REQUIRE_AUTH and not request.user.is_authenticated:
+    if not request.user.is_authenticated and auth_required(getattr(request, "scope", {}).get("server")):
         from django.contrib.auth.views import redirect_to_login
 
         return redirect_to_login(request.get_full_path())

@@ -171,6 +171,7 @@ STRICT_USERS = """
 from django.contrib.auth import get_user_model
 User = get_user_model()
 User.objects.create_user("dave", password="dave-pass-Xy7!")
+User.objects.create_superuser("root", password="root-pass-Qw3!")
 """
 
 
@@ -178,7 +179,7 @@ User.objects.create_user("dave", password="dave-pass-Xy7!")
 def strict_service(live_service):
     """A second Daphne on the live service's Redis, database and worker, configured as when bound to a
     non-loopback address (STRICT_ENV). Users: alice, bob, carol (API tokens), boss (staff, token),
-    dave (password, for session login)."""
+    dave (password, for session login), root (superuser with a password, for the admin)."""
     env = {**live_service["env"], **STRICT_ENV}
     tokens = {}
     for user, extra in (("alice", []), ("bob", []), ("carol", []), ("boss", ["--staff"])):

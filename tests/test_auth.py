@@ -362,3 +362,30 @@ def test_daphne_on_a_public_address_without_bind_address_still_requires_auth(liv
         run(ws())
     finally:
         web.stop(grace=5)
+
+
+def test_admin_issues_a_token_that_works(strict_service):
+    """A superuser adds an API token for alice in the admin; the token is shown once and acts as alice."""
+    svc = strict_service
+    jar = CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    page = opener.open(svc["base"] + "/admin/login/", timeout=10).read().decode()
+    csrf = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
+    form = urllib.parse.urlencode({"username": "root", "password": "root-pass-Qw3!", "csrfmiddlewaretoken": csrf,
+                                   "next": "/admin/"}).encode()
+    opener.open(svc["base"] + "/admin/login/", form, timeout=10).read()
+    page = opener.open(svc["base"] + "/admin/videoservice/apitoken/add/", timeout=10).read().decode()
+    csrf = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
+    alice_id = re.search(r'<option value="(\d+)">alice</option>', page).group(1)
+    form = urllib.parse.urlencode({"user": alice_id, "name": "from the admin", "csrfmiddlewaretoken": csrf,
+                                   "_save": "Save"}).encode()
+    with opener.open(svc["base"] + "/admin/videoservice/apitoken/add/", form, timeout=10) as resp:
+        listing = resp.read().decode()
+        assert resp.url.endswith("/admin/videoservice/apitoken/"), resp.url
+    token = re.search(r"API token for alice: (vs_[A-Za-z0-9_-]+)", listing).group(1)
+    assert token not in opener.open(svc["base"] + "/admin/videoservice/apitoken/", timeout=10).read().decode()
+    mine_new = body(http("GET", f"{svc['base']}/api/jobs?mine=1&limit=200", headers=bearer(token)))["jobs"]
+    mine_old = body(http("GET", f"{svc['base']}/api/jobs?mine=1&limit=200",
+                         headers=bearer(svc["tokens"]["alice"])))["jobs"]
+    assert [j["id"] for j in mine_new] == [j["id"] for j in mine_old]
+    assert http("GET", f"{svc['base']}/api/jobs", headers=bearer(token + "x"))[0] == 401

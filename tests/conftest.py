@@ -117,7 +117,7 @@ def live_service(tmp_path_factory):
         subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env,
                        check=True, timeout=120)
         worker = Proc("worker", [str(BIN / "celery"), "-A", "worker", "worker", "-P", "prefork", "-c", "1",
-                                 "-Q", "builtin", "-E", "-n", "test-builtin@%h", "--without-mingle",
+                                 "-Q", "builtin,describe", "-E", "-n", "test-builtin@%h", "--without-mingle",
                                  "--without-gossip", "--loglevel", "INFO"], env, tmp)
         procs.append(worker)
         web = Proc("web", [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(web_port),

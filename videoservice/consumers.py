@@ -16,6 +16,7 @@ from django.conf import settings
 
 from videoservice import jobs, limits
 from videoservice.auth import auth_required
+from videoservice.describe import create_describe_job, queued_event, validate_describe
 from videoservice.models import LOBBY_GROUP, owner_group
 from videoservice.validation import (AUTH_REQUIRED, CANCEL_FIELDS, INVALID_JSON, MISSING_FIELD, PING_FIELDS,
                                      RATE_LIMITED, TOO_LARGE, UNKNOWN_TYPE, RequestError, check_fields, parse_json,
@@ -85,11 +86,13 @@ class LobbyConsumer(AsyncWebsocketConsumer):
             if kind is None:
                 raise RequestError(MISSING_FIELD, "message has no \"type\"", "type")
             if not isinstance(kind, str):
-                raise RequestError(UNKNOWN_TYPE, "\"type\" must be a string (generate, cancel, ping)", "type")
-            handler = {"generate": self.on_generate, "cancel": self.on_cancel, "ping": self.on_ping}.get(kind)
+                raise RequestError(UNKNOWN_TYPE, "\"type\" must be a string (generate, describe, cancel, ping)",
+                                   "type")
+            handler = {"generate": self.on_generate, "describe": self.on_describe, "cancel": self.on_cancel,
+                       "ping": self.on_ping}.get(kind)
             if handler is None:
                 raise RequestError(UNKNOWN_TYPE, f"unknown message type {str(kind)[:50]!r} "
-                                                 "(generate, cancel, ping)", "type")
+                                                 "(generate, describe, cancel, ping)", "type")
             await handler(data)
         except RequestError as err:
             await self.send_error(err, request_id_of(data))
@@ -111,6 +114,13 @@ class LobbyConsumer(AsyncWebsocketConsumer):
         await self.send_json({"type": "queued", "job_id": str(job.id), "request_id": req.request_id,
                               "position": position, "model": job.model, "prompt": job.prompt,
                               "params": job.params, "private": job.private})
+
+    async def on_describe(self, data):
+        user = self.scope.get("user")
+        req = await database_sync_to_async(validate_describe)(data, self.owner, bool(getattr(user, "is_staff", False)))
+        await database_sync_to_async(limits.check_submission)(self.owner)
+        job, position = await database_sync_to_async(create_describe_job)(req, self.owner, user)
+        await self.send_json(queued_event(job, position, req.request_id))
 
     async def on_cancel(self, data):
         check_fields(data, CANCEL_FIELDS)

@@ -16,6 +16,10 @@ def image_path(job: "Job", filename: str) -> str:
     return f"inputs/{job.created_at:%Y/%m}/{job.id}.png"
 
 
+def input_video_path(job: "Job", filename: str) -> str:
+    return f"inputs/{job.created_at:%Y/%m}/{job.id}.mp4"
+
+
 class Job(models.Model):
     class Status(models.TextChoices):
         QUEUED = "queued"
@@ -23,6 +27,10 @@ class Job(models.Model):
         SUCCEEDED = "succeeded"
         FAILED = "failed"
         CANCELLED = "cancelled"
+
+    class Kind(models.TextChoices):
+        GENERATE = "generate"
+        DESCRIBE = "describe"  # caption a video (or answer a question about it); `model` names the describer
 
     TERMINAL = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
 
@@ -35,6 +43,10 @@ class Job(models.Model):
     params = models.JSONField(default=dict, help_text="validated request with the model's defaults filled in")
     private = models.BooleanField(default=False)
     input_image = models.FileField(upload_to=image_path, blank=True)
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.GENERATE, db_index=True)
+    input_video = models.FileField(upload_to=input_video_path, blank=True, help_text="describe: the uploaded video")
+    result = models.JSONField(default=dict, blank=True,
+                              help_text="describe: caption, answer, agreement; generate with evaluate: metrics")
 
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED, db_index=True)
     cancel_requested = models.BooleanField(default=False)
@@ -111,6 +123,8 @@ class Job(models.Model):
             "height": self.height,
             "seed": self.seed if self.seed is not None else self.params.get("seed"),
             "elapsed_s": self.elapsed_s,
+            "kind": self.kind,
+            "result": self.result or None,
         }
 
 

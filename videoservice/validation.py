@@ -44,7 +44,8 @@ ERROR_CODES = (INVALID_JSON, UNKNOWN_TYPE, INVALID_FIELD, UNKNOWN_FIELD, MISSING
 GENERATE_FIELDS = {"type", "prompt", "num_frames", "width", "height", "steps", "guidance_scale", "seed",
                    "model", "fps", "image", "request_id", "private",
                    # long videos (generator.longvideo.FIELDS)
-                   "num_chunks", "duration_s", "overlap", "interpolate", "upscale"}
+                   "num_chunks", "duration_s", "overlap", "interpolate", "upscale",
+                   "evaluate"}  # attach quality metrics (generator.metrics) to the finished job
 CANCEL_FIELDS = {"type", "job_id", "request_id"}
 PING_FIELDS = {"type", "request_id"}
 MAX_SEED = 2**32 - 1
@@ -222,6 +223,9 @@ def validate_generate(data: Any) -> GenerateRequest:
         private = False
     if not isinstance(private, bool):
         raise RequestError(INVALID_FIELD, "private must be true or false", "private")
+    evaluate = data.get("evaluate", False)
+    if evaluate is not None and not isinstance(evaluate, bool):
+        raise RequestError(INVALID_FIELD, "evaluate must be true or false", "evaluate")
 
     num_frames = _int(data, "num_frames")
     width = _int(data, "width")
@@ -257,6 +261,8 @@ def validate_generate(data: Any) -> GenerateRequest:
         "model": model, "num_frames": num_frames, "width": width, "height": height, "steps": steps,
         "guidance_scale": guidance, "seed": seed, "fps": fps, "image": image is not None,
     }
+    if evaluate:
+        params["evaluate"] = True
     for name in LONG_FIELDS:  # only those given: absent ones mean a plain single-clip job
         if data.get(name) is not None:
             params[name] = getattr(long_opts, name)

@@ -118,6 +118,8 @@ def _send(job: Job, kind: str, **fields) -> None:
 
 def settle(job: Job, reason: str) -> str | None:
     """Re-queue (attempts left) or fail one running job whose holder is gone; None if another won."""
+    from worker.tasks import enqueue, failed_event  # tasks imports this module
+
     now = timezone.now()
     where = Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING, lease=job.lease)
     if job.attempts < settings.JOB_MAX_ATTEMPTS:
@@ -125,15 +127,13 @@ def settle(job: Job, reason: str) -> str | None:
                             progress=0.0, step=0, cancel_requested=False):
             return None
         try:
-            from worker.tasks import generate_video
-
-            generate_video.apply_async(args=[str(job.pk)], kwargs={"model": job.model}, task_id=str(job.pk))
+            enqueue(job)
         except Exception as exc:  # broker down: say so rather than leave a queued job with no message
             log.exception("could not re-queue job %s", job.pk)
             message = f"{reason}; it could not be re-queued ({type(exc).__name__}); submit it again"
             if Job.objects.filter(pk=job.pk, status=Job.Status.QUEUED).update(
                     status=Job.Status.FAILED, error=message[:2000], finished_at=now):
-                _send(job, "generation_failed", error=message, retriable=True)
+                _send(job, failed_event(job), error=message, retriable=True)
             return "failed"
         log.warning("job %s re-queued: %s (attempt %d of %d done)", job.pk, reason, job.attempts,
                     settings.JOB_MAX_ATTEMPTS)
@@ -143,7 +143,7 @@ def settle(job: Job, reason: str) -> str | None:
     if not where.update(status=Job.Status.FAILED, error=message[:2000], finished_at=now, lease=""):
         return None
     log.warning("job %s failed: %s", job.pk, message)
-    _send(job, "generation_failed", error=message, retriable=True)
+    _send(job, failed_event(job), error=message, retriable=True)
     return "failed"
 
 

@@ -1,7 +1,9 @@
 """task_routes: generation tasks go to their model's queue (the `queue` of its configuration entry,
 by default the model's name), so a fleet can be split (GPU hosts with `-Q ltx-video`, CPU hosts
-with `-Q builtin`)."""
+with `-Q builtin`); describe jobs (video understanding) all go to the `describe` queue."""
 GENERATE_TASK = "worker.tasks.generate_video"
+DESCRIBE_TASK = "worker.tasks.describe_video"
+DESCRIBE_QUEUE = "describe"
 
 
 def queue_of(model):
@@ -23,4 +25,6 @@ def models_of(queue: str) -> list:
 def route_task(name, args, kwargs, options, task=None, **kw):
     if name == GENERATE_TASK:
         return {"queue": queue_of((kwargs or {}).get("model"))}
+    if name == DESCRIBE_TASK:
+        return {"queue": DESCRIBE_QUEUE}
     return None

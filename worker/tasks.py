@@ -56,11 +56,12 @@ class _LayerLoop:
 _layer = _LayerLoop()
 
 
-def send_event(job: Job, kind: str, **fields) -> None:
+def send_event(job: Job, event_type: str, **fields) -> None:
     try:
-        _layer.group_send(job.audience(), {"type": "job.event", "event": {"type": kind, "job_id": str(job.id), **fields}})
+        _layer.group_send(job.audience(), {"type": "job.event",
+                                           "event": {"type": event_type, "job_id": str(job.id), **fields}})
     except Exception:  # a lost event must not fail the job; the DB row stays authoritative
-        log.exception("could not send %s for job %s", kind, job.id)
+        log.exception("could not send %s for job %s", event_type, job.id)
 
 
 # ---------------------------------------------------------------- previews
@@ -98,9 +99,21 @@ def _finish(job: Job, status: str, **fields) -> bool:
         status=status, finished_at=timezone.now(), **fields))
 
 
+def failed_event(job: Job) -> str:
+    return "description_failed" if job.kind == Job.Kind.DESCRIBE else "generation_failed"
+
+
+def enqueue(job: Job) -> None:
+    """Put the job's task on its queue (describe jobs: the describe queue; others: the model's)."""
+    if job.kind == Job.Kind.DESCRIBE:
+        describe_video.apply_async(args=[str(job.pk)], task_id=str(job.pk))
+    else:
+        generate_video.apply_async(args=[str(job.pk)], kwargs={"model": job.model}, task_id=str(job.pk))
+
+
 def _fail(job: Job, message: str, retriable: bool = False) -> dict:
     if _finish(job, Job.Status.FAILED, error=message[:2000]):
-        send_event(job, "generation_failed", error=message, retriable=retriable)
+        send_event(job, failed_event(job), error=message, retriable=retriable)
     return {"job_id": str(job.id), "status": "failed", "error": message}
 
 
@@ -169,7 +182,9 @@ def generate_video(self, job_id: str, model: str | None = None) -> dict:
         close_old_connections()
 
 
-def _run(job_id: str, hostname: str) -> dict:
+def _run(job_id: str, hostname: str, held=None) -> dict:
+    """Claim the job (lease, heartbeat; duplicates and jobs that keep killing workers are refused),
+    then run `held(job, job_id, hostname)`: the generation by default."""
     job = Job.objects.filter(pk=job_id).first()
     if job is None:
         log.warning("job %s does not exist", job_id)
@@ -196,7 +211,7 @@ def _run(job_id: str, hostname: str) -> dict:
         return {"job_id": job_id, "status": job.status}
     reaper.heartbeat.hold(job.pk, lease)
     try:
-        return _run_held(job, job_id, hostname)
+        return (held or _run_held)(job, job_id, hostname)
     finally:
         reaper.heartbeat.release()
 
@@ -267,6 +282,7 @@ def _run_held(job: Job, job_id: str, hostname: str) -> dict:
             raise Cancelled()
         result.frames = _check_frames(result.frames)
         data = encode_video(result.frames, result.fps, fmt="mp4")
+        evaluation = _evaluate(job, data) if p.get("evaluate") else None
         t, h, w = result.frames.shape[:3]
         h, w = h - h % 2, w - w % 2  # the encoder crops odd sizes
         elapsed = time.monotonic() - t0
@@ -274,7 +290,7 @@ def _run_held(job: Job, job_id: str, hostname: str) -> dict:
         stored = job.output.storage.save(name, ContentFile(data))
         if not _finish(job, Job.Status.SUCCEEDED, output=stored, mime=mime_type("mp4"), size_bytes=len(data),
                        fps=float(result.fps), num_frames=int(t), width=int(w), height=int(h), seed=int(result.seed),
-                       elapsed_s=round(elapsed, 3), progress=1.0,
+                       elapsed_s=round(elapsed, 3), progress=1.0, result=evaluation or {},
                        step=state.get("total") or job.total_steps or p.get("steps") or 0):
             job.refresh_from_db()
             return {"job_id": job_id, "status": job.status}
@@ -284,7 +300,7 @@ def _run_held(job: Job, job_id: str, hostname: str) -> dict:
                    video=base64.b64encode(data).decode("ascii") if inline else None,
                    url=job.url, mime=job.mime, num_frames=job.num_frames, fps=job.fps, width=job.width,
                    height=job.height, seed=job.seed, elapsed_s=job.elapsed_s, size_bytes=len(data),
-                   private=job.private)
+                   private=job.private, evaluation=evaluation)
         return {"job_id": job_id, "status": "succeeded", "url": job.url, "elapsed_s": job.elapsed_s,
                 "size_bytes": len(data)}
     except Cancelled:
@@ -308,6 +324,119 @@ def _run_held(job: Job, job_id: str, hostname: str) -> dict:
                               f"{p.get('num_frames')} frames ({detail[:300]}); try fewer frames or a smaller size",
                          retriable=True)
         log.exception("job %s failed", job_id)
+        _fail(job, f"internal error: {type(exc).__name__}: {exc}")
+        raise
+
+
+# ---------------------------------------------------------------- evaluation and describe jobs
+def _evaluate(job: Job, data: bytes) -> dict:
+    """The `evaluate` option: metrics of the MP4 as users get it; for the built-in model also what
+    the built-in describer reads in it and how that agrees with the prompt. A failure here is
+    reported in the result, it does not fail the finished video."""
+    from generator.builtin.info import INFO as BUILTIN_INFO
+    from generator.encode import decode_video
+    from generator.metrics import video_metrics
+    from generator.understanding import get_describer
+    from generator.understanding.agreement import prompt_caption_agreement
+
+    try:
+        frames, _ = decode_video(data)
+        out = {"metrics": video_metrics(frames)}
+        if job.model == BUILTIN_INFO.name:
+            caption = get_describer(BUILTIN_INFO.name).describe(frames).caption
+            out |= {"caption": caption, "agreement": prompt_caption_agreement(job.prompt, caption)}
+        return out
+    except Exception as exc:
+        log.exception("evaluation of job %s failed", job.id)
+        return {"error": f"evaluation failed: {type(exc).__name__}: {exc}"}
+
+
+@app.task(bind=True, name="worker.tasks.describe_video")
+def describe_video(self, job_id: str) -> dict:
+    close_old_connections()
+    try:
+        return _run(job_id, self.request.hostname or "worker", held=_describe_held)
+    finally:
+        close_old_connections()
+
+
+def _describe_held(job: Job, job_id: str, hostname: str) -> dict:
+    from generator.builtin.info import INFO as BUILTIN_INFO
+    from generator.interface import Cancelled
+    from generator.understanding import DescribeError, get_describer, sample_frames
+    from generator.understanding.agreement import prompt_caption_agreement
+
+    job.refresh_from_db()
+    p = job.params
+    source_id = p.get("source_job_id")
+    send_event(job, "started", kind=job.kind, worker=hostname, model=job.model, question=p.get("question"),
+               source_job_id=source_id, private=job.private)
+    t0 = time.monotonic()
+    state = {"sent": -1e9, "checked": -1e9, "cancel": False}
+
+    def should_cancel() -> bool:
+        now = time.monotonic()
+        if not state["cancel"] and now - state["checked"] >= 0.1:
+            state["checked"] = now
+            row = Job.objects.filter(pk=job.pk).values("cancel_requested", "lease").first()
+            if row is None or row["lease"] != job.lease:
+                raise LeaseLost()
+            state["cancel"] = row["cancel_requested"]
+        return state["cancel"]
+
+    def progress(step: int, total: int) -> None:
+        now = time.monotonic()
+        state["total"] = total
+        if step < total and now - state["sent"] < settings.PROGRESS_INTERVAL_S:
+            return
+        state["sent"] = now
+        Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).update(
+            progress=step / max(total, 1), step=step, total_steps=total)
+        send_event(job, "progress", step=step, total_steps=total, percent=round(100.0 * step / max(total, 1), 1))
+
+    try:
+        source = Job.objects.filter(pk=source_id).first() if source_id else None
+        if source_id and (source is None or not source.output):
+            raise DescribeError(f"the video of job {source_id} is no longer stored")
+        video = source.output if source else job.input_video
+        with video.open("rb") as fh:
+            data = fh.read()
+        try:
+            describer = get_describer(job.model)
+        except (ImportError, OSError, ValueError) as exc:  # a broken checkpoint folder or configuration
+            raise DescribeError(f"describer {job.model!r} could not be loaded: {exc}") from None
+        frames = sample_frames(data)
+        description = describer.describe(frames, question=p.get("question"), progress=progress,
+                                         should_cancel=should_cancel)
+        if should_cancel():
+            raise Cancelled()
+        result = description.as_dict()
+        if source is not None and description.caption:
+            agreement = prompt_caption_agreement(source.prompt, description.caption)
+            if source.model != BUILTIN_INFO.name:  # attributes are those of the built-in world
+                agreement.pop("attributes")
+            result["agreement"] = agreement
+        elapsed = round(time.monotonic() - t0, 3)
+        if not _finish(job, Job.Status.SUCCEEDED, result=result, elapsed_s=elapsed, progress=1.0,
+                       step=state.get("total") or 1):
+            job.refresh_from_db()
+            return {"job_id": job_id, "status": job.status}
+        send_event(job, "description_complete", kind=job.kind, model=job.model, source_job_id=source_id,
+                   question=p.get("question"), elapsed_s=elapsed, private=job.private, **result)
+        return {"job_id": job_id, "status": "succeeded", "caption": result["caption"], "answer": result["answer"]}
+    except Cancelled:
+        if _finish(job, Job.Status.CANCELLED, error="cancelled while running"):
+            send_event(job, "cancelled")
+        return {"job_id": job_id, "status": "cancelled"}
+    except LeaseLost:
+        log.warning("describe job %s was handed to another worker while this one ran it; result dropped", job_id)
+        return {"job_id": job_id, "status": "lease_lost"}
+    except DescribeError as exc:
+        return _fail(job, str(exc) or "describe failed")
+    except SoftTimeLimitExceeded:
+        return _fail(job, f"time limit exceeded ({settings.CELERY_TASK_SOFT_TIME_LIMIT} s)")
+    except Exception as exc:
+        log.exception("describe job %s failed", job_id)
         _fail(job, f"internal error: {type(exc).__name__}: {exc}")
         raise
 

@@ -392,7 +392,8 @@ def _describe_held(job: Job, job_id: str, hostname: str) -> dict:
         state["sent"] = now
         Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).update(
             progress=step / max(total, 1), step=step, total_steps=total)
-        send_event(job, "progress", step=step, total_steps=total, percent=round(100.0 * step / max(total, 1), 1))
+        send_event(job, "progress", kind=job.kind, step=step, total_steps=total,
+                   percent=round(100.0 * step / max(total, 1), 1))
 
     try:
         source = Job.objects.filter(pk=source_id).first() if source_id else None

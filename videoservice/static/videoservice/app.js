@@ -30,6 +30,7 @@
     imageClear: $("#image-clear"),
     imagePreview: $("#image-preview"),
     private: $("#private"),
+    evaluate: $("#evaluate"),
     longVideo: $("#long-video"),
     numChunks: $("#num_chunks"),
     duration: $("#duration_s"),
@@ -57,6 +58,7 @@
     pending: new Map(),   // request_id -> card element (sent, not yet queued)
     cancels: new Map(),   // request_id of a cancel -> card element (until refused or done)
     objectUrls: new Map(), // card -> blob URL (revoked when the card goes)
+    describing: new Map(), // request_id, then job_id, of a describe job -> the card of the video it describes
   };
 
   // ---------------------------------------------------------------- helpers
@@ -258,6 +260,8 @@
     $(".job-prompt", card).textContent = info.prompt || "(someone else\u2019s job)";
     $(".job-meta", card).textContent = describeParams(info.params || info);
     $(".job-cancel", card).addEventListener("click", () => cancelJob(card));
+    $(".job-describe", card).addEventListener("click", () => describeJob(card, false));
+    $(".job-remix", card).addEventListener("click", () => describeJob(card, true));
     els.queue.prepend(card);
     refreshEmpty();
     return card;
@@ -294,6 +298,7 @@
     $(".job-status", card).textContent = label || status;
     const done = TERMINAL.has(status);
     $(".job-cancel", card).hidden = done;
+    $(".job-understanding", card).hidden = status !== "succeeded";
     if (done) $(".job-eta", card).textContent = "";
   }
 
@@ -453,6 +458,7 @@
       setProgress(card, 100);
       const url = j.url || j.video_url || j.output_url;
       if (url && !card.querySelector("video")) showVideo(card, { url });
+      if (j.result) showEvaluation(card, j.result);
     } else if (j.status === "failed" || j.status === "cancelled") {
       setStatus(card, j.status);
       if (j.error) setError(card, j.error);
@@ -462,7 +468,110 @@
     }
   }
 
+  // ---------------------------------------------------------------- understanding
+
+  /** Caption the card's video (a describe job); with `remix`, then put the caption in the prompt box. */
+  function describeJob(card, remix) {
+    if (remix && card.dataset.caption) {
+      editAndRegenerate(card.dataset.caption);
+      return;
+    }
+    if (remix) card.dataset.remix = "1";
+    const req = { type: "describe", job_id: card.dataset.jobId, request_id: newRequestId() };
+    if (!send(req)) {
+      flash("Not connected; try again in a moment.");
+      return;
+    }
+    state.describing.set(req.request_id, card);
+    showCaption(card, "describing\u2026");
+  }
+
+  function editAndRegenerate(caption) {
+    els.prompt.value = caption;
+    els.prompt.focus();
+    els.prompt.select();
+    els.prompt.scrollIntoView({ block: "center" });
+    flash("Edit the caption, then Generate.", "info");
+  }
+
+  function showCaption(card, text) {
+    const el = $(".job-caption", card);
+    el.textContent = text;
+    el.hidden = !text;
+  }
+
+  function percent(x) { return Math.round(100 * x) + "%"; }
+
+  function agreementText(agreement) {
+    if (!agreement) return "";
+    const bits = [];
+    const attributes = agreement.attributes;
+    if (attributes && attributes.score !== null && attributes.score !== undefined) {
+      bits.push("attributes " + percent(attributes.score));
+    }
+    if (typeof agreement.semantic === "number") bits.push("semantic " + agreement.semantic.toFixed(2));
+    return bits.length ? " (agreement with the prompt: " + bits.join(", ") + ")" : "";
+  }
+
+  /** The `evaluate` result of a generation (its completion's `evaluation`, or the job row's `result`). */
+  function showEvaluation(card, evaluation) {
+    if (!evaluation) return;
+    if (evaluation.caption) {
+      card.dataset.caption = evaluation.caption;
+      showCaption(card, "\u201c" + evaluation.caption + "\u201d" + agreementText(evaluation.agreement));
+    }
+    const metrics = evaluation.metrics;
+    const list = $(".job-metrics", card);
+    if (!metrics) return;
+    list.innerHTML = "";
+    for (const [name, value] of Object.entries(metrics)) {
+      const dt = document.createElement("dt");
+      dt.textContent = name.replace(/_/g, " ");
+      const dd = document.createElement("dd");
+      dd.textContent = typeof value === "number" ? value.toFixed(3) : String(value);
+      list.append(dt, dd);
+    }
+    list.hidden = false;
+  }
+
+  /** Events of describe jobs land on the card of the video they describe; true when `msg` was one. */
+  function handleDescribe(msg) {
+    let card = state.describing.get(msg.job_id);
+    if (msg.type === "queued" && msg.request_id && state.describing.has(msg.request_id)) {
+      card = state.describing.get(msg.request_id);
+      state.describing.delete(msg.request_id);
+      state.describing.set(msg.job_id, card);
+      return true;
+    }
+    if (msg.type === "error" && msg.request_id && state.describing.has(msg.request_id)) {
+      card = state.describing.get(msg.request_id);
+      state.describing.delete(msg.request_id);
+      showCaption(card, "");
+      delete card.dataset.remix;
+      flash((msg.code ? msg.code + ": " : "") + (msg.message || "describe refused"));
+      return true;
+    }
+    if (!card && msg.kind === "describe" && msg.source_job_id) card = state.jobs.get(msg.source_job_id);
+    if (!card) return msg.kind === "describe";  // someone else's describe job: nothing to show
+    if (msg.type === "description_complete") {
+      state.describing.delete(msg.job_id);
+      const text = msg.answer !== null && msg.answer !== undefined ? msg.answer : msg.caption;
+      card.dataset.caption = msg.caption || card.dataset.caption || "";
+      showCaption(card, "\u201c" + text + "\u201d" + agreementText(msg.agreement));
+      if (card.dataset.remix && msg.caption) {
+        delete card.dataset.remix;
+        editAndRegenerate(msg.caption);
+      }
+    } else if (msg.type === "description_failed" || msg.type === "cancelled") {
+      state.describing.delete(msg.job_id);
+      delete card.dataset.remix;
+      showCaption(card, msg.type === "cancelled" ? "" : "describe failed: " + (msg.error || "unknown error"));
+    }
+    return true;
+  }
+
   function handle(msg) {
+    if (handleDescribe(msg)) return;
     switch (msg.type) {
       case "queued": {
         let card = msg.request_id ? state.pending.get(msg.request_id) : null;
@@ -513,6 +622,7 @@
         if (msg.elapsed_s !== undefined) bits.push(Number(msg.elapsed_s).toFixed(1) + " s");
         $(".job-meta", card).textContent = bits.join(" \u00b7 ");
         showVideo(card, msg);
+        showEvaluation(card, msg.evaluation);
         loadGallery();
         break;
       }
@@ -583,6 +693,7 @@
       private: els.private.checked,
       request_id: newRequestId(),
     };
+    if (els.evaluate.checked) req.evaluate = true;
     if (els.model.value) req.model = els.model.value;
     if (state.imageB64) req.image = state.imageB64;
     Object.assign(req, longVideoFields());

@@ -35,7 +35,8 @@ def test_login_then_websocket_and_http_posts_with_csrf(strict_service, browser):
         for field, value in (("num_frames", "8"), ("width", "64"), ("height", "64"), ("steps", "2")):
             page.fill(f"#{field}", value)
         page.click("#submit")
-        job = page.get_by_test_id("job").first
+        # (the page also lists every public job of the lobby: pick ours by its prompt)
+        job = page.get_by_test_id("job").filter(has_text="a green circle moving left").first
         expect(job).to_have_attribute("data-status", "succeeded", timeout=120_000)
 
         # app.js without a websocket: it submits and cancels over HTTP, with X-CSRFToken
@@ -48,7 +49,7 @@ def test_login_then_websocket_and_http_posts_with_csrf(strict_service, browser):
         for field, value in (("num_frames", "8"), ("width", "64"), ("height", "64"), ("steps", "80")):
             http_page.fill(f"#{field}", value)
         http_page.click("#submit")
-        card = http_page.get_by_test_id("job").first
+        card = http_page.get_by_test_id("job").filter(has_text="a yellow square moving down").first
         expect(card).to_have_attribute("data-job-id", re.compile(r".+"), timeout=20_000)
         job_id = card.get_attribute("data-job-id")
         card.get_by_test_id("job-cancel").click()

@@ -1,0 +1,163 @@
+"""Property-based fuzzing (hypothesis) of the one validation module the websocket and the HTTP API
+share: for any JSON value, `validate_generate` / `parse_json` / `decode_image` / `check_fields` either
+accept it or raise `RequestError` with a documented code; no other exception escapes (one would
+become `internal_error`). What is accepted respects the limits. Deterministic (derandomize): the
+same examples on every run. tests/test_fuzz.py sends such messages to the real service."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+import os
+
+import pytest
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "videoservice.settings")
+import django  # noqa: E402
+
+django.setup()
+
+from django.conf import settings  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from videoservice.validation import (ERROR_CODES, GENERATE_FIELDS, GenerateRequest, RequestError,  # noqa: E402
+                                     check_fields, decode_image, parse_json, validate_generate)
+
+PROFILE = dict(max_examples=400, deadline=None, derandomize=True, database=None,
+               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+scalars = (st.none() | st.booleans() | st.integers(min_value=-2**70, max_value=2**70)
+           | st.floats(allow_nan=False) | st.text(max_size=40))
+json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3)
+                           | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=8)
+near_limits = (st.integers(min_value=-3, max_value=1100) | st.sampled_from([0, 1, 7, 8, 9, 16, 17, 31, 32, 33, 63, 64,
+                                                                               65, 512, 513, 2**32 - 1, 2**32])
+               | st.floats(min_value=-2, max_value=130, allow_nan=False))
+
+
+def png_b64(size=(16, 16)) -> str:
+    buf = io.BytesIO()
+    Image.new("RGB", size, (10, 200, 30)).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+PNG = base64.b64decode(png_b64())
+
+
+@st.composite
+def mutated_png(draw) -> str:
+    raw = bytearray(PNG)
+    for _ in range(draw(st.integers(1, 6))):
+        pos = draw(st.integers(0, len(raw) - 1))
+        raw[pos] = draw(st.integers(0, 255))
+    cut = draw(st.integers(8, len(raw)))
+    return base64.b64encode(bytes(raw[:cut])).decode()
+
+
+image_values = (json_values | st.binary(max_size=200).map(lambda b: base64.b64encode(b).decode()) | mutated_png()
+                | st.just(png_b64()) | st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=",
+                                               max_size=100))
+field_values = {name: (near_limits | json_values) for name in GENERATE_FIELDS - {"type", "prompt", "image", "model",
+                                                                               "private", "request_id"}}
+field_values.update({
+    "prompt": st.text(max_size=60) | json_values,
+    "model": st.sampled_from(["builtin", "tiny-ltx", "nope", "", "BUILTIN"]) | json_values,
+    "private": st.booleans() | json_values,
+    "request_id": st.text(max_size=120) | st.integers() | json_values,
+    "image": image_values,
+})
+generate_messages = st.fixed_dictionaries(
+    {"prompt": field_values["prompt"]},
+    optional={**{k: v for k, v in field_values.items() if k != "prompt"}, "type": st.just("generate")})
+# (unknown fields: test_check_fields_names_the_unknown_field)
+
+
+def _accepted(req: GenerateRequest) -> None:
+    from generator.interface import get_info
+
+    assert 0 < len(req.prompt) <= settings.MAX_PROMPT_CHARS
+    p = req.params
+    info = get_info(req.model)
+    assert info is not None
+    assert not info.problems(p["num_frames"], p["width"], p["height"], p["steps"], p["guidance_scale"])
+    assert 0 <= p["seed"] <= 2**32 - 1 and math.isfinite(p["fps"]) and 1 <= p["fps"] <= 60
+    assert p["num_frames"] * p["width"] * p["height"] <= settings.MAX_VIDEO_PIXELS
+    assert req.total_steps >= p["steps"] >= 1
+    json.dumps(p, allow_nan=False)  # what is stored and sent back is strict JSON
+    if req.image is not None:
+        assert req.image.ndim == 3 and req.image.shape[2] == 3 and min(req.image.shape[:2]) >= 8
+
+
+@hsettings(**PROFILE)
+@given(generate_messages)
+def test_validate_generate_accepts_or_refuses_with_a_stable_code(data):
+    try:
+        req = validate_generate(data)
+    except RequestError as err:
+        assert err.code in ERROR_CODES, err.code
+        assert err.message and 400 <= err.status < 600
+        if err.field is not None:
+            assert isinstance(err.field, str)
+        json.dumps(err.as_dict())
+        return
+    _accepted(req)
+
+
+@hsettings(**PROFILE)
+@given(json_values)
+def test_validate_generate_on_any_json_value(value):
+    try:
+        req = validate_generate(value)
+    except RequestError as err:
+        assert err.code in ERROR_CODES
+        return
+    _accepted(req)
+
+
+@hsettings(**PROFILE)
+@given(st.text(max_size=200) | json_values.map(json.dumps)
+       | st.sampled_from(["NaN", "[Infinity]", '{"a": -Infinity}', "1e999", "[" * 5000, '"\\ud800"']))
+def test_parse_json_is_strict(text):
+    try:
+        value = parse_json(text)
+    except RequestError as err:
+        assert err.code == "invalid_json"
+        return
+    json.dumps(value, allow_nan=True)
+    assert "NaN" not in text or '"' in text
+
+
+@hsettings(**{**PROFILE, "max_examples": 300})
+@given(image_values)
+def test_decode_image_never_crashes(value):
+    try:
+        array, png = decode_image(value)
+    except RequestError as err:
+        assert err.code in ("invalid_field", "image_invalid", "too_large"), err.code
+        assert err.field == "image"
+        return
+    assert array.dtype.name == "uint8" and array.shape[2] == 3 and png.startswith(b"\x89PNG")
+
+
+@hsettings(**PROFILE)
+@given(st.dictionaries(st.text(max_size=10) | st.sampled_from(sorted(GENERATE_FIELDS)), json_values, max_size=6))
+def test_check_fields_names_the_unknown_field(data):
+    try:
+        check_fields(data, GENERATE_FIELDS)
+    except RequestError as err:
+        assert err.code in ("unknown_field", "invalid_field")
+        if err.code == "unknown_field":
+            assert err.field in data and err.field not in GENERATE_FIELDS
+        return
+    assert set(data) <= GENERATE_FIELDS
+
+
+def test_hypothesis_is_a_declared_requirement():
+    from pathlib import Path
+
+    reqs = (Path(__file__).resolve().parent.parent / "requirements.txt").read_text().split()
+    assert "hypothesis" in reqs
+    with pytest.raises(RequestError):
+        validate_generate({"prompt": "x", "width": float("nan")})

@@ -5,9 +5,15 @@ by tests/test_faults.py. Which fault a model fakes comes from its configured nam
 
 - `fake-oom`: generate() raises torch.OutOfMemoryError after two steps (there is no GPU to exhaust);
   `fake-memoryerror`: the host-memory flavour, a Python MemoryError;
-- `fake-nan`: generate() returns float frames full of NaN, as a numerically broken model would.
+- `fake-nan`: generate() returns float frames full of NaN, as a numerically broken model would;
+- `fake-steps`: no fault, a stand-in model that loads at once: it draws a square moving across the
+  frames in `steps` steps of 50 ms each. The 20-kill test uses it because each SIGKILL costs the real
+  built-in model a fresh load (4-8 s on a busy 2-core host); what is under test there is the worker,
+  the queue and the reaper, not the model.
 """
 from __future__ import annotations
+
+import time
 
 import numpy as np
 
@@ -24,6 +30,21 @@ class FakeFaultBackend(Backend):
 
     def generate(self, request, progress=None, should_cancel=None):
         req = self.fill_defaults(request)
+        if self.fault == "steps":
+            from generator.interface import Cancelled
+
+            frames = np.zeros((req.num_frames, req.height, req.width, 3), np.uint8)
+            for step in range(1, req.steps + 1):
+                time.sleep(0.05)
+                if should_cancel is not None and should_cancel():
+                    raise Cancelled()
+                if progress is not None:
+                    progress(step, req.steps, None)
+            for t in range(req.num_frames):
+                x = (t * 4) % max(1, req.width - 8)
+                frames[t, 8:16, x:x + 8] = (230, 30, 30)
+            return GenerationResult(frames=frames, fps=float(req.fps), seed=int(req.seed),
+                                    native_size=(req.height, req.width))
         for step in (1, 2):
             if progress is not None:
                 progress(step, req.steps, None)

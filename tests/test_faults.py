@@ -34,11 +34,12 @@ TERMINAL = {"generation_complete", "generation_failed", "cancelled"}
 FAULT_QUEUE = "faults"
 FAKE_ENTRY = {"backend": "tests.fault_backends:fake_faults", "pipeline": "ltx", "queue": FAULT_QUEUE,
               "defaults": {"steps": 4, "width": 64, "height": 64, "frames": 9, "fps": 8},
-              "limits": {"min_size": 32, "max_size": 128, "max_frames": 25}}
+              "limits": {"min_size": 32, "max_size": 128, "max_frames": 25, "max_steps": 1000}}
 MODELS = {
     "fake-oom": FAKE_ENTRY,
     "fake-memoryerror": FAKE_ENTRY,
     "fake-nan": FAKE_ENTRY,
+    "fake-steps": FAKE_ENTRY,
     # a real diffusers entry whose checkpoint folder does not exist: its load fails for real
     "broken-model": {"path": "checkpoints/does-not-exist", "pipeline": "ltx", "dtype": "float32",
                      "queue": FAULT_QUEUE, "defaults": {"steps": 2, "width": 32, "height": 32, "frames": 9},
@@ -101,7 +102,7 @@ class Service:
         self.redis.stop()
 
     # workers ----------------------------------------------------------------------------------
-    def start_worker(self, name: str = "w1", queues: str = f"builtin,{FAULT_QUEUE}", concurrency: int = 1,
+    def start_worker(self, name: str = "w1", queues: str = f"{FAULT_QUEUE},builtin", concurrency: int = 1,
                      env: dict | None = None, wait: bool = True) -> Proc:
         self.starts += 1
         proc = Proc(f"worker-{name}-{self.starts}", [
@@ -131,6 +132,15 @@ class Service:
 
     def stop_worker(self, name: str) -> None:
         self.workers.pop(name).stop(grace=20)
+
+    def row(self, job_id: str) -> dict:
+        """The job's row straight from the database (fields the API does not show: attempts, lease)."""
+        import sqlite3
+
+        with sqlite3.connect(self.tmp / "db.sqlite3", timeout=30) as db:
+            db.row_factory = sqlite3.Row
+            row = db.execute("SELECT * FROM videoservice_job WHERE id = ?", (uuid.UUID(job_id).hex,)).fetchone()
+        return dict(row)
 
     def job(self, job_id: str) -> dict:
         status, _, body = http("GET", f"{self.base}/api/jobs/{job_id}")
@@ -187,7 +197,10 @@ class Client:
         await self.ws.close()
 
     async def _connect(self, timeout: float = 10) -> None:
-        self.ws = await websockets.connect(self.svc.ws, origin=self.svc.base, max_size=None, open_timeout=timeout)
+        # max_queue=None: a client that reads one job's events at a time must not stall (and miss
+        # keepalive pongs) behind a full buffer of other jobs' progress
+        self.ws = await websockets.connect(self.svc.ws, origin=self.svc.base, max_size=None, max_queue=None,
+                                           open_timeout=timeout)
 
     async def send(self, msg: dict) -> None:
         await self.ws.send(json.dumps(msg))
@@ -208,7 +221,7 @@ class Client:
                     try:
                         await self._connect(timeout=5)
                         self.seen.append({"type": "_reconnected"})
-                        break
+                        return self.seen[-1]
                     except (OSError, websockets.InvalidHandshake, asyncio.TimeoutError):
                         if time.monotonic() > deadline:
                             raise
@@ -323,3 +336,155 @@ def test_corrupt_start_image_fails_the_job_and_the_worker_serves_the_next(faults
             assert (await c.terminal(nxt["job_id"]))["type"] == "generation_complete"
             assert pool_pids(faults.workers["w1"]) == pools
     run(scenario())
+
+
+# ---------------------------------------------------------------- whole workers SIGKILLed mid-job
+KILL_JOB = {"model": "fake-steps", "num_frames": 9, "width": 64, "height": 64, "steps": 30}  # 1.5 s
+# kills per job, 20 in all: a job killed once is re-queued and completes; one killed twice
+# (JOB_MAX_ATTEMPTS=2) fails with a reason and retriable: true
+KILL_PLAN = [1, 2, 1, 1, 2, 1, 1, 2, 1, 1, 2, 1, 1, 2, 1]
+
+
+def test_worker_sigkilled_mid_job_20_times_every_job_settles_and_subscribers_are_told(faults):
+    assert sum(KILL_PLAN) == 20
+    kills = []
+
+    async def scenario():
+        async with Client(faults) as c, Client(faults) as watcher:
+            jobs = []
+            for n, times in enumerate(KILL_PLAN):
+                queued = await c.submit(prompt=f"a red square moving right {n}", seed=n, **KILL_JOB)
+                job_id = queued["job_id"]
+                jobs.append(job_id)
+                for k in range(times):
+                    mark = len(c.seen)
+                    # mid-job: this delivery has started and reported a step
+                    await c.until(lambda m: m.get("job_id") == job_id and m["type"] == "progress"
+                                  and c.seen.index(m) >= mark, 90)
+                    faults.kill_worker("w1")
+                    row = faults.row(job_id)
+                    assert row["status"] == "running" and row["attempts"] == k + 1, row  # killed mid-job
+                    kills.append(job_id)
+                    faults.start_worker("w1")  # its start-up reaper settles the job at once
+                done = await c.terminal(job_id, 90)
+                if times == 1:
+                    assert done["type"] == "generation_complete", done
+                else:
+                    assert done["type"] == "generation_failed" and done["retriable"] is True, done
+                    assert "was lost 2 times" in done["error"], done
+            for job_id in jobs:  # the other subscriber was told every outcome too
+                await watcher.terminal(job_id, 30)
+            return c, watcher, jobs
+
+    c, watcher, jobs = run(scenario())
+    assert len(kills) == 20
+    for job_id, times in zip(jobs, KILL_PLAN):
+        kinds = c.events(job_id)
+        assert kinds.count("requeued") == 1, kinds  # a second loss fails the job instead
+        assert kinds.count("started") == times + (1 if times == 1 else 0), kinds
+        terminal = [k for k in kinds if k in TERMINAL]
+        assert terminal == (["generation_complete"] if times == 1 else ["generation_failed"]), kinds
+        assert [k for k in watcher.events(job_id) if k in TERMINAL] == terminal
+        row = faults.job(job_id)
+        assert row["status"] == ("succeeded" if times == 1 else "failed"), row
+        if times == 2:
+            assert "was lost 2 times" in row["error"], row
+    # nothing is left running
+    listed = json.loads(http("GET", f"{faults.base}/api/jobs?limit=200")[2])["jobs"]
+    assert not [j for j in listed if j["status"] in ("running", "queued")], listed
+
+
+def test_periodic_reaper_of_another_worker_requeues_the_job_of_a_vanished_worker(faults):
+    """No restart this time: the surviving worker's periodic sweep sees the dead worker's heartbeat go
+    stale (JOB_HEARTBEAT_TIMEOUT_S=4) and re-queues the job, which the survivor then runs."""
+    faults.start_worker("w2")
+    try:
+        async def scenario():
+            async with Client(faults) as c:
+                queued = await c.submit(prompt="a green circle moving up", **{**KILL_JOB, "steps": 60})
+                job_id = queued["job_id"]
+                started = await c.until(lambda m: m.get("job_id") == job_id and m["type"] == "started", 60)
+                await c.until(lambda m: m.get("job_id") == job_id and m["type"] == "progress", 60)
+                victim = next(name for name, p in faults.workers.items() if p.node == started["worker"])
+                faults.kill_worker(victim)
+                t_kill = time.monotonic()
+                requeued = await c.until(lambda m: m.get("job_id") == job_id and m["type"] == "requeued", 30)
+                waited = time.monotonic() - t_kill
+                assert started["worker"] in requeued["reason"], requeued
+                assert waited >= 3, waited  # settled by the heartbeat timeout, not by a restart
+                again = await c.until(lambda m: m.get("job_id") == job_id and m["type"] == "started"
+                                      and m is not started, 30)
+                assert again["worker"] != started["worker"]
+                done = await c.terminal(job_id, 60)
+                assert done["type"] == "generation_complete", done
+                return victim
+        victim = run(scenario())
+        if victim == "w1":
+            faults.start_worker("w1")
+    finally:
+        if "w2" in faults.workers:
+            faults.stop_worker("w2")
+
+
+def test_task_running_longer_than_the_visibility_timeout_runs_once(faults):
+    """A worker with two slots and a 2 s broker visibility timeout: Redis hands the still-running
+    job's message out again (to the second slot); the lease drops that delivery."""
+    faults.stop_worker("w1")
+    try:
+        vt = faults.start_worker("vt", concurrency=2, env={"JOB_VISIBILITY_TIMEOUT_S": "2",
+                                                           "BROKER_RESTORE_INTERVAL_S": "1"})
+
+        async def scenario():
+            async with Client(faults) as c:
+                queued = await c.submit(prompt="a slow blue square", **{**KILL_JOB, "steps": 160})  # ~8 s
+                done = await c.terminal(queued["job_id"], 90)
+                assert done["type"] == "generation_complete", done
+                await asyncio.sleep(1.5)  # a late duplicate would start now
+                return queued["job_id"], c.events(queued["job_id"])
+
+        job_id, kinds = run(scenario())
+        assert kinds.count("started") == 1 and kinds.count("generation_complete") == 1, kinds
+        assert f"duplicate delivery of job {job_id} dropped" in vt.tail(10**6), vt.tail()
+        row = faults.row(job_id)
+        assert row["status"] == "succeeded" and row["attempts"] == 1, row
+    finally:
+        if "vt" in faults.workers:
+            faults.stop_worker("vt")
+        faults.start_worker("w1")
+
+
+def test_redis_restarted_under_load_queued_jobs_survive_and_clients_reconnect(faults):
+    """redis-server SIGKILLed with a queue of jobs and one running, then started again on the same
+    append-only file: the queued jobs survive and run, the worker reconnects, websocket clients
+    are disconnected (told) and reconnect, and what they missed is in the API."""
+    async def scenario():
+        async with Client(faults, reconnect=True) as c:
+            ids = []
+            for n in range(6):
+                ids.append((await c.submit(prompt=f"a queued square {n}", seed=n,
+                                           **{**KILL_JOB, "steps": 40}))["job_id"])
+            await c.until(lambda m: m.get("job_id") == ids[0] and m["type"] == "progress", 60)
+            faults.kill_redis()
+            await asyncio.sleep(2)
+            faults.start_redis()
+            # the server closes sockets whose channel layer went away; the client reconnects
+            await c.until(lambda m: m["type"] == "_reconnected", 60)
+            assert c.closes >= 1
+            deadline = time.monotonic() + 120
+            pending = set(ids)
+            while pending and time.monotonic() < deadline:
+                for job_id in list(pending):
+                    if faults.job(job_id)["status"] in ("succeeded", "failed", "cancelled"):
+                        pending.discard(job_id)
+                await asyncio.sleep(0.5)
+            assert not pending, [faults.job(j) for j in pending]
+            # the reconnected socket and the reconnected worker serve a new job end to end
+            after = await c.submit(prompt="after the restart", **SMALL)
+            done = await c.terminal(after["job_id"], 90)
+            assert done["type"] == "generation_complete", done
+            return ids
+
+    ids = run(scenario())
+    rows = [faults.job(j) for j in ids]
+    assert all(r["status"] == "succeeded" for r in rows), rows
+    assert "Connection to broker lost" in faults.workers["w1"].tail(10**7)  # the same worker reconnected

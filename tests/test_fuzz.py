@@ -30,7 +30,8 @@ from tests.test_service import SMALL, Client, run
 # the stable error codes of docs/protocol.md
 CODES = {"invalid_json", "unknown_type", "missing_field", "unknown_field", "invalid_field", "unknown_model",
          "image_invalid", "too_large", "not_found", "forbidden", "not_cancellable", "queue_full", "unavailable",
-         "auth_required", "csrf_failed", "rate_limited", "method_not_allowed", "internal_error"}
+         "auth_required", "csrf_failed", "rate_limited", "method_not_allowed", "internal_error",
+         "video_invalid"}  # (describe)
 WS_CAP = 12 * 1024 * 1024  # WS_MAX_CLIENT_MESSAGE_BYTES default
 DAPHNE_CAP = 64 * 1024 * 1024  # conftest's --websocket-max-message-size
 OK = {"prompt": "a fuzzed red circle", **SMALL}
@@ -166,6 +167,24 @@ RAW_CASES = [
     ('{"type": "cancel", "job_id": "\\ud800"}', "not_found"),
     ('{"type": "cancel", "job_id": "' + str(uuid.uuid4()) + '", "force": true}', "unknown_field"),
 ]
+# `describe` (docs/protocol.md): bad sources, questions, describers
+NO_JOB = str(uuid.uuid4())
+DESCRIBE_CASES = [
+    ({}, "missing_field"), ({"job_id": None}, "missing_field"),
+    ({"job_id": NO_JOB, "video": "AAAA"}, "invalid_field"),
+    ({"job_id": 1}, "invalid_field"), ({"job_id": []}, "invalid_field"), ({"job_id": "nope"}, "not_found"),
+    ({"job_id": NO_JOB}, "not_found"), ({"job_id": "\ud800"}, "not_found"),
+    ({"video": 1}, "invalid_field"), ({"video": ""}, "invalid_field"), ({"video": []}, "invalid_field"),
+    ({"video": "!!! not base64"}, "video_invalid"), ({"video": b64(b"not a video at all" * 10)}, "video_invalid"),
+    ({"video": "data:video/mp4;base64,%%%"}, "video_invalid"),
+    ({"job_id": NO_JOB, "question": 1}, "invalid_field"), ({"job_id": NO_JOB, "question": []}, "invalid_field"),
+    ({"job_id": NO_JOB, "question": "q" * 501}, "invalid_field"),
+    ({"job_id": NO_JOB, "question": "a\x00b"}, "invalid_field"),
+    ({"job_id": NO_JOB, "model": "nope"}, "unknown_model"), ({"job_id": NO_JOB, "model": 1}, "unknown_model"),
+    ({"job_id": NO_JOB, "private": "yes"}, "invalid_field"), ({"job_id": NO_JOB, "private": 1}, "invalid_field"),
+    ({"job_id": NO_JOB, "foo": 1}, "unknown_field"), ({"job_id": NO_JOB, "prompt": "x"}, "unknown_field"),
+]
+RAW_CASES += [(json.dumps({"type": "describe", **msg}), code) for msg, code in DESCRIBE_CASES]
 rng = random.Random(20260526)
 RAW_CASES += [("~" + "".join(rng.choice("{}[]:,\"'\\ aZ09\u00e9\u4e2d\U0001f600") for _ in range(rng.randint(0, 60))),
                "invalid_json") for _ in range(25)]
@@ -294,9 +313,13 @@ def test_fuzzed_http_api_gets_stable_errors(live_service):
         body = json.dumps(msg).encode()
         check(http("POST", f"{base}/api/jobs", body), 400, code, field)
     for text, code in RAW_CASES:
+        if text.startswith('{"type": "describe"'):
+            continue  # below, on /api/describe
         if not text.startswith('{"type": "generate"') and code != "invalid_json":
             continue  # websocket-only message types
         check(http("POST", f"{base}/api/jobs", text.encode()), 400, code)
+    for msg, code in DESCRIBE_CASES:
+        check(http("POST", f"{base}/api/describe", msg), 404 if code == "not_found" else 400, code)
     for raw in (b"\xff\xfe\x00", b'{"prompt": "\xff"}', b"", b"\x89PNG\r\n\x1a\n"):
         check(http("POST", f"{base}/api/jobs", raw), 400, "invalid_json")
     # bodies over the cap, wrong content types, wrong methods

@@ -184,6 +184,18 @@ DESCRIBE_CASES = [
     ({"job_id": NO_JOB, "private": "yes"}, "invalid_field"), ({"job_id": NO_JOB, "private": 1}, "invalid_field"),
     ({"job_id": NO_JOB, "foo": 1}, "unknown_field"), ({"job_id": NO_JOB, "prompt": "x"}, "unknown_field"),
 ]
+
+
+def small_mp4() -> str:
+    import numpy as np
+
+    from generator.encode import encode_video
+
+    return b64(encode_video(np.zeros((4, 32, 32, 3), np.uint8), fps=4))
+
+
+# a real video with a question that cannot be stored (lone surrogate): refused, not internal_error
+DESCRIBE_CASES.append(({"video": small_mp4(), "question": "what is \ud800 this"}, "invalid_field"))
 RAW_CASES += [(json.dumps({"type": "describe", **msg}), code) for msg, code in DESCRIBE_CASES]
 rng = random.Random(20260526)
 RAW_CASES += [("~" + "".join(rng.choice("{}[]:,\"'\\ aZ09\u00e9\u4e2d\U0001f600") for _ in range(rng.randint(0, 60))),

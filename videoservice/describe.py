@@ -23,7 +23,7 @@ from videoservice import jobs, limits
 from videoservice.models import Job
 from videoservice.views import api, read_json_body, viewer_of
 from videoservice.validation import (INVALID_FIELD, MISSING_FIELD, QUEUE_FULL, UNAVAILABLE, UNKNOWN_MODEL,
-                                     RequestError, check_fields, request_id_of, validate_job_id)
+                                     RequestError, _utf8, check_fields, request_id_of, validate_job_id)
 
 log = logging.getLogger(__name__)
 DESCRIBE_FIELDS = {"type", "job_id", "video", "question", "model", "request_id", "private"}
@@ -78,9 +78,9 @@ def validate_describe(data: Any, viewer: Optional[str], staff: bool = False) -> 
         if not isinstance(question, str):
             raise RequestError(INVALID_FIELD, "question must be a string", "question")
         question = question.strip() or None
-        if question and (len(question) > MAX_QUESTION_CHARS or "\x00" in question):
+        if question and (len(question) > MAX_QUESTION_CHARS or "\x00" in question or not _utf8(question)):
             raise RequestError(INVALID_FIELD, f"question must be at most {MAX_QUESTION_CHARS} characters "
-                                              "with no NUL", "question")
+                                              "of valid Unicode with no NUL", "question")
 
     describer = data.get("model") or DEFAULT_DESCRIBER
     try:

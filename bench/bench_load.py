@@ -14,7 +14,8 @@ back to back (waiting for each `queued`) and waits for their `generation_complet
   * jobs/min: completed jobs / (last completion - first submission) x 60;
   * queued p50/p95: submission -> `queued` (the job is saved and on the Redis queue);
   * done p50/p95: submission -> `generation_complete` on the submitting connection;
-  * lost: jobs without a terminal event or not `succeeded` in the database (must be 0).
+  * refused: submissions never queued (websocket handshake failed, or an `error` answer);
+  * lost: jobs answered `queued` that did not end `succeeded` with their event received (must be 0).
 
 Jobs are private by default (each client watches its own jobs, as scripts do); `--public` sends
 every event to the lobby, so every client receives every job's progress and base64 video (the
@@ -157,10 +158,12 @@ async def run_row(svc: Service, n_clients: int, n_jobs: int, params: dict, priva
     done = [r for r in records if r["status"] == "generation_complete"]
     statuses = svc.statuses([r["job_id"] for r in records if r["job_id"]])
     submitted = n_clients * n_jobs
-    lost = submitted - sum(1 for r in done if statuses.get(r["job_id"]) == "succeeded")
+    accepted = [r for r in records if r["job_id"]]  # answered `queued`: the service owes them a video
+    lost = len(accepted) - sum(1 for r in done if statuses.get(r["job_id"]) == "succeeded")
     span = (max(r["done"] for r in done) - t0) if done else float("nan")
     return {
         "clients": n_clients, "jobs": submitted, "completed": len(done), "lost": lost,
+        "refused": submitted - len(accepted),  # never queued: connection refused or `error` answered
         "client_errors": [repr(e)[:200] for e in errors],
         "jobs_per_min": len(done) / span * 60 if done else 0.0, "span_s": span,
         "queued_p50_ms": pct([(r["queued"] - r["submit"]) * 1e3 for r in records if r["queued"]], 50),
@@ -206,20 +209,21 @@ def main() -> None:
         svc.stop()
     print(f"\njobs: {args.frames} frames {args.size}x{args.size}, {args.steps} steps, built-in model on CPU; "
           f"{'public (lobby)' if args.public else 'private'} jobs; workers: prefork -c 1 each\n")
-    print("| workers | load | jobs | jobs/min | queued p50 ms | queued p95 ms | done p50 s | done p95 s | lost |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| workers | load | completed | jobs/min | queued p50 ms | queued p95 ms | done p50 s | done p95 s "
+          "| refused | lost |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['workers']} | {r['label']} | {r['completed']}/{r['jobs']} | {r['jobs_per_min']:.0f} | "
               f"{r['queued_p50_ms']:.0f} | {r['queued_p95_ms']:.0f} | {r['done_p50_s']:.2f} | {r['done_p95_s']:.2f} | "
-              f"{r['lost']} |")
+              f"{r['refused']} | {r['lost']} |")
     errors = [e for r in rows for e in r["client_errors"]]
     if errors:
         print("\nclient errors:", *errors[:5], sep="\n  ")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
+    if any(r["lost"] or r["refused"] for r in rows):
+        raise SystemExit(f"jobs were lost or refused; logs kept in {tmp}")
     shutil.rmtree(tmp, ignore_errors=True)
-    if any(r["lost"] for r in rows):
-        raise SystemExit("jobs were lost")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ Environment (defaults in brackets):
   SQLITE_PATH           used when DATABASE_URL is unset
   REDIS_URL             [redis://127.0.0.1:6379/0]  channel layer, Celery broker and results
   CELERY_BROKER_URL / CELERY_RESULT_BACKEND  [REDIS_URL]
+  CHANNEL_LAYER_MAX_CONNECTIONS [1000]  Redis connections one web process's channel layer may hold
   MEDIA_ROOT            [<repo>/var/media]  where videos and start images are stored
   MEDIA_URL             [/media/]
   WEBSOCKET_MAX_MESSAGE_BYTES [67108864]  what Daphne's --websocket-max-message-size is set to
@@ -240,7 +241,11 @@ CHANNEL_LAYERS = {
         # socket_timeout None: redis-py 8's 5 s default kills idle consumers (channels_redis#422).
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         "CONFIG": {
-            "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
+            # max_connections: redis-py 8's asyncio pool allows 100 by default and raises
+            # MaxConnectionsError beyond; a burst of 100 websocket connects (bench/bench_load.py)
+            # needs more, each handshake's group_add holds one while Redis answers
+            "hosts": [{"address": REDIS_URL, "socket_timeout": None,
+                       "max_connections": env_int("CHANNEL_LAYER_MAX_CONNECTIONS", 1000)}],
             "capacity": env_int("CHANNEL_CAPACITY", 500),
             "expiry": 60,
         },

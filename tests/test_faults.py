@@ -227,8 +227,9 @@ class Client:
                             raise
                         await asyncio.sleep(0.5)
 
-    async def until(self, pred, timeout: float = 60.0) -> dict:
-        for msg in self.seen:
+    async def until(self, pred, timeout: float = 60.0, since: int = 0) -> dict:
+        """The first message from index `since` on (already seen or still to come) that matches."""
+        for msg in self.seen[since:]:
             if pred(msg):
                 return msg
         deadline = time.monotonic() + timeout
@@ -359,8 +360,7 @@ def test_worker_sigkilled_mid_job_20_times_every_job_settles_and_subscribers_are
                 for k in range(times):
                     mark = len(c.seen)
                     # mid-job: this delivery has started and reported a step
-                    await c.until(lambda m: m.get("job_id") == job_id and m["type"] == "progress"
-                                  and c.seen.index(m) >= mark, 90)
+                    await c.until(lambda m: m.get("job_id") == job_id and m["type"] == "progress", 90, since=mark)
                     faults.kill_worker("w1")
                     row = faults.row(job_id)
                     assert row["status"] == "running" and row["attempts"] == k + 1, row  # killed mid-job
@@ -488,3 +488,44 @@ def test_redis_restarted_under_load_queued_jobs_survive_and_clients_reconnect(fa
     rows = [faults.job(j) for j in ids]
     assert all(r["status"] == "succeeded" for r in rows), rows
     assert "Connection to broker lost" in faults.workers["w1"].tail(10**7)  # the same worker reconnected
+
+
+def test_frozen_worker_taken_for_dead_loses_its_lease_and_stores_nothing(faults):
+    """SIGSTOP the whole worker mid-job (a stalled VM, a partition): its heartbeat stops, the other
+    worker's reaper re-queues the job and runs it; on SIGCONT the first run finds its lease gone,
+    stops at its next step and stores nothing, so the job completes exactly once."""
+    faults.start_worker("w2")
+    frozen = None
+    try:
+        async def scenario():
+            nonlocal frozen
+            async with Client(faults) as c:
+                queued = await c.submit(prompt="a frozen square", **{**KILL_JOB, "steps": 60})
+                job_id = queued["job_id"]
+                started = await c.until(lambda m: m.get("job_id") == job_id and m["type"] == "started", 60)
+                await c.until(lambda m: m.get("job_id") == job_id and m["type"] == "progress", 60)
+                frozen = next(p for p in faults.workers.values() if p.node == started["worker"])
+                os.killpg(frozen.proc.pid, signal.SIGSTOP)
+                await c.until(lambda m: m.get("job_id") == job_id and m["type"] == "requeued", 30)
+                done = await c.terminal(job_id, 60)
+                assert done["type"] == "generation_complete", done
+                os.killpg(frozen.proc.pid, signal.SIGCONT)
+                deadline = time.monotonic() + 30
+                while "result dropped" not in frozen.tail(10**6):
+                    assert time.monotonic() < deadline, frozen.tail()
+                    await asyncio.sleep(0.2)
+                await asyncio.sleep(1)
+                return job_id, started, c.events(job_id), c.seen
+
+        job_id, started, kinds, seen = run(scenario())
+        assert f"job {job_id} was handed to another worker" in frozen.tail(10**6)
+        assert kinds.count("generation_complete") == 1 and kinds.count("started") == 2, kinds
+        workers = [m["worker"] for m in seen if m.get("job_id") == job_id and m["type"] == "started"]
+        assert workers[0] == started["worker"] != workers[1], workers
+        row = faults.row(job_id)
+        assert row["status"] == "succeeded" and row["worker"] == workers[1], row
+    finally:
+        if frozen is not None and frozen.alive():
+            os.killpg(frozen.proc.pid, signal.SIGCONT)
+        if "w2" in faults.workers:
+            faults.stop_worker("w2")

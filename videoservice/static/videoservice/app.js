@@ -626,10 +626,18 @@
         loadGallery();
         break;
       }
+      case "requeued": {  // its worker was lost; it waits for a worker again, `started` follows
+        const card = cardFor(msg.job_id);
+        setStatus(card, "queued", "re-queued");
+        setProgress(card, 0);
+        $(".job-eta", card).textContent = "worker lost, retrying (attempt " + ((msg.attempts || 0) + 1) +
+          (msg.max_attempts ? " of " + msg.max_attempts : "") + ")";
+        break;
+      }
       case "generation_failed": {
         const card = cardFor(msg.job_id);
         setStatus(card, "failed");
-        setError(card, msg.error || "generation failed");
+        setError(card, (msg.error || "generation failed") + (msg.retriable ? " \u2013 you can submit it again" : ""));
         break;
       }
       case "cancelled": {

@@ -11,8 +11,8 @@ This module makes the database row authoritative instead:
   message redelivered after the visibility timeout is dropped: the job does not run twice), and a
   run whose lease was taken away stops and stores nothing;
 - a heartbeat: a thread in the pool process refreshes `heartbeat_at` every JOB_HEARTBEAT_S;
-- the reaper: `reap()` finds running jobs whose holder is gone (same node: its pid no longer
-  exists; any node: no heartbeat for JOB_HEARTBEAT_TIMEOUT_S) and re-queues them (new message,
+- the reaper: `reap()` finds running jobs whose holder is gone (same node: held before this worker
+  started, or its pid no longer exists; any node: no heartbeat for JOB_HEARTBEAT_TIMEOUT_S) and re-queues them (new message,
   `requeued` event) while attempts remain (JOB_MAX_ATTEMPTS), else fails them (`generation_failed`
   with `retriable: true`).
 
@@ -30,15 +30,18 @@ import logging
 import os
 import threading
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone as dt_timezone
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, connections
 from django.utils import timezone
 
 from videoservice.models import Job
 
 log = logging.getLogger(__name__)
+# when this worker started (imported by worker.tasks in the main process before the pool forks, so
+# pool processes inherit it): a job of this node last seen alive before it was held by a previous life
+BOOTED_AT = datetime.now(dt_timezone.utc)
 
 
 def new_lease() -> str:
@@ -62,11 +65,19 @@ def pid_alive(pid) -> bool:
 
 
 def holder_alive(job: Job, hostname: str | None, now=None) -> bool:
-    """Whether the process holding this running job is still there, as far as `hostname` can tell."""
-    if hostname and job.worker == hostname and job.worker_pid:
-        return pid_alive(job.worker_pid)  # same node: the pid answers for certain
-    now = now or timezone.now()
+    """Whether the process holding this running job is still there, as far as `hostname` can tell.
+
+    Seen from the same node (a worker's node names are unique): a job last seen before this worker
+    started belongs to a previous life of it, and one whose pid is gone lost its pool process; both
+    are dead at once. Otherwise (and when the pid exists: in a container a restarted worker can get
+    the same pids) the heartbeat decides."""
     last = job.heartbeat_at or job.started_at or job.created_at
+    if hostname and job.worker == hostname:
+        if last is None or last < BOOTED_AT:
+            return False
+        if job.worker_pid and not pid_alive(job.worker_pid):
+            return False
+    now = now or timezone.now()
     return last is not None and now - last < timedelta(seconds=settings.JOB_HEARTBEAT_TIMEOUT_S)
 
 
@@ -184,6 +195,12 @@ class Reaper:
                 log.warning("reaper on %s settled %d job(s): %s", self.hostname, len(done), done)
         except Exception:
             log.exception("reaper failed")
+        finally:
+            # This thread lives in the worker's main process, which forks pool processes (again after
+            # one is lost). A child forked while a SQLite connection is open inherits SQLite's lock
+            # bookkeeping without the locks, and its writes can corrupt the database ("database disk
+            # image is malformed"): hold no connection between passes.
+            connections.close_all()
 
     def _loop(self) -> None:
         self._once()

@@ -40,6 +40,8 @@ MODELS = {
     "fake-memoryerror": FAKE_ENTRY,
     "fake-nan": FAKE_ENTRY,
     "fake-steps": FAKE_ENTRY,
+    # served by no worker: its jobs stay queued (back-pressure test)
+    "fake-parked": {**FAKE_ENTRY, "queue": "parked"},
     # a real diffusers entry whose checkpoint folder does not exist: its load fails for real
     "broken-model": {"path": "checkpoints/does-not-exist", "pipeline": "ltx", "dtype": "float32",
                      "queue": FAULT_QUEUE, "defaults": {"steps": 2, "width": 32, "height": 32, "frames": 9},
@@ -71,7 +73,9 @@ class Service:
             "JOB_HEARTBEAT_TIMEOUT_S": "4",
             "JOB_REAPER_INTERVAL_S": "1",
             "JOB_MAX_ATTEMPTS": "2",
-            "MAX_QUEUED_PER_OWNER": "100",
+            "MAX_QUEUED_JOBS": "12",
+            "MAX_QUEUED_PER_OWNER": "8",
+            "SUBMISSIONS_PER_MINUTE": "1000",
         })
         self.base = f"http://127.0.0.1:{self.web_port}"
         self.ws = f"ws://127.0.0.1:{self.web_port}/ws/lobby/"
@@ -529,3 +533,77 @@ def test_frozen_worker_taken_for_dead_loses_its_lease_and_stores_nothing(faults)
             os.killpg(frozen.proc.pid, signal.SIGCONT)
         if "w2" in faults.workers:
             faults.stop_worker("w2")
+
+
+def test_queue_caps_answer_queue_full_and_free_up_when_jobs_leave(faults):
+    """MAX_QUEUED_PER_OWNER=8, MAX_QUEUED_JOBS=12 (fixture env); jobs for a queue no worker serves
+    stay queued, so the caps are reached and held."""
+    async def submit(c: Client) -> dict:
+        rid = uuid.uuid4().hex
+        await c.send({"type": "generate", "request_id": rid, "prompt": "parked", "model": "fake-parked"})
+        return await c.until(lambda m: m.get("request_id") == rid and m["type"] in ("queued", "error"), 30)
+
+    async def scenario():
+        async with Client(faults) as a, Client(faults) as b:
+            mine = [await submit(a) for _ in range(8)]
+            assert all(m["type"] == "queued" for m in mine), mine
+            over = await submit(a)
+            assert (over["type"], over["code"]) == ("error", "queue_full"), over
+            assert "8 jobs waiting" in over["message"]
+            others = [await submit(b) for _ in range(4)]
+            assert all(m["type"] == "queued" for m in others), others
+            full = await submit(b)  # 12 queued in all
+            assert (full["type"], full["code"]) == ("error", "queue_full") and "queue is full" in full["message"], full
+            await a.send({"type": "cancel", "job_id": mine[0]["job_id"]})
+            await a.until(lambda m: m.get("job_id") == mine[0]["job_id"] and m["type"] == "cancelled", 10)
+            again = await submit(b)  # a place came free
+            assert again["type"] == "queued", again
+            for c, q in [(a, m) for m in mine[1:]] + [(b, m) for m in others + [again]]:
+                await c.send({"type": "cancel", "job_id": q["job_id"]})
+                await c.until(lambda m: m.get("job_id") == q["job_id"] and m["type"] == "cancelled", 10)
+            status, _, body = http("GET", f"{faults.base}/api/jobs?limit=200")
+            assert not [j for j in json.loads(body)["jobs"] if j["status"] == "queued"]
+    run(scenario())
+
+
+def test_holder_alive_rules_same_node_other_node_and_a_reused_pid():
+    """The reaper's verdicts on unsaved Job rows (no service needed)."""
+    import django
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "videoservice.settings")
+    django.setup()
+    from datetime import timedelta
+
+    from django.test import override_settings
+
+    from videoservice.models import Job
+    from worker import reaper
+
+    now = reaper.BOOTED_AT + timedelta(seconds=10)  # this "worker" has been up for 10 s
+    fresh, stale = now - timedelta(seconds=1), now - timedelta(seconds=9)
+    timeout = override_settings(JOB_HEARTBEAT_TIMEOUT_S=5)
+    timeout.enable()
+    try:
+        _check_holder_rules(reaper, Job, now, fresh, stale)
+    finally:
+        timeout.disable()
+
+
+def _check_holder_rules(reaper, Job, now, fresh, stale) -> None:
+    from datetime import timedelta
+
+    me, other = "w@host", "x@host"
+    live_pid = os.getppid()  # exists, and is not this process
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    assert reaper.holder_alive(Job(worker=me, worker_pid=live_pid, heartbeat_at=fresh), me, now)
+    assert not reaper.holder_alive(Job(worker=me, worker_pid=dead.pid, heartbeat_at=fresh), me, now)  # pool process lost
+    # a previous life of this node: last seen before this worker started, even if the pid exists again
+    before_boot = reaper.BOOTED_AT - timedelta(seconds=1)
+    assert not reaper.holder_alive(Job(worker=me, worker_pid=live_pid, heartbeat_at=before_boot), me,
+                                   reaper.BOOTED_AT + timedelta(seconds=2))
+    # a pid that exists (reused) cannot keep a job whose heartbeat stopped
+    assert not reaper.holder_alive(Job(worker=me, worker_pid=live_pid, heartbeat_at=stale), me, now)
+    # another node: the heartbeat alone decides
+    assert reaper.holder_alive(Job(worker=other, worker_pid=dead.pid, heartbeat_at=fresh), me, now)
+    assert not reaper.holder_alive(Job(worker=other, worker_pid=live_pid, heartbeat_at=stale), me, now)

@@ -462,7 +462,8 @@ def test_redis_restarted_under_load_queued_jobs_survive_and_clients_reconnect(fa
     append-only file: the queued jobs survive and run, the worker reconnects, websocket clients
     are disconnected (told) and reconnect, and what they missed is in the API."""
     async def scenario():
-        async with Client(faults, reconnect=True) as c:
+        async with Client(faults, reconnect=True) as c, Client(faults, reconnect=True) as w1, \
+                Client(faults, reconnect=True) as w2:
             ids = []
             for n in range(6):
                 ids.append((await c.submit(prompt=f"a queued square {n}", seed=n,
@@ -471,9 +472,10 @@ def test_redis_restarted_under_load_queued_jobs_survive_and_clients_reconnect(fa
             faults.kill_redis()
             await asyncio.sleep(2)
             faults.start_redis()
-            # the server closes sockets whose channel layer went away; the client reconnects
-            await c.until(lambda m: m["type"] == "_reconnected", 60)
-            assert c.closes >= 1
+            # the server closes sockets whose channel layer went away; every client reconnects
+            for client in (c, w1, w2):
+                await client.until(lambda m: m["type"] == "_reconnected", 60)
+                assert client.closes >= 1
             deadline = time.monotonic() + 120
             pending = set(ids)
             while pending and time.monotonic() < deadline:
@@ -486,6 +488,8 @@ def test_redis_restarted_under_load_queued_jobs_survive_and_clients_reconnect(fa
             after = await c.submit(prompt="after the restart", **SMALL)
             done = await c.terminal(after["job_id"], 90)
             assert done["type"] == "generation_complete", done
+            for client in (w1, w2):  # the reconnected watchers are in the lobby again
+                await client.terminal(after["job_id"], 30)
             return ids
 
     ids = run(scenario())

@@ -172,6 +172,14 @@ def reap(hostname: str | None = None) -> dict:
     return done
 
 
+# Held by a reaper pass and around every fork of this process: a pool process is never forked while
+# the reaper thread has a database connection open.
+_FORK_LOCK = threading.Lock()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_FORK_LOCK.acquire, after_in_parent=_FORK_LOCK.release,
+                        after_in_child=_FORK_LOCK.release)
+
+
 class Reaper:
     """reap() now and then every JOB_REAPER_INTERVAL_S on a daemon thread (one per worker)."""
 
@@ -188,19 +196,21 @@ class Reaper:
         self.stopped.set()
 
     def _once(self) -> None:
-        try:
-            close_old_connections()
-            done = reap(self.hostname)
-            if done:
-                log.warning("reaper on %s settled %d job(s): %s", self.hostname, len(done), done)
-        except Exception:
-            log.exception("reaper failed")
-        finally:
-            # This thread lives in the worker's main process, which forks pool processes (again after
-            # one is lost). A child forked while a SQLite connection is open inherits SQLite's lock
-            # bookkeeping without the locks, and its writes can corrupt the database ("database disk
-            # image is malformed"): hold no connection between passes.
-            connections.close_all()
+        # no fork while a pass holds a database connection (see _FORK_LOCK)
+        with _FORK_LOCK:
+            try:
+                close_old_connections()
+                done = reap(self.hostname)
+                if done:
+                    log.warning("reaper on %s settled %d job(s): %s", self.hostname, len(done), done)
+            except Exception:
+                log.exception("reaper failed")
+            finally:
+                # This thread lives in the worker's main process, which forks pool processes (again
+                # after one is lost). A child forked while a SQLite connection is open inherits
+                # SQLite's lock bookkeeping without the locks, and its writes can corrupt the database
+                # ("database disk image is malformed"): hold no connection between passes.
+                connections.close_all()
 
     def _loop(self) -> None:
         self._once()

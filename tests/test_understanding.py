@@ -41,6 +41,14 @@ def test_sample_frames_picks_evenly_spaced_frames_from_a_video():
     assert np.abs(sampled.reshape(8, -1).mean(1) - expected).max() < 4  # H.264 keeps flat greys close
 
 
+def test_sample_frames_of_a_webm_whose_frame_count_is_not_stated():
+    levels = np.arange(20) * 12
+    frames = np.repeat(levels.astype(np.uint8)[:, None, None, None], 32, axis=1).repeat(32, 2).repeat(3, 3)
+    sampled = sample_frames(encode_video(frames, 8, fmt="webm"), count=8)
+    expected = levels[np.linspace(0, 19, 8).round().astype(int)]
+    assert np.abs(sampled.reshape(8, -1).mean(1) - expected).max() < 6
+
+
 def test_sample_frames_refuses_a_file_that_is_not_a_video():
     with pytest.raises(DescribeError, match="not a readable video"):
         sample_frames(b"GIF89a this is not a video at all" * 10)

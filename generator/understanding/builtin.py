@@ -14,12 +14,13 @@ from typing import Optional
 import numpy as np
 
 from generator.builtin import world
-from generator.evaluate import analyse, foreground
+from generator.evaluate import analyse, classify_shape, foreground
 from generator.interface import Cancelled
 from generator.understanding.base import Describer, Description
 
 ATTRIBUTES = ("colour", "shape", "direction")
 MIN_COLOUR_SHARE = 0.25  # a colour covering less than this share of the largest one is edge noise
+UNOCCLUDED_SHARE = 0.9  # shapes are read in frames where their area is near its largest (not covered)
 STILL_SPEED = 0.3  # pixels per frame on the 64-pixel canvas
 
 # every phrasing of a direction the world's captions use (training and held-out), longest first
@@ -82,15 +83,23 @@ def analyse_scene(frames: np.ndarray) -> list:
     for index in np.argsort(-areas):
         if areas[index] < MIN_COLOUR_SHARE * areas.max():
             break
-        only_this = np.where((labels == index)[..., None], frames, 0).astype(np.uint8)
-        found = analyse(only_this)
+        mine = labels == index
+        found = analyse(np.where(mine[..., None], frames, 0).astype(np.uint8))
         if found["shape"] is None:
             continue
         if found["speed"] < STILL_SPEED:
             found["direction"] = None
-        objects.append({"colour": names[index], "shape": found["shape"], "direction": found["direction"],
+        objects.append({"colour": names[index], "shape": _unoccluded_shape(mine), "direction": found["direction"],
                         "speed": round(found["speed"], 3)})
     return objects
+
+
+def _unoccluded_shape(mask: np.ndarray) -> str:
+    """Majority shape over the frames where this shape shows (nearly) whole: another shape passing
+    over it cuts its outline, which reads as a triangle."""
+    areas = mask.sum(axis=(1, 2))
+    whole = [classify_shape(m) for m, area in zip(mask, areas) if area and area >= UNOCCLUDED_SHARE * areas.max()]
+    return max(set(whole), key=whole.count)
 
 
 def _phrase(obj: dict) -> str:

@@ -60,7 +60,9 @@ class SmolVLMDescriber(Describer):
         messages = [{"role": "user", "content": [{"type": "image"} for _ in images]
                      + [{"type": "text", "text": question or CAPTION_INSTRUCTION}]}]
         prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True)
-        inputs = self.processor(text=prompt, images=[images], return_tensors="pt")
+        # one global view per frame, as SmolVLM2 reads videos (splitting each frame in tiles would
+        # multiply its image tokens ~17 times)
+        inputs = self.processor(text=prompt, images=[images], do_image_splitting=False, return_tensors="pt")
         inputs.pop("token_type_ids", None)  # BERT-style tokenizers add it; the language models take none
         inputs = {k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
                   for k, v in inputs.items()}

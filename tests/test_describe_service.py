@@ -112,3 +112,20 @@ def test_describe_refuses_bad_input_clearly(live_service):
             assert refused["code"] == "unknown_model" and "builtin" in refused["message"], refused
             await client.ping_ok()
     run(scenario())
+
+
+def test_a_queued_describe_job_can_be_cancelled(live_service):
+    async def scenario():
+        async with Client(live_service) as client:
+            # the one worker process is busy with this generation, so the describe job waits
+            busy = await client.submit(prompt="a red circle moving left", **(SMALL | {"steps": 40}))
+            await client.until(lambda m: m.get("job_id") == busy["job_id"] and m["type"] == "started", 60)
+            queued = await describe(client, video=clip_b64())
+            assert queued["type"] == "queued", queued
+            await client.send({"type": "cancel", "job_id": queued["job_id"]})
+            events = await describe_events(client, queued["job_id"], timeout=30)
+            assert events[-1]["type"] == "cancelled", events
+            await client.events_for(busy["job_id"], timeout=120)
+            row = wait_job(live_service["base"], queued["job_id"])
+            assert row["status"] == "cancelled" and row["result"] is None, row
+    run(scenario())

@@ -36,6 +36,7 @@ VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".avi")
 CHANGE_LEVEL = 12.0  # a pixel "moves" when a channel changes by more than this (0..255): above codec noise
 DYNAMIC_THRESHOLD = 0.002  # clips whose moving fraction exceeds this count as dynamic
 SUBJECT_LEVEL = 40.0  # foreground: a pixel this far (max over channels) from the border colour
+METRICS_MAX_SIDE = 256  # video_metrics averages larger frames down to this (memory: 121 frames of 768x512)
 
 Embedder = Callable[[np.ndarray], np.ndarray]  # T x H x W x 3 uint8 -> T x D
 
@@ -178,8 +179,9 @@ def background_consistency(frames: np.ndarray, embed: Embedder | None = None) ->
 
 
 def video_metrics(frames: np.ndarray, embed: Embedder | None = None) -> dict:
-    """Every single-video metric of this module, rounded for messages and tables."""
-    frames = _check(frames)
+    """Every single-video metric of this module, rounded for messages and tables; frames larger
+    than METRICS_MAX_SIDE are averaged down by an integer factor first."""
+    frames = _downscale(_check(frames), METRICS_MAX_SIDE)
     values = {
         "temporal_consistency": temporal_consistency(frames, embed),
         "motion_smoothness": motion_smoothness(frames),
@@ -198,6 +200,19 @@ def _check(frames) -> np.ndarray:
     if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
         raise ValueError(f"expected frames T x H x W x 3, got shape {frames.shape}")
     return frames
+
+
+def _downscale(frames: np.ndarray, max_side: int) -> np.ndarray:
+    t, h, w, c = frames.shape
+    factor = -(-max(h, w) // max_side)
+    if factor <= 1:
+        return frames
+    h, w = h // factor, w // factor
+    out = np.empty((t, h, w, c), dtype=np.uint8)
+    for i, frame in enumerate(frames):  # one frame at a time: float copies of a whole long video are large
+        block = frame[: h * factor, : w * factor].reshape(h, factor, w, factor, c).astype(np.float32)
+        out[i] = block.mean(axis=(1, 3)).round().astype(np.uint8)
+    return out
 
 
 def _pool(frames: np.ndarray, size: int) -> np.ndarray:

@@ -136,3 +136,11 @@ def test_local_clip_embedder_from_a_saved_tiny_checkpoint(tmp_path, monkeypatch)
 def test_missing_clip_folder_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="VIDEO_METRICS_CLIP_PATH"):
         metrics.ClipEmbedder(str(tmp_path / "nowhere"))
+
+
+def test_video_metrics_of_large_frames_match_their_downscaled_copy():
+    small = clip(size=128)
+    large = small.repeat(3, axis=1).repeat(3, axis=2)  # 384x384: averaged back down by 2 -> 192x192
+    big, ref = metrics.video_metrics(large), metrics.video_metrics(small)
+    assert big["dynamic"] == ref["dynamic"] and big["dynamic_degree"] == pytest.approx(ref["dynamic_degree"], abs=0.01)
+    assert big["motion_smoothness"] == pytest.approx(ref["motion_smoothness"], abs=0.005)

@@ -91,7 +91,7 @@ class Proc:
 @pytest.fixture(scope="session")
 def live_service(tmp_path_factory):
     if shutil.which("redis-server") is None:
-        pytest.skip("redis-server not installed (apt-get install redis-server)")
+        pytest.fail("redis-server not installed (apt-get install redis-server; scripts/test.sh does)")
     tmp = tmp_path_factory.mktemp("service")
     redis_port, web_port = free_port(), free_port()
     env = dict(os.environ)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import time
 
-from tests.test_browser import browser, playwright_api, pytestmark  # noqa: F401  (fixture, skip marks)
+from tests.test_browser import browser, playwright_api  # noqa: F401  (fixture)
 
 BLOCK_WEBSOCKET = """
 window.WebSocket = class { constructor() { throw new Error("websocket blocked by the test"); } };

@@ -14,8 +14,6 @@ import sys
 import numpy as np
 import pytest
 
-pytest.importorskip("diffusers")
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tiny_checkpoints  # noqa: E402
 

@@ -21,8 +21,6 @@ from generator.encode import decode_video
 from tests.conftest import BIN, TINY_LTX, TINY_LTX_QUEUE, Proc, http
 from tests.test_service import TERMINAL, Client, run
 
-pytest.importorskip("diffusers")
-
 WORKER_NAME = "test-tiny-ltx"
 JOB = {"model": TINY_LTX, "num_frames": 9, "width": 32, "height": 32, "steps": 2, "seed": 5, "fps": 8}
 

@@ -304,7 +304,7 @@ def test_faked_oom_fails_the_job_and_the_worker_serves_the_next(faults):
     run(scenario())
 
 
-def test_nan_output_fails_the_job_and_the_worker_serves_the_next(faults):
+def test_faked_nan_output_fails_the_job_and_the_worker_serves_the_next(faults):
     async def scenario():
         async with Client(faults) as c:
             failed = await _fails_then_next_succeeds(faults, c, {"prompt": "x", "model": "fake-nan"},
@@ -350,7 +350,7 @@ KILL_JOB = {"model": "fake-steps", "num_frames": 9, "width": 64, "height": 64, "
 KILL_PLAN = [1, 2, 1, 1, 2, 1, 1, 2, 1, 1, 2, 1, 1, 2, 1]
 
 
-def test_worker_sigkilled_mid_job_20_times_every_job_settles_and_subscribers_are_told(faults):
+def test_worker_sigkilled_mid_job_20_times_on_a_stand_in_model_every_job_settles_and_subscribers_are_told(faults):
     assert sum(KILL_PLAN) == 20
     kills = []
 

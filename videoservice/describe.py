@@ -9,14 +9,12 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import logging
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.http import JsonResponse
-from django.utils import timezone
 from django.views.decorators.http import require_http_methods
 
 from videoservice import jobs, limits
@@ -25,7 +23,6 @@ from videoservice.views import api, read_json_body, viewer_of
 from videoservice.validation import (INVALID_FIELD, MISSING_FIELD, QUEUE_FULL, UNAVAILABLE, UNKNOWN_MODEL,
                                      RequestError, _utf8, check_fields, request_id_of, validate_job_id)
 
-log = logging.getLogger(__name__)
 DESCRIBE_FIELDS = {"type", "job_id", "video", "question", "model", "request_id", "private"}
 VIDEO_INVALID = "video_invalid"
 MAX_QUESTION_CHARS = 500
@@ -119,16 +116,7 @@ def create_describe_job(req: DescribeRequest, owner: str, user=None) -> tuple:
         prompt=req.question or "", model=req.describer, params=params, private=req.private)
     if req.video is not None:
         job.input_video.save("input.mp4", ContentFile(req.video), save=True)
-    try:
-        from worker.tasks import describe_video
-
-        describe_video.apply_async(args=[str(job.id)], task_id=str(job.id))
-    except Exception as exc:  # broker down
-        log.exception("could not enqueue describe job %s", job.id)
-        Job.objects.filter(pk=job.pk).update(status=Job.Status.FAILED, error=f"could not be queued: {exc}",
-                                             finished_at=timezone.now())
-        raise RequestError(UNAVAILABLE, "the job queue is unavailable; try again later", status=503) from None
-    Job.objects.filter(pk=job.pk).update(task_id=str(job.id))
+    jobs.send_to_queue(job)
     return job, jobs.queue_position(job)
 
 

@@ -49,17 +49,23 @@ def create_job(req: GenerateRequest, owner: str, user=None) -> tuple:
     )
     if req.image_png is not None:
         job.input_image.save("start.png", ContentFile(req.image_png), save=True)
-    try:
-        from worker.tasks import generate_video
+    send_to_queue(job)
+    return job, queue_position(job)
 
-        generate_video.apply_async(args=[str(job.id)], kwargs={"model": job.model}, task_id=str(job.id))
+
+def send_to_queue(job: Job) -> None:
+    """Enqueue a saved job's task (task id = job id); with the broker down the job fails and the
+    caller gets `unavailable`."""
+    try:
+        from worker.tasks import enqueue
+
+        enqueue(job)
     except Exception as exc:  # broker down
-        log.exception("could not enqueue job %s", job.id)
+        log.exception("could not enqueue %s job %s", job.kind, job.id)
         Job.objects.filter(pk=job.pk).update(status=Job.Status.FAILED, error=f"could not be queued: {exc}",
                                              finished_at=timezone.now())
         raise RequestError(UNAVAILABLE, "the job queue is unavailable; try again later", status=503) from None
     Job.objects.filter(pk=job.pk).update(task_id=str(job.id))
-    return job, queue_position(job)
 
 
 def visible_jobs(viewer: str | None, staff: bool = False):

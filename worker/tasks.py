@@ -210,8 +210,23 @@ def _run(job_id: str, hostname: str, held=None) -> dict:
         job.refresh_from_db()
         return {"job_id": job_id, "status": job.status}
     reaper.heartbeat.hold(job.pk, lease)
+    from generator.interface import Cancelled
+
     try:
         return (held or _run_held)(job, job_id, hostname)
+    except Cancelled:
+        if _finish(job, Job.Status.CANCELLED, error="cancelled while running"):
+            send_event(job, "cancelled")
+        return {"job_id": job_id, "status": "cancelled"}
+    except LeaseLost:
+        log.warning("%s job %s was handed to another worker while this one ran it; result dropped", job.kind, job_id)
+        return {"job_id": job_id, "status": "lease_lost"}
+    except SoftTimeLimitExceeded:
+        return _fail(job, f"time limit exceeded ({settings.CELERY_TASK_SOFT_TIME_LIMIT} s)")
+    except Exception as exc:
+        log.exception("%s job %s failed", job.kind, job_id)
+        _fail(job, f"internal error: {type(exc).__name__}: {exc}")
+        raise
     finally:
         reaper.heartbeat.release()
 
@@ -303,29 +318,19 @@ def _run_held(job: Job, job_id: str, hostname: str) -> dict:
                    private=job.private, evaluation=evaluation)
         return {"job_id": job_id, "status": "succeeded", "url": job.url, "elapsed_s": job.elapsed_s,
                 "size_bytes": len(data)}
-    except Cancelled:
-        if _finish(job, Job.Status.CANCELLED, error="cancelled while running"):
-            send_event(job, "cancelled")
-        return {"job_id": job_id, "status": "cancelled"}
-    except LeaseLost:
-        log.warning("job %s was handed to another worker while this one ran it; result dropped", job_id)
-        return {"job_id": job_id, "status": "lease_lost"}
     except GenerationError as exc:
         return _fail(job, str(exc) or "generation failed")
-    except SoftTimeLimitExceeded:
-        return _fail(job, f"time limit exceeded ({settings.CELERY_TASK_SOFT_TIME_LIMIT} s)")
     except Exception as exc:
-        if _is_oom(exc):  # the worker survives it: free what the failed run held and take the next job
-            detail = f"{type(exc).__name__}: {exc}"
-            del exc
-            _free_memory()
-            log.warning("job %s ran out of memory: %s", job_id, detail)
-            return _fail(job, f"out of memory running model {job.model} at {p.get('width')}x{p.get('height')}, "
-                              f"{p.get('num_frames')} frames ({detail[:300]}); try fewer frames or a smaller size",
-                         retriable=True)
-        log.exception("job %s failed", job_id)
-        _fail(job, f"internal error: {type(exc).__name__}: {exc}")
-        raise
+        if not _is_oom(exc):
+            raise  # _run settles it
+        # the worker survives it: free what the failed run held and take the next job
+        detail = f"{type(exc).__name__}: {exc}"
+        del exc
+        _free_memory()
+        log.warning("job %s ran out of memory: %s", job_id, detail)
+        return _fail(job, f"out of memory running model {job.model} at {p.get('width')}x{p.get('height')}, "
+                          f"{p.get('num_frames')} frames ({detail[:300]}); try fewer frames or a smaller size",
+                     retriable=True)
 
 
 # ---------------------------------------------------------------- evaluation and describe jobs
@@ -425,21 +430,8 @@ def _describe_held(job: Job, job_id: str, hostname: str) -> dict:
         send_event(job, "description_complete", kind=job.kind, model=job.model, source_job_id=source_id,
                    question=p.get("question"), elapsed_s=elapsed, private=job.private, **result)
         return {"job_id": job_id, "status": "succeeded", "caption": result["caption"], "answer": result["answer"]}
-    except Cancelled:
-        if _finish(job, Job.Status.CANCELLED, error="cancelled while running"):
-            send_event(job, "cancelled")
-        return {"job_id": job_id, "status": "cancelled"}
-    except LeaseLost:
-        log.warning("describe job %s was handed to another worker while this one ran it; result dropped", job_id)
-        return {"job_id": job_id, "status": "lease_lost"}
     except DescribeError as exc:
         return _fail(job, str(exc) or "describe failed")
-    except SoftTimeLimitExceeded:
-        return _fail(job, f"time limit exceeded ({settings.CELERY_TASK_SOFT_TIME_LIMIT} s)")
-    except Exception as exc:
-        log.exception("describe job %s failed", job_id)
-        _fail(job, f"internal error: {type(exc).__name__}: {exc}")
-        raise
 
 
 # ---------------------------------------------------------------- the reaper (worker main process)

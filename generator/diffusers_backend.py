@@ -69,7 +69,7 @@ class DiffusersBackend(Backend):
         self.device = pick_device()
         self.dtype = TORCH_DTYPES[config.dtype]
         self.applied: dict = {}  # memory/speed options actually in effect (for logs, bench, /api)
-        self._preview_map: Optional[tuple] = None  # (W [C x 3], b [3]) torch float32 on CPU
+        self._preview_map: Optional[tuple] = None  # (W [C x 3], b [3]) torch float32
         self._preview_ready = False
 
     # ------------------------------------------------------------------ loading
@@ -103,7 +103,11 @@ class DiffusersBackend(Backend):
         if len(cfg.kinds) == 2:
             second = cfg.kinds[1]
             self._check_pair(pipe)
-            other = getattr(diffusers, KINDS[second][2]).from_pipe(pipe)  # shares every component
+            # Shares every component. diffusers 0.42's from_pipe casts the shared components to float32
+            # unless given a dtype (a bf16 LTX ran 8x slower), so name it and put a separate VAE dtype back.
+            other = getattr(diffusers, KINDS[second][2]).from_pipe(pipe, dtype=self.dtype)
+            if cfg.vae_dtype:
+                pipe.vae.to(dtype=TORCH_DTYPES[cfg.vae_dtype])
             other.set_progress_bar_config(disable=True)
             self.pipes[second] = other
         self._apply_memory_options(pipe)
@@ -262,13 +266,13 @@ class DiffusersBackend(Backend):
                                          pipe.transformer_temporal_patch_size)
             elif family == "cogvideox":  # [B, F, C, H, W]
                 z = z.permute(0, 2, 1, 3, 4)
-            z = z[0].float().cpu()  # C x F x H x W
+            z = z[0].float()  # C x F x H x W, on the pipeline's device: only the small uint8 preview is copied back
             if self._preview_map is not None and self._preview_map[0].shape[0] == z.shape[0]:
-                weight, bias = self._preview_map
+                weight, bias = (t.to(z.device) for t in self._preview_map)
                 rgb = torch.einsum("cfhw,cd->fhwd", z, weight) + bias
             else:
                 rgb = z.mean(0, keepdim=True).permute(1, 2, 3, 0).repeat(1, 1, 1, 3) * 0.5
-            frames = ((rgb.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+            frames = ((rgb.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
             scale = max(1, PREVIEW_LONG_SIDE // max(frames.shape[1:3]))
             return np.ascontiguousarray(frames.repeat(scale, axis=1).repeat(scale, axis=2))
         except Exception as exc:  # noqa: BLE001

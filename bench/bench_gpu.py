@@ -15,8 +15,10 @@ numbers are denoising + VAE decode, not T5-XXL.
 Per variant: seconds per denoising step (median of step intervals measured in the step callback
 after a CUDA sync), total seconds for one clip, peak GPU memory (torch.cuda.max_memory_allocated),
 after one untimed warm-up run (compile time is reported separately).
-Variants: bf16 (baseline), fp16, compile (regional torch.compile of the transformer, bf16),
-cache (FirstBlockCache threshold 0.05, bf16), tiling (VAE tiling, bf16), service (the same bf16
+Variants: bf16 (baseline), steps20 (bf16 at 20 steps, the setting of the published speed claim's
+class of runs), fp16, compile (regional torch.compile of the transformer, bf16), cache (FirstBlockCache
+threshold 0.05, bf16), cudnn (diffusers attention backend _native_cudnn), tiling (VAE tiling, bf16),
+offload (model CPU offload, for small cards), service (the same bf16
 checkpoint saved to disk, configured as a model, run through registry -> DiffusersBackend ->
 MP4 encode, compared with the bare pipeline: overhead ratio). The service variant does NOT
 include Django/Channels/Celery hops (queue wait, progress broadcasts): those are a few ms per
@@ -28,6 +30,7 @@ Never prints made-up numbers.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -40,7 +43,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-VARIANTS = ("bf16", "fp16", "compile", "cache", "tiling", "service")
+# In the order they run: the most telling first, so a run cut short still answers the main questions.
+VARIANTS = ("bf16", "steps20", "service", "cache", "fp16", "cudnn", "tiling", "offload", "compile")
+DENSE_BF16_TFLOPS = 989  # NVIDIA's H100 SXM / H200 spec sheet, dense (no sparsity)
 PUBLISHED = "LTX-Video: 768x512, 121 frames (5 s at 24 fps) in about 2 s on one H100 (published claim)"
 
 TINY = {  # the same classes, CPU-sized (smoke run)
@@ -86,6 +91,25 @@ def sync():
         torch.cuda.synchronize()
 
 
+def flops_per_step(pipe, args) -> float:
+    """FLOPs of one denoising step (classifier-free guidance included), counted by torch's FlopCounterMode
+    on a real 1-step call that stops at the latents (no VAE decode). The 1-layer text encoder adds <0.1%."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        pipe(**dict(args, num_inference_steps=1, output_type="latent", generator=torch.Generator(
+            pipe._execution_device).manual_seed(0)))
+    return float(counter.get_total_flops())
+
+
+def free_memory():
+    """Pipelines hold reference cycles: collect them, or the next variant's peak memory includes this one."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def timed_call(pipe, args, step_times):
     def on_step(p, i, t, kwargs):
         sync()
@@ -128,16 +152,15 @@ def measure(pipe, args, label, warmup=True):
     return row
 
 
-def service_row(pipe, args, tiny, workdir):
-    """Save the bf16 pipeline as a checkpoint, configure it, run it through registry -> backend -> MP4."""
+def service_row(path, args, workdir, label="service", memory=None):
+    """Configure the saved bf16 checkpoint at `path` and run it through registry -> backend -> MP4."""
     from generator import interface
     from generator.encode import encode_video
     from generator.interface import GenerationRequest
     from generator.registry_setup import register_configured_models
 
-    path = os.path.join(workdir, "ltx-random")
-    pipe.save_pretrained(path)
     config = {"bench-ltx": {"path": path, "pipeline": ["ltx", "ltx-i2v"], "dtype": "bfloat16",
+                            "memory": memory or {},
                             "defaults": {"steps": args["num_inference_steps"], "width": args["width"],
                                          "height": args["height"], "frames": args["num_frames"], "fps": 24},
                             "limits": {"min_size": 32, "max_frames": 257}}}
@@ -161,13 +184,15 @@ def service_row(pipe, args, tiny, workdir):
     t1 = time.perf_counter()
     mp4 = encode_video(result.frames, result.fps)
     enc_s = time.perf_counter() - t1
-    row = {"variant": "service", "total_s": gen_s + enc_s, "generate_s": gen_s, "encode_mp4_s": enc_s,
+    row = {"variant": label, "total_s": gen_s + enc_s, "applied": dict(backend.applied), "generate_s": gen_s, "encode_mp4_s": enc_s,
            "load_s": load_s, "mp4_bytes": len(mp4),
            "s_per_step": float(statistics.median(np.diff(previews))) if len(previews) > 2 else None,
            "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
            "frames_shape": list(result.frames.shape)}
     backend.unload()
     interface._resident.pop("bench-ltx", None)
+    del backend
+    free_memory()
     return row
 
 
@@ -205,27 +230,39 @@ def main(argv=None) -> int:
                 generator=None, max_sequence_length=128)
     rows = []
 
-    def run(label, dtype, setup=None, teardown=None):
-        if label not in variants:
-            return
-        pipe = build_pipeline(tiny, device, dtype)
+    def record(*new_rows):
+        rows.extend(new_rows)
+        for row in new_rows:
+            print(json.dumps(row), flush=True)
+        if opts.json:  # rewritten after every variant: a run cut short keeps what it measured
+            with open(opts.json, "w") as fh:
+                json.dump({"device": torch.cuda.get_device_name() if cuda else "cpu", "tiny": tiny,
+                           "torch": torch.__version__, "setting": {"width": opts.width, "height": opts.height,
+                                                                  "frames": opts.frames, "steps": opts.steps},
+                           "rows": rows}, fh, indent=2)
+
+    def run(label, dtype, setup=None, steps=None, build_on=None):
+        pipe = None
         try:
+            pipe = build_pipeline(tiny, build_on or device, dtype)
             if setup is not None:
                 note = setup(pipe)
                 if note:
-                    print(f"{label}: skipped: {note}")
-                    rows.append({"variant": label, "skipped": note})
+                    record({"variant": label, "skipped": note})
                     return
-            args["generator"] = torch.Generator(device).manual_seed(0)
-            row = measure(pipe, args, label)
-            rows.append(row)
-            print(json.dumps(row))
+            call = dict(args, generator=torch.Generator(device).manual_seed(0))
+            if steps:
+                call["num_inference_steps"] = steps
+            row = measure(pipe, call, label)
+            if label == "bf16":
+                row["tflop_per_step"] = flops_per_step(pipe, call) / 1e12
+                row["achieved_tflops"] = row["tflop_per_step"] / row["s_per_step"]
+            record(row)
+        except Exception as exc:  # one failing option must not cost the other measurements
+            record({"variant": label, "error": f"{type(exc).__name__}: {exc}"[:500]})
         finally:
-            if teardown is not None:
-                teardown(pipe)
             del pipe
-            if cuda:
-                torch.cuda.empty_cache()
+            free_memory()
 
     def compile_setup(pipe):
         if not cuda:
@@ -237,45 +274,71 @@ def main(argv=None) -> int:
 
         pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.05))
 
-    run("bf16", torch.bfloat16)
-    run("fp16", torch.float16)
-    run("compile", torch.bfloat16, compile_setup)
-    run("cache", torch.bfloat16, cache_setup)
-    run("tiling", torch.bfloat16, lambda p: p.vae.enable_tiling())
-    if "service" in variants:
+    def cudnn_setup(pipe):
+        if not cuda:
+            return "the cuDNN attention backend needs a GPU"
+        pipe.transformer.set_attention_backend("_native_cudnn")
+
+    def offload_setup(pipe):
+        if not cuda:
+            return "model CPU offload needs a GPU"
+        pipe.enable_model_cpu_offload()
+
+    def service_variant():
+        """The bare bf16 pipeline, then the same weights as a configured model through the service's backend,
+        as configured by default and with memory.compile = "regional"."""
         with tempfile.TemporaryDirectory() as workdir:
             pipe = build_pipeline(tiny, device, torch.bfloat16)
-            bare_args = dict(args, generator=torch.Generator(device).manual_seed(0))
-            bare = measure(pipe, bare_args, "bare-for-service")
-            try:
-                service = service_row(pipe.to("cpu"), args, tiny, workdir)
-            finally:
-                del pipe
-                if cuda:
-                    torch.cuda.empty_cache()
+            bare = measure(pipe, dict(args, generator=torch.Generator(device).manual_seed(0)), "bare-for-service")
+            record(bare)
+            path = os.path.join(workdir, "ltx-random")
+            pipe.save_pretrained(path)
+            del pipe
+            free_memory()
+            service = service_row(path, args, workdir)
             service["overhead_ratio"] = service["total_s"] / bare["total_s"]
-            rows += [bare, service]
-            print(json.dumps(bare))
-            print(json.dumps(service))
+            record(service)
+            if cuda and "compile" in variants:
+                compiled = service_row(path, args, workdir, "service-compile", {"compile": "regional"})
+                compiled["overhead_ratio"] = compiled["total_s"] / bare["total_s"]
+                record(compiled)
 
-    print()
-    print(f"{'variant':18} {'s/step':>8} {'total s':>8} {'peak GiB':>9}")
-    for row in rows:
-        if "skipped" in row:
-            print(f"{row['variant']:18} skipped: {row['skipped']}")
+    for label in variants:
+        if label == "service":
+            try:
+                service_variant()
+            except Exception as exc:
+                record({"variant": "service", "error": f"{type(exc).__name__}: {exc}"[:500]})
             continue
-        sps = row.get("s_per_step")
-        peak = row.get("peak_gpu_gib")
-        print(f"{row['variant']:18} {'-' if sps is None else f'{sps:.3f}':>8} {row['total_s']:8.2f} "
+        dtype = torch.float16 if label == "fp16" else torch.bfloat16
+        setup = {"compile": compile_setup, "cache": cache_setup, "cudnn": cudnn_setup, "offload": offload_setup,
+                 "tiling": lambda p: p.vae.enable_tiling()}.get(label)
+        run(label, dtype, setup, steps=20 if label == "steps20" else None,
+            build_on="cpu" if label == "offload" else None)
+
+    base = next((r for r in rows if r["variant"] == "bf16" and "s_per_step" in r), None)
+    print()
+    print(f"{'variant':18} {'s/step':>8} {'step x':>7} {'total s':>8} {'total x':>8} {'peak GiB':>9}")
+    for row in rows:
+        if "skipped" in row or "error" in row:
+            print(f"{row['variant']:18} {'skipped' if 'skipped' in row else 'FAILED'}: {row.get('skipped') or row['error']}")
+            continue
+        sps, peak, total = row.get("s_per_step"), row.get("peak_gpu_gib"), row["total_s"]
+        step_x = f"{base['s_per_step'] / sps:.2f}" if base and sps else "-"  # speed-up over bf16 (>1 is faster)
+        total_x = f"{base['total_s'] / total:.2f}" if base and row["variant"] != "steps20" else "-"
+        print(f"{row['variant']:18} {'-' if sps is None else f'{sps:.3f}':>8} {step_x:>7} {total:8.2f} {total_x:>8} "
               f"{'-' if peak is None else f'{peak:9.2f}'}")
+    if base and "tflop_per_step" in base:
+        print(f"\nbf16: {base['tflop_per_step']:.1f} TFLOP per step (classifier-free guidance: 2 sequences), "
+              f"{base['achieved_tflops']:.0f} TFLOP/s achieved = {base['achieved_tflops'] / DENSE_BF16_TFLOPS:.0%} "
+              f"of the H100/H200 SXM dense BF16 spec ({DENSE_BF16_TFLOPS} TFLOP/s)")
+        for row in rows:
+            if row.get("variant") in ("compile", "service", "service-compile") and row.get("s_per_step"):
+                achieved = base["tflop_per_step"] / row["s_per_step"]
+                print(f"{row['variant']}: {achieved:.0f} TFLOP/s = {achieved / DENSE_BF16_TFLOPS:.0%} of spec")
     print(f"\nreference: {PUBLISHED}")
     if not cuda:
         print("no GPU numbers were produced in this run.")
-    if opts.json:
-        with open(opts.json, "w") as fh:
-            json.dump({"device": torch.cuda.get_device_name() if cuda else "cpu", "tiny": tiny,
-                       "setting": {"width": opts.width, "height": opts.height, "frames": opts.frames,
-                                   "steps": opts.steps}, "rows": rows}, fh, indent=2)
     return 0
 
 

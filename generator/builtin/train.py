@@ -110,6 +110,16 @@ def save_loss_curve(losses: list, path: str) -> None:
     plt.close(fig)
 
 
+def learning_rate(args, step: int) -> float:
+    """Linear warm-up, then constant or a cosine decay to lr * lr_min_ratio at --steps."""
+    warm = min(1.0, (step + 1) / args.warmup)
+    if args.lr_schedule == "constant":
+        return args.lr * warm
+    progress = min(1.0, max(0, step - args.warmup) / max(1, args.steps - args.warmup))
+    cosine = args.lr_min_ratio + (1 - args.lr_min_ratio) * 0.5 * (1 + np.cos(np.pi * progress))
+    return float(args.lr * warm * cosine)
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -182,7 +192,7 @@ def train(args) -> dict:
         snr = a.flatten() / (1 - a.flatten())
         per_clip = (predicted - clips).pow(2).mean(dim=(1, 2, 3, 4))
         loss = (per_clip * snr.clamp(LOSS_WEIGHT_MIN, LOSS_WEIGHT_MAX)).mean()
-        lr = args.lr * min(1.0, (state["step"] + 1) / args.warmup)
+        lr = learning_rate(args, state["step"])
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.zero_grad(set_to_none=True)
@@ -217,6 +227,9 @@ def parse_args(argv=None):
     parser.add_argument("--channels", type=int, nargs=3, default=[64, 128, 256])
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+                        help="after warm-up: constant, or cosine decay to lr * --lr-min-ratio at --steps")
+    parser.add_argument("--lr-min-ratio", type=float, default=0.1)
     parser.add_argument("--ema", type=float, default=0.999)
     parser.add_argument("--ckpt-every", type=int, default=250)
     parser.add_argument("--seed", type=int, default=0)

@@ -127,13 +127,11 @@ def timed_call(pipe, args, step_times):
     return out, total
 
 
-def measure(pipe, args, label, warmup=True):
-    if warmup:
-        t0 = time.perf_counter()
-        timed_call(pipe, dict(args, num_inference_steps=2), [])
-        warm = time.perf_counter() - t0
-    else:
-        warm = None
+def measure(pipe, args, label):
+    """One untimed 2-step warm-up call (compiles, allocates), then the timed call."""
+    t0 = time.perf_counter()
+    timed_call(pipe, dict(args, num_inference_steps=2), [])
+    warm = time.perf_counter() - t0
     steps = []
     out, total = timed_call(pipe, args, steps)
     intervals = np.diff(steps)
@@ -328,7 +326,7 @@ def main(argv=None) -> int:
         total_x = f"{base['total_s'] / total:.2f}" if base and row["variant"] != "steps20" else "-"
         print(f"{row['variant']:18} {'-' if sps is None else f'{sps:.3f}':>8} {step_x:>7} {total:8.2f} {total_x:>8} "
               f"{'-' if peak is None else f'{peak:9.2f}'}")
-    if base and "tflop_per_step" in base:
+    if cuda and base and "tflop_per_step" in base:  # a share of a GPU spec means nothing for the CPU smoke run
         print(f"\nbf16: {base['tflop_per_step']:.1f} TFLOP per step (classifier-free guidance: 2 sequences), "
               f"{base['achieved_tflops']:.0f} TFLOP/s achieved = {base['achieved_tflops'] / DENSE_BF16_TFLOPS:.0%} "
               f"of the H100/H200 SXM dense BF16 spec ({DENSE_BF16_TFLOPS} TFLOP/s)")

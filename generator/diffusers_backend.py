@@ -69,7 +69,7 @@ class DiffusersBackend(Backend):
         self.device = pick_device()
         self.dtype = TORCH_DTYPES[config.dtype]
         self.applied: dict = {}  # memory/speed options actually in effect (for logs, bench, /api)
-        self._preview_map: Optional[tuple] = None  # (W [C x 3], b [3]) torch float32
+        self._preview_map: Optional[tuple] = None  # (W [C x 3], b [3]) torch float32 on the execution device
         self._preview_ready = False
 
     # ------------------------------------------------------------------ loading
@@ -249,7 +249,7 @@ class DiffusersBackend(Backend):
             fc, yc = feats - mean_f, ys - mean_y
             lam = 1e-1 * float((fc * fc).sum() / max(1, fc.shape[1]))
             weight = torch.linalg.solve(fc.T @ fc + lam * torch.eye(fc.shape[1]), fc.T @ yc)  # C x 3
-            self._preview_map = (weight, mean_y - mean_f @ weight)
+            self._preview_map = (weight.to(device), (mean_y - mean_f @ weight).to(device))  # previews map there
         except Exception as exc:  # noqa: BLE001 - a preview is never worth failing a job
             log.warning("model %s: preview calibration failed (%s); grey previews", self.config.name, exc)
             self._preview_map = None
@@ -268,7 +268,7 @@ class DiffusersBackend(Backend):
                 z = z.permute(0, 2, 1, 3, 4)
             z = z[0].float()  # C x F x H x W, on the pipeline's device: only the small uint8 preview is copied back
             if self._preview_map is not None and self._preview_map[0].shape[0] == z.shape[0]:
-                weight, bias = (t.to(z.device) for t in self._preview_map)
+                weight, bias = self._preview_map
                 rgb = torch.einsum("cfhw,cd->fhwd", z, weight) + bias
             else:
                 rgb = z.mean(0, keepdim=True).permute(1, 2, 3, 0).repeat(1, 1, 1, 3) * 0.5

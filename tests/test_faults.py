@@ -585,12 +585,8 @@ def test_holder_alive_rules_same_node_other_node_and_a_reused_pid():
 
     now = reaper.BOOTED_AT + timedelta(seconds=10)  # this "worker" has been up for 10 s
     fresh, stale = now - timedelta(seconds=1), now - timedelta(seconds=9)
-    timeout = override_settings(JOB_HEARTBEAT_TIMEOUT_S=5)
-    timeout.enable()
-    try:
+    with override_settings(JOB_HEARTBEAT_TIMEOUT_S=5):
         _check_holder_rules(reaper, Job, now, fresh, stale)
-    finally:
-        timeout.disable()
 
 
 def _check_holder_rules(reaper, Job, now, fresh, stale) -> None:

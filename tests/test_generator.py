@@ -258,6 +258,33 @@ def trained_run(tmp_path_factory, text_encoder):
     return out, state
 
 
+def test_cosine_learning_rate_warms_up_then_decays_to_its_floor():
+    from generator.builtin.train import learning_rate, parse_args
+
+    args = parse_args(["--lr", "1e-3", "--warmup", "10", "--steps", "110", "--lr-schedule", "cosine",
+                       "--lr-min-ratio", "0.1"])
+    rates = [learning_rate(args, step) for step in range(120)]
+    assert rates[0] == pytest.approx(1e-4) and rates[9] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(rates[9:], rates[10:]))  # never rises after warm-up
+    assert rates[60] == pytest.approx(0.55e-3) and rates[110] == pytest.approx(1e-4) == rates[119]
+    constant = parse_args(["--lr", "1e-3", "--warmup", "10"])
+    assert learning_rate(constant, 5000) == pytest.approx(1e-3)
+
+
+def test_timestep_bias_draws_its_range_more_often():
+    from generator.builtin.train import parse_args, timestep_weights
+
+    uniform = timestep_weights(parse_args([]), 1000)
+    assert torch.allclose(uniform, torch.full((1000,), 1e-3))
+    biased = timestep_weights(parse_args(["--timestep-bias-range", "400", "900",
+                                          "--timestep-bias-multiplier", "3"]), 1000)
+    assert biased.sum().item() == pytest.approx(1.0)
+    assert biased[500].item() == pytest.approx(3 * biased[100].item()) and biased[950] == biased[100]
+    drawn = torch.multinomial(biased, 20_000, replacement=True, generator=torch.Generator().manual_seed(0))
+    share = ((drawn >= 400) & (drawn < 900)).float().mean().item()
+    assert share == pytest.approx(1500 / 2000, abs=0.02)
+
+
 def test_checkpoint_resume_continues(trained_run, tmp_path, capsys):
     import shutil
 

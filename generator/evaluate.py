@@ -5,6 +5,9 @@ frames (no model); `evaluate` generates videos for held-out phrasings and seeds,
 them to MP4, decodes them back and scores them:
 
     python -m generator.evaluate --prompts 105 --out runs/eval
+
+`noise_probe` (`--noise-probe`) asks where along the noise schedule a model loses shapes:
+the shape of the clean clip it predicts from noised training clips, per timestep (seconds).
 """
 from __future__ import annotations
 
@@ -137,6 +140,30 @@ def evaluate(backend, n: int = 105, seed: int = 1, out_dir: str | None = None, v
     return summary | {"rows": rows}
 
 
+def noise_probe(pipe, timesteps=(100, 300, 500, 600, 700, 800, 900), seed: int = 0) -> dict:
+    """{(shape, t): share of predicted frames classified as that shape} for one clip per colour."""
+    import torch
+
+    from generator.builtin.sample import to_uint8_frames
+
+    rng, noise_seed = random.Random(seed), torch.Generator().manual_seed(seed)
+    alphas = pipe.scheduler.alphas_cumprod
+    scores = {}
+    for shape in world.SHAPES:
+        scenes = [[world.ShapeMotion(colour, shape, "right", 8, 20, 32, 1.5)] for colour in world.COLOURS]
+        clips = world.render(scenes, 16, 64)
+        states, mask, pooled = pipe.text_encoder([world.caption(scene, rng) for scene in scenes])
+        for t in timesteps:
+            noise = torch.randn(clips.shape, generator=noise_seed)
+            noisy = alphas[t].sqrt() * clips + (1 - alphas[t]).sqrt() * noise
+            with torch.no_grad():
+                x0 = pipe.unet(noisy.to(pipe.unet.device), torch.tensor([t]), *(x.to(pipe.unet.device)
+                               for x in (states, mask, pooled))).clamp(-1, 1).cpu()
+            frames = [f for clip in x0 for f in to_uint8_frames(clip) if foreground(f).sum() > 8]
+            scores[(shape, t)] = float(np.mean([classify_shape(foreground(f)) == shape for f in frames] or [0.0]))
+    return scores
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", type=int, default=105)
@@ -149,12 +176,22 @@ def main(argv=None) -> None:
     parser.add_argument("--frames-only", action="store_true",
                         help="analyse generated frames without the MP4 round trip (hosts without PyAV); "
                              "the figures we report come from MP4s")
+    parser.add_argument("--noise-probe", action="store_true",
+                        help="instead: per timestep, how often the x0 predicted from noised training clips "
+                             "keeps its shape")
     args = parser.parse_args(argv)
     from generator.builtin.backend import BuiltinBackend
 
     backend = BuiltinBackend(args.model_path)
     backend.load()
     backend.pipe.unet.to(args.device)
+    if args.noise_probe:
+        scores = noise_probe(backend.pipe, seed=args.seed)
+        timesteps = sorted({t for _, t in scores})
+        print("| shape | " + " | ".join(f"t={t}" for t in timesteps) + " |\n|---|" + "---|" * len(timesteps))
+        for shape in world.SHAPES:
+            print(f"| {shape} | " + " | ".join(f"{scores[(shape, t)]:.2f}" for t in timesteps) + " |")
+        return
     result = evaluate(backend, args.prompts, args.seed, args.out, via_mp4=not args.frames_only,
                       steps=args.steps, guidance_scale=args.guidance)
     misses = [r for r in result.pop("rows") if not all(r["ok"].values())]

@@ -426,3 +426,12 @@ def test_shipped_weights_follow_held_out_prompts(backend):
     assert all(f["colour"] for f in found), found
     assert sum(f["direction"] for f in found) >= 7, found
     assert sum(f["shape"] for f in found) >= 6, found
+
+
+def test_noise_probe_finds_shipped_shapes_kept_at_low_noise_and_lost_in_pure_noise(backend):
+    from generator.evaluate import noise_probe
+
+    scores = noise_probe(backend.pipe, timesteps=(100, 999))
+    assert all(scores[(shape, 100)] >= 0.9 for shape in world.SHAPES), scores
+    # from pure noise the x0 estimate is a blurred average: squares' corners are gone
+    assert scores[("square", 999)] < 0.5, scores

@@ -147,18 +147,16 @@ def noise_probe(pipe, timesteps=(100, 300, 500, 600, 700, 800, 900), seed: int =
     from generator.builtin.sample import to_uint8_frames
 
     rng, noise_seed = random.Random(seed), torch.Generator().manual_seed(seed)
-    alphas = pipe.scheduler.alphas_cumprod
-    scores = {}
+    device, scores = pipe.unet.device, {}
     for shape in world.SHAPES:
         scenes = [[world.ShapeMotion(colour, shape, "right", 8, 20, 32, 1.5)] for colour in world.COLOURS]
         clips = world.render(scenes, 16, 64)
-        states, mask, pooled = pipe.text_encoder([world.caption(scene, rng) for scene in scenes])
+        text = [x.to(device) for x in pipe.text_encoder([world.caption(scene, rng) for scene in scenes])]
         for t in timesteps:
-            noise = torch.randn(clips.shape, generator=noise_seed)
-            noisy = alphas[t].sqrt() * clips + (1 - alphas[t]).sqrt() * noise
+            timestep = torch.tensor([t])
+            noisy = pipe.scheduler.add_noise(clips, torch.randn(clips.shape, generator=noise_seed), timestep)
             with torch.no_grad():
-                x0 = pipe.unet(noisy.to(pipe.unet.device), torch.tensor([t]), *(x.to(pipe.unet.device)
-                               for x in (states, mask, pooled))).clamp(-1, 1).cpu()
+                x0 = pipe.unet(noisy.to(device), timestep, *text).clamp(-1, 1).cpu()
             frames = [f for clip in x0 for f in to_uint8_frames(clip) if foreground(f).sum() > 8]
             scores[(shape, t)] = float(np.mean([classify_shape(foreground(f)) == shape for f in frames] or [0.0]))
     return scores

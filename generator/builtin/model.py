@@ -145,7 +145,7 @@ class VideoUNet(ModelMixin, ConfigMixin):
         mask = cond_mask.expand(b, 1, t, h // p, w // p)
         x = torch.cat([self.patchify(sample), self.patchify(cond_video * cond_mask), mask], dim=1)
 
-        emb = timestep_embedding(timesteps.expand(b), self.config.emb_dim).to(sample.dtype)
+        emb = timestep_embedding(timesteps.to(sample.device).expand(b), self.config.emb_dim).to(sample.dtype)
         emb = self.time_mlp(emb) + self.text_proj(text_pooled)
 
         x = self.conv_in(x)

@@ -5,8 +5,9 @@
 Prints markdown tables:
   * seconds per clip at default settings (p50 over N clips, after one warm-up clip),
     seconds per denoising step, FLOPs per U-Net forward (classifier-free guidance: batch 2)
-    counted with torch.utils.flop_counter.FlopCounterMode, the machine's measured float32
-    matmul rate, and how far a step is from that floor;
+    and per whole clip (guided steps batch 2, the rest batch 1) counted with
+    torch.utils.flop_counter.FlopCounterMode, the machine's measured float32 matmul rate, and
+    how far a forward and a clip are from that floor;
   * PyAV (`generator.encode.encode_video`) against `diffusers.utils.export_to_video`
     (imageio-ffmpeg) for the same frames: the default clip and a synthetic 768x512x121 one.
 """
@@ -28,6 +29,8 @@ import generator  # noqa: E402,F401  (first: the OpenMP wait policy the service 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_flop_count  # noqa: E402
+
+from generator.builtin.sample import GUIDANCE_MIN_TIMESTEP  # noqa: E402
 
 PROMPT = "a red circle moving to the left"
 
@@ -84,6 +87,14 @@ def unet_flops(pipe, inputs) -> int:
 
 
 @torch.no_grad()
+def clip_flops(backend, request) -> int:
+    """Every counted op of one generation: the U-Net passes and the text encoder."""
+    with FlopCounterMode(display=False) as counter:
+        backend.generate(request)
+    return counter.get_total_flops()
+
+
+@torch.no_grad()
 def unet_forward_seconds(pipe, inputs, repeats: int = 5) -> float:
     pipe.unet(*inputs)
     times = []
@@ -119,9 +130,10 @@ def bench_model(clips: int) -> dict:
     return {
         "backend": backend, "result": result, "load_s": load_s,
         "clip_s": statistics.median(clip_times), "clip_all": clip_times,
-        "step_s": statistics.median(step_times),
+        "step_s": statistics.mean(step_times),
         "forward_s": unet_forward_seconds(backend.pipe, inputs),
         "flops": unet_flops(backend.pipe, inputs),
+        "clip_flops": clip_flops(backend, GenerationRequest(seed=0, **request)),
         "params": sum(p.numel() for p in backend.pipe.unet.parameters()),
         "info": info,
     }
@@ -211,21 +223,24 @@ def main(argv=None) -> None:
     info, result = m["info"], m["result"]
     t, h, w = result.frames.shape[:3]
     nh, nw = result.native_size
-    floor_s = m["flops"] / rate
+    floor_s, clip_floor_s = m["flops"] / rate, m["clip_flops"] / rate
     rows = [
         ("default request", f"{t} frames, {w}x{h} out (native {nw}x{nh}), {info.default_steps} steps, "
-                            f"guidance {info.default_guidance:g} (CFG batch 2)"),
+                            f"guidance {info.default_guidance:g} at t >= {GUIDANCE_MIN_TIMESTEP} (CFG batch 2)"),
         ("U-Net parameters", f"{m['params'] / 1e6:.2f} M"),
         ("model load (U-Net + text encoder)", f"{m['load_s']:.2f} s"),
         (f"seconds per clip, p50 of {args.clips}", f"{m['clip_s']:.2f} s "
                                                   f"(all: {', '.join(f'{x:.2f}' for x in m['clip_all'])})"),
-        ("seconds per denoising step, p50", f"{m['step_s'] * 1000:.1f} ms"),
+        ("seconds per denoising step, mean", f"{m['step_s'] * 1000:.1f} ms"),
         ("U-Net forward alone (batch 2), p50", f"{m['forward_s'] * 1000:.1f} ms"),
         ("FLOPs per U-Net forward (batch 2)", _si(m["flops"], "FLOP")),
         ("float32 matmul rate (1024^3, best of 8)", _si(rate, "FLOP/s")),
-        ("floor: FLOPs / matmul rate", f"{floor_s * 1000:.1f} ms"),
-        ("step time / floor", f"{m['step_s'] / floor_s:.1f}x"),
+        ("forward floor: FLOPs / matmul rate", f"{floor_s * 1000:.1f} ms"),
+        ("forward time / floor", f"{m['forward_s'] / floor_s:.1f}x"),
         ("U-Net achieved rate", _si(m["flops"] / m["forward_s"], "FLOP/s")),
+        ("FLOPs per clip (U-Net passes + text encoder)", _si(m["clip_flops"], "FLOP")),
+        ("clip floor: FLOPs / matmul rate", f"{clip_floor_s:.2f} s"),
+        ("clip time / floor", f"{m['clip_s'] / clip_floor_s:.1f}x"),
     ]
     print("## Model\n\n| measure | value |\n|---|---|")
     for name, value in rows:

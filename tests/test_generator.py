@@ -285,6 +285,19 @@ def test_timestep_bias_draws_its_range_more_often():
     assert share == pytest.approx(1500 / 2000, abs=0.02)
 
 
+def test_zero_terminal_snr_run_saves_a_schedule_that_ends_in_pure_noise(tmp_path, text_encoder):
+    from generator.builtin.sample import BuiltinPipeline
+
+    _train(tmp_path, "--steps", "3", "--lr", "1e-3", "--ckpt-every", "3", "--zero-terminal-snr")
+    pipe = BuiltinPipeline.from_pretrained(str(tmp_path / "pipeline"), text_encoder=text_encoder)
+    assert pipe.scheduler.config.rescale_betas_zero_snr
+    assert pipe.scheduler.alphas_cumprod[-1] == 0.0 and pipe.scheduler.alphas_cumprod[0] > 0.99
+    for sampler in ("dpm++", "ddim"):  # both samplers step from the pure-noise end without NaNs
+        video = pipe("a red circle moving to the left", num_frames=4, height=32, width=32, steps=5,
+                     sampler=sampler, generator=torch.Generator().manual_seed(0))
+        assert torch.isfinite(video).all() and video.std() > 0
+
+
 def test_checkpoint_resume_continues(trained_run, tmp_path, capsys):
     import shutil
 

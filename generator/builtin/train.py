@@ -151,7 +151,7 @@ def train(args) -> dict:
     data = (VideoFolderClips(args.data, args.frames, args.size, args.seed) if args.data
             else SyntheticClips(args.frames, args.size, args.seed))
     text = shared_text_encoder() if device.type == "cpu" else TextEncoder(device=device)
-    scheduler: DDPMScheduler = training_scheduler()
+    scheduler: DDPMScheduler = training_scheduler(args.zero_terminal_snr)
     alphas = scheduler.alphas_cumprod.to(device)
     t_weights = timestep_weights(args, scheduler.config.num_train_timesteps).to(device)
     state = {"step": 0, "losses": [], "seconds": 0.0}
@@ -183,7 +183,7 @@ def train(args) -> dict:
                     "optimizer": optimizer.state_dict(), "state": state, "data_rng": data.rng.getstate()},
                    checkpoint_path + ".tmp")
         os.replace(checkpoint_path + ".tmp", checkpoint_path)
-        BuiltinPipeline(ema, training_scheduler(), text).save_pretrained(os.path.join(args.out, "pipeline"))
+        BuiltinPipeline(ema, scheduler, text).save_pretrained(os.path.join(args.out, "pipeline"))
         save_loss_curve(state["losses"], os.path.join(args.out, "loss.png"))
         with open(os.path.join(args.out, "training.json"), "w") as fh:
             json.dump({k: v for k, v in state.items() if k != "losses"} | {"args": vars(args)}, fh, indent=1)
@@ -247,6 +247,8 @@ def parse_args(argv=None):
     parser.add_argument("--timestep-bias-range", type=int, nargs=2, metavar=("START", "END"),
                         help="draw training timesteps in [START, END) more often (see --timestep-bias-multiplier)")
     parser.add_argument("--timestep-bias-multiplier", type=float, default=2.0)
+    parser.add_argument("--zero-terminal-snr", action="store_true",
+                        help="rescale the betas so the last timestep is pure noise (see sample.training_scheduler)")
     parser.add_argument("--ema", type=float, default=0.999)
     parser.add_argument("--ckpt-every", type=int, default=250)
     parser.add_argument("--seed", type=int, default=0)

@@ -44,22 +44,36 @@ def classify_shape(mask: np.ndarray) -> str:
     return "square" if fill > 0.88 else "circle" if fill > 0.64 else "triangle"
 
 
+def count_objects(mask: np.ndarray, min_area: float) -> int:
+    """Connected foreground blobs of at least `min_area` pixels."""
+    import cv2
+
+    _, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    return int(np.sum(stats[1:, cv2.CC_STAT_AREA] >= min_area))
+
+
 def analyse(frames: np.ndarray) -> dict:
-    """Colour, shape, direction and speed of the (single) shape in T x H x W x 3 uint8 frames."""
+    """Colour, shape, direction and speed of the (single) shape in T x H x W x 3 uint8 frames.
+
+    `objects` is the median count of separate blobs per frame: a prompt for one shape drawn
+    twice gives 2 (and, the bounding box spanning both, a low fill read as "triangle").
+    """
     t, h, w, _ = frames.shape
     min_area = 0.002 * h * w
-    centres, shapes, colour_pixels = [], [], []
+    centres, shapes, colour_pixels, counts = [], [], [], []
     for i, frame in enumerate(frames):
         mask = foreground(frame)
         if mask.sum() < min_area:
             continue
+        counts.append(count_objects(mask, min_area))
         ys, xs = np.nonzero(mask)
         centres.append((i, xs.mean(), ys.mean()))
         shapes.append(classify_shape(mask))
         core = frame[mask]
         colour_pixels.append(core[core.max(axis=-1) > 0.6 * core.max()])
     if len(centres) < 2:
-        return {"colour": None, "shape": None, "direction": None, "speed": 0.0, "visible_frames": len(centres)}
+        return {"colour": None, "shape": None, "direction": None, "speed": 0.0, "visible_frames": len(centres),
+                "objects": 0}
     index, cx, cy = np.array(centres).T
     vx, vy = np.polyfit(index, cx, 1)[0], np.polyfit(index, cy, 1)[0]
     if abs(vx) >= abs(vy):
@@ -73,6 +87,7 @@ def analyse(frames: np.ndarray) -> dict:
         "direction": direction,
         "speed": float(np.hypot(vx, vy) * scale),  # pixels per frame on the 64-pixel canvas
         "visible_frames": len(centres),
+        "objects": int(np.median(counts)),
     }
 
 
@@ -130,6 +145,7 @@ def evaluate(backend, n: int = 105, seed: int = 1, out_dir: str | None = None, v
         "colour_accuracy": float(np.mean([r["ok"]["colour"] for r in rows])),
         "shape_accuracy": float(np.mean([r["ok"]["shape"] for r in rows])),
         "direction_accuracy": float(np.mean([r["ok"]["direction"] for r in rows])),
+        "single_object_rate": float(np.mean([r["found"]["objects"] == 1 for r in rows])),
         "temporal_consistency": float(np.mean([r["consistency"] for r in rows])),
         "seconds_per_clip_p50": float(np.median(seconds)),
     }

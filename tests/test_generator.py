@@ -449,6 +449,21 @@ def test_backend_defaults_and_registry():
     assert fields == {"num_frames", "width", "steps", "guidance_scale"}
 
 
+def test_analyse_reads_rendered_clips_and_counts_a_duplicated_shape():
+    from generator.builtin.sample import to_uint8_frames
+    from generator.evaluate import analyse
+
+    one = [world.ShapeMotion("red", "square", "right", 8, 16, 32, 1.5)]
+    twice = one + [world.ShapeMotion("red", "square", "right", 8, 16, 10, 1.5)]
+    for shape in world.SHAPES:
+        found = analyse(to_uint8_frames(world.render([[world.ShapeMotion("green", shape, "up", 8, 32, 48, 1.5)]],
+                                                     16, 64)[0]))
+        assert (found["shape"], found["colour"], found["direction"], found["objects"]) == (shape, "green", "up", 1)
+    assert analyse(to_uint8_frames(world.render([one], 16, 64)[0]))["objects"] == 1
+    found = analyse(to_uint8_frames(world.render([twice], 16, 64)[0]))
+    assert found["objects"] == 2 and found["shape"] != "square"  # two squares are not the one asked for
+
+
 def test_shipped_weights_follow_held_out_prompts(backend):
     """The committed model, on prompts phrased as in no training caption, through the MP4 a user gets."""
     from generator.encode import decode_video, encode_video

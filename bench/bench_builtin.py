@@ -105,6 +105,21 @@ def unet_forward_seconds(pipe, inputs, repeats: int = 5) -> float:
     return statistics.median(times)
 
 
+@torch.no_grad()
+def guidance_interval_seconds(pipe, info, clips: int) -> tuple:
+    """p50 seconds of the U-Net sampling loop, guided at t >= GUIDANCE_MIN_TIMESTEP vs at every
+    step, timed alternately so both see the same machine load."""
+    interval, every_step = [], []
+    for i in range(clips):
+        for min_timestep, times in ((GUIDANCE_MIN_TIMESTEP, interval), (0, every_step)):
+            started = time.perf_counter()
+            pipe(PROMPT, num_frames=info.default_frames, steps=info.default_steps,
+                 guidance_scale=info.default_guidance, generator=torch.Generator().manual_seed(i),
+                 guidance_min_timestep=min_timestep)
+            times.append(time.perf_counter() - started)
+    return statistics.median(interval), statistics.median(every_step)
+
+
 def bench_model(clips: int) -> dict:
     from generator.builtin.backend import BuiltinBackend
     from generator.interface import GenerationRequest
@@ -134,6 +149,7 @@ def bench_model(clips: int) -> dict:
         "forward_s": unet_forward_seconds(backend.pipe, inputs),
         "flops": unet_flops(backend.pipe, inputs),
         "clip_flops": clip_flops(backend, GenerationRequest(seed=0, **request)),
+        "sampling_s": guidance_interval_seconds(backend.pipe, info, clips),
         "params": sum(p.numel() for p in backend.pipe.unet.parameters()),
         "info": info,
     }
@@ -241,6 +257,8 @@ def main(argv=None) -> None:
         ("FLOPs per clip (U-Net passes + text encoder)", _si(m["clip_flops"], "FLOP")),
         ("clip floor: FLOPs / matmul rate", f"{clip_floor_s:.2f} s"),
         ("clip time / floor", f"{m['clip_s'] / clip_floor_s:.1f}x"),
+        (f"sampling loop, guidance at t >= {GUIDANCE_MIN_TIMESTEP} / at every step (p50)",
+         f"{m['sampling_s'][0]:.2f} s / {m['sampling_s'][1]:.2f} s = {m['sampling_s'][0] / m['sampling_s'][1]:.2f}"),
     ]
     print("## Model\n\n| measure | value |\n|---|---|")
     for name, value in rows:

@@ -30,7 +30,7 @@ SAMPLERS = {
 # Classifier-free guidance only while the layout forms (t >= 600 of 1000); the steps below
 # use the text-conditioned prediction alone, one U-Net pass instead of two (a guidance
 # interval, Kynkaenniemi et al. 2024). Guiding the low-noise steps as well bought nothing
-# measurable and rounds the corners of a weak model's squares (README, built-in model).
+# measurable on the shipped or a CPU-trained model (README, built-in model).
 GUIDANCE_MIN_TIMESTEP = 600
 
 

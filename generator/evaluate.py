@@ -144,12 +144,15 @@ def evaluate(backend, n: int = 105, seed: int = 1, out_dir: str | None = None, v
         rows.append(item | {"found": found, "consistency": temporal_consistency(frames),
                             "ok": {k: found[k] == item[k] for k in ("colour", "shape", "direction")}
                             | {"one_object": found["objects"] == 1}})
+    def rate(key):
+        return float(np.mean([r["ok"][key] for r in rows]))
+
     summary = {
         "prompts": n,
-        "colour_accuracy": float(np.mean([r["ok"]["colour"] for r in rows])),
-        "shape_accuracy": float(np.mean([r["ok"]["shape"] for r in rows])),
-        "direction_accuracy": float(np.mean([r["ok"]["direction"] for r in rows])),
-        "single_object_rate": float(np.mean([r["ok"]["one_object"] for r in rows])),
+        "colour_accuracy": rate("colour"),
+        "shape_accuracy": rate("shape"),
+        "direction_accuracy": rate("direction"),
+        "single_object_rate": rate("one_object"),
         "all_correct_rate": float(np.mean([all(r["ok"].values()) for r in rows])),
         "temporal_consistency": float(np.mean([r["consistency"] for r in rows])),
         "seconds_per_clip_p50": float(np.median(seconds)),

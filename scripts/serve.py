@@ -7,8 +7,10 @@ Children, each in its own process group, their output prefixed with a tag:
   flower  Flower, the Celery monitor
 
 A child that dies is restarted (with back-off; a child that keeps dying stops the service, as
-during start-up). Ctrl-C / SIGTERM stops the children in reverse order: SIGTERM to each process
-group, then SIGKILL after a grace period.
+during start-up). Ctrl-C / SIGTERM, at any moment (start-up included), stops the children in
+reverse order: SIGTERM to each process group, then SIGKILL after a grace period. If serve.py itself
+is killed (SIGKILL), the kernel kills its children (PR_SET_PDEATHSIG; Celery's pool processes die
+with their parent the same way): no orphan stack is left to hold jobs.
 
 Environment: HOST (127.0.0.1), PORT (8000), FLOWER_PORT (5555), REDIS_URL
 (redis://127.0.0.1:6379/0), WORKER_QUEUES (builtin,describe,celery), WORKER_CONCURRENCY (1),
@@ -18,11 +20,19 @@ FLOWER_BASIC_AUTH (user:password[,user2:password2]).
 HOST is passed on as BIND_ADDRESS: on any address but loopback the settings require
 authentication, a real SECRET_KEY and ALLOWED_HOSTS, and Flower is only started behind basic
 auth (FLOWER_BASIC_AUTH; Flower reads it from the environment, so it is not on the command line).
+With REQUIRE_AUTH=1 on loopback Flower is behind basic auth too: FLOWER_BASIC_AUTH, or a generated
+password shown in the start-up banner.
+
+The worker's node name is `<first queue>-<PORT>@<host>`, so two stacks on one host (different
+PORTs, one Redis) show up as two workers; which jobs a worker may take over does not depend on it
+(worker/reaper.py).
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -54,6 +64,22 @@ def say(tag: str, line: str) -> None:
         sys.stdout.flush()
 
 
+PR_SET_PDEATHSIG = 1
+DEATH_SIGNAL = {"redis": signal.SIGTERM}  # redis flushes its append-only file; the rest is killed
+
+
+def _die_with(parent_pid: int, sig: int):
+    """preexec_fn: the child gets `sig` when serve.py dies, however it dies (Linux)."""
+    def preexec():
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(sig))
+        except (OSError, AttributeError):  # not Linux: Ctrl-C / SIGTERM still stop everything
+            return
+        if os.getppid() != parent_pid:  # serve.py died before prctl took effect
+            os._exit(1)
+    return preexec
+
+
 class Child:
     def __init__(self, tag: str, argv: list, env: dict):
         self.tag, self.argv, self.env = tag, argv, env
@@ -64,6 +90,7 @@ class Child:
         self.proc = subprocess.Popen(
             self.argv, cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=_die_with(os.getpid(), DEATH_SIGNAL.get(self.tag, signal.SIGKILL)),
         )
         threading.Thread(target=self._pump, args=(self.proc,), daemon=True).start()
         say("serve", f"started {self.tag} (pid {self.proc.pid}): {' '.join(map(str, self.argv))}")
@@ -95,8 +122,8 @@ class Child:
         say("serve", f"stopped {self.tag} (exit {self.proc.returncode})")
 
 
-class Stop(Exception):
-    pass
+class Stop(BaseException):
+    """Ctrl-C / SIGTERM. Not an Exception: the readiness probes catch those, and must not swallow it."""
 
 
 def _on_signal(signum, frame):
@@ -145,16 +172,28 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def flower_argv(host: str, port: int, env: dict) -> list:
-    """Flower's command line; off loopback it needs FLOWER_BASIC_AUTH (user:password) in `env`."""
+def auth_required(host: str, env: dict) -> bool:
+    """As the settings decide it: off loopback always, on loopback when REQUIRE_AUTH is on."""
+    return not is_loopback(host) or env.get("REQUIRE_AUTH", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def flower_argv(host: str, port: int, env: dict) -> tuple:
+    """(Flower's command line, the generated password or None). Whenever the service requires
+    authentication, Flower does too: FLOWER_BASIC_AUTH (user:password) from `env` (required off
+    loopback), else, on loopback, a generated one put into `env`."""
     auth = env.get("FLOWER_BASIC_AUTH", "").strip()
-    if not is_loopback(host):
-        if not auth or any(":" not in pair or not pair.split(":", 1)[1] for pair in auth.split(",")):
-            raise SystemExit(f"HOST={host} is not loopback: set FLOWER_BASIC_AUTH=user:password so that Flower "
-                             "is not open to the network")
+    generated = None
+    if auth and any(":" not in pair or not pair.split(":", 1)[1] for pair in auth.split(",")):
+        raise SystemExit("FLOWER_BASIC_AUTH must be user:password[,user2:password2]")
+    if not auth and not is_loopback(host):
+        raise SystemExit(f"HOST={host} is not loopback: set FLOWER_BASIC_AUTH=user:password so that Flower "
+                         "is not open to the network")
+    if not auth and auth_required(host, env):
+        generated = secrets.token_urlsafe(16)
+        env["FLOWER_BASIC_AUTH"] = f"flower:{generated}"
     argv = [str(BIN / "celery"), "-A", "worker", "flower", f"--address={host}", f"--port={port}",
             "--read_only=True", "--persistent=False"]
-    return argv  # with FLOWER_BASIC_AUTH in its environment Flower asks for that user and password
+    return argv, generated  # with FLOWER_BASIC_AUTH in its environment Flower asks for that user and password
 
 
 def healthz(url: str):
@@ -185,7 +224,7 @@ def main() -> int:
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env["BIND_ADDRESS"] = host  # the settings require authentication off loopback
     try:
-        flower_cmd = flower_argv(host, flower_port, env)
+        flower_cmd, flower_password = flower_argv(host, flower_port, env)
     except SystemExit as exc:
         say("serve", f"refusing to start: {exc}")
         return 1
@@ -227,7 +266,7 @@ def main() -> int:
         ], env))
         children.append(Child("worker", [
             str(BIN / "celery"), "-A", "worker", "worker", "-P", "prefork", "-c", concurrency, "-E",
-            "-Q", queues, "-n", f"{queues.split(',')[0]}@%h", "--loglevel", "INFO", "--without-mingle", "--without-gossip",
+            "-Q", queues, "-n", f"{queues.split(',')[0]}-{port}@%h", "--loglevel", "INFO", "--without-mingle", "--without-gossip",
         ], env))
         children.append(Child("flower", flower_cmd, env))
         for child in children:
@@ -253,7 +292,8 @@ def main() -> int:
             f"  Websocket  ws://{display_host}:{port}/ws/lobby/",
             f"  API        {base}/api/models  {base}/api/jobs",
             f"  Health     {base}/healthz",
-            f"  Flower     http://{display_host}:{flower_port}/",
+            f"  Flower     http://{display_host}:{flower_port}/"
+            + (f"  (user flower, password {flower_password})" if flower_password else ""),
             f"  Redis      {redis_url}",
             "",
             "  Press Ctrl-C to stop.",

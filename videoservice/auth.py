@@ -17,7 +17,7 @@ from urllib.parse import parse_qs
 from channels.db import database_sync_to_async
 from django.utils import timezone
 
-from videoservice.validation import AUTH_REQUIRED, RequestError
+from videoservice.contract import AUTH_REQUIRED, RequestError
 
 LAST_USED_RESOLUTION = datetime.timedelta(minutes=1)
 
@@ -68,9 +68,10 @@ def auth_required(server) -> bool:
 def authenticate_http(request) -> bool:
     """Sets request.user from a Bearer token if there is one; True when the request is token-authenticated.
     Raises auth_required for a bad token, or for an anonymous request when REQUIRE_AUTH is on."""
-    header = request.headers.get("Authorization")
-    if header:
-        token = bearer(header)
+    # only Bearer is ours: a proxy in front may forward its own Basic credentials, which must not
+    # hide the session
+    token = bearer(request.headers.get("Authorization"))
+    if token is not None:
         user = user_for_token(token) if token else None
         if user is None:
             raise RequestError(AUTH_REQUIRED, "invalid API token (Authorization: Bearer <token>)", status=401)
@@ -94,10 +95,8 @@ class TokenAuthMiddleware:
     async def __call__(self, scope, receive, send):
         token = None
         for name, value in scope.get("headers", []):
-            if name == b"authorization":
+            if name == b"authorization":  # other schemes (a proxy's Basic) are not ours: the session stays
                 token = bearer(value.decode("latin-1"))
-                if token is None:
-                    scope = {**scope, "auth_error": "the Authorization header must be 'Bearer <token>'"}
         if token is None:
             query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
             if query.get("token"):

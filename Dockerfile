@@ -25,11 +25,11 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends curl \
  && rm -rf /var/lib/apt/lists/*
 
+# runtime requirements only: no test or benchmark packages in the image
 COPY requirements.txt requirements-nodeps.txt ./
 RUN pip install --index-url "$TORCH_INDEX_URL" "torch==${TORCH_VERSION}" \
  && pip install -r requirements.txt \
- && pip install --no-deps -r requirements-nodeps.txt \
- && pip install "psycopg[binary]>=3.2"
+ && pip install --no-deps -r requirements-nodeps.txt
 
 COPY . .
 

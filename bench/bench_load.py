@@ -40,7 +40,7 @@ import websockets
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import BIN, WS_MAX_MESSAGE_BYTES, Proc, free_port  # noqa: E402
+from tests.support.stack import BIN, WS_MAX_MESSAGE_BYTES, Proc, free_port  # noqa: E402
 
 TERMINAL = {"generation_complete", "generation_failed", "cancelled"}
 

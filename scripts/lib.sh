@@ -38,7 +38,8 @@ ensure_tool() {  # ensure_tool command package
   command -v "$1" >/dev/null 2>&1 || apt_install "$2"
 }
 
-ensure_venv() {
+ensure_venv() {  # ensure_venv [requirements file] (default requirements.txt; -r includes are followed by pip)
+  local reqs="${1:-requirements.txt}"
   if [ ! -x "$PY" ]; then
     local python="${PYTHON:-python3}"
     command -v "$python" >/dev/null 2>&1 || apt_install python3 python3-venv
@@ -49,16 +50,16 @@ ensure_venv() {
       "$python" -m venv "$VENV" || die "could not create $VENV"
     fi
   fi
-  local stamp="$VENV/.requirements.sha256"
+  local stamp="$VENV/.${reqs%.txt}.sha256"
   local want
-  want="$(cat "$ROOT/requirements.txt" "$ROOT/requirements-nodeps.txt" 2>/dev/null | sha256sum | cut -d' ' -f1)"
+  want="$(cat "$ROOT"/requirements*.txt 2>/dev/null | sha256sum | cut -d' ' -f1)"
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     return 0
   fi
-  log "installing Python requirements (first run takes a few minutes)"
+  log "installing Python requirements from $reqs (first run takes a few minutes)"
   local t0=$SECONDS
   pip_run install -q --upgrade pip || true
-  pip_run install -q -r "$ROOT/requirements.txt" || die "pip install -r requirements.txt failed"
+  pip_run install -q -r "$ROOT/$reqs" || die "pip install -r $reqs failed"
   if [ -f "$ROOT/requirements-nodeps.txt" ]; then
     pip_run install -q --no-deps -r "$ROOT/requirements-nodeps.txt" \
       || die "pip install --no-deps -r requirements-nodeps.txt failed"

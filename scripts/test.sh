@@ -7,6 +7,8 @@ cd "$ROOT"
 
 ensure_tool redis-server redis-server
 ensure_tool chromium chromium
-ensure_venv
+ensure_venv requirements-test.txt
 
-exec "$PY" -m pytest -q tests "$@"
+# Two processes (TEST_WORKERS): the suites mostly wait on their stacks' subprocesses; a test module
+# stays in one process (its module-scoped stack with it).
+exec "$PY" -m pytest -q tests -n "${TEST_WORKERS:-2}" --dist loadfile "$@"

@@ -79,7 +79,7 @@ def service(tmp_path_factory):
         while "Press Ctrl-C" not in log_path.read_text() and time.monotonic() < deadline:
             time.sleep(0.2)
         print(f"service ready in {time.monotonic() - t0:.1f} s")
-        yield {"url": base, "flower": f"http://127.0.0.1:{flower_port}", "proc": proc, "log": log_path}
+        yield {"url": base, "flower": f"http://127.0.0.1:{flower_port}", "proc": proc, "log": log_path, "port": port}
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -227,7 +227,7 @@ def test_long_video_section_sends_only_changed_options(service, browser):
 def test_flower_shows_the_worker_and_its_tasks(service):
     """Flower (started by the launcher) lists the worker and the generation tasks run above."""
     with urllib.request.urlopen(service["flower"] + "/workers", timeout=10) as resp:
-        assert "builtin@" in resp.read().decode()
+        assert f"builtin-{service['port']}@" in resp.read().decode()
     query = ("draw=1&start=0&length=50&search%5Bvalue%5D=&order%5B0%5D%5Bcolumn%5D=0"
              "&order%5B0%5D%5Bdir%5D=asc&columns%5B0%5D%5Bdata%5D=name")
     deadline = time.monotonic() + 20

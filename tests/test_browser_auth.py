@@ -16,7 +16,7 @@ window.WebSocket.OPEN = 1;
 
 def test_login_then_websocket_and_http_posts_with_csrf(strict_service, browser):  # noqa: F811
     expect = playwright_api.expect
-    base = strict_service["base"]
+    base = strict_service.base
     context = browser.new_context()
     errors = []
     try:

@@ -10,8 +10,9 @@ import numpy as np
 
 from generator.builtin import world
 from generator.encode import encode_video
-from tests.conftest import http
-from tests.test_service import SMALL, Client, run, session_cookie, wait_job
+from tests.support.client import Client, run, session_cookie
+from tests.support.stack import http
+from tests.test_service import SMALL
 
 DESCRIBE_TERMINAL = {"description_complete", "description_failed", "cancelled"}
 
@@ -63,7 +64,7 @@ def test_describe_a_finished_builtin_job_agrees_with_its_prompt_and_evaluate_att
             assert answered["type"] == "description_complete" and answered["answer"] == "yellow", answered
 
             # the job rows keep it: metrics on the generation, caption on the describe job
-            base = live_service["base"]
+            base = live_service.base
             row = json.loads(http("GET", f"{base}/api/jobs/{queued['job_id']}")[2])["job"]
             assert row["result"]["metrics"] == metrics
             row = json.loads(http("GET", f"{base}/api/jobs/{asked['job_id']}")[2])["job"]
@@ -79,19 +80,19 @@ def clip_b64(colour="magenta", shape="circle", direction="up") -> str:
 
 
 def test_http_describe_of_an_uploaded_video_answers_a_question(live_service):
-    base = live_service["base"]
-    me = {"Cookie": session_cookie(live_service)}
+    base = live_service.base
+    me = {"Cookie": session_cookie(live_service.base)}
     status, _, body = http("POST", f"{base}/api/describe", {"video": "data:video/mp4;base64," + clip_b64(),
                                                             "question": "which direction does it move?"}, me)
     assert status == 201, body
-    job = wait_job(base, json.loads(body)["job"]["id"], me)
+    job = live_service.wait_job(json.loads(body)["job"]["id"], headers=me)
     assert job["status"] == "succeeded", job
     assert job["result"]["caption"] == "a magenta circle moving up" and job["result"]["answer"] == "up"
     assert "agreement" not in job["result"]  # no prompt to agree with
 
 
 def test_describe_refuses_bad_input_clearly(live_service):
-    base = live_service["base"]
+    base = live_service.base
     cases = [
         ({"video": base64.b64encode(b"definitely not an mp4" * 20).decode()}, 400, "video_invalid"),
         ({"video": "%%% not base64"}, 400, "video_invalid"),
@@ -126,6 +127,6 @@ def test_a_queued_describe_job_can_be_cancelled(live_service):
             events = await describe_events(client, queued["job_id"], timeout=30)
             assert events[-1]["type"] == "cancelled", events
             await client.events_for(busy["job_id"], timeout=120)
-            row = wait_job(live_service["base"], queued["job_id"])
+            row = live_service.wait_job(queued["job_id"])
             assert row["status"] == "cancelled" and row["result"] is None, row
     run(scenario())

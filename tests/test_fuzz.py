@@ -20,12 +20,12 @@ import time
 import uuid
 import zlib
 
-import pytest
 import websockets
 from PIL import Image
 
-from tests.conftest import http
-from tests.test_service import SMALL, Client, run
+from tests.support.client import Client, run
+from tests.support.stack import http
+from tests.test_service import SMALL
 
 # the stable error codes of docs/protocol.md
 CODES = {"invalid_json", "unknown_type", "missing_field", "unknown_field", "invalid_field", "unknown_model",
@@ -306,7 +306,7 @@ def test_floods_are_answered_in_order(live_service):
 
 # ---------------------------------------------------------------- HTTP API
 def test_fuzzed_http_api_gets_stable_errors(live_service):
-    base = live_service["base"]
+    base = live_service.base
     seen = 0
 
     def check(resp, status, code, field=None):
@@ -364,12 +364,11 @@ def test_fuzzed_http_api_gets_stable_errors(live_service):
 # ---------------------------------------------------------------- limits as settings (strict server)
 def test_message_rate_and_pixel_budget_limits(strict_service):
     """WS_MESSAGES_PER_MINUTE=40 and MAX_VIDEO_PIXELS=40000 on the strict server (conftest.STRICT_ENV)."""
-    from tests.test_auth import AuthClient
 
     svc = strict_service
 
     async def scenario():
-        async with AuthClient(svc, query_token=svc["tokens"]["bob"]) as c:
+        async with Client(svc, token=svc.tokens["bob"]) as c:
             for i in range(60):
                 await c.send({"type": "ping", "request_id": i})
             got = [await c.recv(10) for _ in range(60)]
@@ -378,7 +377,7 @@ def test_message_rate_and_pixel_budget_limits(strict_service):
             assert 40 <= len(pongs) < 60 and len(pongs) + len(limited) == 60, [m["type"] for m in got]
             await asyncio.sleep(3.5)  # refilled at 40/60 a second
             await c.ping_ok()
-        async with AuthClient(svc, query_token=svc["tokens"]["bob"]) as c:
+        async with Client(svc, token=svc.tokens["bob"]) as c:
             for fields in ({"num_frames": 16}, {"width": 128, "height": 128}, {"num_chunks": 2}, {"upscale": 2}):
                 await c.send({"type": "generate", "prompt": "too many pixels", **SMALL, **fields,
                               "request_id": "px"})
@@ -391,9 +390,9 @@ def test_message_rate_and_pixel_budget_limits(strict_service):
 # ---------------------------------------------------------------- afterwards
 def test_after_the_storm_a_real_job_completes(live_service):
     """Runs after the fuzz tests above (file order): the same Daphne and worker still serve a job."""
-    for proc in live_service["procs"].values():
+    for proc in [live_service.redis, live_service.web(), *live_service.workers.values()]:
         assert proc.alive(), proc.tail()
-    health = json.loads(http("GET", live_service["base"] + "/healthz?timeout=2")[2])
+    health = json.loads(http("GET", live_service.base + "/healthz?timeout=2")[2])
     assert health["status"] == "ok" and health["workers"], health
 
     async def scenario():
@@ -405,6 +404,6 @@ def test_after_the_storm_a_real_job_completes(live_service):
             assert base64.b64decode(events[-1]["video"])[4:8] == b"ftyp"
             return queued["job_id"]
     job_id = run(scenario())
-    job = json.loads(http("GET", f"{live_service['base']}/api/jobs/{job_id}")[2])["job"]
+    job = json.loads(http("GET", f"{live_service.base}/api/jobs/{job_id}")[2])["job"]
     assert job["status"] == "succeeded" and job["num_frames"] == 8
     assert time.time() > 0

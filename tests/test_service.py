@@ -15,75 +15,10 @@ import websockets
 from PIL import Image
 
 from generator.encode import decode_video
-from tests.conftest import http
+from tests.support.client import TERMINAL, Client, run, session_cookie
+from tests.support.stack import http
 
 SMALL = {"num_frames": 8, "width": 64, "height": 64, "steps": 3}
-TERMINAL = {"generation_complete", "generation_failed", "cancelled"}
-
-
-# ---------------------------------------------------------------- client helpers
-def session_cookie(svc) -> str:
-    """A fresh Django session, as a browser gets from GET /."""
-    status, headers, _ = http("GET", svc["base"] + "/")
-    assert status == 200
-    for part in ";".join(headers.get_all("Set-Cookie") or []).split(";"):
-        part = part.strip()
-        if part.startswith("sessionid="):
-            return part
-    raise AssertionError(f"no session cookie in {headers}")
-
-
-class Client:
-    def __init__(self, svc, cookie: str | None = None):
-        self.svc, self.cookie = svc, cookie
-        self.ws = None
-        self.seen: list = []
-
-    async def __aenter__(self):
-        headers = {"Cookie": self.cookie} if self.cookie else None
-        self.ws = await websockets.connect(self.svc["ws"], origin=self.svc["origin"], additional_headers=headers,
-                                           max_size=None, open_timeout=10)
-        return self
-
-    async def __aexit__(self, *exc):
-        await self.ws.close()
-
-    async def send(self, msg) -> None:
-        await self.ws.send(msg if isinstance(msg, (str, bytes)) else json.dumps(msg))
-
-    async def recv(self, timeout: float = 30.0) -> dict:
-        msg = json.loads(await asyncio.wait_for(self.ws.recv(), timeout))
-        self.seen.append(msg)
-        return msg
-
-    async def until(self, pred, timeout: float = 60.0) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"timed out; seen: {[m.get('type') for m in self.seen][-20:]}")
-            msg = await self.recv(left)
-            if pred(msg):
-                return msg
-
-    async def submit(self, **fields) -> dict:
-        rid = uuid.uuid4().hex
-        await self.send({"type": "generate", "request_id": rid, **fields})
-        return await self.until(lambda m: m.get("request_id") == rid and m["type"] in ("queued", "error"), 30)
-
-    async def events_for(self, job_id: str, timeout: float = 90.0) -> list:
-        """Every event of one job up to its terminal one."""
-        await self.until(lambda m: m.get("job_id") == job_id and m["type"] in TERMINAL, timeout)
-        return [m for m in self.seen if m.get("job_id") == job_id]
-
-    async def ping_ok(self) -> None:
-        await self.send({"type": "ping", "request_id": "p"})
-        msg = await self.until(lambda m: m["type"] in ("pong", "error") and m.get("request_id") == "p", 10)
-        assert msg["type"] == "pong", msg
-
-
-def run(coro):
-    return asyncio.run(coro)
 
 
 # ---------------------------------------------------------------- the happy path
@@ -118,7 +53,7 @@ def test_submit_progress_complete_and_second_subscriber(live_service):
             other = await b.until(lambda m: m.get("job_id") == job_id and m["type"] == "generation_complete")
             assert other["video"] == done["video"]
             # the stored file is the same video
-            status, headers, body = http("GET", live_service["base"] + done["url"])
+            status, headers, body = http("GET", live_service.base + done["url"])
             assert status == 200 and body == video and headers["Content-Type"] == "video/mp4"
     run(scenario())
 
@@ -132,11 +67,11 @@ def png_b64(size=(64, 64), fmt="PNG") -> str:
 
 
 def test_private_job_reaches_only_its_owner(live_service):
-    cookie = session_cookie(live_service)
+    cookie = session_cookie(live_service.base)
 
     async def scenario():
         async with Client(live_service, cookie) as mine, Client(live_service, cookie) as mine2, \
-                Client(live_service) as stranger, Client(live_service, session_cookie(live_service)) as other:
+                Client(live_service) as stranger, Client(live_service, session_cookie(live_service.base)) as other:
             queued = await mine.submit(prompt="a green square moving up", private=True, image=png_b64(), **SMALL)
             assert queued["type"] == "queued", queued
             job_id = queued["job_id"]
@@ -152,7 +87,7 @@ def test_private_job_reaches_only_its_owner(live_service):
             return job_id, events[-1]["url"]
 
     job_id, url = run(scenario())
-    base = live_service["base"]
+    base = live_service.base
     assert http("GET", f"{base}/api/jobs/{job_id}")[0] == 404
     assert http("GET", base + url)[0] == 404
     status, _, body = http("GET", f"{base}/api/jobs/{job_id}", headers={"Cookie": cookie})
@@ -197,7 +132,7 @@ def test_ten_clients_at_once_all_complete(live_service):
         frames, _ = decode_video(base64.b64decode(done["video"]))
         assert frames.shape == (8, 64, 64, 3)
     # nothing lost: every job is succeeded in the database
-    jobs = {j["id"]: j for j in json.loads(http("GET", live_service["base"] + "/api/jobs?limit=200")[2])["jobs"]}
+    jobs = {j["id"]: j for j in json.loads(http("GET", live_service.base + "/api/jobs?limit=200")[2])["jobs"]}
     assert all(jobs[i]["status"] == "succeeded" for i in ids)
 
 
@@ -235,7 +170,7 @@ def test_cancel_queued_and_running(live_service):
             return long["job_id"], waiting["job_id"]
 
     long_id, waiting_id = run(scenario())
-    base = live_service["base"]
+    base = live_service.base
     for job_id, error in ((long_id, "cancelled while running"), (waiting_id, "cancelled while queued")):
         job = json.loads(http("GET", f"{base}/api/jobs/{job_id}")[2])["job"]
         assert job["status"] == "cancelled" and job["error"] == error
@@ -275,7 +210,7 @@ def test_long_video_job_chunks_and_interpolation(live_service):
             return queued["job_id"]
 
     job_id = run(scenario())
-    job = json.loads(http("GET", f"{live_service['base']}/api/jobs/{job_id}")[2])["job"]
+    job = json.loads(http("GET", f"{live_service.base}/api/jobs/{job_id}")[2])["job"]
     assert job["status"] == "succeeded" and job["total_steps"] == 4 and job["step"] == 4
 
 
@@ -290,7 +225,7 @@ def test_long_video_invalid_options_are_refused(live_service):
                 assert reply["message"]
             await c.ping_ok()
     run(scenario())
-    status, _, body = http("POST", f"{live_service['base']}/api/jobs",
+    status, _, body = http("POST", f"{live_service.base}/api/jobs",
                            {"prompt": "a red circle moving left", "interpolate": 5, **SMALL})
     assert status == 400 and json.loads(body)["code"] == "invalid_field" and json.loads(body)["field"] == "interpolate"
 
@@ -367,24 +302,14 @@ def test_bad_inputs_get_errors_and_the_connection_stays_usable(live_service):
 def test_connection_without_allowed_origin_is_refused(live_service):
     async def scenario():
         with pytest.raises(websockets.exceptions.InvalidStatus):
-            await websockets.connect(live_service["ws"], origin="http://evil.example")
+            await websockets.connect(live_service.ws, origin="http://evil.example")
     run(scenario())
 
 
 # ---------------------------------------------------------------- HTTP API
-def wait_job(base, job_id, headers=None, timeout=60.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = json.loads(http("GET", f"{base}/api/jobs/{job_id}", headers=headers)[2])["job"]
-        if job["status"] in ("succeeded", "failed", "cancelled"):
-            return job
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} not finished: {job}")
-
-
 def test_http_api(live_service):
-    base = live_service["base"]
-    cookie = session_cookie(live_service)
+    base = live_service.base
+    cookie = session_cookie(live_service.base)
     me = {"Cookie": cookie}
 
     status, _, body = http("GET", f"{base}/healthz")
@@ -405,7 +330,7 @@ def test_http_api(live_service):
     assert job["status"] in ("queued", "running") and created["request_id"] == "h1"
     assert job["params"]["steps"] == 3 and job["params"]["seed"] == 11 and job["mine"] is True
     assert job["params"]["image"] is True
-    done = wait_job(base, job["id"], me)
+    done = live_service.wait_job(job["id"], headers=me)
     assert done["status"] == "succeeded" and done["num_frames"] == 8 and done["url"]
 
     listed = json.loads(http("GET", f"{base}/api/jobs?status=succeeded", headers=me)[2])["jobs"]
@@ -434,7 +359,7 @@ def test_http_api(live_service):
     running = json.loads(body)["job"]["id"]
     status, _, body = http("POST", f"{base}/api/jobs/{running}/cancel", b"{}", headers=me)
     assert status in (200, 202), body
-    assert wait_job(base, running, me)["status"] == "cancelled"
+    assert live_service.wait_job(running, headers=me)["status"] == "cancelled"
 
     # errors
     for payload, code in (({"prompt": "x", "width": 63}, "invalid_field"), ({}, "missing_field"),
@@ -466,7 +391,7 @@ def test_job_survives_a_lost_worker_process(live_service):
     import os
     import signal
 
-    worker = live_service["procs"]["worker"].proc
+    worker = live_service.workers["test-builtin"].proc
 
     async def scenario():
         async with Client(live_service) as c:
@@ -483,5 +408,5 @@ def test_job_survives_a_lost_worker_process(live_service):
             return job_id
 
     job_id = run(scenario())
-    job = json.loads(http("GET", f"{live_service['base']}/api/jobs/{job_id}")[2])["job"]
+    job = json.loads(http("GET", f"{live_service.base}/api/jobs/{job_id}")[2])["job"]
     assert job["status"] == "succeeded"

@@ -18,8 +18,9 @@ import pytest
 from PIL import Image
 
 from generator.encode import decode_video
-from tests.conftest import BIN, TINY_LTX, TINY_LTX_QUEUE, Proc, http
-from tests.test_service import TERMINAL, Client, run
+from tests.conftest import TINY_LTX, TINY_LTX_QUEUE
+from tests.support.client import TERMINAL, Client, run
+from tests.support.stack import http
 
 WORKER_NAME = "test-tiny-ltx"
 JOB = {"model": TINY_LTX, "num_frames": 9, "width": 32, "height": 32, "steps": 2, "seed": 5, "fps": 8}
@@ -30,29 +31,17 @@ def tiny_service(live_service):
     """The live service plus the tiny LTX checkpoint and a worker consuming its queue."""
     from tests.tiny_checkpoints import save_tiny_checkpoint
 
-    path = live_service["tiny_ltx_path"]
+    path = live_service.tiny_ltx_path
     if not (path / "model_index.json").exists():
         t0 = time.monotonic()
         save_tiny_checkpoint("ltx", str(path))
         print(f"tiny LTX checkpoint built in {time.monotonic() - t0:.1f} s")
-    worker = Proc("worker-tiny-ltx", [str(BIN / "celery"), "-A", "worker", "worker", "-P", "prefork", "-c", "1",
-                                      "-Q", TINY_LTX_QUEUE, "-E", "-n", f"{WORKER_NAME}@%h", "--without-mingle",
-                                      "--without-gossip", "--loglevel", "INFO"],
-                  live_service["env"], live_service["tmp"])
+    worker = live_service.start_worker(WORKER_NAME, TINY_LTX_QUEUE, wait=False)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if not worker.alive():
-                pytest.fail(f"tiny-ltx worker exited with {worker.proc.returncode}:\n{worker.tail()}")
-            status, _, body = http("GET", f"{live_service['base']}/healthz?timeout=1", timeout=5)
-            if status == 200 and any(w.startswith(WORKER_NAME + "@") for w in json.loads(body)["workers"]):
-                break
-            if time.monotonic() > deadline:
-                pytest.fail(f"tiny-ltx worker not ready:\n{worker.tail()}")
-            time.sleep(0.3)
-        yield {**live_service, "tiny_worker": worker}
+        live_service.wait_healthy(workers=[worker.node])
+        yield live_service
     finally:
-        worker.stop(grace=20)
+        live_service.stop_worker(WORKER_NAME)
 
 
 def start_image_b64(pattern: str, size: int = 32) -> str:
@@ -73,7 +62,7 @@ def first_frame(done: dict) -> np.ndarray:
 
 
 def test_models_lists_the_configured_model_with_its_limits(tiny_service):
-    status, _, body = http("GET", tiny_service["base"] + "/api/models")
+    status, _, body = http("GET", tiny_service.base + "/api/models")
     assert status == 200
     models = {m["name"]: m for m in json.loads(body)["models"]}
     assert "builtin" in models and TINY_LTX in models
@@ -106,7 +95,7 @@ def test_text_to_video_job_progress_preview_and_mp4(tiny_service):
     assert frames.shape == (9, 32, 32, 3)
     assert fps == pytest.approx(8)
     assert (done["num_frames"], done["width"], done["height"], done["seed"], done["model"]) == (9, 32, 32, 5, TINY_LTX)
-    status, headers, body = http("GET", tiny_service["base"] + done["url"])
+    status, headers, body = http("GET", tiny_service.base + done["url"])
     assert status == 200 and headers["Content-Type"] == "video/mp4"
     assert decode_video(body)[0].shape == (9, 32, 32, 3)
 
@@ -152,7 +141,7 @@ def test_image_to_video_uses_the_start_image(tiny_service):
     for key in ("stripes", "blue"):
         assert out[key][1]["params"]["image"] is True
         assert decode_video(base64.b64decode(done[key]["video"]))[0].shape == (9, 32, 32, 3)
-        job = json.loads(http("GET", f"{tiny_service['base']}/api/jobs/{done[key]['job_id']}")[2])["job"]
+        job = json.loads(http("GET", f"{tiny_service.base}/api/jobs/{done[key]['job_id']}")[2])["job"]
         assert job["status"] == "succeeded"
     frame = {k: first_frame(d) for k, d in done.items()}
     diff = lambda a, b: float(np.abs(frame[a] - frame[b]).mean())  # noqa: E731
@@ -186,7 +175,7 @@ def test_cancel_running_job_then_worker_keeps_serving(tiny_service):
     steps = [m["step"] for m in events if m["type"] == "progress"]
     print(f"tiny-ltx job cancelled at step {max(steps)}/{steps_total}, {waited:.2f} s after the request")
     assert max(steps) < steps_total and waited < 10
-    job = json.loads(http("GET", f"{tiny_service['base']}/api/jobs/{events[0]['job_id']}")[2])["job"]
+    job = json.loads(http("GET", f"{tiny_service.base}/api/jobs/{events[0]['job_id']}")[2])["job"]
     assert job["status"] == "cancelled" and job["error"] == "cancelled while running"
     assert done[-1]["type"] == "generation_complete", done[-1]
     assert done[1]["worker"] == events[1]["worker"]  # the same worker process serves on

@@ -6,7 +6,7 @@ def test_postgres_url():
     db = database_from_url("postgres://vid%40eo:p%3Ass@db.example:5433/videos?sslmode=require")
     assert db["ENGINE"] == "django.db.backends.postgresql"
     assert (db["NAME"], db["USER"], db["PASSWORD"], db["HOST"], db["PORT"]) == \
-        ("videos", "vid@eo", "p:ss", "db.example", "5433")
+        ("videos", "vid@eo", "p:ss", "db.example", 5433)
     assert db["OPTIONS"] == {"sslmode": "require"}
 
 

@@ -27,6 +27,14 @@ class GenerationError(Exception):
     """A failure with a message fit to show the user (bad start image, out of memory...)."""
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """GPU (torch.OutOfMemoryError, a RuntimeError) or host memory exhausted."""
+    import torch
+
+    return isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+
+
 @dataclass
 class GenerationRequest:
     prompt: str

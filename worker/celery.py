@@ -1,4 +1,5 @@
-"""The Celery application. Configuration lives in Django settings (CELERY_* names, env-driven).
+"""The Celery app of the workers: the web tier's (videoservice/bus.py, configured from the
+CELERY_* settings), with this package's tasks registered.
 
 Start one worker per GPU (or one on a CPU host), consuming the queues of the models it serves:
 
@@ -8,10 +9,8 @@ Flower: celery -A worker flower --address=127.0.0.1 --port=5555 --read_only=True
 """
 import os
 
-from celery import Celery
-
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "videoservice.settings")
 
-app = Celery("videoservice")
-app.config_from_object("django.conf:settings", namespace="CELERY")
+from videoservice.bus import app  # noqa: E402
+
 app.conf.imports = ("worker.tasks",)

@@ -6,15 +6,19 @@ group, an OOM-killed container, a host that powers off) acknowledges nothing: it
 Redis' unacked set until the broker visibility timeout (hours), and its Job row says `running`.
 This module makes the database row authoritative instead:
 
-- a lease: each delivery that starts a job writes a fresh `lease` token, its node name and its pool
-  process's pid; a running job whose holder is alive is never taken over by a second delivery (a
-  message redelivered after the visibility timeout is dropped: the job does not run twice), and a
-  run whose lease was taken away stops and stores nothing;
+- a lease: each delivery that starts a job writes a fresh `lease` token, its node name, its pool
+  process's pid and host (`Job.claim`); a running job whose holder is alive is never taken over by a
+  second delivery (a message redelivered after the visibility timeout is dropped: the job does not
+  run twice), and a run whose lease was taken away stops and stores nothing;
 - a heartbeat: a thread in the pool process refreshes `heartbeat_at` every JOB_HEARTBEAT_S;
-- the reaper: `reap()` finds running jobs whose holder is gone (same node: held before this worker
-  started, or its pid no longer exists; any node: no heartbeat for JOB_HEARTBEAT_TIMEOUT_S) and re-queues them (new message,
-  `requeued` event) while attempts remain (JOB_MAX_ATTEMPTS), else fails them (`generation_failed`
-  with `retriable: true`).
+- the reaper: `reap()` finds running jobs whose holder is provably gone (it ran on this host, in
+  this PID namespace, and its pid no longer exists) or silent (no heartbeat for
+  JOB_HEARTBEAT_TIMEOUT_S, from any host) and re-queues them (new message, `requeued` event) while
+  attempts remain (JOB_MAX_ATTEMPTS), else fails them (`generation_failed` with `retriable: true`).
+  A job whose cancel was accepted is cancelled instead, never run again.
+
+Worker names prove nothing: two workers started with the same `-n` (two stacks on one host) are
+both alive, so a job is never judged by whether its node name matches ours.
 
 Where the reaper runs: inside every worker's main process, once when the worker is ready (a
 restarted worker settles what its previous life held at once) and then every
@@ -28,9 +32,9 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
-import uuid
-from datetime import datetime, timedelta, timezone as dt_timezone
+from datetime import timedelta
 
 from django.conf import settings
 from django.db import close_old_connections, connections
@@ -39,13 +43,17 @@ from django.utils import timezone
 from videoservice.models import Job
 
 log = logging.getLogger(__name__)
-# when this worker started (imported by worker.tasks in the main process before the pool forks, so
-# pool processes inherit it): a job of this node last seen alive before it was held by a previous life
-BOOTED_AT = datetime.now(dt_timezone.utc)
+
+def _host_id() -> str:
+    """This host and PID namespace: pids are only comparable between processes that share both."""
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        namespace = 0
+    return f"{socket.gethostname()}:{namespace}"[:200]
 
 
-def new_lease() -> str:
-    return uuid.uuid4().hex
+HOST_ID = _host_id()
 
 
 def pid_alive(pid) -> bool:
@@ -64,19 +72,13 @@ def pid_alive(pid) -> bool:
     return True
 
 
-def holder_alive(job: Job, hostname: str | None, now=None) -> bool:
-    """Whether the process holding this running job is still there, as far as `hostname` can tell.
-
-    Seen from the same node (a worker's node names are unique): a job last seen before this worker
-    started belongs to a previous life of it, and one whose pid is gone lost its pool process; both
-    are dead at once. Otherwise (and when the pid exists: in a container a restarted worker can get
-    the same pids) the heartbeat decides."""
+def holder_alive(job: Job, now=None) -> bool:
+    """Whether the process holding this running job may still be there: not when it ran on this
+    host (and PID namespace) and its pid is gone, else while its heartbeat is fresh. (A reused pid
+    only delays the verdict to the heartbeat timeout.)"""
+    if job.worker_host == HOST_ID and job.worker_pid and not pid_alive(job.worker_pid):
+        return False
     last = job.heartbeat_at or job.started_at or job.created_at
-    if hostname and job.worker == hostname:
-        if last is None or last < BOOTED_AT:
-            return False
-        if job.worker_pid and not pid_alive(job.worker_pid):
-            return False
     now = now or timezone.now()
     return last is not None and now - last < timedelta(seconds=settings.JOB_HEARTBEAT_TIMEOUT_S)
 
@@ -87,13 +89,13 @@ class Heartbeat:
 
     def __init__(self):
         self.lock = threading.Lock()
-        self.job = None  # (pk, lease)
+        self.job = None
         self.thread = None
         self.wake = threading.Event()
 
-    def hold(self, pk, lease: str) -> None:
+    def hold(self, job: Job) -> None:
         with self.lock:
-            self.job = (pk, lease)
+            self.job = job
             if self.thread is None or not self.thread.is_alive():
                 self.thread = threading.Thread(target=self._loop, name="job-heartbeat", daemon=True)
                 self.thread.start()
@@ -111,63 +113,26 @@ class Heartbeat:
                 continue
             try:
                 close_old_connections()
-                Job.objects.filter(pk=held[0], status=Job.Status.RUNNING, lease=held[1]).update(
-                    heartbeat_at=timezone.now())
+                held.beat()
             except Exception:
-                log.exception("heartbeat for job %s failed", held[0])
+                log.exception("heartbeat for job %s failed", held.pk)
 
 
 heartbeat = Heartbeat()
 
 
 # ---------------------------------------------------------------- the reaper (worker main process)
-def _send(job: Job, kind: str, **fields) -> None:
-    from worker.tasks import send_event
-
-    send_event(job, kind, **fields)
-
-
-def settle(job: Job, reason: str) -> str | None:
-    """Re-queue (attempts left) or fail one running job whose holder is gone; None if another won."""
-    from worker.tasks import enqueue, failed_event  # tasks imports this module
-
-    now = timezone.now()
-    where = Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING, lease=job.lease)
-    if job.attempts < settings.JOB_MAX_ATTEMPTS:
-        if not where.update(status=Job.Status.QUEUED, lease="", worker_pid=None, heartbeat_at=None,
-                            progress=0.0, step=0, cancel_requested=False):
-            return None
-        try:
-            enqueue(job)
-        except Exception as exc:  # broker down: say so rather than leave a queued job with no message
-            log.exception("could not re-queue job %s", job.pk)
-            message = f"{reason}; it could not be re-queued ({type(exc).__name__}); submit it again"
-            if Job.objects.filter(pk=job.pk, status=Job.Status.QUEUED).update(
-                    status=Job.Status.FAILED, error=message[:2000], finished_at=now):
-                _send(job, failed_event(job), error=message, retriable=True)
-            return "failed"
-        log.warning("job %s re-queued: %s (attempt %d of %d done)", job.pk, reason, job.attempts,
-                    settings.JOB_MAX_ATTEMPTS)
-        _send(job, "requeued", reason=reason, attempts=job.attempts, max_attempts=settings.JOB_MAX_ATTEMPTS)
-        return "requeued"
-    message = f"{reason}; it was lost {job.attempts} times, giving up (submit it again to retry)"
-    if not where.update(status=Job.Status.FAILED, error=message[:2000], finished_at=now, lease=""):
-        return None
-    log.warning("job %s failed: %s", job.pk, message)
-    _send(job, failed_event(job), error=message, retriable=True)
-    return "failed"
-
-
-def reap(hostname: str | None = None) -> dict:
-    """Settle every running job whose holder is gone. Returns {job_id: "requeued" | "failed"}."""
+def reap() -> dict:
+    """Settle every running job whose holder is gone. Returns {job_id: "requeued" | "failed" | "cancelled"}."""
     done = {}
     now = timezone.now()
     for job in Job.objects.filter(status=Job.Status.RUNNING):
-        if holder_alive(job, hostname, now):
+        if holder_alive(job, now):
             continue
-        reason = f"the worker running this job ({job.worker or 'unknown'}) was lost"
-        outcome = settle(job, reason)
+        outcome = job.settle_lost(f"the worker running this job ({job.worker or 'unknown'}) was lost")
         if outcome:
+            log.warning("job %s %s: its worker %s was lost (attempt %d of %d done)", job.pk, outcome, job.worker,
+                        job.attempts, settings.JOB_MAX_ATTEMPTS)
             done[str(job.pk)] = outcome
     return done
 
@@ -200,7 +165,7 @@ class Reaper:
         with _FORK_LOCK:
             try:
                 close_old_connections()
-                done = reap(self.hostname)
+                done = reap()
                 if done:
                     log.warning("reaper on %s settled %d job(s): %s", self.hostname, len(done), done)
             except Exception:

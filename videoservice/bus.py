@@ -1,0 +1,151 @@
+"""Everything that leaves a process through Redis: jobs to the workers (Celery) and job events to
+their subscribers (the Channels layer). Light on imports: the Celery app is loaded from here.
+
+Tasks: the web tier never imports the worker's code. It names the task
+(`worker.tasks.generate_video` / `worker.tasks.describe_video`) and the queue, and Celery carries
+the job id there. The same app object, configured from the CELERY_* settings, is what
+`celery -A worker` runs (worker/celery.py). A generation goes to its model's queue (its
+configuration entry's `queue`, by default the model's name: GPU hosts run `-Q ltx-video`, CPU
+hosts `-Q builtin`); describe jobs go to the `describe` queue.
+
+Events: `{"type": ..., "job_id": ..., ...}` (contract.py defines each), carried on the layer as
+`{"type": "job.event", "event": {...}}` to the job's audience group (the lobby, or the owner's
+group for a private job); every consumer in that group passes it on. Sync code (the worker, the
+HTTP views, the reaper) publishes through one event loop thread per process, which keeps the
+layer's Redis connections between events:
+- `publish` delivers in order and waits for it (a completion must not be lost);
+- `publish_progress` never waits: while an earlier event of the job is still on its way (Redis
+  slow or frozen) only the newest progress is kept, so generation never stalls on Redis.
+Async code (consumers) awaits `layer.group_send(group, envelope(event))`.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+from collections import deque
+
+from celery import Celery
+from channels.layers import get_channel_layer
+
+log = logging.getLogger(__name__)
+
+# ---------------------------------------------------------------- jobs -> workers
+app = Celery("videoservice")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+
+GENERATE_TASK = "worker.tasks.generate_video"
+DESCRIBE_TASK = "worker.tasks.describe_video"
+DESCRIBE_QUEUE = "describe"
+
+
+def queue_of_model(model: str) -> str:
+    from generator.interface import get_info
+
+    info = get_info(model)
+    return (info.extra.get("queue") if info is not None else None) or model
+
+
+def models_of_queue(queue: str) -> list:
+    """The models a worker consuming `queue` serves."""
+    from generator.interface import list_models
+
+    return [info.name for info in list_models() if (info.extra.get("queue") or info.name) == queue]
+
+
+def send_job(job_id: str, kind: str, model: str) -> None:
+    """Put a job's task on its queue (task id = job id). Raises when the broker does not take it.
+    Nobody waits for the task's result (the job's row and events say how it went), so the sender
+    does not subscribe to it either."""
+    task, queue = (DESCRIBE_TASK, DESCRIBE_QUEUE) if kind == "describe" else (GENERATE_TASK, queue_of_model(model))
+    app.send_task(task, args=[job_id], task_id=job_id, queue=queue, ignore_result=True)
+
+
+def ping_workers(timeout: float) -> list:
+    """Node names of the workers that answer a ping within `timeout` seconds."""
+    replies = app.control.ping(timeout=timeout) or []
+    return sorted(name for reply in replies for name in reply)
+
+
+# ---------------------------------------------------------------- events -> subscribers
+SEND_TIMEOUT_S = 30.0
+
+
+def envelope(event) -> dict:
+    """The channel-layer message a consumer relays to its client (an Event model or its dict)."""
+    return {"type": "job.event", "event": event if isinstance(event, dict) else event.payload()}
+
+
+class _Outbox:
+    """One event loop thread per process; per job, a queue of events sent one after another."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.loop = None
+        self.thread = None
+        self.queues: dict = {}  # job id -> deque of [group, message, is_progress, future or None]
+
+    def _ensure_loop(self):
+        if self.loop is None or not self.thread.is_alive():
+            self.loop = asyncio.new_event_loop()
+            self.thread = threading.Thread(target=self.loop.run_forever, name="channel-layer", daemon=True)
+            self.thread.start()
+        return self.loop
+
+    def put(self, key: str, group: str, message: dict, progress: bool):
+        """Queue one event; a concurrent Future for non-progress events (None for progress)."""
+        done = None if progress else concurrent.futures.Future()
+        with self.lock:
+            loop = self._ensure_loop()
+            queue = self.queues.get(key)
+            start = queue is None
+            if start:
+                queue = self.queues[key] = deque()
+            if progress and queue and queue[-1][2]:
+                queue[-1][1] = message  # an unsent progress is replaced by the newer one
+            else:
+                queue.append([group, message, progress, done])
+        if start:
+            asyncio.run_coroutine_threadsafe(self._drain(key), loop)
+        return done
+
+    async def _drain(self, key: str) -> None:
+        layer = get_channel_layer()
+        while True:
+            with self.lock:
+                queue = self.queues[key]
+                if not queue:
+                    del self.queues[key]
+                    return
+                group, message, _, done = queue.popleft()
+            try:
+                await asyncio.wait_for(layer.group_send(group, message), SEND_TIMEOUT_S)
+            except Exception as exc:  # a lost event must not fail the job; the DB row stays authoritative
+                log.warning("could not send %s to %s: %s", message["event"].get("type"), group, exc)
+                if done is not None:
+                    done.set_exception(exc)
+                continue
+            if done is not None:
+                done.set_result(None)
+
+
+_outbox = _Outbox()
+
+
+def publish(group: str, event) -> bool:
+    """Send one event and wait until the layer took it (after the job's earlier events); False if
+    it could not be sent (logged)."""
+    message = envelope(event)
+    done = _outbox.put(str(message["event"].get("job_id", group)), group, message, progress=False)
+    try:
+        done.result(SEND_TIMEOUT_S + 5)
+        return True
+    except Exception:
+        return False
+
+
+def publish_progress(group: str, event) -> None:
+    """Send a progress event without waiting; a newer one replaces it while it waits its turn."""
+    message = envelope(event)
+    _outbox.put(str(message["event"]["job_id"]), group, message, progress=True)

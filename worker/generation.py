@@ -1,0 +1,133 @@
+"""A generation job's body: the stored params (read back through the contract) -> the model ->
+frames -> MP4 -> storage -> `generation_complete` (base64 + URL) to the job's audience.
+
+Progress events carry a preview of the model's current estimate; the cancel flag is checked
+between steps. Failures are raised (GenerationError: shown to the user) and settled by
+worker/tasks.py.
+"""
+from __future__ import annotations
+
+import base64
+import logging
+import time
+
+import numpy as np
+from django.conf import settings
+from django.core.files.base import ContentFile
+
+from videoservice.contract import GenerationCompleteEvent, GenerationParams, ProgressEvent, StartedEvent
+from videoservice.models import Job
+
+log = logging.getLogger(__name__)
+
+
+def run(run) -> dict:
+    from generator.encode import encode_video, mime_type
+    from generator.interface import Cancelled, GenerationError, get_backend, is_out_of_memory
+    from generator.longvideo import run_job
+    from generator.preview import preview_jpeg
+
+    job: Job = run.job
+    params = GenerationParams.model_validate(job.params)
+    run.publish(StartedEvent(job_id=str(job.pk), worker=run.worker, prompt=job.prompt, model=job.model,
+                             params=job.params, private=job.private))
+
+    def progress(step: int, total: int, preview=None) -> None:
+        if not run.due(step, total):
+            return
+        eta = (time.monotonic() - started) / max(step, 1) * (total - step)
+        try:
+            preview_b64 = preview_jpeg(preview) if preview is not None else None
+        except Exception:
+            log.exception("preview failed")
+            preview_b64 = None
+        run.publish_progress(ProgressEvent(job_id=str(job.pk), step=step, total_steps=total,
+                                           percent=round(100.0 * step / max(total, 1), 1), eta_s=round(eta, 2),
+                                           preview=preview_b64, preview_mime="image/jpeg" if preview_b64 else None))
+
+    try:
+        backend = get_backend(job.model)
+    except (GenerationError, KeyError, ImportError, OSError, ValueError, RuntimeError) as exc:
+        if is_out_of_memory(exc):
+            raise
+        raise GenerationError(f"model {job.model!r} could not be loaded: {exc}") from None
+    request = params.generation_request(job.prompt, load_start_image(job))
+    started = time.monotonic()
+    # chunks, then upscaling, then interpolation; progress counts all chunks' steps
+    result = run_job(backend, request, params.long_video(), progress=progress, should_cancel=run.should_cancel)
+    if run.should_cancel():
+        raise Cancelled()
+    frames = checked_frames(result.frames)
+    data = encode_video(frames, result.fps, fmt="mp4")
+    evaluation = evaluate(job, data) if params.evaluate else None
+    t, h, w = frames.shape[:3]
+    h, w = h - h % 2, w - w % 2  # the encoder crops odd sizes
+    stored = job.output.storage.save(job.output.field.generate_filename(job, "video.mp4"), ContentFile(data))
+    if not job.succeed(output=stored, mime=mime_type("mp4"), size_bytes=len(data), fps=float(result.fps),
+                       num_frames=int(t), width=int(w), height=int(h), seed=int(result.seed),
+                       elapsed_s=round(time.monotonic() - run.started, 3), result=evaluation or {},
+                       step=run.total or params.total_steps):
+        job.refresh_from_db()
+        return {"job_id": str(job.pk), "status": job.status}
+    inline = len(data) <= settings.INLINE_VIDEO_MAX_BYTES
+    run.publish(GenerationCompleteEvent(
+        job_id=str(job.pk), prompt=job.prompt, model=job.model,
+        video=base64.b64encode(data).decode("ascii") if inline else None, url=job.url, mime=job.mime,
+        num_frames=job.num_frames, fps=job.fps, width=job.width, height=job.height, seed=job.seed,
+        elapsed_s=job.elapsed_s, size_bytes=len(data), private=job.private, evaluation=evaluation))
+    return {"job_id": str(job.pk), "status": "succeeded", "url": job.url, "elapsed_s": job.elapsed_s,
+            "size_bytes": len(data)}
+
+
+def load_start_image(job: Job):
+    if not job.input_image:
+        return None
+    from PIL import Image
+
+    from generator.interface import GenerationError
+
+    try:
+        with job.input_image.open("rb") as fh:
+            img = Image.open(fh)
+            img.load()
+            return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+    except Exception as exc:  # truncated / overwritten / missing file
+        raise GenerationError(f"the start image could not be read ({type(exc).__name__}: {exc}); "
+                              "submit it again") from None
+
+
+def checked_frames(frames) -> np.ndarray:
+    """A backend's frames as T x H x W x 3 uint8; NaN/Inf (a numerically broken model) is an error."""
+    from generator.interface import GenerationError
+
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[0] == 0 or frames.shape[-1] != 3:
+        raise GenerationError(f"the model returned frames of shape {frames.shape}, not T x H x W x 3")
+    if frames.dtype != np.uint8:
+        if np.issubdtype(frames.dtype, np.floating) and not np.isfinite(frames).all():
+            raise GenerationError("the model produced NaN/Inf values (numerical instability); "
+                                  "try another seed, fewer steps or a float32 model")
+        frames = np.clip(frames, 0, 255).astype(np.uint8)
+    return frames
+
+
+def evaluate(job: Job, data: bytes) -> dict:
+    """The `evaluate` option: metrics of the MP4 as users get it; for the built-in model also what
+    the built-in describer reads in it and how that agrees with the prompt. A failure here is
+    reported in the result, it does not fail the finished video."""
+    from generator.builtin.info import INFO as BUILTIN_INFO
+    from generator.encode import decode_video
+    from generator.metrics import video_metrics
+    from generator.understanding import get_describer
+    from generator.understanding.agreement import prompt_caption_agreement
+
+    try:
+        frames, _ = decode_video(data)
+        out = {"metrics": video_metrics(frames)}
+        if job.model == BUILTIN_INFO.name:
+            caption = get_describer(BUILTIN_INFO.name).describe(frames).caption
+            out |= {"caption": caption, "agreement": prompt_caption_agreement(job.prompt, caption)}
+        return out
+    except Exception as exc:
+        log.exception("evaluation of job %s failed", job.pk)
+        return {"error": f"evaluation failed: {type(exc).__name__}: {exc}"}

@@ -1,29 +1,30 @@
-"""Property-based fuzzing (hypothesis) of the one validation module the websocket and the HTTP API
-share: for any JSON value, `validate_generate` / `parse_json` / `decode_image` / `check_fields` either
-accept it or raise `RequestError` with a documented code; no other exception escapes (one would
-become `internal_error`). What is accepted respects the limits. Deterministic (derandomize): the
-same examples on every run. tests/test_fuzz.py sends such messages to the real service."""
+"""Property-based fuzzing (hypothesis) of the typed contract (videoservice/contract.py) that the
+websocket, the HTTP API, the CLI and the worker share: for any JSON value, `parse(GenerateRequest, ...)`
+and `parse_json` either accept it or raise `RequestError` with a documented code; no other exception
+escapes (one would become `internal_error`). What is accepted respects the limits, and its stored
+params read back through `GenerationParams` as the worker reads them. Deterministic (derandomize):
+the same examples on every run. tests/test_fuzz.py sends such messages to the real service."""
 from __future__ import annotations
 
 import base64
 import io
 import json
 import math
-import os
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "videoservice.settings")
-import django  # noqa: E402
+from django.conf import settings
+from PIL import Image
 
-django.setup()
+from videoservice.contract import ERROR_CODES, GenerateRequest, GenerationParams, RequestError, parse, parse_json
 
-from django.conf import settings  # noqa: E402
-from PIL import Image  # noqa: E402
+GENERATE_FIELDS = set(GenerateRequest.model_fields)
 
-from videoservice.validation import (ERROR_CODES, GENERATE_FIELDS, GenerateRequest, RequestError,  # noqa: E402
-                                     check_fields, decode_image, parse_json, validate_generate)
+
+def validate_generate(data):
+    return parse(GenerateRequest, data)
 
 PROFILE = dict(max_examples=400, deadline=None, derandomize=True, database=None,
                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -79,15 +80,19 @@ def _accepted(req: GenerateRequest) -> None:
 
     assert 0 < len(req.prompt) <= settings.MAX_PROMPT_CHARS
     p = req.params
-    info = get_info(req.model)
+    info = get_info(p.model)
     assert info is not None
-    assert not info.problems(p["num_frames"], p["width"], p["height"], p["steps"], p["guidance_scale"])
-    assert 0 <= p["seed"] <= 2**32 - 1 and math.isfinite(p["fps"]) and 1 <= p["fps"] <= 60
-    assert p["num_frames"] * p["width"] * p["height"] <= settings.MAX_VIDEO_PIXELS
-    assert req.total_steps >= p["steps"] >= 1
-    json.dumps(p, allow_nan=False)  # what is stored and sent back is strict JSON
+    assert not info.problems(p.num_frames, p.width, p.height, p.steps, p.guidance_scale)
+    assert 0 <= p.seed <= 2**32 - 1 and math.isfinite(p.fps) and 1 <= p.fps <= 60
+    shape = p.final_shape()
+    assert shape["num_frames"] * shape["width"] * shape["height"] <= settings.MAX_VIDEO_PIXELS
+    assert p.total_steps >= p.steps >= 1
+    stored = p.stored()
+    json.dumps(stored, allow_nan=False)  # what is stored and sent back is strict JSON
+    assert GenerationParams.model_validate(json.loads(json.dumps(stored))) == p  # as the worker reads it back
     if req.image is not None:
-        assert req.image.ndim == 3 and req.image.shape[2] == 3 and min(req.image.shape[:2]) >= 8
+        image = req.image_array
+        assert image.ndim == 3 and image.shape[2] == 3 and min(image.shape[:2]) >= 8
 
 
 @hsettings(**PROFILE)
@@ -131,33 +136,37 @@ def test_parse_json_is_strict(text):
 
 @hsettings(**{**PROFILE, "max_examples": 300})
 @given(image_values)
-def test_decode_image_never_crashes(value):
+def test_start_images_are_decoded_or_refused_never_crash(value):
     try:
-        array, png = decode_image(value)
+        req = validate_generate({"prompt": "x", "image": value})
     except RequestError as err:
         assert err.code in ("invalid_field", "image_invalid", "too_large"), err.code
         assert err.field == "image"
+        return
+    array, png = req.image_array, req.image_png
+    if value is None:  # no start image
+        assert array is None and png is None
         return
     assert array.dtype.name == "uint8" and array.shape[2] == 3 and png.startswith(b"\x89PNG")
 
 
 @hsettings(**PROFILE)
 @given(st.dictionaries(st.text(max_size=10) | st.sampled_from(sorted(GENERATE_FIELDS)), json_values, max_size=6))
-def test_check_fields_names_the_unknown_field(data):
+def test_unknown_fields_are_named(data):
     try:
-        check_fields(data, GENERATE_FIELDS)
+        validate_generate({"prompt": "x", **data})
     except RequestError as err:
-        assert err.code in ("unknown_field", "invalid_field")
         if err.code == "unknown_field":
-            assert err.field in data and err.field not in GENERATE_FIELDS
+            unknown = sorted(set(data) - GENERATE_FIELDS)
+            assert err.field == unknown[0] and all(name in err.message for name in unknown[:3])
+        else:
+            assert set(data) <= GENERATE_FIELDS, err.code
         return
     assert set(data) <= GENERATE_FIELDS
 
 
-def test_hypothesis_is_a_declared_requirement():
-    from pathlib import Path
-
-    reqs = (Path(__file__).resolve().parent.parent / "requirements.txt").read_text().split()
-    assert "hypothesis" in reqs
+def test_hypothesis_is_a_declared_test_requirement():
+    reqs = (Path(__file__).resolve().parent.parent / "requirements-test.txt").read_text().split()
+    assert any(r.startswith("hypothesis") for r in reqs)
     with pytest.raises(RequestError):
         validate_generate({"prompt": "x", "width": float("nan")})

@@ -3,12 +3,13 @@ messages per websocket connection (in the consumer). Settings: SUBMISSIONS_PER_M
 WS_MESSAGES_PER_MINUTE (videoservice/settings.py)."""
 from __future__ import annotations
 
+import math
 import time
 import uuid
 
 from django.conf import settings
 
-from videoservice.validation import RATE_LIMITED, UNAVAILABLE, RequestError
+from videoservice.contract import RATE_LIMITED, UNAVAILABLE, RequestError
 
 # sliding 60 s window: a sorted set of submission times per owner
 _SLIDING_WINDOW = """
@@ -46,10 +47,11 @@ def check_submission(owner: str) -> None:
         wait_ms = _redis()(keys=[f"videoservice:submissions:{owner}"],
                            args=[int(time.time() * 1000), limit, uuid.uuid4().hex])
     except Exception as exc:
-        raise RequestError(UNAVAILABLE, f"rate limiter unavailable: {exc}", status=503) from None
+        raise RequestError(UNAVAILABLE, f"rate limiter unavailable: {exc}", status=503, retry_after=5) from None
     if int(wait_ms) >= 0:
-        raise RequestError(RATE_LIMITED, f"at most {limit} submissions a minute; try again in "
-                                         f"{max(int(wait_ms) / 1000, 0.1):.0f} s", status=429)
+        wait_s = max(int(wait_ms) / 1000, 0.1)
+        raise RequestError(RATE_LIMITED, f"at most {limit} submissions a minute; try again in {wait_s:.0f} s",
+                           status=429, retry_after=math.ceil(wait_s))
 
 
 class MessageBucket:

@@ -18,7 +18,8 @@ Environment (defaults in brackets):
                         (it also caps what the server sends: base64 completions)
   WS_MAX_CLIENT_MESSAGE_BYTES [12582912]  largest message a client may send (error too_large)
   MAX_PROMPT_CHARS [1000], MAX_IMAGE_BYTES [8388608], MAX_IMAGE_PIXELS [16777216]
-  MAX_QUEUED_JOBS [200] (all owners), MAX_QUEUED_PER_OWNER [20]  -> error queue_full
+  MAX_QUEUED_JOBS [200] (all owners), MAX_QUEUED_PER_OWNER [20], MAX_QUEUED_PER_ADDRESS
+                        [MAX_QUEUED_PER_OWNER] (anonymous owners, per client IP)  -> error queue_full
   INLINE_VIDEO_MAX_BYTES [32 MiB, less if WEBSOCKET_MAX_MESSAGE_BYTES is lower]  larger videos are announced by url only (video: null)
   JOB_TIME_LIMIT_S [3600]  hard limit for one generation (soft limit 60 s earlier)
   JOB_VISIBILITY_TIMEOUT_S [43200]  broker redelivery timeout; keep it above the longest
@@ -56,7 +57,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -86,30 +86,18 @@ def env_list(name: str, default: str) -> list:
 
 
 def database_from_url(url: str) -> dict:
-    """sqlite:///relative/or//absolute/path, sqlite:///:memory:, postgres[ql]://user:pass@host:port/name."""
-    parsed = urlparse(url)
-    if parsed.scheme == "sqlite":
-        path = unquote(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else unquote(parsed.path)
-        if path and path != ":memory:" and not os.path.isabs(path):
+    """DATABASE_URL through dj-database-url (sqlite:///relative/or//absolute/path, sqlite:///:memory:,
+    postgres[ql]://user:pass@host:port/name?options), with our SQLite settings and pooled PostgreSQL
+    connections; a relative SQLite path is relative to the repository."""
+    import dj_database_url
+
+    db = dj_database_url.parse(url, conn_max_age=env_int("DB_CONN_MAX_AGE", 60), conn_health_checks=True)
+    if db["ENGINE"] == "django.db.backends.sqlite3":
+        path = db["NAME"] or ":memory:"
+        if path != ":memory:" and not os.path.isabs(path):
             path = str(BASE_DIR / path)
-        return sqlite_database(path or ":memory:")
-    if parsed.scheme in ("postgres", "postgresql", "pgsql"):
-        options = {}
-        for part in filter(None, parsed.query.split("&")):
-            key, _, value = part.partition("=")
-            options[key] = unquote(value)
-        return {
-            "ENGINE": "django.db.backends.postgresql",
-            "NAME": unquote(parsed.path.lstrip("/")),
-            "USER": unquote(parsed.username or ""),
-            "PASSWORD": unquote(parsed.password or ""),
-            "HOST": parsed.hostname or "",
-            "PORT": str(parsed.port or ""),
-            "CONN_MAX_AGE": env_int("DB_CONN_MAX_AGE", 60),
-            "CONN_HEALTH_CHECKS": True,
-            "OPTIONS": options,
-        }
-    raise ValueError(f"DATABASE_URL scheme {parsed.scheme!r} is not supported (sqlite, postgres)")
+        return sqlite_database(path)
+    return db
 
 
 def sqlite_database(path: str) -> dict:
@@ -186,10 +174,12 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    "ninja",  # serves the interactive API docs' static files (/api/docs works offline)
     "videoservice",
 ]
 
 MIDDLEWARE = [
+    "videoservice.api.json_errors_middleware",  # a 405 under /api/ answers the API's JSON error
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -261,6 +251,7 @@ MAX_IMAGE_BYTES = env_int("MAX_IMAGE_BYTES", 8 * 1024 * 1024)
 MAX_IMAGE_PIXELS = env_int("MAX_IMAGE_PIXELS", 4096 * 4096)
 MAX_QUEUED_JOBS = env_int("MAX_QUEUED_JOBS", 200)
 MAX_QUEUED_PER_OWNER = env_int("MAX_QUEUED_PER_OWNER", 20)
+MAX_QUEUED_PER_ADDRESS = env_int("MAX_QUEUED_PER_ADDRESS", MAX_QUEUED_PER_OWNER)
 SUBMISSIONS_PER_MINUTE = env_int("SUBMISSIONS_PER_MINUTE", 30)
 WS_MESSAGES_PER_MINUTE = env_int("WS_MESSAGES_PER_MINUTE", 600)
 MAX_VIDEO_PIXELS = env_int("MAX_VIDEO_PIXELS", 2 ** 27)
@@ -298,7 +289,6 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SEND_SENT_EVENT = True
 CELERY_WORKER_SEND_TASK_EVENTS = True
 CELERY_TASK_TRACK_STARTED = True
-CELERY_TASK_ROUTES = ("worker.routing.route_task",)
 CELERY_TASK_DEFAULT_QUEUE = "celery"
 CELERY_TASK_SOFT_TIME_LIMIT = max(JOB_TIME_LIMIT_S - 60, 30)
 CELERY_TASK_TIME_LIMIT = JOB_TIME_LIMIT_S

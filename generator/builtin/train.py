@@ -26,7 +26,6 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from tqdm import tqdm
 

@@ -31,6 +31,7 @@ class Command(BaseCommand):
     def handle(self, *args, **opts):
         from generator.builtin.info import INFO as BUILTIN_INFO
         from generator.understanding import DescribeError, describer_names, get_describer, sample_frames
+        from videoservice.contract import DescribeRequest, RequestError, parse
 
         if opts["list"]:
             self.stdout.write("\n".join(describer_names()))
@@ -40,11 +41,15 @@ class Command(BaseCommand):
             raise CommandError("name a video file to describe")
         if not os.path.isfile(path):
             raise CommandError(f"{path}: no such file")
+        with open(path, "rb") as fh:
+            data = fh.read()
+        try:  # the question and the describer checked as the websocket and the HTTP API check them
+            req = parse(DescribeRequest, {"question": opts["question"], "model": opts["model"]}, {"video": data})
+        except RequestError as err:
+            raise CommandError("; ".join(message for _, _, message in err.problems)) from None
         try:
-            describer = get_describer(opts["model"])
-            with open(path, "rb") as fh:
-                data = fh.read()
-            description = describer.describe(sample_frames(data), question=opts["question"])
+            describer = get_describer(req.model)
+            description = describer.describe(sample_frames(data), question=req.question)
         except DescribeError as exc:
             raise CommandError(str(exc)) from None
         report = description.as_dict()

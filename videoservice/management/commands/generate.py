@@ -14,6 +14,15 @@ import time
 from django.core.management.base import BaseCommand, CommandError
 
 
+# request field -> command-line argument (its error messages name the flag)
+ARGUMENTS = {"prompt": "prompt", "model": "model", "num_frames": "frames", "width": "width", "height": "height",
+             "steps": "steps", "guidance_scale": "guidance", "seed": "seed", "fps": "fps",
+             "num_chunks": "num_chunks", "duration_s": "duration", "overlap": "overlap",
+             "interpolate": "interpolate", "upscale": "upscale"}
+FLAGS = {name: "--" + arg.replace("_", "-") for name, arg in ARGUMENTS.items() if name != "prompt"}
+FLAGS.update(prompt="prompt", image="--image")
+
+
 class Command(BaseCommand):
     help = ("Generate a video from a prompt (and optionally a start image) in-process, "
             "without the queue, and write it as MP4 or WebM.")
@@ -64,65 +73,34 @@ class Command(BaseCommand):
                 f"{info.default_guidance}); image-to-video {'yes' if info.supports_image else 'no'}")
 
     @staticmethod
-    def _load_image(path: str):
-        import numpy as np
-        from PIL import Image, UnidentifiedImageError
+    def _image_base64(path: str) -> str:
+        """The start image as the API takes it (the contract checks it is a PNG/JPEG within the caps)."""
+        import base64
 
         try:
-            with Image.open(path) as image:
-                return np.asarray(image.convert("RGB"))
+            with open(path, "rb") as fh:
+                return base64.b64encode(fh.read()).decode("ascii")
         except FileNotFoundError:
             raise CommandError(f"--image: no such file: {path}")
-        except (UnidentifiedImageError, OSError) as exc:
-            raise CommandError(f"--image: cannot read {path} as an image ({exc})")
+        except OSError as exc:
+            raise CommandError(f"--image: cannot read {path} ({exc})")
 
     # --------------------------------------------------------------------- main
     def handle(self, *args, **options):
-        from generator.interface import DEFAULT_MODEL, get_info, list_models
+        from videoservice.contract import GenerateRequest, RequestError, parse
 
         if options["list_models"]:
             self._list_models()
             return
-        prompt = (options["prompt"] or "").strip()
-        if not prompt:
-            raise CommandError('a prompt is required, e.g. manage.py generate "a red circle moving left" '
-                               "--output out.mp4")
-
-        name = options["model"] or DEFAULT_MODEL
-        info = get_info(name)
-        if info is None:
-            known = ", ".join(sorted(i.name for i in list_models()))
-            raise CommandError(f"unknown model {name!r}; known models: {known}")
-
-        frames = info.default_frames if options["frames"] is None else options["frames"]
-        width = info.default_width if options["width"] is None else options["width"]
-        height = info.default_height if options["height"] is None else options["height"]
-        steps = info.default_steps if options["steps"] is None else options["steps"]
-        guidance = info.default_guidance if options["guidance"] is None else options["guidance"]
-        fps = info.default_fps if options["fps"] is None else options["fps"]
-        cli_names = {"num_frames": "--frames", "width": "--width", "height": "--height",
-                     "steps": "--steps", "guidance_scale": "--guidance"}
-        problems = [f"{cli_names.get(field, field)}: {message}"
-                    for field, message in info.problems(frames, width, height, steps, guidance)]
-        if not 0 < fps <= 120:
-            problems.append(f"--fps: must be above 0 and at most 120 (got {fps:g})")
-        seed = options["seed"]
-        if seed is not None and not 0 <= seed < 2**63:
-            problems.append(f"--seed: must be between 0 and 2^63-1 (got {seed})")
-        if options["image"] and not info.supports_image:
-            problems.append(f"--image: model {name} does not take a start image")
-        from generator.longvideo import final_shape, validate_options
-
-        long_fields = {"num_chunks": options["num_chunks"], "duration_s": options["duration"],
-                       "overlap": options["overlap"], "interpolate": options["interpolate"],
-                       "upscale": options["upscale"]}
-        long_names = {"num_chunks": "--num-chunks", "duration_s": "--duration", "overlap": "--overlap",
-                      "interpolate": "--interpolate", "upscale": "--upscale"}
-        long_opts, long_problems = validate_options(long_fields, info, num_frames=frames, width=width,
-                                                    height=height, fps=fps)
-        problems += [f"{long_names.get(field, field)}: {message}" for field, message in long_problems]
-        if problems:
-            raise CommandError("invalid arguments:\n  " + "\n  ".join(problems))
+        # the same typed request as the websocket and the HTTP API, from the command line
+        fields = {name: options[arg] for name, arg in ARGUMENTS.items()}
+        fields["image"] = self._image_base64(options["image"]) if options["image"] else None
+        try:
+            req = parse(GenerateRequest, {k: v for k, v in fields.items() if v is not None})
+        except RequestError as err:
+            raise CommandError("invalid arguments:\n  " + "\n  ".join(
+                f"{FLAGS.get(field, field or 'request')}: {message}" for _, field, message in err.problems))
+        params = req.params
 
         output = options["output"]
         fmt = options["format"]
@@ -133,12 +111,12 @@ class Command(BaseCommand):
         parent = os.path.dirname(os.path.abspath(output))
         if not os.path.isdir(parent):
             raise CommandError(f"--output: folder {parent} does not exist")
-        image = self._load_image(options["image"]) if options["image"] else None
 
         from tqdm import tqdm
 
         from generator.encode import encode_video
-        from generator.interface import GenerationError, GenerationRequest, get_backend
+        from generator.interface import GenerationError, get_backend
+        from generator.longvideo import run_job
 
         if options["threads"] > 0:
             import torch
@@ -147,17 +125,14 @@ class Command(BaseCommand):
         verbose = options["verbosity"] > 0
         started = time.perf_counter()
         if verbose:
-            self.stderr.write(f"loading model {name} ...")
+            self.stderr.write(f"loading model {params.model} ...")
         try:
-            backend = get_backend(name)
+            backend = get_backend(params.model)
         except Exception as exc:  # missing weights, missing optional packages ...
-            raise CommandError(f"cannot load model {name}: {exc}") from exc
+            raise CommandError(f"cannot load model {params.model}: {exc}") from exc
         loaded = time.perf_counter()
 
-        request = GenerationRequest(prompt=prompt, num_frames=frames, width=width, height=height,
-                                    steps=steps, guidance_scale=guidance, seed=seed, fps=fps, image=image)
-        chunks = final_shape(long_opts, frames, width, height, fps)["num_chunks"]
-        bar = tqdm(total=steps * chunks, desc="denoising", unit="step", file=sys.stderr, disable=not verbose,
+        bar = tqdm(total=params.total_steps, desc="denoising", unit="step", file=sys.stderr, disable=not verbose,
                    dynamic_ncols=True)
 
         def progress(step, total, _preview):
@@ -165,13 +140,10 @@ class Command(BaseCommand):
                 bar.total = total
             bar.update(step - bar.n)
 
-        try:
-            if long_opts.active:  # chunk by chunk, then upscaling, then interpolation
-                from generator.longvideo import run_job
-
-                result = run_job(backend, request, long_opts, progress=progress)
-            else:
-                result = backend.generate(request, progress=progress)
+        long_video = params.long_video()
+        try:  # chunk by chunk, then upscaling, then interpolation
+            result = run_job(backend, params.generation_request(req.prompt, req.image_array), long_video,
+                             progress=progress)
         except GenerationError as exc:
             raise CommandError(str(exc)) from exc
         except KeyboardInterrupt:
@@ -184,12 +156,13 @@ class Command(BaseCommand):
 
         t, h, w = result.frames.shape[:3]
         nh, nw = result.native_size
+        chunks = params.final_shape()["num_chunks"]
         self.stdout.write(self.style.SUCCESS(f"wrote {os.path.abspath(output)} ({len(data) / 1024:.1f} KiB, {fmt})"))
         self.stdout.write(
-            f"model {name}  seed {result.seed}  frames {t}  size {w}x{h} (native {nw}x{nh})  "
-            f"fps {result.fps:g}  steps {steps}  guidance {guidance:g}"
-            + (f"  chunks {chunks}  interpolate x{long_opts.interpolate}  upscale x{long_opts.upscale}"
-               if long_opts.active else ""))
+            f"model {params.model}  seed {result.seed}  frames {t}  size {w}x{h} (native {nw}x{nh})  "
+            f"fps {result.fps:g}  steps {params.steps}  guidance {params.guidance_scale:g}"
+            + (f"  chunks {chunks}  interpolate x{long_video.interpolate}  upscale x{long_video.upscale}"
+               if long_video.active else ""))
         self.stdout.write(
             f"time: load {loaded - started:.2f} s, generate {generated - loaded:.2f} s "
-            f"({(generated - loaded) / max(steps * chunks, 1):.3f} s/step), encode {encoded - generated:.2f} s")
+            f"({(generated - loaded) / max(params.total_steps, 1):.3f} s/step), encode {encoded - generated:.2f} s")

@@ -1,0 +1,198 @@
+"""The typed contract against the real service (tests/support): the same invalid values get the same
+refusal from the websocket, the HTTP API and the CLI; the worker reads a stored job's params back
+through the same model; /api/openapi.json is valid OpenAPI 3 and Schemathesis (a client nobody here
+wrote) finds no server error and no response that breaks the schema; every event of a real job
+matches the websocket JSON Schema; and the three packages import one way only."""
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from tests.support.client import Client, run
+from tests.support.stack import BIN, ROOT, http
+
+SMALL = {"num_frames": 8, "width": 64, "height": 64, "steps": 2}
+# (request fields, the CLI's arguments for them); each is refused the same way everywhere
+INVALID = [
+    ({"num_frames": 7}, ["--frames", "7"]),
+    ({"fps": 61}, ["--fps", "61"]),
+    ({"interpolate": 5}, ["--interpolate", "5"]),
+    ({"num_chunks": 2, "duration_s": 2}, ["--num-chunks", "2", "--duration", "2"]),
+    ({"model": "no-such-model"}, ["--model", "no-such-model"]),
+    ({"num_frames": 32, "width": 512, "height": 512, "num_chunks": 8, "upscale": 4},
+     ["--frames", "32", "--width", "512", "--height", "512", "--num-chunks", "8", "--upscale", "4"]),
+]
+
+def cli(stack, *args) -> subprocess.CompletedProcess:
+    env = {**stack.env, "OMP_NUM_THREADS": "1"}  # the same model configuration as the service
+    return subprocess.run([sys.executable, "manage.py", "generate", "a red circle moving left", *args,
+                           "--output", "/nonexistent/never.mp4"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_the_same_invalid_values_get_the_same_refusal_everywhere(live_service):
+    async def websocket() -> list:
+        async with Client(live_service) as c:
+            return [await c.submit(prompt="a red circle moving left", **fields) for fields, _ in INVALID]
+    ws_answers = run(websocket())
+    for (fields, args), ws in zip(INVALID, ws_answers):
+        status, _, body = http("POST", live_service.base + "/api/jobs", {"prompt": "a red circle moving left", **fields})
+        refusal = json.loads(body)
+        assert ws["type"] == "error" and status == 400, (fields, ws, refusal)
+        assert (ws["code"], ws.get("field"), ws["message"]) == (refusal["code"], refusal.get("field"),
+                                                                refusal["message"]), fields
+        done = cli(live_service, *args)
+        assert done.returncode != 0 and ws["message"] in done.stderr, (fields, ws["message"], done.stderr[-800:])
+        assert "Traceback" not in done.stderr
+
+
+def test_a_stored_jobs_params_read_back_through_the_contract(live_service):
+    from videoservice.contract import GenerationParams
+
+    fields = {"prompt": "a blue square moving up", **SMALL, "num_chunks": 2, "seed": 9, "evaluate": False}
+    status, _, body = http("POST", live_service.base + "/api/jobs", fields)
+    assert status == 201, body
+    stored = json.loads(body)["job"]["params"]
+    params = GenerationParams.model_validate(stored)  # as worker/generation.py reads them
+    assert params.stored() == stored and "evaluate" not in stored
+    assert (params.num_chunks, params.seed, params.total_steps) == (2, 9, 4)
+    row = live_service.row(json.loads(body)["job"]["id"])
+    assert GenerationParams.model_validate(json.loads(row["params"])) == params
+    assert row["total_steps"] == params.total_steps
+
+
+def test_openapi_document_is_valid_and_describes_every_status(live_service):
+    from openapi_spec_validator import validate
+
+    status, headers, body = http("GET", live_service.base + "/api/openapi.json")
+    assert status == 200 and headers["Content-Type"].startswith("application/json")
+    spec = json.loads(body)
+    validate(spec)
+    ops = {(path, method): op for path, item in spec["paths"].items() for method, op in item.items()}
+    create = ops[("/api/jobs", "post")]
+    assert {"201", "400", "401", "403", "413", "415", "429", "503"} <= set(create["responses"])
+    body_schema = create["requestBody"]["content"]["application/json"]["schema"]
+    assert body_schema["additionalProperties"] is False and "prompt" in body_schema["required"]
+    assert {"200", "206", "404"} <= set(ops[("/api/jobs/{job_id}/video", "get")]["responses"])
+    status, _, page = http("GET", live_service.base + "/api/docs")
+    assert status == 200 and b"openapi.json" in page
+
+
+def test_too_many_requests_and_unavailable_carry_retry_after(strict_service):
+    """SUBMISSIONS_PER_MINUTE=4 on the strict server: the fifth submission is a 429 with Retry-After."""
+    token = {"Authorization": f"Bearer {strict_service.tokens['erin']}"}
+    answers = [http("POST", strict_service.base + "/api/jobs", {"prompt": "retry after", **SMALL, "steps": 1},
+                    headers=token) for _ in range(6)]
+    limited = [(s, h) for s, h, _ in answers if s == 429]
+    assert limited and all(int(h["Retry-After"]) >= 1 for _, h in limited), [s for s, _, _ in answers]
+
+
+@pytest.fixture
+def api_only(live_service, tmp_path):
+    """A Daphne with a database and a broker of its own (on the live Redis, another DB number) that
+    no worker reads: the jobs a fuzzer submits stay queued there instead of filling the live queue."""
+    env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'fuzz.sqlite3'}",
+           "REDIS_URL": f"redis://127.0.0.1:{live_service.redis_port}/7", "MAX_QUEUED_JOBS": "100000",
+           "MAX_QUEUED_PER_OWNER": "100000", "MAX_QUEUED_PER_ADDRESS": "100000"}
+    live_service.manage("migrate", "--noinput", "-v", "0", env=env)
+    web = live_service.start_web("api-only", env=env)
+    try:
+        live_service.wait_healthy(web="api-only")
+        yield live_service.url("api-only")
+    finally:
+        web.stop(grace=5)
+
+
+def test_schemathesis_finds_no_server_error_and_no_response_breaking_the_schema(api_only, tmp_path):
+    """A short pass (the closing note reports a long one); schemathesis.toml says which expectations
+    JSON Schema cannot express (a model's own limits)."""
+    report = tmp_path / "junit.xml"
+    done = subprocess.run([str(BIN / "schemathesis"), "run", api_only + "/api/openapi.json", "--checks", "all",
+                           "--max-time", "15", "--max-examples", "30", "--report", "junit",
+                           "--report-junit-path", str(report), "--no-color"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
+    assert report.exists() and 'failures="0"' in report.read_text()
+
+
+def test_every_event_of_a_real_job_matches_the_websocket_schema(live_service):
+    status, _, body = http("GET", live_service.base + "/api/schema/websocket.json")
+    schema = json.loads(body)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    server = jsonschema.Draft202012Validator({**schema, "$ref": "#/$defs/serverMessage"})
+    client = jsonschema.Draft202012Validator({**schema, "$ref": "#/$defs/clientMessage"})
+    message = {"type": "generate", "prompt": "a yellow circle moving down", **SMALL}
+    assert not list(client.iter_errors(message))
+    assert list(client.iter_errors({**message, "colour": "red"}))  # unknown fields: additionalProperties false
+
+    async def scenario():
+        async with Client(live_service) as c:
+            queued = await c.submit(**message)
+            await c.events_for(queued["job_id"])
+            await c.submit(prompt="")  # an error
+            await c.ping_ok()
+            return c.seen
+    seen = run(scenario())
+    assert {"queued", "started", "progress", "generation_complete", "error", "pong"} <= {m["type"] for m in seen}
+    for msg in seen:
+        errors = [e.message for e in server.iter_errors(msg)]
+        assert not errors, (msg["type"], errors[:3])
+
+
+def _imports(path: Path) -> set:
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_packages_import_one_way_only():
+    """generator imports neither service tier; videoservice never imports worker (it names tasks)."""
+    forbidden = {"generator": {"videoservice", "worker", "django", "channels", "celery"},
+                 "videoservice": {"worker"}, "worker": set()}
+    for package, banned in forbidden.items():
+        for path in (ROOT / package).rglob("*.py"):
+            bad = _imports(path) & banned
+            assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+    assert "videoservice" in set().union(*(_imports(p) for p in (ROOT / "worker").rglob("*.py")))
+
+
+def test_architecture_doc_follows_a_job_through_at_most_eight_files():
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    path_section = doc.split("## One job", 1)[1].split("\n## ", 1)[0]
+    files = {line.split("`")[1] for line in path_section.splitlines() if line.lstrip().startswith(("1", "2", "3", "4",
+                                                                                                  "5", "6", "7", "8",
+                                                                                                  "9"))
+             and "`" in line}
+    assert 0 < len(files) <= 8, files
+    for name in files:
+        assert (ROOT / name).exists(), name
+
+
+@pytest.mark.parametrize("name", ["requirements.txt", "requirements-test.txt", "requirements-bench.txt"])
+def test_requirements_are_split_and_bounded(name):
+    lines = [line.split("#")[0].strip() for line in (ROOT / name).read_text().splitlines()]
+    reqs = [line for line in lines if line and not line.startswith("-r")]
+    assert all(any(op in r for op in ("==", "<")) for r in reqs), [r for r in reqs if "==" not in r and "<" not in r]
+    names = {r.split("[")[0].split("=")[0].split(">")[0].split("<")[0].lower() for r in reqs}
+    if name == "requirements.txt":
+        assert {"redis", "pydantic", "django-ninja", "dj-database-url"} <= names
+        assert not names & {"pytest", "hypothesis", "playwright", "schemathesis", "imageio"}  # the image gets no tests
+
+
+def test_the_schemas_in_docs_are_the_generated_ones():
+    from videoservice.management.commands.api_schema import documents, dumps
+
+    for name, document in documents().items():
+        committed = (ROOT / "docs" / name).read_text()
+        assert committed == dumps(document), f"docs/{name} is stale: run python manage.py api_schema"

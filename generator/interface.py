@@ -50,6 +50,10 @@ class GenerationRequest:
     # last `max_start_frames` of them as the clip's first frames; one with a single start frame
     # (image-to-video) gets the last one as `image` (see fill_defaults)
     start_frames: Optional[np.ndarray] = None
+    # video-to-video: the source clip, T x H x W x 3 uint8 (resized to the request's size and frame
+    # count by the caller), and how far to move away from it: 0 returns the source, 1 ignores it
+    video: Optional[np.ndarray] = None
+    strength: Optional[float] = None
 
 
 @dataclass
@@ -58,6 +62,9 @@ class GenerationResult:
     fps: float
     seed: int
     native_size: tuple  # (height, width) the model generated before upscaling
+    # a sound track for models that make one (LTX-2): samples x channels float32 in [-1, 1]
+    audio: Optional[np.ndarray] = None
+    audio_sample_rate: Optional[int] = None
 
 
 @dataclass
@@ -83,6 +90,8 @@ class ModelInfo:
     default_guidance: float = 4.0
     max_guidance: float = 20.0
     default_fps: float = 8.0
+    supports_video: bool = False  # takes a source video (video-to-video, GenerationRequest.video)
+    has_audio: bool = False  # its results carry a sound track (GenerationResult.audio)
     extra: dict = field(default_factory=dict)
 
     def frame_rule(self) -> str:
@@ -148,6 +157,8 @@ class Backend(ABC):
             image=request.image if request.image is not None or request.start_frames is None
             else request.start_frames[-1],
             start_frames=request.start_frames,
+            video=request.video,
+            strength=request.strength,
         )
 
 

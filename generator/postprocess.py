@@ -48,3 +48,17 @@ def resize_frames(frames: np.ndarray, size: tuple, sharpen: bool = True,
 
 def sharpen_frames(frames: np.ndarray, workers: Optional[int] = None, **kwargs) -> np.ndarray:
     return map_frames(lambda f: sharpen_frame(f, **kwargs), frames, workers)
+
+
+def source_clip(data: bytes, num_frames: int, size: tuple) -> np.ndarray:
+    """A video file's bytes as `num_frames` evenly spaced frames at (height, width): the source of a
+    video-to-video generation (GenerationRequest.video). A shorter source repeats frames. Raises
+    ValueError when the file cannot be read."""
+    from generator.understanding import DescribeError, sample_frames
+
+    try:
+        frames = sample_frames(data, num_frames)
+    except DescribeError as exc:
+        raise ValueError(str(exc)) from None
+    picks = np.linspace(0, len(frames) - 1, num_frames).round().astype(int)
+    return resize_frames(frames[picks], size, sharpen=False)

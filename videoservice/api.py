@@ -119,6 +119,8 @@ class ModelOut(Schema):
     default_guidance: float
     max_guidance: float
     default_fps: float
+    supports_video: bool
+    has_audio: bool
     extra: dict
 
 

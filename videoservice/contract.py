@@ -60,6 +60,7 @@ MAX_SEED = 2**32 - 1
 MIN_FPS, MAX_FPS = 1.0, 60.0
 MAX_REQUEST_ID_CHARS = 100
 MAX_QUESTION_CHARS = 500
+DEFAULT_STRENGTH = 0.6  # video-to-video: how far from the source, when not given
 MAX_JSON_VALUES = 4096  # a message holds a dozen values; its size is in its strings (prompt, base64)
 # JSON Schema patterns of our text rules: no NUL (lone surrogates are refused too, but JSON Schema
 # tools cannot express them), and for prompts some non-space character
@@ -330,18 +331,18 @@ def decode_image(value: Any) -> tuple:
     return array, png.getvalue()
 
 
-def decode_video_upload(value: Any) -> bytes:
+def decode_video_upload(value: Any, field: str = "video") -> bytes:
     """Base64 (optionally a data: URL) of a video file PyAV can open and that holds a video stream."""
     import av
 
-    data = decode_base64(value, "video", VIDEO_INVALID, "or a data: URL of an MP4",
+    data = decode_base64(value, field, VIDEO_INVALID, "or a data: URL of an MP4",
                          settings.WS_MAX_CLIENT_MESSAGE_BYTES)
     try:
         with av.open(io.BytesIO(data)) as container:
             if not container.streams.video:
-                raise _refuse(VIDEO_INVALID, "video", "the file holds no video stream")
+                raise _refuse(VIDEO_INVALID, field, "the file holds no video stream")
     except av.error.FFmpegError as exc:
-        raise _refuse(VIDEO_INVALID, "video", f"video could not be read: {exc}") from None
+        raise _refuse(VIDEO_INVALID, field, f"video could not be read: {exc}") from None
     return data
 
 
@@ -363,6 +364,10 @@ class GenerationParams(BaseModel):
     seed: int
     fps: float
     image: bool = Field(False, description="a start image was given (stored with the job)")
+    # video-to-video: an uploaded source (stored with the job) or a finished job's video
+    video: bool = Field(False, description="a source video was uploaded (stored with the job)")
+    source_job_id: Optional[str] = None
+    strength: Optional[float] = None
     evaluate: Optional[bool] = Field(None, description="attach quality metrics to the finished job")
     # long videos: only those given (absent = a plain single-clip job)
     num_chunks: Optional[int] = None
@@ -389,12 +394,13 @@ class GenerationParams(BaseModel):
         """Denoising steps over all chunks of a long video."""
         return self.steps * self.final_shape()["num_chunks"]
 
-    def generation_request(self, prompt: str, image: Optional[np.ndarray] = None):
+    def generation_request(self, prompt: str, image: Optional[np.ndarray] = None,
+                           video: Optional[np.ndarray] = None):
         from generator.interface import GenerationRequest
 
         return GenerationRequest(prompt=prompt, num_frames=self.num_frames, width=self.width, height=self.height,
                                  steps=self.steps, guidance_scale=self.guidance_scale, seed=self.seed, fps=self.fps,
-                                 image=image)
+                                 image=image, video=video, strength=self.strength)
 
 
 class GenerateRequest(BaseModel):
@@ -427,6 +433,16 @@ class GenerateRequest(BaseModel):
     image: Annotated[Optional[str], Field(min_length=1, description="start frame: base64 PNG/JPEG or a data: URL "
                                                                     "(image-to-video models only)"),
                      _base64_text("PNG or JPEG")] = None
+    video: Annotated[Optional[str], Field(min_length=1, description="video-to-video: the source clip, base64 "
+                                                                    "MP4/WebM or a data: URL (models with "
+                                                                    "supports_video)"),
+                     _base64_text("or a data: URL of an MP4")] = None
+    source_job_id: Annotated[Optional[str], Field(description="video-to-video: a finished job's video as the "
+                                                              "source (instead of `video`)"),
+                             BeforeValidator(_job_id)] = None
+    strength: Annotated[Optional[float], Field(ge=0, le=1, description="video-to-video: 0 returns the source, 1 "
+                                                                       f"ignores it (default {DEFAULT_STRENGTH})"),
+                        _number(0.0, 1.0)] = None
     private: Annotated[Flag, Field(description="events go only to the submitter")] = None
     request_id: RequestId = None
     evaluate: Annotated[Flag, Field(description="attach quality metrics to the finished job")] = None
@@ -448,6 +464,7 @@ class GenerateRequest(BaseModel):
 
     _params: GenerationParams = PrivateAttr()
     _image: Optional[tuple] = PrivateAttr(None)
+    _video: Optional[bytes] = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _resolve(self):
@@ -459,6 +476,7 @@ class GenerateRequest(BaseModel):
             if not info.supports_image:
                 raise _refuse(INVALID_FIELD, "image", f"model {self.model} does not take a start image")
             self._image = decode_image(self.image)
+        self._check_source(info)
         num_frames = info.default_frames if self.num_frames is None else self.num_frames
         width = info.default_width if self.width is None else self.width
         height = info.default_height if self.height is None else self.height
@@ -474,12 +492,43 @@ class GenerateRequest(BaseModel):
             guidance_scale=guidance, fps=fps, image=self.image is not None, evaluate=self.evaluate or None,
             seed=self.seed if self.seed is not None else random.SystemRandom().randrange(0, 2**31),
             num_chunks=self.num_chunks, duration_s=self.duration_s, overlap=self.overlap,
-            interpolate=self.interpolate, upscale=self.upscale)
+            interpolate=self.interpolate, upscale=self.upscale, video=self.video is not None,
+            source_job_id=self.source_job_id,
+            strength=(DEFAULT_STRENGTH if self.strength is None else self.strength) if self.has_source else None)
         problems = _long_video_problems(params)
         if problems:
             raise _many(problems)
         self._params = params
         return self
+
+    def _check_source(self, info) -> None:
+        """Video-to-video: one source, for a model that takes one, as a single clip."""
+        if not self.has_source:
+            if self.strength is not None:
+                raise _refuse(INVALID_FIELD, "strength", "strength needs a source video (video or source_job_id)")
+            return
+        field = "video" if self.video is not None else "source_job_id"
+        if not info.supports_video:
+            raise _refuse(INVALID_FIELD, field, f"model {self.model} does not take a source video")
+        if self.video is not None and self.source_job_id is not None:
+            raise _refuse(INVALID_FIELD, "video", "give either video or source_job_id, not both")
+        if self.image is not None:
+            raise _refuse(INVALID_FIELD, "image", "give a start image or a source video, not both")
+        long_options = [name for name in ("num_chunks", "duration_s", "interpolate", "upscale")
+                        if getattr(self, name) not in (None, 1)]
+        if long_options:
+            raise _refuse(INVALID_FIELD, long_options[0], f"{long_options[0]} does not apply to video-to-video "
+                                                          "(one clip of the source's length)")
+        if self.video is not None:
+            self._video = decode_video_upload(self.video, field="video")
+
+    @property
+    def has_source(self) -> bool:
+        return self.video is not None or self.source_job_id is not None
+
+    @property
+    def video_bytes(self) -> Optional[bytes]:
+        return self._video
 
     @property
     def params(self) -> GenerationParams:

@@ -111,17 +111,26 @@ class JobQuerySet(models.QuerySet):
 
     def submit_generate(self, req: GenerateRequest, submitter: Submitter) -> "Job":
         params = req.params
-        return self.submit(submitter, files={"input_image": ("start.png", req.image_png)} if req.image_png else None,
-                           prompt=req.prompt, model=params.model, params=params.stored(), private=bool(req.private),
-                           total_steps=params.total_steps, seed=params.seed)
+        if params.source_job_id is not None:  # video-to-video from a finished job the submitter can see
+            self.finished_video(params.source_job_id, submitter, "source_job_id")
+        files = {}
+        if req.image_png:
+            files["input_image"] = ("start.png", req.image_png)
+        if req.video_bytes:
+            files["input_video"] = ("source.mp4", req.video_bytes)
+        return self.submit(submitter, files=files, prompt=req.prompt, model=params.model, params=params.stored(),
+                           private=bool(req.private), total_steps=params.total_steps, seed=params.seed)
+
+    def finished_video(self, job_id: str, submitter: Submitter, field: str) -> "Job":
+        """A generation with a stored video that the submitter may see (as a source to read)."""
+        source = self.get_visible(job_id, submitter.owner, submitter.staff)
+        if source.kind != Job.Kind.GENERATE or not source.output:
+            raise RequestError(INVALID_FIELD, f"job {source.id} has no video (it is a {source.status} {source.kind} "
+                                              "job)", field, status=409)
+        return source
 
     def submit_describe(self, req: DescribeRequest, submitter: Submitter) -> "Job":
-        source = None
-        if req.job_id is not None:
-            source = self.get_visible(req.job_id, submitter.owner, submitter.staff)
-            if source.kind != Job.Kind.GENERATE or not source.output:
-                raise RequestError(INVALID_FIELD, f"job {source.id} has no video to describe (it is a "
-                                                  f"{source.status} {source.kind} job)", "job_id", status=409)
+        source = self.finished_video(req.job_id, submitter, "job_id") if req.job_id is not None else None
         params = req.params(str(source.id) if source else None)
         return self.submit(submitter, files={"input_video": ("input.mp4", req.video_bytes)} if source is None else None,
                            kind=Job.Kind.DESCRIBE, prompt=req.question or "", model=req.model,
@@ -156,7 +165,7 @@ class Job(models.Model):
     private = models.BooleanField(default=False)
     input_image = models.FileField(upload_to=image_path, blank=True)
     kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.GENERATE, db_index=True)
-    input_video = models.FileField(upload_to=input_video_path, blank=True, help_text="describe: the uploaded video")
+    input_video = models.FileField(upload_to=input_video_path, blank=True, help_text="describe: the video to describe; generate: the source of a video-to-video job")
     result = models.JSONField(default=dict, blank=True,
                               help_text="describe: caption, answer, agreement; generate with evaluate: metrics")
 

@@ -51,7 +51,7 @@ def run(run) -> dict:
         if is_out_of_memory(exc):
             raise
         raise GenerationError(f"model {job.model!r} could not be loaded: {exc}") from None
-    request = params.generation_request(job.prompt, load_start_image(job))
+    request = params.generation_request(job.prompt, load_start_image(job), load_source_video(job, params))
     started = time.monotonic()
     # chunks, then upscaling, then interpolation; progress counts all chunks' steps
     result = run_job(backend, request, params.long_video(), progress=progress, should_cancel=run.should_cancel)
@@ -94,6 +94,25 @@ def load_start_image(job: Job):
     except Exception as exc:  # truncated / overwritten / missing file
         raise GenerationError(f"the start image could not be read ({type(exc).__name__}: {exc}); "
                               "submit it again") from None
+
+
+def load_source_video(job: Job, params: GenerationParams):
+    """Video-to-video: the uploaded source or the source job's video, fitted to the job's frame
+    count and size (generator.postprocess.source_clip), or None."""
+    if not params.video and params.source_job_id is None:
+        return None
+    from generator.interface import GenerationError
+    from generator.postprocess import source_clip
+
+    source = job.input_video if params.video else getattr(Job.objects.filter(pk=params.source_job_id).first(),
+                                                          "output", None)
+    if not source:
+        raise GenerationError(f"the source video of job {params.source_job_id} is no longer stored")
+    try:
+        with source.open("rb") as fh:
+            return source_clip(fh.read(), params.num_frames, (params.height, params.width))
+    except (ValueError, OSError) as exc:
+        raise GenerationError(f"the source video could not be read ({exc}); submit it again") from None
 
 
 def checked_frames(frames) -> np.ndarray:

@@ -18,9 +18,9 @@ from django.core.management.base import BaseCommand, CommandError
 ARGUMENTS = {"prompt": "prompt", "model": "model", "num_frames": "frames", "width": "width", "height": "height",
              "steps": "steps", "guidance_scale": "guidance", "seed": "seed", "fps": "fps",
              "num_chunks": "num_chunks", "duration_s": "duration", "overlap": "overlap",
-             "interpolate": "interpolate", "upscale": "upscale"}
+             "interpolate": "interpolate", "upscale": "upscale", "strength": "strength"}
 FLAGS = {name: "--" + arg.replace("_", "-") for name, arg in ARGUMENTS.items() if name != "prompt"}
-FLAGS.update(prompt="prompt", image="--image")
+FLAGS.update(prompt="prompt", image="--image", video="--video")
 
 
 class Command(BaseCommand):
@@ -41,6 +41,9 @@ class Command(BaseCommand):
         parser.add_argument("--guidance", type=float, help="classifier-free guidance scale")
         parser.add_argument("--seed", type=int, help="random seed (random when omitted; printed)")
         parser.add_argument("--image", help="start frame (PNG/JPEG) for image-to-video")
+        parser.add_argument("--video", help="source clip (MP4/WebM) for video-to-video (models with supports_video)")
+        parser.add_argument("--strength", type=float,
+                            help="video-to-video: 0 returns the source, 1 ignores it (default 0.6)")
         parser.add_argument("--fps", type=float, help="frames per second of the written file")
         parser.add_argument("--format", choices=["mp4", "webm"],
                             help="container (default: from --output's extension, else mp4)")
@@ -73,17 +76,17 @@ class Command(BaseCommand):
                 f"{info.default_guidance}); image-to-video {'yes' if info.supports_image else 'no'}")
 
     @staticmethod
-    def _image_base64(path: str) -> str:
-        """The start image as the API takes it (the contract checks it is a PNG/JPEG within the caps)."""
+    def _base64(path: str, flag: str) -> str:
+        """A start image or source video as the API takes it (the contract checks what it holds)."""
         import base64
 
         try:
             with open(path, "rb") as fh:
                 return base64.b64encode(fh.read()).decode("ascii")
         except FileNotFoundError:
-            raise CommandError(f"--image: no such file: {path}")
+            raise CommandError(f"{flag}: no such file: {path}")
         except OSError as exc:
-            raise CommandError(f"--image: cannot read {path} ({exc})")
+            raise CommandError(f"{flag}: cannot read {path} ({exc})")
 
     # --------------------------------------------------------------------- main
     def handle(self, *args, **options):
@@ -94,7 +97,8 @@ class Command(BaseCommand):
             return
         # the same typed request as the websocket and the HTTP API, from the command line
         fields = {name: options[arg] for name, arg in ARGUMENTS.items()}
-        fields["image"] = self._image_base64(options["image"]) if options["image"] else None
+        fields["image"] = self._base64(options["image"], "--image") if options["image"] else None
+        fields["video"] = self._base64(options["video"], "--video") if options["video"] else None
         try:
             req = parse(GenerateRequest, {k: v for k, v in fields.items() if v is not None})
         except RequestError as err:
@@ -142,7 +146,12 @@ class Command(BaseCommand):
 
         long_video = params.long_video()
         try:  # chunk by chunk, then upscaling, then interpolation
-            result = run_job(backend, params.generation_request(req.prompt, req.image_array), long_video,
+            source = None
+            if req.video_bytes:
+                from generator.postprocess import source_clip
+
+                source = source_clip(req.video_bytes, params.num_frames, (params.height, params.width))
+            result = run_job(backend, params.generation_request(req.prompt, req.image_array, source), long_video,
                              progress=progress)
         except GenerationError as exc:
             raise CommandError(str(exc)) from exc

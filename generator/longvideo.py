@@ -23,7 +23,7 @@ import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Optional
+from typing import Callable, Optional
 
 import cv2
 import numpy as np
@@ -31,6 +31,8 @@ import numpy as np
 from generator.interface import (Backend, Cancelled, CancelCheck, GenerationRequest, GenerationResult, ModelInfo,
                                  ProgressCallback)
 from generator.postprocess import resize_frames
+
+FramesCallback = Callable[[np.ndarray], None]  # final frames of a video, in order, as they are ready
 
 # our parallelism is one pair (or frame) per thread; OpenCV's own pool on top would oversubscribe
 cv2.setNumThreads(1)
@@ -93,11 +95,12 @@ def extended_length(num_chunks: int, num_frames: int, overlap: int) -> int:
 
 def extend(backend: Backend, request: GenerationRequest, num_chunks: Optional[int] = None, overlap: int = 4,
            progress: Optional[ProgressCallback] = None, should_cancel: Optional[CancelCheck] = None,
-           duration_s: Optional[float] = None) -> GenerationResult:
+           duration_s: Optional[float] = None, on_frames: Optional[FramesCallback] = None) -> GenerationResult:
     """Generate `num_chunks` chunks (or enough for `duration_s` seconds, trimmed to it) as one video.
 
     Progress reports (step, total) over all chunks; cancel is checked between chunks and, by the
-    backend, between steps. Chunk i uses seed + i.
+    backend, between steps. Chunk i uses seed + i. `on_frames` gets the frames no later chunk can
+    change, as soon as they are: after each chunk all but the ones the next chunk blends.
     """
     req = backend.fill_defaults(request)
     frames_per_chunk = req.num_frames
@@ -113,7 +116,8 @@ def extend(backend: Backend, request: GenerationRequest, num_chunks: Optional[in
 
     total = num_chunks * req.steps
     done = [0]  # steps finished in earlier chunks
-    video, first = None, None
+    length = math.ceil(duration_s * req.fps - 1e-9) if duration_s is not None else None
+    video, first, emitted = None, None, 0
     for i in range(num_chunks):
         if should_cancel is not None and should_cancel():
             raise Cancelled()
@@ -137,8 +141,14 @@ def extend(backend: Backend, request: GenerationRequest, num_chunks: Optional[in
             video = frames
         else:
             video = blend_overlap(video, frames, shared)
-    if duration_s is not None:
-        video = video[:max(1, math.ceil(duration_s * req.fps - 1e-9))]
+        final = len(video) if i == num_chunks - 1 else len(video) - shared
+        if length is not None:
+            final = min(final, max(1, length))
+        if on_frames is not None and final > emitted:
+            on_frames(video[emitted:final])
+            emitted = final
+    if length is not None:
+        video = video[:max(1, length)]
     return GenerationResult(frames=video, fps=first.fps, seed=req.seed, native_size=first.native_size)
 
 
@@ -413,29 +423,58 @@ def final_shape(options: LongVideoOptions, num_frames: int, width: int, height: 
             "width": width * options.upscale, "height": height * options.upscale, "fps": fps * options.interpolate}
 
 
+class _Finisher:
+    """Upscaling and interpolation of final frames batch by batch, as they stream: per-frame
+    upscaling, and interpolation of each new pair (the first pair of a batch bridges it with the
+    previous batch's last frame), so the batches add up to the whole video's post-processing."""
+
+    def __init__(self, options: LongVideoOptions, workers: Optional[int], should_cancel: Optional[CancelCheck],
+                 sink: FramesCallback):
+        self.options, self.workers, self.should_cancel, self.sink = options, workers, should_cancel, sink
+        self.last = None  # the previous batch's last frame, after upscaling
+
+    def __call__(self, frames: np.ndarray) -> None:
+        options = self.options
+        if options.upscale > 1:
+            if self.should_cancel is not None and self.should_cancel():
+                raise Cancelled()
+            frames = upscale_frames(frames, options.upscale, self.workers)
+        if options.interpolate > 1:
+            if self.should_cancel is not None and self.should_cancel():
+                raise Cancelled()
+            bridged = frames if self.last is None else np.concatenate([self.last[None], frames])
+            out = interpolate(bridged, options.interpolate, self.workers, should_cancel=self.should_cancel)
+            self.last = frames[-1]
+            frames = out if bridged is frames else out[1:]  # (the bridge frame went out with the last batch)
+        self.sink(frames)
+
+
 def run_job(backend: Backend, request: GenerationRequest, options: Optional[LongVideoOptions] = None,
             progress: Optional[ProgressCallback] = None, should_cancel: Optional[CancelCheck] = None,
-            workers: Optional[int] = None) -> GenerationResult:
+            workers: Optional[int] = None, on_frames: Optional[FramesCallback] = None) -> GenerationResult:
     """Generate (extended over chunks when asked), then upscale, then interpolate.
 
     Progress counts denoising steps over all chunks; cancel is honoured between chunks, steps and
     post-processing stages (and interpolation pairs). The result's fps is the request's x interpolate.
+    `on_frames` receives the final video's frames in order, batch by batch as soon as no later
+    chunk can change them (streaming); the batches add up to the result's frames.
     """
     options = options or LongVideoOptions()
     req = backend.fill_defaults(request)
+    batches = []
+
+    def keep(frames):
+        batches.append(frames)
+        if on_frames is not None:
+            on_frames(frames)
+    finish = _Finisher(options, workers, should_cancel, keep)
     if options.num_chunks > 1 or options.duration_s is not None:
         result = extend(backend, req, num_chunks=options.num_chunks, overlap=options.overlap_for(req.num_frames),
-                        progress=progress, should_cancel=should_cancel, duration_s=options.duration_s)
+                        progress=progress, should_cancel=should_cancel, duration_s=options.duration_s,
+                        on_frames=finish)
     else:
         result = backend.generate(req, progress=progress, should_cancel=should_cancel)
-    frames, fps = result.frames, result.fps
-    if options.upscale > 1:
-        if should_cancel is not None and should_cancel():
-            raise Cancelled()
-        frames = upscale_frames(frames, options.upscale, workers)
-    if options.interpolate > 1:
-        if should_cancel is not None and should_cancel():
-            raise Cancelled()
-        frames = interpolate(frames, options.interpolate, workers, should_cancel=should_cancel)
-        fps = fps * options.interpolate
-    return GenerationResult(frames=frames, fps=fps, seed=result.seed, native_size=result.native_size)
+        finish(result.frames)
+    return GenerationResult(frames=np.concatenate(batches), fps=result.fps * options.interpolate, seed=result.seed,
+                            native_size=result.native_size, audio=result.audio,
+                            audio_sample_rate=result.audio_sample_rate)

@@ -39,8 +39,8 @@ def test_submit_progress_complete_and_second_subscriber(live_service):
             assert prog[-1]["step"] == prog[-1]["total_steps"] == 3
             assert prog[-1]["percent"] == 100
             assert all(m["eta_s"] >= 0 for m in prog)
-            preview = Image.open(io.BytesIO(base64.b64decode(prog[0]["preview"])))
-            assert preview.format == "JPEG" and preview.height <= 96
+            preview, _ = decode_video(base64.b64decode(prog[0]["preview"]))  # every frame of the estimate
+            assert prog[0]["preview_mime"] == "video/mp4" and preview.shape[0] == 8 and preview.shape[1] <= 96
             done = events[-1]
             video = base64.b64decode(done["video"])
             frames, fps = decode_video(video)

@@ -88,8 +88,8 @@ def test_text_to_video_job_progress_preview_and_mp4(tiny_service):
     assert started["worker"].startswith(WORKER_NAME + "@") and started["model"] == TINY_LTX
     prog = [m for m in events if m["type"] == "progress"]
     assert prog and prog[-1]["step"] == prog[-1]["total_steps"] == 2
-    preview = Image.open(io.BytesIO(base64.b64decode(prog[-1]["preview"])))
-    assert preview.format == "JPEG" and preview.height <= 96
+    preview, _ = decode_video(base64.b64decode(prog[-1]["preview"]))
+    assert prog[-1]["preview_mime"] == "video/mp4" and preview.shape[1] <= 96
     done = events[-1]
     frames, fps = decode_video(base64.b64decode(done["video"]))
     assert frames.shape == (9, 32, 32, 3)

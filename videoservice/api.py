@@ -16,12 +16,13 @@ from typing import Literal, Optional, Union
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.core.files.storage import default_storage
-from django.http import FileResponse, HttpResponse, JsonResponse
+from django.http import FileResponse, HttpResponse, JsonResponse, StreamingHttpResponse
 from ninja import NinjaAPI, Query, Schema
 from ninja.errors import ValidationError as NinjaValidationError
 from ninja.security.base import AuthBase
 from pydantic import Field
 
+from videoservice import bus
 from videoservice.auth import authenticate_http
 from videoservice.contract import (CSRF_FAILED, INTERNAL_ERROR, INVALID_FIELD, INVALID_JSON, METHOD_NOT_ALLOWED,
                                    NOT_FOUND, TOO_LARGE, DescribeRequest, GenerateRequest, RequestError, parse,
@@ -32,6 +33,7 @@ from videoservice.origin import http_request_allowed
 log = logging.getLogger(__name__)
 RANGE_RE = re.compile(r"^bytes=(\d{0,18})-(\d{0,18})$")  # longer numbers: malformed, so ignored
 MAX_RANGE_CHUNK = 8 * 1024 * 1024
+STREAM_IDLE_S = 600  # /stream gives up on a job that sends nothing for this long (queued behind others, or lost)
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
 
@@ -374,6 +376,30 @@ def job_video(request, job_id: str):
     resp["Cache-Control"] = "private, max-age=3600"
     resp["Content-Disposition"] = f'inline; filename="{job.id}.mp4"'
     return resp
+
+
+STREAM_RESPONSES = {"responses": {
+    "200": {"description": "fragmented MP4 while the job runs (a progressive response that ends with the job), "
+                           "the finished MP4 once it is done",
+            "content": {"video/mp4": {"schema": {"type": "string", "format": "binary"}}}}}}
+
+
+@api.get("/jobs/{job_id}/stream", response={**errors(401, 404)}, openapi_extra=STREAM_RESPONSES,
+         summary="The video while it is generated (plays in <video>, ffmpeg, PyAV)")
+async def job_stream(request, job_id: str):
+    from asgiref.sync import sync_to_async
+
+    viewer = await sync_to_async(viewer_of)(request, False)
+    job = await sync_to_async(Job.objects.get_visible)(_job_id(job_id), viewer, request.user.is_staff)
+    if job.output:
+        return await sync_to_async(job_video)(request, str(job.pk))
+    if job.status not in (Job.Status.QUEUED, Job.Status.RUNNING):
+        raise RequestError(NOT_FOUND, f"job is {job.status}; no video", status=404)
+    response = StreamingHttpResponse(bus.stream_read(str(job.pk), idle_timeout=STREAM_IDLE_S),
+                                     content_type="video/mp4")
+    response["Cache-Control"] = "no-store"
+    response["X-Accel-Buffering"] = "no"  # (a proxy must not hold it back)
+    return response
 
 
 def _unsatisfiable(size: int) -> HttpResponse:

@@ -17,6 +17,10 @@ layer's Redis connections between events:
 - `publish_progress` never waits: while an earlier event of the job is still on its way (Redis
   slow or frozen) only the newest progress is kept, so generation never stalls on Redis.
 Async code (consumers) awaits `layer.group_send(group, envelope(event))`.
+
+Video streams: the fragmented MP4 of a running job (init segment, then fragments) is appended to
+a Redis stream (`stream_append`), which `GET /api/jobs/<id>/stream` reads from the start while more
+arrives (`stream_read`); it is kept STREAM_TTL_S after the job's end.
 """
 from __future__ import annotations
 
@@ -66,6 +70,63 @@ def ping_workers(timeout: float) -> list:
     """Node names of the workers that answer a ping within `timeout` seconds."""
     replies = app.control.ping(timeout=timeout) or []
     return sorted(name for reply in replies for name in reply)
+
+
+# ---------------------------------------------------------------- video streams (Redis streams)
+STREAM_TTL_S = 600
+_redis = None
+
+
+def _stream_key(job_id: str) -> str:
+    return f"videoservice:stream:{job_id}"
+
+
+def stream_append(job_id: str, data: bytes = b"", end: bool = False) -> None:
+    """Append a piece of a job's fMP4 (or its end) to the job's stream."""
+    global _redis
+    import redis
+    from django.conf import settings
+
+    if _redis is None:
+        _redis = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=10, socket_connect_timeout=5)
+    key = _stream_key(job_id)
+    pipe = _redis.pipeline()
+    pipe.xadd(key, {"end": b"1"} if end else {"data": data})
+    pipe.expire(key, STREAM_TTL_S)
+    pipe.execute()
+
+
+async def stream_read(job_id: str, idle_timeout: float = 120.0):
+    """The pieces of a job's fMP4 stream from its start, as they arrive; stops at its end (or when
+    nothing came for `idle_timeout` seconds: a worker lost mid-job)."""
+    import redis.asyncio as aioredis
+    from django.conf import settings
+
+    client = aioredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=5)
+    key, last = _stream_key(job_id), "0"
+    try:
+        while True:
+            answer = await client.xread({key: last}, block=int(idle_timeout * 1000), count=64)
+            if not answer:
+                return
+            for entry_id, fields in answer[0][1]:
+                last = entry_id
+                if b"end" in fields:
+                    return
+                yield fields[b"data"]
+    finally:
+        await client.aclose()
+
+
+async def stream_exists(job_id: str) -> bool:
+    import redis.asyncio as aioredis
+    from django.conf import settings
+
+    client = aioredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=5)
+    try:
+        return bool(await client.exists(_stream_key(job_id)))
+    finally:
+        await client.aclose()
 
 
 # ---------------------------------------------------------------- events -> subscribers

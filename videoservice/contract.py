@@ -739,6 +739,18 @@ class GenerationCompleteEvent(JobEvent):
     evaluation: Optional[dict] = None
 
 
+class VideoChunkEvent(JobEvent):
+    """Frames of the video that no later step can change, as fragmented MP4: the init segment (seq 0
+    only) followed by every chunk's data, in order, is a playable MP4 of exactly the final frames."""
+    type: Literal["video_chunk"] = "video_chunk"
+    seq: int = Field(description="0, 1, 2 ... in order")
+    first_frame: int
+    num_frames: int
+    mime: str = Field(description='for Media Source Extensions, e.g. video/mp4; codecs="avc1.64001F"')
+    init: Optional[str] = Field(None, description="base64 init segment (ftyp + moov), on seq 0 only")
+    data: str = Field(description="base64 fragments (moof + mdat per frame)")
+
+
 class FailedEvent(JobEvent):
     type: Literal["generation_failed", "description_failed"] = "generation_failed"
     error: str
@@ -789,9 +801,9 @@ class ErrorEvent(Event):
 
 ClientMessage = Annotated[Union[GenerateRequest, DescribeRequest, CancelRequest, PingRequest],
                           Field(discriminator="type")]
-ServerMessage = Annotated[Union[QueuedEvent, StartedEvent, ProgressEvent, GenerationCompleteEvent, FailedEvent,
-                                RequeuedEvent, CancelledEvent, CancellingEvent, DescriptionCompleteEvent, PongEvent,
-                                ErrorEvent], Field(discriminator="type")]
+ServerMessage = Annotated[Union[QueuedEvent, StartedEvent, ProgressEvent, VideoChunkEvent, GenerationCompleteEvent,
+                                FailedEvent, RequeuedEvent, CancelledEvent, CancellingEvent, DescriptionCompleteEvent,
+                                PongEvent, ErrorEvent], Field(discriminator="type")]
 
 
 def websocket_schema() -> dict:

@@ -1,31 +1,37 @@
 """A generation job's body: the stored params (read back through the contract) -> the model ->
 frames -> MP4 -> storage -> `generation_complete` (base64 + URL) to the job's audience.
 
-Progress events carry a preview of the model's current estimate; the cancel flag is checked
-between steps. Failures are raised (GenerationError: shown to the user) and settled by
-worker/tasks.py.
+While it runs: progress events carry a preview of the model's current estimate (a tiny MP4 of
+every frame); frames that can no longer change are encoded at once as fragmented MP4 and streamed
+(`video_chunk` events, GET /api/jobs/<id>/stream); the final MP4 is those same packets. The cancel
+flag is checked between steps. Failures are raised (GenerationError: shown to the user) and
+settled by worker/tasks.py.
 """
 from __future__ import annotations
 
 import base64
 import logging
+import queue
+import threading
 import time
+from typing import Optional
 
 import numpy as np
 from django.conf import settings
 from django.core.files.base import ContentFile
 
-from videoservice.contract import GenerationCompleteEvent, GenerationParams, ProgressEvent, StartedEvent
+from videoservice import bus
+from videoservice.contract import (GenerationCompleteEvent, GenerationParams, ProgressEvent, StartedEvent,
+                                   VideoChunkEvent)
 from videoservice.models import Job
 
 log = logging.getLogger(__name__)
 
 
 def run(run) -> dict:
-    from generator.encode import encode_video, mime_type
     from generator.interface import Cancelled, GenerationError, get_backend, is_out_of_memory
     from generator.longvideo import run_job
-    from generator.preview import preview_jpeg
+    from generator.preview import PREVIEW_MIME, preview_mp4
 
     job: Job = run.job
     params = GenerationParams.model_validate(job.params)
@@ -37,13 +43,13 @@ def run(run) -> dict:
             return
         eta = (time.monotonic() - started) / max(step, 1) * (total - step)
         try:
-            preview_b64 = preview_jpeg(preview) if preview is not None else None
+            preview_b64 = preview_mp4(preview, params.fps) if preview is not None else None
         except Exception:
             log.exception("preview failed")
             preview_b64 = None
         run.publish_progress(ProgressEvent(job_id=str(job.pk), step=step, total_steps=total,
                                            percent=round(100.0 * step / max(total, 1), 1), eta_s=round(eta, 2),
-                                           preview=preview_b64, preview_mime="image/jpeg" if preview_b64 else None))
+                                           preview=preview_b64, preview_mime=PREVIEW_MIME if preview_b64 else None))
 
     try:
         backend = get_backend(job.model)
@@ -52,18 +58,23 @@ def run(run) -> dict:
             raise
         raise GenerationError(f"model {job.model!r} could not be loaded: {exc}") from None
     request = params.generation_request(job.prompt, load_start_image(job), load_source_video(job, params))
+    stream = VideoStream(run, params.final_shape()["fps"])
     started = time.monotonic()
-    # chunks, then upscaling, then interpolation; progress counts all chunks' steps
-    result = run_job(backend, request, params.long_video(), progress=progress, should_cancel=run.should_cancel)
-    if run.should_cancel():
-        raise Cancelled()
-    frames = checked_frames(result.frames)
-    data = encode_video(frames, result.fps, fmt="mp4")
+    try:
+        # chunks, then upscaling, then interpolation; progress counts all chunks' steps; final frames
+        # are encoded and streamed while the next chunk denoises
+        result = run_job(backend, request, params.long_video(), progress=progress, should_cancel=run.should_cancel,
+                         on_frames=stream.add)
+        if run.should_cancel():
+            raise Cancelled()
+        data = stream.finish()
+    finally:
+        stream.abort()
     evaluation = evaluate(job, data) if params.evaluate else None
-    t, h, w = frames.shape[:3]
+    t, h, w = result.frames.shape[:3]
     h, w = h - h % 2, w - w % 2  # the encoder crops odd sizes
     stored = job.output.storage.save(job.output.field.generate_filename(job, "video.mp4"), ContentFile(data))
-    if not job.succeed(output=stored, mime=mime_type("mp4"), size_bytes=len(data), fps=float(result.fps),
+    if not job.succeed(output=stored, mime="video/mp4", size_bytes=len(data), fps=float(result.fps),
                        num_frames=int(t), width=int(w), height=int(h), seed=int(result.seed),
                        elapsed_s=round(time.monotonic() - run.started, 3), result=evaluation or {},
                        step=run.total or params.total_steps):
@@ -77,6 +88,77 @@ def run(run) -> dict:
         elapsed_s=job.elapsed_s, size_bytes=len(data), private=job.private, evaluation=evaluation))
     return {"job_id": str(job.pk), "status": "succeeded", "url": job.url, "elapsed_s": job.elapsed_s,
             "size_bytes": len(data)}
+
+
+class VideoStream:
+    """The job's video while it is generated: final frames -> one encoder thread (overlapping the
+    denoising of the next chunk) -> `video_chunk` events to the job's audience and the job's Redis
+    stream (GET /api/jobs/<id>/stream); at the end, the faststart MP4 of the same packets."""
+
+    def __init__(self, run, fps: float):
+        from generator.stream import FragmentedMP4
+
+        self.run, self.job_id = run, str(run.job.pk)
+        self.encoder = FragmentedMP4(fps)
+        self.batches: queue.Queue = queue.Queue()
+        self.error: Optional[BaseException] = None
+        self.seq = 0
+        self.ended = False
+        self.thread = threading.Thread(target=self._encode, name=f"stream-{self.job_id}", daemon=True)
+        self.thread.start()
+
+    def add(self, frames) -> None:
+        """Final frames, in order (run_job's on_frames; checked here, in the generating thread)."""
+        if self.error is not None:
+            raise self.error
+        self.batches.put(checked_frames(frames))
+
+    def finish(self) -> bytes:
+        """Wait for the last fragments; the final MP4."""
+        self._stop()
+        if self.error is not None:
+            raise self.error
+        return self.encoder.final_mp4()
+
+    def abort(self) -> None:
+        """However the job ended: the stream ends too (readers of /stream stop waiting)."""
+        self._stop()
+
+    def _stop(self) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        self.batches.put(None)
+        self.thread.join()
+        try:
+            bus.stream_append(self.job_id, end=True)
+        except Exception:
+            log.exception("could not end the stream of job %s", self.job_id)
+
+    def _encode(self) -> None:
+        while True:
+            frames = self.batches.get()
+            if self.error is None:
+                try:
+                    fragment = self.encoder.close() if frames is None else self.encoder.add(frames)
+                    if fragment is not None:
+                        self._send(fragment)
+                except Exception as exc:  # raised to the generating thread at its next batch or at finish
+                    log.exception("streaming the video of job %s failed", self.job_id)
+                    self.error = exc
+            if frames is None:
+                return
+
+    def _send(self, fragment) -> None:
+        try:
+            bus.stream_append(self.job_id, (fragment.init or b"") + fragment.data)
+        except Exception:  # the stream is a convenience: the job and its events go on without it
+            log.exception("could not append to the stream of job %s", self.job_id)
+        self.run.publish(VideoChunkEvent(
+            job_id=self.job_id, seq=self.seq, first_frame=fragment.first_frame, num_frames=fragment.num_frames,
+            mime=self.encoder.mime, init=base64.b64encode(fragment.init).decode("ascii") if fragment.init else None,
+            data=base64.b64encode(fragment.data).decode("ascii")))
+        self.seq += 1
 
 
 def load_start_image(job: Job):

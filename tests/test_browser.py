@@ -224,6 +224,34 @@ def test_long_video_section_sends_only_changed_options(service, browser):
         page.close()
 
 
+def test_the_page_plays_the_stream_while_the_job_runs_then_the_final_mp4(service, browser):
+    """video_chunk events feed a Media Source Extensions <video> while the job runs (frames are
+    buffered and play before the job ends); generation_complete replaces it with the final MP4."""
+    expect = playwright_api.expect
+    page = browser.new_page()
+    try:
+        page.goto(service["url"] + "/")
+        expect(page.get_by_test_id("conn-status")).to_have_attribute("data-state", "open", timeout=20_000)
+        page.fill("#prompt", "a blue square moving left")
+        for field, value in (("num_frames", "8"), ("width", "64"), ("height", "64"), ("steps", "6"), ("fps", "8")):
+            page.fill(f"#{field}", value)
+        page.get_by_test_id("long-video").locator("summary").click()
+        page.fill("#num_chunks", "6")
+        page.click("#submit")
+        job = page.get_by_test_id("job").first
+        stream = job.get_by_test_id("job-stream")
+        expect(stream).to_be_visible(timeout=60_000)
+        page.wait_for_function("""(el) => el.buffered.length > 0 && el.buffered.end(0) > 0.2""",
+                               arg=stream.element_handle(), timeout=60_000)
+        assert job.get_attribute("data-status") == "running", "the stream played only after the job ended"
+        assert int(job.get_attribute("data-streamed")) > 0
+        expect(job).to_have_attribute("data-status", "succeeded", timeout=120_000)
+        expect(job.get_by_test_id("job-video")).to_have_count(1)
+        expect(job.get_by_test_id("job-stream")).to_have_count(0)  # swapped for the final MP4
+    finally:
+        page.close()
+
+
 def test_flower_shows_the_worker_and_its_tasks(service):
     """Flower (started by the launcher) lists the worker and the generation tasks run above."""
     with urllib.request.urlopen(service["flower"] + "/workers", timeout=10) as resp:

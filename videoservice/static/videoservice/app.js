@@ -58,6 +58,8 @@
     pending: new Map(),   // request_id -> card element (sent, not yet queued)
     cancels: new Map(),   // request_id of a cancel -> card element (until refused or done)
     objectUrls: new Map(), // card -> blob URL (revoked when the card goes)
+    previewUrls: new Map(), // card -> blob URL of the latest preview clip
+    streams: new Map(), // card -> the MediaSource playing its video_chunk stream
     describing: new Map(), // request_id, then job_id, of a describe job -> the card of the video it describes
   };
 
@@ -329,6 +331,82 @@
     return video;
   }
 
+  /** A progress preview: a tiny MP4 of every frame of the current estimate (a still for older servers). */
+  function showPreview(card, msg) {
+    if (!msg.preview || card.querySelector(".job-stream:not([hidden])")) return;  // the stream shows more
+    const ph = card.querySelector(".job-placeholder");
+    if (msg.preview_mime === "video/mp4") {
+      const clip = card.querySelector(".job-preview-clip");
+      if (!clip) return;
+      const old = state.previewUrls.get(card);
+      const url = URL.createObjectURL(base64ToBlob(msg.preview, "video/mp4"));
+      state.previewUrls.set(card, url);
+      clip.src = url;
+      clip.hidden = false;
+      const play = clip.play();
+      if (play && play.catch) play.catch(() => {});
+      if (old) URL.revokeObjectURL(old);
+      $(".job-preview", card).hidden = true;
+    } else {
+      const img = card.querySelector(".job-preview");
+      img.src = imageSrc(msg.preview, msg.preview_mime);
+      img.hidden = false;
+    }
+    if (ph) ph.remove();
+  }
+
+  /** video_chunk: the video as it is generated, played through Media Source Extensions (the init
+   * segment with seq 0, then the fragments in order); generation_complete swaps in the final MP4. */
+  function appendStream(card, msg) {
+    let s = state.streams.get(card);
+    if (!s) {
+      if (msg.seq !== 0 || !window.MediaSource || !MediaSource.isTypeSupported(msg.mime)) return;
+      const video = card.querySelector(".job-stream");
+      if (!video) return;
+      const source = new MediaSource();
+      s = { source, buffer: null, queue: [], next: 0, url: URL.createObjectURL(source), video };
+      state.streams.set(card, s);
+      source.addEventListener("sourceopen", () => {
+        s.buffer = source.addSourceBuffer(msg.mime);
+        s.buffer.mode = "sequence";
+        s.buffer.addEventListener("updateend", () => pumpStream(s));
+        pumpStream(s);
+      }, { once: true });
+      video.src = s.url;
+      video.hidden = false;
+      for (const el of card.querySelectorAll(".job-preview, .job-preview-clip, .job-placeholder")) el.hidden = true;
+    }
+    if (msg.seq !== s.next) return;  // a gap (joined late, or a lost event): wait for the final video
+    s.next += 1;
+    if (msg.init) s.queue.push(base64ToBytes(msg.init));
+    s.queue.push(base64ToBytes(msg.data));
+    card.dataset.streamed = String((Number(card.dataset.streamed) || 0) + msg.num_frames);
+    pumpStream(s);
+  }
+
+  function pumpStream(s) {
+    if (!s.buffer || s.buffer.updating || !s.queue.length) return;
+    try {
+      s.buffer.appendBuffer(s.queue.shift());
+      const play = s.video.play();
+      if (play && play.catch) play.catch(() => {});
+    } catch (e) { /* quota or a closed source: the final video still comes */ }
+  }
+
+  function endStream(card) {
+    const s = state.streams.get(card);
+    if (!s) return;
+    state.streams.delete(card);
+    URL.revokeObjectURL(s.url);
+  }
+
+  function base64ToBytes(b64) {
+    const bin = atob(b64);
+    const out = new Uint8Array(bin.length);
+    for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
+    return out;
+  }
+
   function showVideo(card, msg) {
     let src = null;
     if (msg.video) {
@@ -339,6 +417,9 @@
     }
     if (!src && msg.url) src = msg.url;
     if (!src) return;
+    endStream(card);
+    const preview = state.previewUrls.get(card);
+    if (preview) { URL.revokeObjectURL(preview); state.previewUrls.delete(card); }
     const media = $(".job-media", card);
     media.innerHTML = "";
     const video = makeVideo(src);
@@ -357,6 +438,9 @@
   function removeCard(card) {
     const url = state.objectUrls.get(card);
     if (url) { URL.revokeObjectURL(url); state.objectUrls.delete(card); }
+    const preview = state.previewUrls.get(card);
+    if (preview) { URL.revokeObjectURL(preview); state.previewUrls.delete(card); }
+    endStream(card);
     if (card.dataset.jobId) state.jobs.delete(card.dataset.jobId);
     if (card.dataset.requestId) state.pending.delete(card.dataset.requestId);
     card.remove();
@@ -600,14 +684,11 @@
         setProgress(card, percent);
         const stepText = msg.total_steps ? "step " + msg.step + "/" + msg.total_steps : "";
         $(".job-eta", card).textContent = [stepText, formatEta(msg.eta_s)].filter(Boolean).join(" \u00b7 ");
-        const src = imageSrc(msg.preview, msg.preview_mime);
-        const img = card.querySelector(".job-preview");
-        if (src && img) {
-          img.src = src;
-          img.hidden = false;
-          const ph = card.querySelector(".job-placeholder");
-          if (ph) ph.remove();
-        }
+        showPreview(card, msg);
+        break;
+      }
+      case "video_chunk": {
+        appendStream(cardFor(msg.job_id), msg);
         break;
       }
       case "generation_complete": {

@@ -4,14 +4,18 @@ client reassembles into exactly the final MP4's frames, `GET /api/jobs/<id>/stre
 while the job still runs, and previews that are small MP4s of every frame."""
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
+import json
+import struct
 import threading
 import time
 
 import av
 import numpy as np
 import pytest
+import websockets
 
 from generator.encode import decode_video
 from tests.support.client import Client, run
@@ -135,3 +139,41 @@ def test_previews_are_small_mp4s_of_every_frame(live_service):
     assert previews and all(m["preview_mime"] == "video/mp4" for m in previews)
     clip = decode(base64.b64decode(previews[-1]["preview"]))
     assert clip.shape[0] == 12 and clip.shape[1] <= 96
+
+
+def test_binary_frames_carry_chunks_and_the_video_without_base64(live_service):
+    """A client that connects with ?binary=1 gets video_chunk and generation_complete as binary
+    frames: a 4-byte length, the event's JSON header naming the binary fields, then their bytes."""
+    def split(frame: bytes) -> tuple:
+        size = struct.unpack(">I", frame[:4])[0]
+        header = json.loads(frame[4:4 + size])
+        body, parts, pos = frame[4 + size:], {}, 0
+        for part in header["binary"]:
+            parts[part["field"]] = body[pos:pos + part["bytes"]]
+            pos += part["bytes"]
+        assert pos == len(body)
+        return header, parts
+
+    async def scenario():
+        async with websockets.connect(live_service.ws + "?binary=1", origin=live_service.origin, max_size=None) as ws:
+            await ws.send(json.dumps({"type": "generate", "prompt": "a red circle moving up", "request_id": "b",
+                                      **{**LONG, "num_chunks": 3}}))
+            job_id, stream, text_types = None, b"", []
+            while True:
+                frame = await asyncio.wait_for(ws.recv(), 120)
+                if isinstance(frame, str):
+                    msg = json.loads(frame)
+                    text_types.append(msg["type"])
+                    job_id = job_id or msg.get("job_id")
+                    assert msg["type"] not in ("video_chunk", "generation_complete")
+                    continue
+                header, parts = split(frame)
+                if header["type"] == "video_chunk":
+                    assert "data" not in header and header["job_id"] == job_id
+                    stream += parts.get("init", b"") + parts["data"]
+                else:
+                    assert header["type"] == "generation_complete" and "video" not in header
+                    return text_types, stream, parts["video"], header
+    text_types, stream, video, header = run(scenario())
+    assert "queued" in text_types and "progress" in text_types
+    assert np.array_equal(decode(stream), decode(video)) and header["num_frames"] == 8 * 3 - 2 * 2

@@ -17,6 +17,7 @@ from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: 
 from django.core.exceptions import SuspiciousFileOperation  # noqa: E402
 from django.http import Http404  # noqa: E402
 
+from videoservice import fanout  # noqa: E402
 from videoservice.auth import TokenAuthMiddleware  # noqa: E402
 from videoservice.origin import OriginValidator  # noqa: E402
 from videoservice.routing import websocket_urlpatterns  # noqa: E402
@@ -35,6 +36,7 @@ def _import_model_registry():
 
 
 threading.Thread(target=_import_model_registry, name="import-models", daemon=True).start()
+fanout.install_backpressure()  # under Daphne: websocket sends wait for slow readers (videoservice/fanout.py)
 
 
 class StaticFiles(ASGIStaticFilesHandler):

@@ -9,7 +9,8 @@ configuration entry's `queue`, by default the model's name: GPU hosts run `-Q lt
 hosts `-Q builtin`); describe jobs go to the `describe` queue.
 
 Events: `{"type": ..., "job_id": ..., ...}` (contract.py defines each), carried on the layer as
-`{"type": "job.event", "event": {...}}` to the job's audience group (the lobby, or the owner's
+`{"type": "job.event", "text": "<its JSON>", ...}` (or, when large, the key of that text stored
+once in Redis: videoservice/fanout.py) to the job's audience group (the lobby, or the owner's
 group for a private job); every consumer in that group passes it on. Sync code (the worker, the
 HTTP views, the reaper) publishes through one event loop thread per process, which keeps the
 layer's Redis connections between events:
@@ -26,8 +27,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import logging
 import threading
+import uuid
 from collections import deque
 
 from celery import Celery
@@ -134,8 +137,21 @@ SEND_TIMEOUT_S = 30.0
 
 
 def envelope(event) -> dict:
-    """The channel-layer message a consumer relays to its client (an Event model or its dict)."""
-    return {"type": "job.event", "event": event if isinstance(event, dict) else event.payload()}
+    """The channel-layer message a consumer relays to its client (an Event model or its dict): the
+    event's JSON text, serialized once here for every subscriber (videoservice/fanout.py)."""
+    payload = event if isinstance(event, dict) else event.payload()
+    return {"type": "job.event", "id": uuid.uuid4().hex, "event_type": payload["type"],
+            "job_id": payload.get("job_id"), "text": json.dumps(payload, separators=(",", ":"))}
+
+
+async def _shared(message: dict) -> dict:
+    """A large event goes into Redis once; the layer carries its key (fanout.text_of reads it)."""
+    from videoservice import fanout
+
+    if len(message["text"]) <= fanout.SHARED_MIN_BYTES:
+        return message
+    key = await fanout.store(message["text"])
+    return {k: v for k, v in message.items() if k != "text"} | {"shared": key}
 
 
 class _Outbox:
@@ -181,9 +197,9 @@ class _Outbox:
                     return
                 group, message, _, done = queue.popleft()
             try:
-                await asyncio.wait_for(layer.group_send(group, message), SEND_TIMEOUT_S)
+                await asyncio.wait_for(layer.group_send(group, await _shared(message)), SEND_TIMEOUT_S)
             except Exception as exc:  # a lost event must not fail the job; the DB row stays authoritative
-                log.warning("could not send %s to %s: %s", message["event"].get("type"), group, exc)
+                log.warning("could not send %s to %s: %s", message["event_type"], group, exc)
                 if done is not None:
                     done.set_exception(exc)
                 continue
@@ -198,7 +214,7 @@ def publish(group: str, event) -> bool:
     """Send one event and wait until the layer took it (after the job's earlier events); False if
     it could not be sent (logged)."""
     message = envelope(event)
-    done = _outbox.put(str(message["event"].get("job_id", group)), group, message, progress=False)
+    done = _outbox.put(str(message["job_id"] or group), group, message, progress=False)
     try:
         done.result(SEND_TIMEOUT_S + 5)
         return True
@@ -209,4 +225,4 @@ def publish(group: str, event) -> bool:
 def publish_progress(group: str, event) -> None:
     """Send a progress event without waiting; a newer one replaces it while it waits its turn."""
     message = envelope(event)
-    _outbox.put(str(message["event"]["job_id"]), group, message, progress=True)
+    _outbox.put(str(message["job_id"]), group, message, progress=True)

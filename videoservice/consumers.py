@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from videoservice import limits
+from videoservice import fanout, limits
 from videoservice.auth import auth_required
 from videoservice.contract import (AUTH_REQUIRED, INTERNAL_ERROR, INVALID_JSON, MISSING_FIELD, RATE_LIMITED,
                                    TOO_LARGE, UNKNOWN_TYPE, CancellingEvent, CancelledEvent, CancelRequest,
@@ -75,6 +76,7 @@ class LobbyConsumer(AsyncWebsocketConsumer):
             await self.close(code=CLOSE_AUTH_REQUIRED)
             return
         self.bucket = limits.MessageBucket()
+        self.binary = parse_qs(self.scope.get("query_string", b"").decode("latin-1")).get("binary") == ["1"]
         client = self.scope.get("client") or (None, None)
         self.submitter = Submitter.of(owner_of(self.scope), user, client[0])
         self.groups_joined = [LOBBY_GROUP, owner_group(self.submitter.owner)]
@@ -138,5 +140,14 @@ class LobbyConsumer(AsyncWebsocketConsumer):
             await self.send_json(await database_sync_to_async(submit)(kind, data, self.submitter))
 
     async def job_event(self, message):
-        """A job event from the channel layer (worker or another consumer): pass it on."""
-        await self.send_json(message["event"])
+        """A job event from the channel layer (worker or another consumer): pass it on, as the text
+        every subscriber of this process shares, or as a binary frame to clients that asked."""
+        text = await fanout.text_of(message)
+        if text is None:  # a large event that expired before this consumer got to it
+            return
+        frame = await fanout.binary_frame(message, text) if self.binary else None
+        if frame is None and len(text) < fanout.BIG_MESSAGE_BYTES:
+            await self.send(text_data=text)
+            return
+        async with fanout.big_sends():  # a few large messages in flight per process, not one per subscriber
+            await self.send(bytes_data=frame) if frame is not None else await self.send(text_data=text)

@@ -1,0 +1,148 @@
+"""Fan-out of job events to many subscribers without copies per subscriber.
+
+- Serialized once: an event travels on the channel layer as its JSON text (bus.envelope), so a
+  consumer forwards the very same string object instead of building its own. An event larger
+  than SHARED_MIN_BYTES (a completion with its base64 MP4, a video chunk) is stored once in Redis
+  and the layer carries only its key: each Daphne process fetches it once (`text_of`), whatever
+  its number of subscribers, and forgets it a little later.
+- Bounded memory: a send can only hand bytes to the connection's transport; a client that does
+  not read keeps them there. `install_backpressure` (called by asgi.py under Daphne) makes a
+  websocket send wait until the connection's buffer has drained below LOW_WATER_BYTES, and drops
+  (closes, code 1013) a client that has not read it after SLOW_CLIENT_S; consumers send large
+  messages through `big_sends()`, so at most MAX_BIG_SENDS of them are in flight per process and
+  a process holds a few large messages at a time, not one per subscriber.
+- Binary frames (`?binary=1`): `binary_frame` gives the bytes once per process per event.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import struct
+
+log = logging.getLogger(__name__)
+
+SHARED_MIN_BYTES = 64 * 1024
+SHARED_TTL_S = 120
+LOCAL_TTL_S = 30.0  # how long a process keeps an event it fetched (its subscribers are sent it by then)
+BIG_MESSAGE_BYTES = 512 * 1024
+MAX_BIG_SENDS = 4
+LOW_WATER_BYTES = 256 * 1024
+SLOW_CLIENT_S = 5.0  # a client that has not read a message this long after it was sent is dropped
+BINARY_FIELDS = {"video_chunk": ("init", "data"), "generation_complete": ("video",)}
+
+_local: dict = {}  # key -> Future of the text (per process, per event loop)
+_big_sends: dict = {}  # event loop -> Semaphore
+_redis: dict = {}  # event loop -> redis client
+
+
+def big_sends() -> asyncio.Semaphore:
+    loop = asyncio.get_running_loop()
+    if loop not in _big_sends:
+        _big_sends[loop] = asyncio.Semaphore(MAX_BIG_SENDS)
+    return _big_sends[loop]
+
+
+def _client():
+    import redis.asyncio as aioredis
+    from django.conf import settings
+
+    loop = asyncio.get_running_loop()
+    if loop not in _redis:
+        _redis[loop] = aioredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=5)
+    return _redis[loop]
+
+
+async def store(text: str) -> str:
+    """Keep a large event's text in Redis once; the key the channel layer carries instead."""
+    import uuid
+
+    key = f"videoservice:event:{uuid.uuid4().hex}"
+    await _client().set(key, text.encode("utf-8", "surrogatepass"), ex=SHARED_TTL_S)
+    return key
+
+
+def _remember(key: str, future: asyncio.Future) -> None:
+    _local[key] = future
+    asyncio.get_running_loop().call_later(LOCAL_TTL_S, _local.pop, key, None)
+
+
+async def text_of(message: dict):
+    """The JSON text of a job event from the channel layer (None when a stored one expired)."""
+    if "text" in message:
+        return message["text"]
+    if "event" in message:  # an event built by hand (tests, benchmarks): serialized here
+        return json.dumps(message["event"], separators=(",", ":"))
+    key = message["shared"]
+    future = _local.get(key)
+    if future is None:
+        future = asyncio.get_running_loop().create_future()
+        _remember(key, future)
+        try:
+            raw = await _client().get(key)
+            future.set_result(raw.decode("utf-8", "surrogatepass") if raw is not None else None)
+        except Exception as exc:
+            future.set_exception(exc)
+            _local.pop(key, None)
+    return await future
+
+
+async def binary_frame(message: dict, text: str):
+    """A video_chunk / generation_complete as one binary websocket frame, built once per process:
+    a 4-byte big-endian length, that many bytes of the event's JSON without its base64 fields
+    (`binary` lists them, in order, with their sizes), then those fields' bytes. Other events: None."""
+    kind = message.get("event_type")
+    if kind not in BINARY_FIELDS:
+        return None
+    key = ("binary", message.get("shared") or message.get("id"))
+    future = _local.get(key)
+    if future is None:
+        future = asyncio.get_running_loop().create_future()
+        _remember(key, future)
+        event = json.loads(text)
+        parts = [(name, base64.b64decode(event.pop(name))) for name in BINARY_FIELDS[kind] if event.get(name)]
+        event["binary"] = [{"field": name, "bytes": len(data)} for name, data in parts]
+        header = json.dumps(event, separators=(",", ":")).encode()
+        future.set_result(struct.pack(">I", len(header)) + header + b"".join(data for _, data in parts))
+    return await future
+
+
+# ---------------------------------------------------------------- Daphne: sends that wait for slow clients
+def _pending(protocol) -> int:
+    """Bytes a Twisted TCP transport still holds for this connection."""
+    transport = getattr(protocol, "transport", None)
+    if transport is None:
+        return 0
+    try:
+        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+    except AttributeError:  # another transport (TLS): no backpressure, as before
+        return 0
+
+
+def install_backpressure() -> bool:
+    """Make Daphne's websocket sends wait for the client to read (see the module's docstring)."""
+    try:
+        from daphne.server import Server
+    except ImportError:
+        return False
+    if getattr(Server.handle_reply, "backpressure", False):
+        return True
+    original = Server.handle_reply
+
+    async def handle_reply(self, protocol, message):
+        await original(self, protocol, message)
+        if message.get("type") != "websocket.send" or _pending(protocol) <= LOW_WATER_BYTES:
+            return
+        waited = 0.0
+        while _pending(protocol) > LOW_WATER_BYTES:
+            if waited >= SLOW_CLIENT_S:
+                log.warning("dropping a websocket client that does not read (%d bytes pending)", _pending(protocol))
+                protocol.serverClose(code=1013)  # try again later
+                return
+            await asyncio.sleep(0.005)
+            waited += 0.005
+
+    handle_reply.backpressure = True
+    Server.handle_reply = handle_reply
+    return True

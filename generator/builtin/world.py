@@ -154,7 +154,11 @@ def _phrase(m: ShapeMotion, rng: random.Random, held_out: bool) -> str:
                            d=rng.choice(_DIRECTION_WORDS_TRAIN[m.direction]))
 
 
+_JOINERS_TRAIN = [" and ", ", while ", " and also "]
+_JOINERS_EVAL = ["; ", ", and "]  # held out as well
+
+
 def caption(scene: list, rng: random.Random, held_out: bool = False) -> str:
     parts = [_phrase(m, rng, held_out) for m in scene]
-    joiner = rng.choice([" and ", ", while ", " and also "]) if len(parts) > 1 else ""
+    joiner = rng.choice(_JOINERS_EVAL if held_out else _JOINERS_TRAIN) if len(parts) > 1 else ""
     return joiner.join(parts)

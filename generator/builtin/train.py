@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import argparse
 import copy
+import csv
 import json
 import os
 import random
 import time
 
+import av
 import numpy as np
 import torch
 from diffusers import DDPMScheduler
@@ -39,45 +41,132 @@ LOSS_WEIGHT_MIN, LOSS_WEIGHT_MAX = 1.0, 5.0
 
 
 class SyntheticClips:
-    def __init__(self, num_frames: int, size: int, seed: int):
-        self.num_frames, self.size, self.rng = num_frames, size, random.Random(seed)
+    """Endless batches of rendered scenes, drawn from an RNG seeded by (seed, first step): a
+    resumed run continues with new scenes, reproducibly."""
 
-    def batch(self, batch_size: int, device=None) -> tuple:
-        scenes = [world.sample_scene(self.rng, self.num_frames) for _ in range(batch_size)]
-        captions = [world.caption(s, self.rng) for s in scenes]
-        return world.render(scenes, self.num_frames, self.size, device=device), captions
+    def __init__(self, num_frames: int, size: int, seed: int, two_shapes_prob: float = 0.25):
+        self.num_frames, self.size, self.seed, self.two_shapes_prob = num_frames, size, seed, two_shapes_prob
+
+    def batches(self, batch_size: int, start_step: int, device=None):
+        rng = random.Random(f"{self.seed}:{start_step}")
+        while True:
+            scenes = [world.sample_scene(rng, self.num_frames, self.two_shapes_prob) for _ in range(batch_size)]
+            captions = [world.caption(s, rng) for s in scenes]
+            yield world.render(scenes, self.num_frames, self.size, device=device), captions
+
+
+VIDEO_EXTENSIONS = {".mp4", ".webm", ".mov", ".mkv", ".avi"}
+
+
+def video_index(source: str) -> list:
+    """[(video path, caption)] without opening a video. `source` is a folder (searched
+    recursively; each `name.mp4` captioned by `name.txt` beside it, else by its file name) or a
+    manifest: a CSV with a header, or JSON lines, naming `video` (or `path` / `file`) and
+    `caption` (or `text` / `prompt`), paths relative to the manifest's folder."""
+    if os.path.isdir(source):
+        items = []
+        for root, folders, files in os.walk(source):
+            folders.sort()
+            for name in sorted(files):
+                stem, ext = os.path.splitext(name)
+                if ext.lower() not in VIDEO_EXTENSIONS:
+                    continue
+                text_file = os.path.join(root, stem + ".txt")
+                caption = open(text_file).read().strip() if os.path.exists(text_file) else stem.replace("_", " ")
+                items.append((os.path.join(root, name), caption))
+        return items
+    with open(source, newline="") as fh:
+        rows = list(csv.DictReader(fh)) if source.lower().endswith(".csv") else [json.loads(line) for line in fh
+                                                                                if line.strip()]
+    folder = os.path.dirname(os.path.abspath(source))
+
+    def field(row, names):
+        value = next((row[n] for n in names if row.get(n)), None)
+        if value is None:
+            raise SystemExit(f"{source}: a row without any of {names}: {row}")
+        return value
+
+    return [(os.path.join(folder, field(row, ("video", "path", "file"))),
+             str(field(row, ("caption", "text", "prompt"))).strip()) for row in rows]
+
+
+def read_window(path: str, num_frames: int, size: int, rng: random.Random):
+    """A random window of `num_frames` consecutive frames of one video, resized so its short side
+    is `size` (aspect kept) and cropped to size x size at a random place: T x size x size x 3
+    uint8, or None when the video is shorter or cannot be read. Seeks near the window's start
+    (to the keyframe before it) instead of decoding from the beginning."""
+    try:
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate
+            if not rate:
+                return None
+            seconds = stream.duration * stream.time_base if stream.duration else (container.duration or 0) / 1e6
+            total = stream.frames or int(seconds * rate)  # WebM and MKV store no frame count
+            if total < num_frames:
+                return None
+            start = rng.randrange(total - num_frames + 1)
+            first_pts = stream.start_time or 0
+            if start:
+                container.seek(first_pts + int(start / rate / stream.time_base), stream=stream)
+            width, height = stream.codec_context.width, stream.codec_context.height
+            scale = size / min(width, height)
+            resized = (max(size, round(width * scale)), max(size, round(height * scale)))
+            x0, y0 = rng.randint(0, resized[0] - size), rng.randint(0, resized[1] - size)
+            frames = []
+            for frame in container.decode(stream):
+                if round(float((frame.pts - first_pts) * stream.time_base * rate)) < start:
+                    continue  # decoded from the keyframe before the window
+                image = frame.to_ndarray(width=resized[0], height=resized[1], format="rgb24")
+                frames.append(image[y0:y0 + size, x0:x0 + size])
+                if len(frames) == num_frames:
+                    return np.stack(frames)
+    except (av.error.FFmpegError, IndexError):
+        pass
+    return None
+
+
+class VideoWindows(torch.utils.data.IterableDataset):
+    """Endless (frames, caption) samples, each a random window of a random video of `items`,
+    decoded when asked for: memory does not grow with the number of videos."""
+
+    MAX_FAILURES = 200  # in a row: the videos are all too short or unreadable
+
+    def __init__(self, items: list, num_frames: int, size: int, seed: int):
+        self.items, self.num_frames, self.size, self.seed = items, num_frames, size, seed
+        self.start_step = 0
+
+    def __iter__(self):
+        worker = torch.utils.data.get_worker_info()
+        rng = random.Random(f"{self.seed}:{self.start_step}:{worker.id if worker else 0}")
+        failures = 0
+        while failures < self.MAX_FAILURES:
+            path, caption = rng.choice(self.items)
+            frames = read_window(path, self.num_frames, self.size, rng)
+            if frames is None:
+                failures += 1
+                continue
+            failures = 0
+            yield torch.from_numpy(frames), caption
+        raise RuntimeError(f"{self.MAX_FAILURES} videos in a row were shorter than {self.num_frames} frames "
+                           "or could not be decoded")
 
 
 class VideoFolderClips:
-    """Clips cut from a folder of videos, decoded with PyAV, resized and scaled to [-1, 1]."""
+    """Training clips from videos on disk (`video_index`), decoded by DataLoader workers."""
 
-    def __init__(self, folder: str, num_frames: int, size: int, seed: int):
-        from generator.encode import decode_video
+    def __init__(self, source: str, num_frames: int, size: int, seed: int, workers: int = 2):
+        items = video_index(source)
+        if not items:
+            raise SystemExit(f"no videos in {source}")
+        self.dataset, self.workers = VideoWindows(items, num_frames, size, seed), workers
 
-        self.rng = random.Random(seed)
-        self.num_frames, self.items = num_frames, []
-        for name in sorted(os.listdir(folder)):
-            stem, ext = os.path.splitext(name)
-            if ext.lower() not in {".mp4", ".webm", ".mov", ".mkv", ".avi"}:
-                continue
-            frames, _ = decode_video(os.path.join(folder, name), size=(size, size))
-            if len(frames) < num_frames:
-                continue
-            text_file = os.path.join(folder, stem + ".txt")
-            caption = open(text_file).read().strip() if os.path.exists(text_file) else stem.replace("_", " ")
-            video = torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 127.5 - 1.0  # C, T, H, W
-            self.items.append((video, caption))
-        if not self.items:
-            raise SystemExit(f"no videos of at least {num_frames} frames in {folder}")
-
-    def batch(self, batch_size: int, device=None) -> tuple:
-        clips, captions = [], []
-        for _ in range(batch_size):
-            video, caption = self.rng.choice(self.items)
-            start = self.rng.randrange(video.shape[1] - self.num_frames + 1)
-            clips.append(video[:, start:start + self.num_frames])
-            captions.append(caption)
-        return torch.stack(clips).to(device), captions
+    def batches(self, batch_size: int, start_step: int, device=None):
+        self.dataset.start_step = start_step
+        loader = iter(torch.utils.data.DataLoader(self.dataset, batch_size=batch_size, num_workers=self.workers))
+        # the workers have started; B x T x H x W x 3 uint8 -> B x 3 x T x H x W in [-1, 1]
+        return ((frames.to(device).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0, list(captions))
+                for frames, captions in loader)
 
 
 def conditioning(clips: torch.Tensor, rng: random.Random) -> tuple:
@@ -139,6 +228,7 @@ def pick_device(name: str) -> torch.device:
 
 
 def train(args) -> dict:
+    launched = time.time()
     torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -147,17 +237,22 @@ def train(args) -> dict:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
     os.makedirs(args.out, exist_ok=True)
-    data = (VideoFolderClips(args.data, args.frames, args.size, args.seed) if args.data
-            else SyntheticClips(args.frames, args.size, args.seed))
-    text = shared_text_encoder() if device.type == "cpu" else TextEncoder(device=device)
-    scheduler: DDPMScheduler = training_scheduler(args.zero_terminal_snr)
-    alphas = scheduler.alphas_cumprod.to(device)
-    t_weights = timestep_weights(args, scheduler.config.num_train_timesteps).to(device)
+    data = (VideoFolderClips(args.data, args.frames, args.size, args.seed, args.workers) if args.data
+            else SyntheticClips(args.frames, args.size, args.seed, args.two_shapes_prob))
     state = {"step": 0, "losses": [], "seconds": 0.0}
     checkpoint_path = os.path.join(args.out, "checkpoint.pt")
     saved = None
     if args.resume and os.path.exists(checkpoint_path):
         saved = torch.load(checkpoint_path, weights_only=False, map_location="cpu")
+        state = saved["state"]
+    # loader workers fork here, before the text encoder and the model are in memory, and decode
+    # the first batches while those load
+    batches = data.batches(args.batch, state["step"], device)
+    text = shared_text_encoder() if device.type == "cpu" else TextEncoder(device=device)
+    scheduler: DDPMScheduler = training_scheduler(args.zero_terminal_snr)
+    alphas = scheduler.alphas_cumprod.to(device)
+    t_weights = timestep_weights(args, scheduler.config.num_train_timesteps).to(device)
+    if saved is not None:
         model = VideoUNet.from_config(saved["config"])
         model.load_state_dict(saved["model"])
     elif args.init_from:  # fine-tune shipped weights (a pipeline folder) with a fresh optimizer
@@ -170,8 +265,6 @@ def train(args) -> dict:
     if saved is not None:
         ema.load_state_dict(saved["ema"])
         optimizer.load_state_dict(saved["optimizer"])  # moves its state to the parameters' device
-        state = saved["state"]
-        data.rng.setstate(saved["data_rng"])
         print(f"resumed at step {state['step']}")
     rng = random.Random(args.seed + state["step"])
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
@@ -179,7 +272,7 @@ def train(args) -> dict:
 
     def save():
         torch.save({"config": dict(model.config), "model": model.state_dict(), "ema": ema.state_dict(),
-                    "optimizer": optimizer.state_dict(), "state": state, "data_rng": data.rng.getstate()},
+                    "optimizer": optimizer.state_dict(), "state": state},
                    checkpoint_path + ".tmp")
         os.replace(checkpoint_path + ".tmp", checkpoint_path)
         BuiltinPipeline(ema, scheduler, text).save_pretrained(os.path.join(args.out, "pipeline"))
@@ -191,7 +284,10 @@ def train(args) -> dict:
     bar = tqdm(total=args.steps, initial=state["step"], desc="training", unit="step")
     while state["step"] < args.steps and time.time() < deadline:
         started = time.time()
-        clips, captions = data.batch(args.batch, device)
+        clips, captions = next(batches)
+        if launched:
+            print(f"first step starts {time.time() - launched:.2f} s after train() was called", flush=True)
+            launched = None
         captions = ["" if rng.random() < CAPTION_DROP else c for c in captions]
         states, mask, pooled = text(captions)
         cond_video, cond_mask = conditioning(clips, rng)
@@ -232,7 +328,11 @@ def train(args) -> dict:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/builtin", help="output folder (checkpoint, pipeline/, loss.png)")
-    parser.add_argument("--data", help="folder of videos; synthetic shapes when omitted")
+    parser.add_argument("--data", help="folder of videos, or a CSV / JSON-lines manifest (see video_index); "
+                                       "synthetic shapes when omitted")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader processes decoding --data videos")
+    parser.add_argument("--two-shapes-prob", type=float, default=0.25,
+                        help="share of synthetic scenes with two shapes")
     parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--frames", type=int, default=16)

@@ -10,11 +10,14 @@ from PIL import Image
 
 from generator.builtin.sample import BuiltinPipeline, to_uint8_frames
 from generator.builtin.info import INFO, NATIVE_MAX_SIDE, NATIVE_SHORT_SIDE
-from generator.interface import (Backend, CancelCheck, GenerationRequest, GenerationResult, ModelInfo,
-                                 ProgressCallback)
+from generator.interface import (Backend, CancelCheck, GenerationError, GenerationRequest, GenerationResult,
+                                 ModelInfo, ProgressCallback)
 from generator.postprocess import resize_frames
 
 WEIGHTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights", "builtin")
+DEFAULT_STRENGTH = 0.6  # video-to-video without a strength: keeps the source's layout, redraws the rest
+
+
 def native_size(height: int, width: int) -> tuple:
     """Short side 64, long side in proportion (multiple of 16, at most 128): the canvas the U-Net fills."""
     short, long = sorted((height, width))
@@ -53,6 +56,19 @@ class BuiltinBackend(Backend):
             given = req.start_frames[-min(self.max_start_frames, req.num_frames - 1):]
             start = torch.cat([image_to_tensor(f, size) for f in given], dim=1)  # 3 x k x h x w
 
+        source, strength = None, 1.0
+        if req.video is not None:
+            strength = DEFAULT_STRENGTH if req.strength is None else float(req.strength)
+            if not 0.0 <= strength <= 1.0:
+                raise GenerationError(f"strength must be between 0 and 1, got {strength}")
+            if len(req.video) != req.num_frames:
+                raise GenerationError(f"the source video has {len(req.video)} frames, the request asks "
+                                      f"for {req.num_frames}")
+            if round(strength * req.steps) == 0:  # no step to run: the source as it came
+                return GenerationResult(frames=np.array(req.video, dtype=np.uint8), fps=req.fps, seed=req.seed,
+                                        native_size=size)
+            source = torch.cat([image_to_tensor(f, size) for f in req.video], dim=1)  # 3 x T x h x w
+
         def on_step(step, total, estimate):
             if progress is not None:
                 progress(step, total, to_uint8_frames(estimate))
@@ -60,6 +76,6 @@ class BuiltinBackend(Backend):
         video = self.pipe(req.prompt, num_frames=req.num_frames, height=size[0], width=size[1],
                           steps=req.steps, guidance_scale=req.guidance_scale,
                           generator=torch.Generator().manual_seed(req.seed), start_frames=start,
-                          callback=on_step, should_cancel=should_cancel)
+                          video=source, strength=strength, callback=on_step, should_cancel=should_cancel)
         frames = resize_frames(to_uint8_frames(video), (req.height, req.width))
         return GenerationResult(frames=frames, fps=req.fps, seed=req.seed, native_size=size)

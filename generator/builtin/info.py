@@ -12,4 +12,5 @@ INFO = ModelInfo(
     default_frames=16, min_frames=8, max_frames=32,
     default_width=256, default_height=256, size_multiple=16, min_size=64, max_size=512,
     default_steps=20, max_steps=100, default_guidance=4.0, default_fps=8.0,
+    supports_video=True,  # video-to-video: SDEdit from the source noised to `strength`
 )

@@ -69,7 +69,8 @@ class BuiltinPipeline:
     @torch.no_grad()
     def __call__(self, prompt: str, num_frames: int = 16, height: int = 64, width: int = 64,
                  steps: int = 20, guidance_scale: float = 4.0, generator: Optional[torch.Generator] = None,
-                 start_frames: Optional[torch.Tensor] = None, sampler: str = "dpm++",
+                 start_frames: Optional[torch.Tensor] = None, video: Optional[torch.Tensor] = None,
+                 strength: float = 1.0, sampler: str = "dpm++",
                  guidance_min_timestep: int = GUIDANCE_MIN_TIMESTEP,
                  callback: Optional[Callable[[int, int, torch.Tensor], None]] = None,
                  should_cancel: Optional[Callable[[], bool]] = None) -> torch.Tensor:
@@ -77,6 +78,9 @@ class BuiltinPipeline:
 
         `start_frames` (3 x k x H x W in [-1, 1]) are the first k frames to continue from
         (image-to-video with k = 1, extension of a previous clip with k > 1).
+        `video` (3 x T x H x W in [-1, 1]) is a source clip to redraw (SDEdit, Meng et al. 2022):
+        it is noised to the timestep of step (1 - strength) * steps of the schedule and only the
+        remaining round(strength * steps) steps run; strength 0 returns it, 1 ignores it.
         `callback(step, total, x0_estimate)` runs after every step. Guidance applies to the
         steps at timesteps >= `guidance_min_timestep` (0: every step).
         """
@@ -91,10 +95,19 @@ class BuiltinPipeline:
             cond_mask[:, :, :k] = 1.0
         scheduler = SAMPLERS[sampler](self.scheduler.config)
         scheduler.set_timesteps(steps, device=device)
+        timesteps = scheduler.timesteps
         # noise drawn on the CPU so a seed gives the same video on every device
         latents = torch.randn(shape, generator=generator).to(device)
-        total = len(scheduler.timesteps)
-        for i, t in enumerate(scheduler.timesteps):
+        if video is not None and strength < 1.0:
+            skipped = steps - round(strength * steps)
+            if skipped == steps:
+                return video.clamp(-1, 1).cpu()
+            timesteps = timesteps[skipped:]
+            if hasattr(scheduler, "set_begin_index"):  # multistep solvers keep a step index
+                scheduler.set_begin_index(skipped)
+            latents = self.scheduler.add_noise(video[None].to(device), latents, timesteps[:1])
+        total = len(timesteps)
+        for i, t in enumerate(timesteps):
             if should_cancel is not None and should_cancel():
                 raise Cancelled()
             if guidance_scale != 1.0 and t >= guidance_min_timestep:

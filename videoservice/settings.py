@@ -29,6 +29,8 @@ Environment (defaults in brackets):
                         whose worker vanished (worker/reaper.py)
   BROKER_RESTORE_INTERVAL_S [kombu's ~100 s]  sweep for messages past the visibility timeout
   PROGRESS_INTERVAL_S [0.5]  at most one progress message per this many seconds per job
+  STREAM_VIDEO          [1]  send video_chunk events / fill /api/jobs/<id>/stream while a job runs
+                        (0: the video is encoded once its last frame is made, as a plain MP4 job)
   WORKER_WARMUP [1]  load the model of the worker's first queue right after start
 
 Who may do what (docs/deploy.md, "Authentication"):
@@ -259,6 +261,7 @@ MAX_VIDEO_PIXELS = env_int("MAX_VIDEO_PIXELS", 2 ** 27)
 INLINE_VIDEO_MAX_BYTES = env_int("INLINE_VIDEO_MAX_BYTES",
                                  min(32 * 1024 * 1024, (WEBSOCKET_MAX_MESSAGE_BYTES - 65536) * 3 // 4))
 PROGRESS_INTERVAL_S = env_float("PROGRESS_INTERVAL_S", 0.5)
+STREAM_VIDEO = env_bool("STREAM_VIDEO", True)
 JOB_TIME_LIMIT_S = env_int("JOB_TIME_LIMIT_S", 3600)
 JOB_VISIBILITY_TIMEOUT_S = env_int("JOB_VISIBILITY_TIMEOUT_S", 12 * 3600)
 JOB_MAX_ATTEMPTS = env_int("JOB_MAX_ATTEMPTS", 2)

@@ -58,15 +58,17 @@ def run(run) -> dict:
             raise
         raise GenerationError(f"model {job.model!r} could not be loaded: {exc}") from None
     request = params.generation_request(job.prompt, load_start_image(job), load_source_video(job, params))
-    stream = VideoStream(run, params.final_shape()["fps"])
+    stream = VideoStream(run, params.final_shape()["fps"], live=settings.STREAM_VIDEO)
     started = time.monotonic()
     try:
         # chunks, then upscaling, then interpolation; progress counts all chunks' steps; final frames
-        # are encoded and streamed while the next chunk denoises
+        # are encoded and streamed while the next chunk denoises (or, with STREAM_VIDEO=0, at the end)
         result = run_job(backend, request, params.long_video(), progress=progress, should_cancel=run.should_cancel,
-                         on_frames=stream.add)
+                         on_frames=stream.add if stream.live else None)
         if run.should_cancel():
             raise Cancelled()
+        if not stream.live:
+            stream.add(result.frames)
         data = stream.finish()
     finally:
         stream.abort()
@@ -95,10 +97,10 @@ class VideoStream:
     denoising of the next chunk) -> `video_chunk` events to the job's audience and the job's Redis
     stream (GET /api/jobs/<id>/stream); at the end, the faststart MP4 of the same packets."""
 
-    def __init__(self, run, fps: float):
+    def __init__(self, run, fps: float, live: bool = True):
         from generator.stream import FragmentedMP4
 
-        self.run, self.job_id = run, str(run.job.pk)
+        self.run, self.job_id, self.live = run, str(run.job.pk), live
         self.encoder = FragmentedMP4(fps)
         self.batches: queue.Queue = queue.Queue()
         self.error: Optional[BaseException] = None
@@ -130,6 +132,8 @@ class VideoStream:
         self.ended = True
         self.batches.put(None)
         self.thread.join()
+        if not self.live:
+            return
         try:
             bus.stream_append(self.job_id, end=True)
         except Exception:
@@ -141,7 +145,7 @@ class VideoStream:
             if self.error is None:
                 try:
                     fragment = self.encoder.close() if frames is None else self.encoder.add(frames)
-                    if fragment is not None:
+                    if fragment is not None and self.live:
                         self._send(fragment)
                 except Exception as exc:  # raised to the generating thread at its next batch or at finish
                     log.exception("streaming the video of job %s failed", self.job_id)

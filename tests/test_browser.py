@@ -252,6 +252,27 @@ def test_the_page_plays_the_stream_while_the_job_runs_then_the_final_mp4(service
         page.close()
 
 
+def test_the_page_works_over_the_phoenix_protocol(service, browser):
+    """?protocol=phoenix: the same page over /socket/websocket (Phoenix Channels V2)."""
+    expect = playwright_api.expect
+    page = browser.new_page()
+    frames = []
+    page.on("websocket", lambda ws: frames.append(ws.url))
+    try:
+        page.goto(service["url"] + "/?protocol=phoenix")
+        expect(page.get_by_test_id("conn-status")).to_have_attribute("data-state", "open", timeout=20_000)
+        page.fill("#prompt", "a green circle moving down")
+        for field, value in (("num_frames", "8"), ("width", "64"), ("height", "64"), ("steps", "2")):
+            page.fill(f"#{field}", value)
+        page.click("#submit")
+        job = page.get_by_test_id("job").first
+        expect(job).to_have_attribute("data-status", "succeeded", timeout=120_000)
+        expect(job.get_by_test_id("job-video")).to_have_count(1)
+        assert frames and all("/socket/websocket?vsn=2.0.0" in url for url in frames), frames
+    finally:
+        page.close()
+
+
 def test_flower_shows_the_worker_and_its_tasks(service):
     """Flower (started by the launcher) lists the worker and the generation tasks run above."""
     with urllib.request.urlopen(service["flower"] + "/workers", timeout=10) as resp:

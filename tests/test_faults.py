@@ -17,7 +17,6 @@ import re
 import signal
 import subprocess
 import time
-import uuid
 
 import numpy as np
 import pytest
@@ -409,6 +408,24 @@ def test_six_cookieless_connections_of_one_client_hold_at_most_the_per_owner_cap
         finally:
             for c in clients:
                 await c.__aexit__(None, None, None)
+    run(scenario())
+
+
+def test_per_owner_caps_hold_on_the_phoenix_endpoint(faults):
+    """MAX_QUEUED_PER_OWNER=8: a signed-in Phoenix socket's ninth parked job is refused with queue_full."""
+    from tests.test_phoenix import PhoenixFrames
+
+    token = faults.manage("create_api_token", "phoebe", "--create-user").strip()
+
+    async def scenario():
+        async with PhoenixFrames(faults.base, faults.origin, token) as c:
+            answers = [await c.call("video:lobby", "generate", {"prompt": "parked", "model": "fake-parked"})
+                       for _ in range(9)]
+            assert [a["status"] for a in answers] == ["ok"] * 8 + ["error"], answers
+            assert answers[-1]["response"]["code"] == "queue_full"
+            for a in answers[:8]:
+                cancelled = await c.call("video:lobby", "cancel", {"job_id": a["response"]["job_id"]})
+                assert cancelled["response"]["state"] == "cancelled", cancelled
     run(scenario())
 
 

@@ -10,6 +10,8 @@
   const TERMINAL = new Set(["succeeded", "failed", "cancelled", "error"]);
   const MAX_BACKOFF_MS = 10000;
   const PING_EVERY_MS = 25000;
+  // ?protocol=phoenix: speak the reference design's Phoenix Channels protocol instead of /ws/lobby/
+  const PHOENIX = new URLSearchParams(location.search).get("protocol") === "phoenix";
 
   const els = {
     conn: $("#conn-status"),
@@ -481,13 +483,67 @@
     return false;
   }
 
+  /** The page over the reference design's protocol (Phoenix Channels V2 on /socket/websocket, with
+   * ?protocol=phoenix): the lobby's messages as pushes on topic video:lobby, their replies and the
+   * topic's events turned back into the lobby's messages, behind the WebSocket interface. */
+  class PhoenixLobby {
+    constructor(url) {
+      this.ref = 0;
+      this.asked = new Map();  // ref -> what the push was
+      this.readyState = WebSocket.CONNECTING;
+      this.ws = new WebSocket(url + "?vsn=2.0.0");
+      this.ws.onopen = () => {
+        this.joinRef = this.nextRef();
+        this.frame(this.joinRef, this.joinRef, "video:lobby", "phx_join", {});
+      };
+      this.ws.onmessage = (ev) => this.receive(JSON.parse(ev.data));
+      this.ws.onclose = () => { this.readyState = WebSocket.CLOSED; if (this.onclose) this.onclose(); };
+      this.ws.onerror = () => { /* onclose follows */ };
+    }
+    nextRef() { this.ref += 1; return String(this.ref); }
+    frame(joinRef, ref, topic, event, payload) { this.ws.send(JSON.stringify([joinRef, ref, topic, event, payload])); }
+    send(text) {
+      const msg = JSON.parse(text);
+      const ref = this.nextRef();
+      this.asked.set(ref, msg);
+      if (msg.type === "ping") this.frame(null, ref, "phoenix", "heartbeat", {});
+      else {
+        const payload = Object.assign({}, msg);
+        delete payload.type;
+        this.frame(this.joinRef, ref, "video:lobby", msg.type, payload);
+      }
+    }
+    deliver(msg) { if (msg && this.onmessage) this.onmessage({ data: JSON.stringify(msg) }); }
+    receive([, ref, topic, event, payload]) {
+      if (event !== "phx_reply") {
+        if (topic === "video:lobby" && !event.startsWith("phx_")) this.deliver(payload);
+        return;
+      }
+      if (ref === this.joinRef) {
+        if (payload.status === "ok") { this.readyState = WebSocket.OPEN; if (this.onopen) this.onopen(); }
+        return;
+      }
+      const asked = this.asked.get(ref);
+      this.asked.delete(ref);
+      if (!asked) return;
+      const answer = payload.response || {};
+      if (payload.status !== "ok") this.deliver(Object.assign({ type: "error", request_id: asked.request_id }, answer));
+      else if (asked.type === "ping") this.deliver({ type: "pong", request_id: asked.request_id });
+      else if (asked.type === "cancel") {
+        if (answer.state === "cancelling") this.deliver({ type: "cancelling", job_id: answer.job_id, request_id: asked.request_id });
+      } else this.deliver(answer);  // `queued`
+    }
+    close() { this.ws.close(); }
+  }
+
   function connect() {
     clearTimeout(state.reconnectTimer);
     const proto = location.protocol === "https:" ? "wss:" : "ws:";
     setConn("connecting", state.attempt ? "reconnecting\u2026" : "connecting\u2026");
     let ws;
     try {
-      ws = new WebSocket(proto + "//" + location.host + "/ws/lobby/");
+      ws = PHOENIX ? new PhoenixLobby(proto + "//" + location.host + "/socket/websocket")
+                   : new WebSocket(proto + "//" + location.host + "/ws/lobby/");
     } catch (e) {
       scheduleReconnect();
       return;
@@ -496,7 +552,7 @@
     ws.onopen = () => {
       const wasReconnect = state.attempt > 0;
       state.attempt = 0;
-      setConn("open", "connected");
+      setConn("open", PHOENIX ? "connected (phoenix)" : "connected");
       clearInterval(state.pingTimer);
       state.pingTimer = setInterval(() => send({ type: "ping" }), PING_EVERY_MS);
       if (wasReconnect) resync();

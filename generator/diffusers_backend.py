@@ -1,5 +1,15 @@
-"""diffusers video pipelines (LTX-Video, Wan 2.1, CogVideoX; text- and image-to-video) behind the
-common `Backend` interface, loaded from local checkpoint folders named in the model configuration.
+"""diffusers video pipelines (every family of generator.model_config: LTX-Video, LTX-2 with sound,
+Wan 2.1/2.2, Wan VACE, SkyReels-V2, HunyuanVideo 1.5, CogVideoX) behind the common `Backend`
+interface, loaded from local checkpoint folders named in the model configuration.
+
+A request goes to a task (t2v, i2v, v2v, condition: see `DiffusersBackend.task_for`), the task to
+the configured pipeline kind that serves it, and the request's inputs to that pipeline's own
+arguments (`_task_inputs`: a start image, conditioning frames, a source video and its strength).
+
+Long videos (generator.longvideo) use three optional capabilities, present when the configuration
+allows them: `continuation_frames` (how many trailing frames of a chunk the next one continues from
+natively: a condition pipeline), `generate_long` (SkyReels-V2 makes the whole long video in its own
+diffusion-forcing chunks) and `upscale_video` / `latent_upscale_factors` (a latent upsampler).
 
 Previews: every step we show the current latents through a fixed linear map latent-channels -> RGB
 (a C x 3 matrix + bias), so a preview costs one tiny matmul on the latent grid (LTX at 768x512x121:
@@ -12,8 +22,12 @@ load time.
 """
 from __future__ import annotations
 
+import collections
+import contextlib
 import gc
+import inspect
 import logging
+import math
 import os
 import time
 from typing import Optional
@@ -24,12 +38,14 @@ from PIL import Image
 
 from generator.interface import (Backend, CancelCheck, Cancelled, GenerationError, GenerationRequest,
                                  GenerationResult, ProgressCallback)
-from generator.model_config import KINDS, ModelConfig
+from generator.model_config import ModelConfig, check_pipeline_kwargs
 
 log = logging.getLogger(__name__)
 
 TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 PREVIEW_LONG_SIDE = 128  # previews are upscaled (nearest) until their long side reaches about this
+DEFAULT_STRENGTH = 0.8  # video-to-video when a request names none (WanVideoToVideoPipeline's default)
+SKYREELS_ADDNOISE = 20  # noise on the history frames of long SkyReels videos (its documented value)
 
 
 def accelerator_available() -> bool:
@@ -58,19 +74,46 @@ def _transformer_blocks(transformer) -> int:
     return 0
 
 
+def _pil(frame: np.ndarray, size: Optional[tuple] = None) -> Image.Image:
+    """H x W x 3 uint8 -> RGB PIL image, resized to (width, height) when given."""
+    image = Image.fromarray(np.asarray(frame, dtype=np.uint8)).convert("RGB")
+    return image if size is None or image.size == size else image.resize(size, Image.Resampling.BICUBIC)
+
+
+def _accepts(pipe, name: str) -> bool:
+    return name in inspect.signature(pipe.__call__).parameters
+
+
+def fit_audio(audio: np.ndarray, samples: int) -> np.ndarray:
+    """samples x channels: trimmed or padded with silence to exactly `samples` (the video's duration)."""
+    if len(audio) >= samples:
+        return audio[:samples]
+    return np.concatenate([audio, np.zeros((samples - len(audio), audio.shape[1]), audio.dtype)])
+
+
 class DiffusersBackend(Backend):
-    """One configured diffusers model: a T2V pipeline, an I2V pipeline, or both sharing components."""
+    """One configured diffusers model: one or several pipeline kinds sharing one checkpoint's components."""
 
     def __init__(self, config: ModelConfig):
         super().__init__(config.model_info())
         self.config = config
+        self.family = config.family_info
         self.pipes: dict = {}  # kind -> pipeline
         self.primary = None  # the pipeline that owns offload hooks
+        self.upsampler = None  # latent upsample pipeline (config.upsampler)
         self.device = pick_device()
         self.dtype = TORCH_DTYPES[config.dtype]
         self.applied: dict = {}  # memory/speed options actually in effect (for logs, bench, /api)
+        self.calls = collections.deque(maxlen=64)  # (pipeline class, task) of recent generations: what ran
         self._preview_map: Optional[tuple] = None  # (W [C x 3], b [3]) torch float32 on the execution device
         self._preview_ready = False
+        if self.family.chunked and {"t2v", "i2v"} & set(config.tasks):
+            self.generate_long = self._generate_long
+        if "condition" in config.tasks or self.family.chunked:
+            self.continuation_frames = self._continuation_frames
+        if config.upsampler:
+            self.latent_upscale_factors = (2, 4)  # one or two passes of the x2 upsampler
+            self.upscale_video = self._upscale_video
 
     # ------------------------------------------------------------------ loading
     def load(self) -> None:
@@ -82,52 +125,69 @@ class DiffusersBackend(Backend):
         if not os.path.isfile(os.path.join(cfg.path, "model_index.json")):
             raise GenerationError(f"model {cfg.name}: {cfg.path} is not a diffusers pipeline folder "
                                   f"(no model_index.json); check 'path' in the model configuration")
+        problems = check_pipeline_kwargs(cfg)
+        if problems:
+            raise GenerationError("; ".join(problems))
         if self.device.type == "cpu" and self.dtype == torch.float16:
             log.warning("model %s: float16 on CPU is slow/unsupported, loading float32", cfg.name)
             self.dtype = torch.float32
         first = cfg.kinds[0]
-        cls = getattr(diffusers, KINDS[first][2])
+        cls_name = self.family.kinds[first].cls
         kwargs = {"dtype": self.dtype, "local_files_only": True}
         if cfg.vae_dtype and TORCH_DTYPES[cfg.vae_dtype] != self.dtype:
-            vae_cls = type(self).vae_class(cfg.family)
-            kwargs["vae"] = vae_cls.from_pretrained(cfg.path, subfolder="vae", dtype=TORCH_DTYPES[cfg.vae_dtype],
-                                                    local_files_only=True)
+            kwargs["vae"] = getattr(diffusers, self.family.vae).from_pretrained(
+                cfg.path, subfolder="vae", dtype=TORCH_DTYPES[cfg.vae_dtype], local_files_only=True)
         t0 = time.perf_counter()
         try:
-            pipe = cls.from_pretrained(cfg.path, **kwargs)
+            pipe = getattr(diffusers, cls_name).from_pretrained(cfg.path, **kwargs)
         except Exception as exc:
-            raise GenerationError(f"model {cfg.name}: cannot load {KINDS[first][2]} from {cfg.path}: {exc}") from exc
+            raise GenerationError(f"model {cfg.name}: cannot load {cls_name} from {cfg.path}: {exc}") from exc
         pipe.set_progress_bar_config(disable=True)
         self.pipes[first] = pipe
         self.primary = pipe
-        if len(cfg.kinds) == 2:
-            second = cfg.kinds[1]
-            self._check_pair(pipe)
+        for kind in cfg.kinds[1:]:
+            self._check_shared(pipe, kind)
             # Shares every component. diffusers 0.42's from_pipe casts the shared components to float32
             # unless given a dtype (a bf16 LTX ran 8x slower), so name it and put a separate VAE dtype back.
-            other = getattr(diffusers, KINDS[second][2]).from_pipe(pipe, dtype=self.dtype)
+            other = getattr(diffusers, self.family.kinds[kind].cls).from_pipe(pipe, dtype=self.dtype)
             if cfg.vae_dtype:
                 pipe.vae.to(dtype=TORCH_DTYPES[cfg.vae_dtype])
             other.set_progress_bar_config(disable=True)
-            self.pipes[second] = other
+            self.pipes[kind] = other
         self._apply_memory_options(pipe)
+        if cfg.upsampler:
+            self._load_upsampler(pipe)
         log.info("model %s loaded in %.1f s on %s (%s): %s", cfg.name, time.perf_counter() - t0, self.device,
                  self.dtype, self.applied)
 
-    @staticmethod
-    def vae_class(family: str):
+    def _load_upsampler(self, pipe) -> None:
         import diffusers
 
-        return {"ltx": diffusers.AutoencoderKLLTXVideo, "wan": diffusers.AutoencoderKLWan,
-                "cogvideox": diffusers.AutoencoderKLCogVideoX}[family]
+        cfg = self.config
+        if not os.path.isfile(os.path.join(cfg.upsampler, "model_index.json")):
+            raise GenerationError(f"model {cfg.name}: upsampler {cfg.upsampler} is not a diffusers pipeline folder "
+                                  f"(no model_index.json); check 'upsampler' in the model configuration")
+        try:  # the model's own VAE decodes the upsampled latents: no second copy
+            self.upsampler = getattr(diffusers, self.family.upsampler).from_pretrained(
+                cfg.upsampler, vae=pipe.vae, dtype=self.dtype, local_files_only=True)
+        except Exception as exc:
+            raise GenerationError(f"model {cfg.name}: cannot load {self.family.upsampler} from {cfg.upsampler}: "
+                                  f"{exc}") from exc
+        self.upsampler.set_progress_bar_config(disable=True)
+        self.upsampler.latent_upsampler.to(self.device)
 
-    def _check_pair(self, pipe) -> None:
-        if self.config.family == "wan":
+    def _check_shared(self, pipe, kind: str) -> None:
+        # Wan 2.1's T2V transformer cannot take a start image; Wan 2.2 TI2V's can (expand_timesteps)
+        if self.config.family == "wan" and self.family.kinds[kind].tasks == ("i2v",):
             transformer, vae = pipe.transformer, pipe.vae
             if transformer.config.in_channels == vae.config.z_dim and not getattr(pipe.config, "expand_timesteps", False):
                 raise GenerationError(f"model {self.config.name}: this Wan checkpoint is text-to-video only "
                                       f"(transformer takes {transformer.config.in_channels} channels); configure "
                                       f"the Wan I2V checkpoint as its own 'wan-i2v' entry")
+
+    def _transformers(self, pipe) -> list:
+        """The denoisers: Wan 2.2 A14B has two experts (transformer_2 below its boundary_ratio)."""
+        return [t for t in (getattr(pipe, "transformer", None), getattr(pipe, "transformer_2", None)) if t is not None]
 
     def _apply_memory_options(self, pipe) -> None:
         mem, applied = self.config.memory, self.applied
@@ -150,29 +210,28 @@ class DiffusersBackend(Backend):
         if mem.vae_slicing and hasattr(vae, "enable_slicing"):
             vae.enable_slicing()
             applied["vae_slicing"] = True
-        transformer = pipe.transformer
-        if mem.attention_backend:
-            try:
-                transformer.set_attention_backend(mem.attention_backend)
-                applied["attention_backend"] = mem.attention_backend
-            except Exception as exc:  # backend not installed / unsupported on this GPU: keep native SDPA
-                log.warning("model %s: attention backend %r unavailable (%s); using native SDPA",
-                            self.config.name, mem.attention_backend, exc)
-        if mem.cache:
-            self._enable_cache(pipe, dict(mem.cache))
-        if mem.compile:
-            if not accelerator_available():
-                log.warning("model %s: compile is only applied on a GPU host; skipped", self.config.name)
-            else:
-                if mem.compile == "full":
-                    transformer.compile(fullgraph=False)
-                else:  # regional: compile the repeated block once, reuse it for every block (fast warm-up)
-                    transformer.compile_repeated_blocks(fullgraph=True)
-                applied["compile"] = "full" if mem.compile == "full" else "regional"
+        for transformer in self._transformers(pipe):
+            if mem.attention_backend:
+                try:
+                    transformer.set_attention_backend(mem.attention_backend)
+                    applied["attention_backend"] = mem.attention_backend
+                except Exception as exc:  # backend not installed / unsupported on this GPU: keep native SDPA
+                    log.warning("model %s: attention backend %r unavailable (%s); using native SDPA",
+                                self.config.name, mem.attention_backend, exc)
+            if mem.cache:
+                self._enable_cache(pipe, transformer, dict(mem.cache))
+            if mem.compile:
+                if not accelerator_available():
+                    log.warning("model %s: compile is only applied on a GPU host; skipped", self.config.name)
+                else:
+                    if mem.compile == "full":
+                        transformer.compile(fullgraph=False)
+                    else:  # regional: compile the repeated block once, reuse it for every block (fast warm-up)
+                        transformer.compile_repeated_blocks(fullgraph=True)
+                    applied["compile"] = "full" if mem.compile == "full" else "regional"
 
-    def _enable_cache(self, pipe, cache: dict) -> None:
+    def _enable_cache(self, pipe, transformer, cache: dict) -> None:
         kind = cache.pop("type")
-        transformer = pipe.transformer
         try:
             from diffusers.hooks import FirstBlockCacheConfig, PyramidAttentionBroadcastConfig
         except ImportError:
@@ -199,6 +258,7 @@ class DiffusersBackend(Backend):
                 pass
         self.pipes.clear()
         self.primary = None
+        self.upsampler = None
         self._preview_map = None
         self._preview_ready = False
         free_accelerator_memory()
@@ -206,12 +266,13 @@ class DiffusersBackend(Backend):
     # ------------------------------------------------------------------ previews
     def _latent_space(self, pipe, z: torch.Tensor) -> torch.Tensor:
         """Raw VAE latents [B, C, F, H, W] -> the normalised space the pipeline denoises in."""
-        vae, family = pipe.vae, self.config.family
-        if family == "ltx":
+        vae = pipe.vae
+        if self.family.latents == "packed":
             return pipe._normalize_latents(z, vae.latents_mean, vae.latents_std, vae.config.scaling_factor)
-        if family == "wan":
-            mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1).to(z)
-            std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1).to(z)
+        mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
+        if mean is not None and std is not None:  # Wan's VAE (Wan 2.x, VACE, SkyReels-V2)
+            mean = torch.tensor(mean).view(1, -1, 1, 1, 1).to(z)
+            std = torch.tensor(std).view(1, -1, 1, 1, 1).to(z)
             return (z - mean) / std
         return z * vae.config.scaling_factor
 
@@ -219,13 +280,14 @@ class DiffusersBackend(Backend):
         for attr in ("vae_spatial_compression_ratio", "vae_scale_factor_spatial"):
             if hasattr(pipe, attr):
                 return int(getattr(pipe, attr))
-        return 8
+        return int(getattr(pipe.vae, "spatial_compression_ratio", None) or getattr(pipe.vae.config,
+                                                                                  "spatial_compression_ratio", 8))
 
     def _temporal_ratio(self, pipe) -> int:
         for attr in ("vae_temporal_compression_ratio", "vae_scale_factor_temporal"):
             if hasattr(pipe, attr):
                 return int(getattr(pipe, attr))
-        return 4
+        return int(getattr(pipe.vae.config, "temporal_compression_ratio", 4))
 
     @torch.no_grad()
     def _calibrate_preview(self, pipe) -> None:
@@ -258,13 +320,13 @@ class DiffusersBackend(Backend):
         """Current latents -> T' x h' x w' x 3 uint8 through the fixed linear map (no VAE decode)."""
         try:
             z = latents[:1].detach()
-            family = self.config.family
-            if family == "ltx":  # packed [B, tokens, C]
+            if self.family.latents == "packed":  # [B, tokens, C]
                 lf = (num_frames - 1) // self._temporal_ratio(pipe) + 1
                 ratio = self._spatial_ratio(pipe)
-                z = pipe._unpack_latents(z, lf, height // ratio, width // ratio, pipe.transformer_spatial_patch_size,
+                z = pipe._unpack_latents(z[:, -lf * (height // ratio) * (width // ratio):], lf, height // ratio,
+                                         width // ratio, pipe.transformer_spatial_patch_size,
                                          pipe.transformer_temporal_patch_size)
-            elif family == "cogvideox":  # [B, F, C, H, W]
+            elif self.family.latents == "bfchw":
                 z = z.permute(0, 2, 1, 3, 4)
             z = z[0].float()  # C x F x H x W, on the pipeline's device: only the small uint8 preview is copied back
             if self._preview_map is not None and self._preview_map[0].shape[0] == z.shape[0]:
@@ -279,57 +341,177 @@ class DiffusersBackend(Backend):
             log.debug("preview failed: %s", exc)
             return None
 
+    # ------------------------------------------------------------------ routing
+    def task_for(self, req: GenerationRequest) -> str:
+        """video -> v2v; several start frames -> condition (when a condition pipeline is configured);
+        a start image -> i2v; nothing -> t2v. Raises GenerationError when this model cannot."""
+        tasks, name = self.config.tasks, self.config.name
+        if req.video is not None:
+            if "v2v" not in tasks:
+                raise GenerationError(f"model {name} cannot take a source video (video-to-video); "
+                                      f"its pipelines: {', '.join(self.config.kinds)}")
+            return "v2v"
+        if req.start_frames is not None and len(req.start_frames) > 1 and "condition" in tasks:
+            return "condition"
+        if req.image is not None:
+            if "i2v" in tasks:
+                return "i2v"
+            if "condition" in tasks:
+                return "condition"
+            raise GenerationError(f"model {name} is text-to-video only; it cannot take a start image")
+        if "t2v" not in tasks:
+            raise GenerationError(f"model {name} is image-to-video: it needs a start image")
+        return "t2v"
+
+    def _continuation_frames(self, overlap: int, num_frames: int) -> int:
+        """Frames of the previous chunk a continuation is conditioned on: the smallest count of the
+        family's frame rule (LTX 8k+1: whole latent frames) >= overlap that leaves a latent frame to make."""
+        fam = self.family
+        k = fam.frame_offset + fam.frame_multiple * max(0, math.ceil((overlap - fam.frame_offset) / fam.frame_multiple))
+        return k if k <= num_frames - fam.frame_multiple else 0
+
+    def _task_inputs(self, pipe, task: str, req: GenerationRequest) -> dict:
+        """The pipeline arguments that carry the request's image / frames / source video."""
+        size, cls, n = (req.width, req.height), type(pipe).__name__, req.num_frames
+        if task == "i2v":
+            if cls in ("LTXConditionPipeline", "LTX2ConditionPipeline"):
+                return self._ltx_conditions(cls, _pil(req.image, size))
+            if cls == "WanVACEPipeline":
+                return self._vace_keep([req.image], n, size)
+            return {"image": _pil(req.image, size)}
+        if task == "condition":
+            given = req.start_frames if req.start_frames is not None else req.image[None]
+            if cls in ("LTXConditionPipeline", "LTX2ConditionPipeline"):  # a clip of whole latent frames (8k+1)
+                return self._ltx_conditions(cls, [_pil(f, size) for f in given[-self._rule_frames(len(given)):]])
+            if cls == "WanVACEPipeline":
+                return self._vace_keep(given[-(n - 1):], n, size)
+            # SkyReels-V2 V2V: num_frames counts the given clip's last k frames (re-made first) and returns
+            # the clip + those num_frames; its history must be shorter than the chunk
+            k = self._rule_frames(min(len(given), n - self.family.frame_multiple))
+            return {"video": [_pil(f, size) for f in given[-k:]], "num_frames": n, "base_num_frames": n,
+                    "overlap_history": k,
+                    "addnoise_condition": self.config.pipeline_kwargs.get("addnoise_condition", SKYREELS_ADDNOISE)}
+        if task == "v2v":
+            video = [_pil(f, size) for f in req.video]
+            if cls == "LTXConditionPipeline":  # SDEdit on the source's latents: noised to `strength`, denoised
+                return {"latents": self._encode_video(pipe, video, req), "denoise_strength": req.strength}
+            if cls == "WanVACEPipeline":  # the source steers as a control video, less as strength grows
+                return {"video": video, "conditioning_scale": 1.0 - req.strength}
+            return {"video": video, "strength": req.strength}
+        return {}
+
+    @staticmethod
+    def _ltx_conditions(cls: str, frames) -> dict:
+        """An image or clip at frame 0 of an LTX / LTX-2 condition pipeline."""
+        if cls == "LTXConditionPipeline":
+            from diffusers.pipelines.ltx.pipeline_ltx_condition import LTXVideoCondition
+
+            key = "video" if isinstance(frames, list) else "image"
+            return {"conditions": [LTXVideoCondition(frame_index=0, **{key: frames})]}
+        from diffusers.pipelines.ltx2.pipeline_ltx2_condition import LTX2VideoCondition
+
+        return {"conditions": [LTX2VideoCondition(frames=frames, index=0)]}
+
+    def _rule_frames(self, available: int) -> int:
+        """The most trailing frames (<= available) fitting the family's frame rule (LTX: 8k+1)."""
+        fam = self.family
+        return fam.frame_offset + fam.frame_multiple * ((available - fam.frame_offset) // fam.frame_multiple)
+
+    @staticmethod
+    def _vace_keep(frames, num_frames: int, size: tuple) -> dict:
+        """VACE: the given frames first (mask 0: keep), grey frames to generate (mask 1)."""
+        keep = [_pil(f, size) for f in frames]
+        grey, black, white = (Image.new("RGB", size, (127, 127, 127)), Image.new("L", size, 0),
+                              Image.new("L", size, 255))
+        rest = num_frames - len(keep)
+        return {"video": keep + [grey] * rest, "mask": [black] * len(keep) + [white] * rest}
+
+    @torch.no_grad()
+    def _encode_video(self, pipe, video: list, req: GenerationRequest) -> torch.Tensor:
+        """Source frames -> the normalised latents [B, C, F, H, W] the LTX pipelines denoise."""
+        vae = pipe.vae
+        x = pipe.video_processor.preprocess_video(video, req.height, req.width).to(pipe._execution_device, vae.dtype)
+        z = vae.encode(x).latent_dist.mode()
+        return pipe._normalize_latents(z, vae.latents_mean, vae.latents_std).float()
+
     # ------------------------------------------------------------------ generation
-    def generate(self, request: GenerationRequest, progress: Optional[ProgressCallback] = None,
-                 should_cancel: Optional[CancelCheck] = None) -> GenerationResult:
+    def _checked(self, request: GenerationRequest) -> GenerationRequest:
         req = self.fill_defaults(request)
         problems = self.info.problems(req.num_frames, req.width, req.height, req.steps, req.guidance_scale)
         if problems:
             raise GenerationError("; ".join(msg for _, msg in problems))
-        cfg = self.config
-        if req.image is not None:
-            kind = cfg.image_kind
-            if kind is None:
-                raise GenerationError(f"model {cfg.name} is text-to-video only; it cannot take a start image")
-        else:
-            kind = cfg.text_kind
-            if kind is None:
-                raise GenerationError(f"model {cfg.name} is image-to-video: it needs a start image")
+        if req.video is not None:
+            shape = (req.num_frames, req.height, req.width, 3)
+            if np.shape(req.video) != shape:
+                raise GenerationError(f"the source video is {'x'.join(map(str, np.shape(req.video)))}; model "
+                                      f"{self.config.name} needs it as {'x'.join(map(str, shape))} (frames x h x w x 3)")
+            strength = DEFAULT_STRENGTH if req.strength is None else float(req.strength)
+            if not 0.0 <= strength <= 1.0:
+                raise GenerationError(f"strength must be between 0 and 1, got {strength}")
+            req.strength = strength
+        return req
+
+    def generate(self, request: GenerationRequest, progress: Optional[ProgressCallback] = None,
+                 should_cancel: Optional[CancelCheck] = None) -> GenerationResult:
+        req = self._checked(request)
+        task = self.task_for(req)
+        if task == "v2v" and req.strength == 0.0:  # nothing to move away from the source: it is the answer
+            return GenerationResult(frames=np.ascontiguousarray(req.video, dtype=np.uint8), fps=float(req.fps),
+                                    seed=int(req.seed), native_size=(req.height, req.width))
         if not self.pipes:
             self.load()
-        pipe = self.pipes[kind]
+        pipe = self.pipes[self.config.tasks[task]]
+        call = self._task_inputs(pipe, task, req)
+        made = req.num_frames
+        if "overlap_history" in call:  # SkyReels-V2 V2V: the given clip, then the clip it made
+            made += len(call["video"])
+        elif self.family.chunked:
+            call["base_num_frames"] = req.num_frames  # one chunk: the pipeline's own chunking stays off
+        result = self._run(pipe, task, req, call, progress, should_cancel, num_frames=made)
+        result.frames = result.frames[-req.num_frames:]
+        return result
+
+    def _run(self, pipe, task: str, req: GenerationRequest, call: dict, progress, should_cancel,
+             total_steps: Optional[int] = None, num_frames: Optional[int] = None) -> GenerationResult:
+        cfg = self.config
         if not self._preview_ready and progress is not None:
             self._calibrate_preview(pipe)
-
         exec_device = pipe._execution_device
         generator = torch.Generator(device=exec_device).manual_seed(int(req.seed))
+        steps_done = [0]
 
         def on_step_end(p, i, t, kwargs):
             if should_cancel is not None and should_cancel():
                 raise Cancelled()
+            steps_done[0] += 1
             if progress is not None:
                 latents = kwargs.get("latents")
                 preview = None if latents is None else self._preview(p, latents, req.num_frames, req.height,
                                                                      req.width)
-                progress(i + 1, p.num_timesteps, preview)
+                progress(steps_done[0], max(total_steps or p.num_timesteps, steps_done[0]), preview)
             return kwargs
 
-        call = dict(prompt=req.prompt, height=req.height, width=req.width, num_frames=req.num_frames,
+        base = dict(prompt=req.prompt, height=req.height, width=req.width, num_frames=req.num_frames,
                     num_inference_steps=req.steps, guidance_scale=req.guidance_scale, generator=generator,
-                    output_type="np", callback_on_step_end=on_step_end,
-                    callback_on_step_end_tensor_inputs=["latents"])
-        if cfg.negative_prompt is not None:
-            call["negative_prompt"] = cfg.negative_prompt
-        if cfg.max_sequence_length:
-            call["max_sequence_length"] = int(cfg.max_sequence_length)
-        if cfg.family == "ltx":
-            call["frame_rate"] = int(round(req.fps))  # LTX scales its RoPE by the frame rate
-        if req.image is not None:
-            image = Image.fromarray(np.asarray(req.image, dtype=np.uint8)).convert("RGB")
-            call["image"] = image.resize((req.width, req.height), Image.Resampling.BICUBIC)
-
+                    output_type="np", negative_prompt=cfg.negative_prompt,
+                    max_sequence_length=cfg.max_sequence_length and int(cfg.max_sequence_length))
+        if self.family.frame_rate_arg:  # LTX scales its RoPE by the frame rate; SkyReels embeds it
+            rate = float(req.fps) if self.family.name == "ltx2" else int(round(req.fps))
+            base[self.family.frame_rate_arg] = rate
+        base.update(self._schedule_kwargs(req.steps))
+        base.update(call)
+        call = {k: v for k, v in base.items() if v is not None and _accepts(pipe, k)}
+        self.calls.append((type(pipe).__name__, task))
+        hook = contextlib.nullcontext()
+        if _accepts(pipe, "callback_on_step_end"):
+            call.update(callback_on_step_end=on_step_end, callback_on_step_end_tensor_inputs=["latents"])
+        else:  # HunyuanVideo 1.5 has no step callback: observe the scheduler's steps instead
+            hook = _scheduler_steps(pipe, on_step_end)
+        guider = getattr(pipe, "guider", None)
+        if guider is not None:  # its guidance scale lives in the guider, not in the call
+            pipe.guider = guider.new(guidance_scale=float(req.guidance_scale))
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), hook:
                 output = pipe(**call)
         except Cancelled:
             raise
@@ -343,14 +525,42 @@ class DiffusersBackend(Backend):
                 ) from None
             raise
         finally:
+            if guider is not None:
+                pipe.guider = guider
             self._free_after_call(pipe)
+        return self._result(pipe, output, req, num_frames or req.num_frames)
+
+    def _schedule_kwargs(self, steps: int) -> dict:
+        """pipeline_kwargs (a preset's among them); a fixed schedule only when the request runs its length."""
+        out = {}
+        for key, value in self.config.pipeline_kwargs.items():
+            if key in ("timesteps", "sigmas") and isinstance(value, list) and len(value) != steps:
+                continue  # another step count: the pipeline's own schedule for that many steps
+            out[key] = value
+        return out
+
+    def _result(self, pipe, output, req: GenerationRequest, num_frames: int) -> GenerationResult:
         video = np.asarray(output.frames[0])  # T x H x W x 3 float in [0, 1]
         if np.issubdtype(video.dtype, np.floating) and not np.isfinite(video).all():
-            raise GenerationError(f"model {cfg.name} produced NaN/Inf values (numerical instability, often "
+            raise GenerationError(f"model {self.config.name} produced NaN/Inf values (numerical instability, often "
                                   f"float16 overflow): try dtype bfloat16/float32, another seed or fewer steps")
         frames = (np.clip(video, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-        return GenerationResult(frames=frames, fps=float(req.fps), seed=int(req.seed),
-                                native_size=(frames.shape[1], frames.shape[2]))
+        native = frames.shape[1:3]
+        if native != (req.height, req.width):  # HunyuanVideo 1.5 I2V picks its own size bucket
+            from generator.postprocess import resize_frames
+
+            frames = resize_frames(frames, (req.height, req.width))
+        if len(frames) != num_frames:
+            raise GenerationError(f"model {self.config.name} returned {len(frames)} frames, not {num_frames}")
+        result = GenerationResult(frames=frames, fps=float(req.fps), seed=int(req.seed), native_size=native)
+        audio = getattr(output, "audio", None)
+        if audio is not None:  # LTX-2: [B, channels, samples] from its vocoder
+            rate = int(pipe.vocoder.config.output_sampling_rate)
+            track = torch.as_tensor(audio[0]).float().cpu().numpy().T
+            result.audio = fit_audio(np.clip(track, -1.0, 1.0).astype(np.float32),
+                                     round(num_frames / float(req.fps) * rate))
+            result.audio_sample_rate = rate
+        return result
 
     def _free_after_call(self, pipe) -> None:
         for p in {id(pipe): pipe, id(self.primary): self.primary}.values():
@@ -363,3 +573,64 @@ class DiffusersBackend(Backend):
                 log.debug("maybe_free_model_hooks: %s", exc)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+    # ------------------------------------------------------------------ long-video capabilities
+    def _generate_long(self, request: GenerationRequest, num_chunks: int, shared: int,
+                       progress: Optional[ProgressCallback] = None,
+                       should_cancel: Optional[CancelCheck] = None) -> GenerationResult:
+        """SkyReels-V2: `num_chunks` chunks of the request's num_frames sharing `shared` frames, made by the
+        diffusion-forcing pipeline itself in one call (it conditions each chunk on the last latents)."""
+        req = self._checked(request)
+        task = "i2v" if req.image is not None else "t2v"
+        if task not in self.config.tasks:
+            raise GenerationError(f"model {self.config.name} has no {task} pipeline for a long video")
+        if not self.pipes:
+            self.load()
+        pipe = self.pipes[self.config.tasks[task]]
+        total = num_chunks * req.num_frames - (num_chunks - 1) * shared
+        call = dict(self._task_inputs(pipe, task, req), num_frames=total, base_num_frames=req.num_frames,
+                    overlap_history=shared,
+                    addnoise_condition=self.config.pipeline_kwargs.get("addnoise_condition", SKYREELS_ADDNOISE))
+        return self._run(pipe, task, req, call, progress, should_cancel, total_steps=num_chunks * req.steps,
+                         num_frames=total)
+
+    @torch.no_grad()
+    def _upscale_video(self, frames: np.ndarray, factor: int, should_cancel: Optional[CancelCheck] = None) -> np.ndarray:
+        """Frames x factor (2 or 4) through the latent upsampler: VAE encode, x2 in latent space, decode."""
+        if factor not in self.latent_upscale_factors:
+            raise GenerationError(f"model {self.config.name}: the latent upsampler scales by "
+                                  f"{' or '.join(map(str, self.latent_upscale_factors))}, not {factor}")
+        if not self.pipes:
+            self.load()
+        n = len(frames)
+        pad = (-(n - self.family.frame_offset)) % self.family.frame_multiple  # the VAE takes 8k+1 frames
+        video = np.concatenate([frames, np.repeat(frames[-1:], pad, axis=0)]) if pad else frames
+        for _ in range(int(math.log2(factor))):
+            if should_cancel is not None and should_cancel():
+                raise Cancelled()
+            h, w = video.shape[1:3]
+            call = {k: v for k, v in dict(video=[_pil(f) for f in video], height=h, width=w, num_frames=len(video),
+                                           output_type="np").items() if _accepts(self.upsampler, k)}
+            with torch.inference_mode():
+                out = np.asarray(self.upsampler(**call).frames[0])
+            video = (np.clip(out, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+        return video[:n]
+
+
+@contextlib.contextmanager
+def _scheduler_steps(pipe, on_step_end):
+    """Call on_step_end(pipe, i, t, {"latents": ...}) after every scheduler step of one pipeline call."""
+    scheduler, step, count = pipe.scheduler, pipe.scheduler.step, [0]
+
+    def stepped(model_output, timestep, sample, *args, **kwargs):
+        out = step(model_output, timestep, sample, *args, **kwargs)
+        latents = out[0] if isinstance(out, tuple) else out.prev_sample
+        on_step_end(pipe, count[0], timestep, {"latents": latents})
+        count[0] += 1
+        return out
+
+    scheduler.step = stepped
+    try:
+        yield
+    finally:
+        del scheduler.step  # the class's own method again

@@ -1,15 +1,16 @@
 """Tiny randomly initialised checkpoints of the REAL diffusers video pipelines, built offline.
 
-Each builder constructs the real component classes (transformer, VAE, scheduler, T5 text
-encoder, T5 tokenizer, and for Wan 2.1 I2V a CLIP vision encoder) with tiny sizes — the
-constructor arguments follow diffusers' own `get_dummy_components` in
-`tests/pipelines/<name>/test_<name>.py` — and `save_pretrained`s the whole pipeline into a
-folder laid out exactly like a checkpoint from the Hub (model_index.json + one sub-folder
-per component). The service then loads that folder through the same code path as a real
-local checkpoint.
+Each builder constructs the real component classes (transformer, VAE, scheduler, text encoders,
+tokenizers, image encoders, LTX-2's audio VAE and vocoder) with tiny sizes — the constructor
+arguments follow diffusers' own `get_dummy_components` in `tests/pipelines/<name>/test_<name>.py` —
+and `save_pretrained`s the whole pipeline into a folder laid out exactly like a checkpoint from the
+Hub (model_index.json + one sub-folder per component). The service then loads that folder through
+the same code path as a real local checkpoint.
 
-The tokenizer is a Unigram T5 tokenizer built in memory (no download): transformers 5
-accepts `T5TokenizerFast(vocab=[(piece, score), ...], extra_ids=0)`.
+No tokenizer is downloaded: T5/UMT5 use a Unigram vocabulary built in memory
+(`T5TokenizerFast(vocab=[(piece, score), ...], extra_ids=0)`), Gemma (LTX-2) and Qwen2
+(HunyuanVideo 1.5) a word-level BPE vocabulary with no merges, ByT5 needs no vocabulary at all.
+Sizes stay small because on CPU the token count is what costs (docs: FACTS.md).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ WORDS = ("a red green blue white black square circle triangle ball cat dog movin
 TEXT_DIM = 32
 
 
+# ------------------------------------------------------------------ text encoders and tokenizers
 def tiny_tokenizer():
     from transformers import T5TokenizerFast
 
@@ -29,6 +31,14 @@ def tiny_tokenizer():
     vocab += [("\u2581" + w, -1.0 - i * 0.01) for i, w in enumerate(WORDS)]
     vocab += [(c, -5.0) for c in "abcdefghijklmnopqrstuvwxyz"]
     return T5TokenizerFast(vocab=vocab, extra_ids=0)
+
+
+def _bpe_vocab(specials: list, space: str) -> dict:
+    """Special tokens, then whole words (with the tokenizer's word-start marker), then letters."""
+    vocab = {tok: i for i, tok in enumerate(specials)}
+    for piece in [space + w for w in WORDS] + list("abcdefghijklmnopqrstuvwxyz") + [space]:
+        vocab.setdefault(piece, len(vocab))
+    return vocab
 
 
 def tiny_text_encoder(vocab_size: int, umt5: bool = False):
@@ -47,11 +57,24 @@ def _text_components(umt5: bool = False):
     return {"tokenizer": tokenizer, "text_encoder": tiny_text_encoder(len(tokenizer), umt5)}
 
 
-def ltx_pipeline():
-    """LTXPipeline with LTX-Video's real compression (32x spatial, 8x temporal: VAE patch_size 4 and
-    three space-time downsamplings) but a handful of channels and one transformer block... two, so
-    FirstBlockCache can be switched on."""
-    from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXPipeline, LTXVideoTransformer3DModel
+def _gemma3_text():
+    """LTX-2's prompt encoder: Gemma 3 (a two-layer one, hidden 32) with a Gemma tokenizer."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig, GemmaTokenizer
+
+    tokenizer = GemmaTokenizer(vocab=_bpe_vocab(["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"], "\u2581"), merges=[])
+    torch.manual_seed(0)
+    text = Gemma3TextConfig(vocab_size=len(tokenizer), hidden_size=TEXT_DIM, intermediate_size=32, num_hidden_layers=2,
+                            num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=8,
+                            max_position_embeddings=64)
+    config = Gemma3Config(text_config=text.to_dict(), mm_tokens_per_image=4,
+                          vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                             num_attention_heads=2, image_size=16, patch_size=8))
+    return tokenizer, Gemma3ForConditionalGeneration(config).eval()
+
+
+# ------------------------------------------------------------------ LTX-Video 0.9.x
+def _ltx_components():
+    from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXVideoTransformer3DModel
 
     torch.manual_seed(0)
     transformer = LTXVideoTransformer3DModel(in_channels=8, out_channels=8, patch_size=1, patch_size_t=1,
@@ -64,26 +87,131 @@ def ltx_pipeline():
                                 decoder_spatio_temporal_scaling=(True, True, True, False),
                                 layers_per_block=(1, 1, 1, 1, 1), decoder_layers_per_block=(1, 1, 1, 1, 1),
                                 patch_size=4, patch_size_t=1, encoder_causal=True, decoder_causal=False)
-    scheduler = FlowMatchEulerDiscreteScheduler()
-    return LTXPipeline(transformer=transformer, vae=vae, scheduler=scheduler, **_text_components())
+    return dict(transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(), **_text_components())
+
+
+def ltx_pipeline():
+    """LTXPipeline with LTX-Video's real compression (32x spatial, 8x temporal: VAE patch_size 4 and
+    three space-time downsamplings) but a handful of channels and two transformer blocks (so
+    FirstBlockCache can be switched on)."""
+    from diffusers import LTXPipeline
+
+    return LTXPipeline(**_ltx_components())
+
+
+def ltx_condition_pipeline():
+    """LTX-Video 0.9.5+ as its condition pipeline (frames or clips at chosen positions, editing)."""
+    from diffusers import LTXConditionPipeline
+
+    return LTXConditionPipeline(**_ltx_components())
+
+
+def ltx_upsampler_pipeline():
+    """The spatial latent upsampler (x2) for the tiny LTX: a pipeline folder of its own with the same VAE,
+    as `Lightricks/ltxv-spatial-upscaler-0.9.7` ships."""
+    from diffusers import LTXLatentUpsamplePipeline
+    from diffusers.pipelines.ltx.modeling_latent_upsampler import LTXLatentUpsamplerModel
+
+    vae = _ltx_components()["vae"]
+    torch.manual_seed(0)
+    upsampler = LTXLatentUpsamplerModel(in_channels=8, mid_channels=32, num_blocks_per_stage=1)
+    return LTXLatentUpsamplePipeline(vae=vae, latent_upsampler=upsampler)
+
+
+# ------------------------------------------------------------------ LTX-2 (video + audio)
+def _ltx2_components():
+    from diffusers import (AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video, FlowMatchEulerDiscreteScheduler,
+                           LTX2VideoTransformer3DModel)
+    from diffusers.pipelines.ltx2 import LTX2TextConnectors
+    from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
+
+    tokenizer, text_encoder = _gemma3_text()
+    torch.manual_seed(0)
+    transformer = LTX2VideoTransformer3DModel(
+        in_channels=4, out_channels=4, patch_size=1, patch_size_t=1, num_attention_heads=2, attention_head_dim=8,
+        cross_attention_dim=16, audio_in_channels=4, audio_out_channels=4, audio_num_attention_heads=2,
+        audio_attention_head_dim=4, audio_cross_attention_dim=8, num_layers=2, qk_norm="rms_norm_across_heads",
+        caption_channels=TEXT_DIM, rope_double_precision=False, rope_type="split")
+    torch.manual_seed(0)
+    # LTX-2.0 connectors: their width (heads x head_dim) is the text encoder's hidden size
+    connectors = LTX2TextConnectors(
+        caption_channels=TEXT_DIM, text_proj_in_factor=text_encoder.config.text_config.num_hidden_layers + 1,
+        video_connector_num_attention_heads=4, video_connector_attention_head_dim=8, video_connector_num_layers=1,
+        video_connector_num_learnable_registers=None, audio_connector_num_attention_heads=4,
+        audio_connector_attention_head_dim=8, audio_connector_num_layers=1,
+        audio_connector_num_learnable_registers=None, connector_rope_base_seq_len=32, rope_theta=10000.0,
+        rope_double_precision=False, causal_temporal_positioning=False, rope_type="split")
+    torch.manual_seed(0)
+    vae = AutoencoderKLLTX2Video(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8,), decoder_block_out_channels=(8,),
+        layers_per_block=(1,), decoder_layers_per_block=(1, 1), spatio_temporal_scaling=(True,),
+        decoder_spatio_temporal_scaling=(True,), decoder_inject_noise=(False, False), downsample_type=("spatial",),
+        upsample_residual=(False,), upsample_factor=(1,), timestep_conditioning=False, patch_size=1, patch_size_t=1,
+        encoder_causal=True, decoder_causal=False)
+    torch.manual_seed(0)
+    audio_vae = AutoencoderKLLTX2Audio(
+        base_channels=4, output_channels=2, ch_mult=(1,), num_res_blocks=1, attn_resolutions=None, in_channels=2,
+        resolution=32, latent_channels=2, norm_type="pixel", causality_axis="height", dropout=0.0,
+        mid_block_add_attention=False, sample_rate=16000, mel_hop_length=160, is_causal=True, mel_bins=8)
+    torch.manual_seed(0)
+    # 100 mel frames per second (16 kHz / hop 160) upsampled 4 x 4 x 5 = 80x: 8 kHz stereo, so the track
+    # is as long as the video, as with the real vocoder (24 kHz from the same mel rate)
+    vocoder = LTX2Vocoder(in_channels=audio_vae.config.output_channels * audio_vae.config.mel_bins, hidden_channels=32,
+                          out_channels=2, upsample_kernel_sizes=[8, 8, 10], upsample_factors=[4, 4, 5],
+                          resnet_kernel_sizes=[3], resnet_dilations=[[1, 3, 5]], leaky_relu_negative_slope=0.1,
+                          output_sampling_rate=8000)
+    return dict(transformer=transformer, vae=vae, audio_vae=audio_vae, scheduler=FlowMatchEulerDiscreteScheduler(),
+                text_encoder=text_encoder, tokenizer=tokenizer, connectors=connectors, vocoder=vocoder)
+
+
+def ltx2_pipeline():
+    from diffusers import LTX2Pipeline
+
+    return LTX2Pipeline(**_ltx2_components())
+
+
+def ltx2_upsampler_pipeline():
+    from diffusers import LTX2LatentUpsamplePipeline
+    from diffusers.pipelines.ltx2 import LTX2LatentUpsamplerModel
+
+    vae = _ltx2_components()["vae"]
+    torch.manual_seed(0)
+    upsampler = LTX2LatentUpsamplerModel(in_channels=4, mid_channels=32, num_blocks_per_stage=1)
+    return LTX2LatentUpsamplePipeline(vae=vae, latent_upsampler=upsampler)
+
+
+# ------------------------------------------------------------------ Wan 2.1 / 2.2 / VACE, SkyReels-V2
+def _wan_vae(wan22: bool = False):
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(0)
+    if wan22:  # Wan 2.2's 16x16x4 VAE: pixels patchified 2x2 first, 48 latent channels
+        return AutoencoderKLWan(base_dim=3, z_dim=48, in_channels=12, out_channels=12, is_residual=True, patch_size=2,
+                                latents_mean=[0.0] * 48, latents_std=[1.0] * 48, dim_mult=[1, 1, 1, 1],
+                                num_res_blocks=1, scale_factor_spatial=16, scale_factor_temporal=4,
+                                temperal_downsample=[False, True, True])
+    return AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                            temperal_downsample=[False, True, True])
+
+
+def _wan_transformer(in_channels=16, out_channels=16, cls=None, **extra):
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(0)
+    return (cls or WanTransformer3DModel)(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=in_channels,
+        out_channels=out_channels, text_dim=TEXT_DIM, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=32, **extra)
 
 
 def wan_pipeline(image_to_video: bool = False):
     """WanPipeline (T2V) or WanImageToVideoPipeline in the Wan 2.1 I2V layout (36-channel transformer
     input + a CLIP vision image encoder)."""
-    from diffusers import (AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline, WanPipeline,
-                           WanTransformer3DModel)
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline, WanPipeline
 
-    torch.manual_seed(0)
-    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                           temperal_downsample=[False, True, True])
-    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
-    torch.manual_seed(0)
-    transformer = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
-                                        in_channels=36 if image_to_video else 16, out_channels=16,
-                                        text_dim=TEXT_DIM, freq_dim=256, ffn_dim=32, num_layers=2,
-                                        cross_attn_norm=True, qk_norm="rms_norm_across_heads",
-                                        rope_max_seq_len=32, image_dim=4 if image_to_video else None)
+    vae, scheduler = _wan_vae(), FlowMatchEulerDiscreteScheduler(shift=3.0)
+    transformer = _wan_transformer(in_channels=36 if image_to_video else 16,
+                                   image_dim=4 if image_to_video else None)
     if not image_to_video:
         return WanPipeline(transformer=transformer, vae=vae, scheduler=scheduler, **_text_components(umt5=True))
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
@@ -96,6 +224,95 @@ def wan_pipeline(image_to_video: bool = False):
     return WanImageToVideoPipeline(transformer=transformer, vae=vae, scheduler=scheduler,
                                    image_encoder=image_encoder, image_processor=image_processor,
                                    **_text_components(umt5=True))
+
+
+def wan22_ti2v_pipeline():
+    """Wan 2.2 TI2V-5B's layout: one transformer on the 48-channel latents of the 16x VAE that does
+    text- and image-to-video (`expand_timesteps`: the start image is latent frame 0, kept clean)."""
+    from diffusers import UniPCMultistepScheduler, WanPipeline
+
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    return WanPipeline(transformer=_wan_transformer(48, 48), vae=_wan_vae(wan22=True), scheduler=scheduler,
+                       expand_timesteps=True, **_text_components(umt5=True))
+
+
+def wan22_a14b_pipeline():
+    """Wan 2.2 A14B's layout: two experts (`transformer` for high noise, `transformer_2` below the
+    boundary) switched at `boundary_ratio`."""
+    from diffusers import UniPCMultistepScheduler, WanPipeline
+
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    transformer_2 = _wan_transformer()
+    torch.nn.init.normal_(transformer_2.proj_out.weight, std=0.5)  # an expert that differs from the first
+    return WanPipeline(transformer=_wan_transformer(), transformer_2=transformer_2, boundary_ratio=0.875,
+                       vae=_wan_vae(), scheduler=scheduler, **_text_components(umt5=True))
+
+
+def wan_vace_pipeline():
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanVACEPipeline, WanVACETransformer3DModel
+
+    transformer = _wan_transformer(cls=WanVACETransformer3DModel, vace_layers=[0, 1], vace_in_channels=96)
+    return WanVACEPipeline(transformer=transformer, vae=_wan_vae(), scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
+                           **_text_components(umt5=True))
+
+
+def skyreels_v2_pipeline():
+    """SkyReels-V2 diffusion forcing (one checkpoint serves its T2V, I2V and V2V pipelines)."""
+    from diffusers import SkyReelsV2DiffusionForcingPipeline, SkyReelsV2Transformer3DModel, UniPCMultistepScheduler
+
+    transformer = _wan_transformer(cls=SkyReelsV2Transformer3DModel)
+    scheduler = UniPCMultistepScheduler(flow_shift=5.0, use_flow_sigmas=True, prediction_type="flow_prediction")
+    return SkyReelsV2DiffusionForcingPipeline(transformer=transformer, vae=_wan_vae(), scheduler=scheduler,
+                                              **_text_components(umt5=True))
+
+
+# ------------------------------------------------------------------ HunyuanVideo 1.5
+# Qwen2's chat layout, which HunyuanVideo 1.5 formats its prompts with (apply_chat_template)
+QWEN_CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                      "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def hunyuan15_pipeline(image_to_video: bool = False):
+    """HunyuanVideo 1.5 (T2V, or I2V with a SigLIP image encoder): Qwen2.5-VL + ByT5 prompt encoders."""
+    from diffusers import (AutoencoderKLHunyuanVideo15, FlowMatchEulerDiscreteScheduler,
+                           HunyuanVideo15ImageToVideoPipeline, HunyuanVideo15Pipeline,
+                           HunyuanVideo15Transformer3DModel)
+    from diffusers.guiders import ClassifierFreeGuidance
+    from transformers import ByT5Tokenizer, Qwen2_5_VLTextConfig, Qwen2_5_VLTextModel, Qwen2Tokenizer, T5Config, \
+        T5EncoderModel
+
+    torch.manual_seed(0)
+    transformer = HunyuanVideo15Transformer3DModel(
+        in_channels=9, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=1,
+        num_refiner_layers=1, mlp_ratio=2.0, patch_size=1, patch_size_t=1, text_embed_dim=16, text_embed_2_dim=32,
+        image_embed_dim=12, rope_axes_dim=(2, 2, 4), target_size=32, task_type="i2v" if image_to_video else "t2v")
+    torch.manual_seed(0)
+    vae = AutoencoderKLHunyuanVideo15(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 16),
+                                      layers_per_block=1, spatial_compression_ratio=4, temporal_compression_ratio=2,
+                                      downsample_match_channel=False, upsample_match_channel=False)
+    torch.manual_seed(0)
+    text_encoder = Qwen2_5_VLTextModel(Qwen2_5_VLTextConfig(
+        hidden_size=16, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+        rope_scaling={"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"},
+        rope_theta=1000000.0)).eval()
+    tokenizer = Qwen2Tokenizer(vocab=_bpe_vocab(["<|endoftext|>", "<|im_start|>", "<|im_end|>"], "\u0120"), merges=[])
+    tokenizer.chat_template = QWEN_CHAT_TEMPLATE  # the pipeline wraps prompts in a system message
+    tokenizer_2 = ByT5Tokenizer()
+    torch.manual_seed(0)
+    text_encoder_2 = T5EncoderModel(T5Config(vocab_size=len(tokenizer_2), d_model=32, d_kv=8, d_ff=37, num_layers=1,
+                                             num_heads=4, relative_attention_num_buckets=8)).eval()
+    parts = dict(transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
+                 text_encoder=text_encoder, tokenizer=tokenizer, text_encoder_2=text_encoder_2,
+                 tokenizer_2=tokenizer_2, guider=ClassifierFreeGuidance(guidance_scale=6.0))
+    if not image_to_video:
+        return HunyuanVideo15Pipeline(**parts)
+    from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
+
+    torch.manual_seed(0)
+    image_encoder = SiglipVisionModel(SiglipVisionConfig(hidden_size=12, intermediate_size=16, num_hidden_layers=1,
+                                                         num_attention_heads=2, image_size=32, patch_size=8)).eval()
+    feature_extractor = SiglipImageProcessor(size={"height": 32, "width": 32})
+    return HunyuanVideo15ImageToVideoPipeline(image_encoder=image_encoder, feature_extractor=feature_extractor, **parts)
 
 
 def cogvideox_pipeline():
@@ -119,8 +336,18 @@ def cogvideox_pipeline():
 
 BUILDERS = {
     "ltx": ltx_pipeline,
+    "ltx-condition": ltx_condition_pipeline,
+    "ltx-upsampler": ltx_upsampler_pipeline,
+    "ltx2": ltx2_pipeline,
+    "ltx2-upsampler": ltx2_upsampler_pipeline,
     "wan": wan_pipeline,
     "wan-i2v": lambda: wan_pipeline(image_to_video=True),
+    "wan2.2-ti2v": wan22_ti2v_pipeline,
+    "wan2.2-a14b": wan22_a14b_pipeline,
+    "wan-vace": wan_vace_pipeline,
+    "skyreels-v2": skyreels_v2_pipeline,
+    "hunyuanvideo1.5": hunyuan15_pipeline,
+    "hunyuanvideo1.5-i2v": lambda: hunyuan15_pipeline(image_to_video=True),
     "cogvideox": cogvideox_pipeline,
 }
 

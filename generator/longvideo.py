@@ -12,10 +12,29 @@ Three strategies (MISSION.md, "Further capabilities"), composed by `run_job`:
    x_t = (1 - t) Warp(x0, F_t->0) + t Warp(x1, F_t->1), with OpenCV's dense DIS flow both ways
    and cv2.remap; pairs run in parallel on a thread pool (OpenCV releases the GIL).
 3. `hierarchical`: a low-res, low-fps base generation, then per-frame super-resolution
-   (bicubic + unsharp mask, generator.postprocess.resize_frames, frame-parallel), then `interpolate`.
+   (bicubic + unsharp mask, generator.postprocess.resize_frames, frame-parallel; or the model's
+   latent upsampler, below), then `interpolate`.
 
 Options multiply the request: the request's num_frames/width/height/fps describe one base chunk,
 `upscale` multiplies the size and `interpolate` the fps (frames: (T - 1) * k + 1).
+
+Model-native versions. A backend may offer, as optional attributes (checked with getattr; the
+diffusers backend sets them when its configuration allows, see docs/models.md):
+
+- `continuation_frames(overlap, num_frames) -> int`: it continues a clip natively from that many
+  trailing frames of the previous chunk (given as `start_frames`; 0: not for these numbers). Used by
+  `extend` instead of `max_start_frames` (LTX / LTX-2 condition pipelines: whole latent frames, 8k+1;
+  Wan VACE: kept frames under a mask).
+- `generate_long(request, num_chunks, shared, progress, should_cancel) -> GenerationResult`: it
+  makes the whole extended video itself, chunk after chunk sharing `shared` frames (SkyReels-V2's
+  diffusion forcing). `extend` hands the job over and blends nothing.
+- `upscale_video(frames, factor, should_cancel) -> frames` for the factors in
+  `latent_upscale_factors`: super-resolution in latent space (LTX's latent upsampler), used by
+  `run_job` (and so `hierarchical`) instead of the pixel-space `upscale_frames`, on the whole
+  video at once (one VAE pass: its batches would not join seamlessly).
+
+A sound track (GenerationResult.audio) follows the video: chunks' tracks are cross-faded over the
+shared frames; upscaling and interpolation keep the duration, so they keep the track.
 """
 from __future__ import annotations
 
@@ -68,16 +87,32 @@ def blend_overlap(old: np.ndarray, new: np.ndarray, overlap: int) -> np.ndarray:
     return np.concatenate([old[:-overlap], mixed, new[overlap:]])
 
 
-def conditioned_frames(backend: Backend, overlap: int) -> int:
-    """How many previous frames a chunk can be conditioned on (0: the backend is text-to-video only)."""
+def blend_audio(old: np.ndarray, new: np.ndarray, overlap: int) -> np.ndarray:
+    """Append the track `new` to `old` (samples x channels), cross-fading their `overlap` shared samples."""
+    overlap = min(overlap, len(old), len(new))
+    if overlap <= 0:
+        return np.concatenate([old, new])
+    w = blend_weights(overlap)[:, None]
+    mixed = w * new[:overlap] + (1.0 - w) * old[-overlap:]
+    return np.concatenate([old[:len(old) - overlap], mixed.astype(old.dtype), new[overlap:]])
+
+
+def conditioned_frames(backend: Backend, overlap: int, num_frames: Optional[int] = None) -> int:
+    """How many previous frames a chunk can be conditioned on (0: the backend is text-to-video only).
+    A backend's native `continuation_frames` decides when it has one (it may share more than `overlap`)."""
+    native = getattr(backend, "continuation_frames", None)
+    if native is not None and num_frames is not None:
+        k = int(native(overlap, num_frames))
+        if k:
+            return k
     if not backend.info.supports_image:
         return 0
     return max(1, min(overlap, int(getattr(backend, "max_start_frames", 1))))
 
 
-def effective_overlap(backend: Backend, overlap: int) -> int:
+def effective_overlap(backend: Backend, overlap: int, num_frames: Optional[int] = None) -> int:
     """Frames shared by consecutive chunks: the conditioned ones, or `overlap` cross-faded ones."""
-    k = conditioned_frames(backend, overlap)
+    k = conditioned_frames(backend, overlap, num_frames)
     return k if k else overlap
 
 
@@ -100,24 +135,34 @@ def extend(backend: Backend, request: GenerationRequest, num_chunks: Optional[in
 
     Progress reports (step, total) over all chunks; cancel is checked between chunks and, by the
     backend, between steps. Chunk i uses seed + i. `on_frames` gets the frames no later chunk can
-    change, as soon as they are: after each chunk all but the ones the next chunk blends.
+    change, as soon as they are: after each chunk all but the ones the next chunk blends. A backend
+    with `generate_long` makes the whole video itself (then on_frames gets it at once).
     """
     req = backend.fill_defaults(request)
     frames_per_chunk = req.num_frames
     if not 1 <= overlap < frames_per_chunk:
         raise ValueError(f"overlap must be between 1 and {frames_per_chunk - 1} (num_frames - 1)")
-    cond = conditioned_frames(backend, overlap)
+    cond = conditioned_frames(backend, overlap, frames_per_chunk)
     shared = cond if cond else overlap
-    if duration_s is not None:
-        num_chunks = chunks_for_duration(duration_s, req.fps, frames_per_chunk, shared)
+    if duration_s is not None:  # a native continuation may share more frames than asked: chunks stay capped
+        num_chunks = min(MAX_CHUNKS, chunks_for_duration(duration_s, req.fps, frames_per_chunk, shared))
     num_chunks = int(num_chunks or 1)
     if num_chunks < 1:
         raise ValueError("num_chunks must be at least 1")
+    length = math.ceil(duration_s * req.fps - 1e-9) if duration_s is not None else None
+    long = getattr(backend, "generate_long", None)
+    if long is not None and num_chunks > 1:
+        if should_cancel is not None and should_cancel():
+            raise Cancelled()
+        result = long(req, num_chunks, shared, progress=progress, should_cancel=should_cancel)
+        video = result.frames[:max(1, length)] if length is not None else result.frames
+        if on_frames is not None:
+            on_frames(video)
+        return _with_audio(replace(result, frames=video, seed=req.seed), result.audio)
 
     total = num_chunks * req.steps
     done = [0]  # steps finished in earlier chunks
-    length = math.ceil(duration_s * req.fps - 1e-9) if duration_s is not None else None
-    video, first, emitted = None, None, 0
+    video, first, emitted, audio = None, None, 0, None
     for i in range(num_chunks):
         if should_cancel is not None and should_cancel():
             raise Cancelled()
@@ -137,10 +182,11 @@ def extend(backend: Backend, request: GenerationRequest, num_chunks: Optional[in
         done[0] += req.steps
         frames = result.frames
         if first is None:
-            first = result
-            video = frames
+            first, video, audio = result, frames, result.audio
         else:
             video = blend_overlap(video, frames, shared)
+            if audio is not None and result.audio is not None:
+                audio = blend_audio(audio, result.audio, round(shared / req.fps * first.audio_sample_rate))
         final = len(video) if i == num_chunks - 1 else len(video) - shared
         if length is not None:
             final = min(final, max(1, length))
@@ -149,7 +195,15 @@ def extend(backend: Backend, request: GenerationRequest, num_chunks: Optional[in
             emitted = final
     if length is not None:
         video = video[:max(1, length)]
-    return GenerationResult(frames=video, fps=first.fps, seed=req.seed, native_size=first.native_size)
+    return _with_audio(GenerationResult(frames=video, fps=first.fps, seed=req.seed, native_size=first.native_size,
+                                        audio_sample_rate=first.audio_sample_rate), audio)
+
+
+def _with_audio(result: GenerationResult, audio: Optional[np.ndarray]) -> GenerationResult:
+    """The result with `audio` cut to its frames' duration (or without sound)."""
+    if audio is None or result.audio_sample_rate is None:
+        return replace(result, audio=None, audio_sample_rate=None)
+    return replace(result, audio=audio[:round(len(result.frames) / result.fps * result.audio_sample_rate)])
 
 
 def seam_positions(num_chunks: int, num_frames: int, overlap: int) -> list:
@@ -426,19 +480,36 @@ def final_shape(options: LongVideoOptions, num_frames: int, width: int, height: 
 class _Finisher:
     """Upscaling and interpolation of final frames batch by batch, as they stream: per-frame
     upscaling, and interpolation of each new pair (the first pair of a batch bridges it with the
-    previous batch's last frame), so the batches add up to the whole video's post-processing."""
+    previous batch's last frame), so the batches add up to the whole video's post-processing. A
+    backend's latent upsampler instead gets the whole video at close()."""
 
     def __init__(self, options: LongVideoOptions, workers: Optional[int], should_cancel: Optional[CancelCheck],
-                 sink: FramesCallback):
+                 sink: FramesCallback, backend: Optional[Backend] = None):
         self.options, self.workers, self.should_cancel, self.sink = options, workers, should_cancel, sink
         self.last = None  # the previous batch's last frame, after upscaling
+        # the model's latent upsampler takes the whole video in one VAE pass: batches wait for close()
+        self.native = backend if options.upscale in getattr(backend, "latent_upscale_factors", ()) else None
+        self.waiting = []
 
-    def __call__(self, frames: np.ndarray) -> None:
-        options = self.options
-        if options.upscale > 1:
+    def close(self) -> None:
+        if self.native is not None and self.waiting:
+            frames, self.waiting = np.concatenate(self.waiting), []
             if self.should_cancel is not None and self.should_cancel():
                 raise Cancelled()
-            frames = upscale_frames(frames, options.upscale, self.workers)
+            self._finish(self.native.upscale_video(frames, self.options.upscale, self.should_cancel))
+
+    def __call__(self, frames: np.ndarray) -> None:
+        if self.native is not None:
+            self.waiting.append(frames)
+        elif self.options.upscale > 1:
+            if self.should_cancel is not None and self.should_cancel():
+                raise Cancelled()
+            self._finish(upscale_frames(frames, self.options.upscale, self.workers))
+        else:
+            self._finish(frames)
+
+    def _finish(self, frames: np.ndarray) -> None:
+        options = self.options
         if options.interpolate > 1:
             if self.should_cancel is not None and self.should_cancel():
                 raise Cancelled()
@@ -467,7 +538,7 @@ def run_job(backend: Backend, request: GenerationRequest, options: Optional[Long
         batches.append(frames)
         if on_frames is not None:
             on_frames(frames)
-    finish = _Finisher(options, workers, should_cancel, keep)
+    finish = _Finisher(options, workers, should_cancel, keep, backend)
     if options.num_chunks > 1 or options.duration_s is not None:
         result = extend(backend, req, num_chunks=options.num_chunks, overlap=options.overlap_for(req.num_frames),
                         progress=progress, should_cancel=should_cancel, duration_s=options.duration_s,
@@ -475,6 +546,7 @@ def run_job(backend: Backend, request: GenerationRequest, options: Optional[Long
     else:
         result = backend.generate(req, progress=progress, should_cancel=should_cancel)
         finish(result.frames)
+    finish.close()
     return GenerationResult(frames=np.concatenate(batches), fps=result.fps * options.interpolate, seed=result.seed,
                             native_size=result.native_size, audio=result.audio,
                             audio_sample_rate=result.audio_sample_rate)

@@ -1,20 +1,26 @@
-"""Service benchmark: what the queue + broadcast path costs on top of the model, and fan-out.
+"""Service benchmark: what the queue + broadcast path costs on top of the model, streaming, and fan-out.
 
-    python bench/bench_service.py [--jobs 20] [--width 128 --height 128 --frames 16 --steps 10]
-                                  [--subscribers 1,10,100] [--video-mb 2]
+    python bench/bench_service.py [--jobs 10] [--subscribers 1,10,100] [--video-mb 2]
+                                  [--memory-subscribers 200 --memory-video-mb 5] [--chunks 8] [--rounds 3]
+                                  [--only overhead,streaming,fanout,memory]
 
-Starts its own redis-server, Celery worker (prefork, 1 process) and Daphne on free ports, with
-the database and media in a temporary folder, and prints markdown tables:
+Builds its own service on the shared harness (tests/support/stack.py: redis-server, Celery worker,
+Daphne on free ports, everything in a temporary folder) and prints markdown tables:
 
-  * overhead: the same generation (same prompt, settings, seed) called directly in this process
-    (`get_backend().generate` + PyAV encode) vs submitted over the websocket and received as
-    `generation_complete` (base64 MP4 included), interleaved with the direct runs, one job at a time; p50 / p95 in ms, the
-    ratio and the difference;
-  * fan-out: a `generation_complete` event carrying a ~2 MB video (random bytes, base64) sent
-    once to the lobby group through the channel layer; time until the first and the last of N
-    websocket subscribers has received it (p50 over a few rounds).
+  * overhead: the same generation called directly in this process (generate + encode) vs submitted
+    over the websocket and received as `generation_complete`, interleaved, one job at a time;
+  * streaming: an N-chunk long video on the built-in model (default settings) on a streaming stack
+    and on a stack with STREAM_VIDEO=0, interleaved: time to the first `video_chunk` against the
+    time of a 1-chunk job, total time, and the stalls a viewer playing the chunks as they arrive at
+    the video's fps would see;
+  * fan-out: one completion with a ~2 MB video (random bytes, base64) to N websocket subscribers, two
+    ways side by side: "shared" (videoservice/bus.py: serialized once, stored once in Redis, fetched
+    once per Daphne process) and "per subscriber" (the event inline in the channel-layer message, so
+    every subscriber receives and serializes its own copy: the message format before fanout.py);
+  * memory: Daphne's peak resident memory growth while M subscribers receive a 5 MB completion, for
+    each way, each on a fresh Daphne.
 
-Both tiers share this machine's cores, so the overhead includes their competition for CPU.
+Everything shares this machine's cores; compare the ratios.
 """
 from __future__ import annotations
 
@@ -24,26 +30,21 @@ import base64
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
+import uuid
 from pathlib import Path
+
+import websockets
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-BIN = Path(sys.executable).parent
-MAX_MSG = 64 * 1024 * 1024
 
+from tests.support.stack import Stack  # noqa: E402
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+DEFAULT_CLIP = {"num_frames": 16, "width": 256, "height": 256, "steps": 20, "fps": 8}
 
 
 def pct(values, q):
@@ -51,96 +52,94 @@ def pct(values, q):
     return values[min(len(values) - 1, max(0, round(q / 100 * (len(values) - 1))))]
 
 
-class Service:
-    def __init__(self, tmp: Path):
-        self.tmp = tmp
-        redis_port, web_port = free_port(), free_port()
-        self.env = dict(os.environ, DJANGO_SETTINGS_MODULE="videoservice.settings",
-                        REDIS_URL=f"redis://127.0.0.1:{redis_port}/0", DATABASE_URL=f"sqlite:///{tmp}/db.sqlite3",
-                        MEDIA_ROOT=str(tmp / "media"), PYTHONUNBUFFERED="1", LOG_LEVEL="WARNING",
-                        WEBSOCKET_MAX_MESSAGE_BYTES=str(MAX_MSG), MAX_QUEUED_PER_OWNER="1000")
-        self.base = f"http://127.0.0.1:{web_port}"
-        self.ws = f"ws://127.0.0.1:{web_port}/ws/lobby/"
-        self.procs = []
-        self._start("redis", ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-                              "--appendonly", "no"])
-        subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=self.env, check=True)
-        self._start("worker", [str(BIN / "celery"), "-A", "worker", "worker", "-P", "prefork", "-c", "1", "-Q",
-                               "builtin", "-E", "-n", "bench@%h", "--without-mingle", "--without-gossip"])
-        self._start("web", [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(web_port),
-                            "--websocket-max-message-size", str(MAX_MSG), "--websocket-max-frame-size", str(MAX_MSG),
-                            "videoservice.asgi:application"])
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(self.base + "/healthz?timeout=1", timeout=5) as r:
-                    if json.loads(r.read())["workers"]:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.3)
-        raise SystemExit("service did not become ready; logs in " + str(tmp))
-
-    def _start(self, name, argv):
-        log = open(self.tmp / f"{name}.log", "wb")
-        self.procs.append(subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                           start_new_session=True))
-
-    def stop(self):
-        for p in reversed(self.procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(p.pid, signal.SIGKILL)
-                    p.wait()
+def stalls(arrivals: list, fps: float) -> tuple:
+    """(number of stalls, seconds stalled) for a viewer who starts at the first chunk's arrival and
+    plays each chunk's frames at `fps`, pausing whenever the next chunk is not there yet.
+    `arrivals`: (arrival time, frames in the chunk) in order."""
+    t0 = arrivals[0][0]
+    due, stalled, count = t0, 0.0, 0  # when the next chunk's first frame is due
+    for arrival, frames in arrivals:
+        if arrival > due + 1e-3:
+            count += 1
+            stalled += arrival - due
+            due = arrival
+        due += frames / fps
+    return count, stalled
 
 
-async def overhead_times(svc, args, n):
+async def timed_job(ws_url: str, origin: str, fields: dict) -> dict:
+    """Submit one job; submission -> first video_chunk, -> completion, and the chunks' arrivals."""
+    async with websockets.connect(ws_url, origin=origin, max_size=None) as ws:
+        t = time.perf_counter()
+        await ws.send(json.dumps({"type": "generate", "prompt": "a red circle moving to the right", "seed": 1,
+                                  **fields}))
+        out = {"chunks": []}
+        while True:
+            m = json.loads(await ws.recv())
+            now = time.perf_counter() - t
+            if m["type"] == "video_chunk":
+                out["chunks"].append((now, m["num_frames"]))
+            elif m["type"] in ("generation_complete", "generation_failed", "error"):
+                if m["type"] != "generation_complete":
+                    raise SystemExit(f"job failed: {m}")
+                out["total"] = now
+                out["fps"] = m["fps"]
+                return out
+
+
+async def overhead_times(stack, args):
     """Direct and service runs interleaved (direct, service, direct, ...) so background load hits both."""
-    import websockets
     from generator.encode import encode_video
     from generator.interface import GenerationRequest, get_backend
 
+    clip = {"num_frames": 16, "width": 128, "height": 128, "steps": 10, "fps": 8}
     backend = get_backend("builtin")
-    req = GenerationRequest(prompt=args.prompt, num_frames=args.frames, width=args.width, height=args.height,
-                            steps=args.steps, seed=1, fps=8.0)
-    msg = {"type": "generate", "prompt": args.prompt, "num_frames": args.frames, "width": args.width,
-           "height": args.height, "steps": args.steps, "seed": 1, "fps": 8.0}
+    req = GenerationRequest(prompt="a red circle moving to the right", seed=1, **clip)
     direct, service = [], []
-    async with websockets.connect(svc.ws, origin=svc.base, max_size=None) as ws:
-        for i in range(n + 1):  # round 0 warms both up
-            t = time.perf_counter()
-            result = backend.generate(req, progress=lambda *a: None, should_cancel=lambda: False)
-            encode_video(result.frames, result.fps)
-            d = time.perf_counter() - t
-            t = time.perf_counter()
-            await ws.send(json.dumps(msg))
-            while True:
-                m = json.loads(await ws.recv())
-                if m["type"] in ("generation_complete", "generation_failed", "error"):
-                    break
-            if m["type"] != "generation_complete":
-                raise SystemExit(f"job failed: {m}")
-            if i:
-                direct.append(d)
-                service.append(time.perf_counter() - t)
+    for i in range(args.jobs + 1):  # round 0 warms both up
+        t = time.perf_counter()
+        result = backend.generate(req, progress=lambda *a: None, should_cancel=lambda: False)
+        encode_video(result.frames, result.fps)
+        d = time.perf_counter() - t
+        s = (await timed_job(stack.ws, stack.origin, clip))["total"]
+        if i:
+            direct.append(d)
+            service.append(s)
     return direct, service
 
 
-async def fanout(svc, n_subs, video_bytes, rounds=3):
-    import websockets
+async def streaming_rows(streaming: Stack, plain: Stack, args):
+    long = {**DEFAULT_CLIP, "num_chunks": args.chunks}
+    rows = {"one": [], "first": [], "stream_total": [], "plain_total": [], "stalls": [], "stalled": []}
+    await timed_job(streaming.ws, streaming.origin, DEFAULT_CLIP)  # warm-up
+    await timed_job(plain.ws, plain.origin, DEFAULT_CLIP)
+    for _ in range(args.rounds):
+        rows["one"].append((await timed_job(streaming.ws, streaming.origin, DEFAULT_CLIP))["total"])
+        run = await timed_job(streaming.ws, streaming.origin, long)
+        rows["first"].append(run["chunks"][0][0])
+        rows["stream_total"].append(run["total"])
+        count, stalled = stalls(run["chunks"], run["fps"])
+        rows["stalls"].append(count)
+        rows["stalled"].append(stalled)
+        rows["plain_total"].append((await timed_job(plain.ws, plain.origin, long))["total"])
+    return {k: statistics.median(v) for k, v in rows.items()}
+
+
+async def fanout(stack, web: str, n_subs: int, video_bytes: int, way: str, rounds: int = 3) -> tuple:
     from channels.layers import get_channel_layer
 
-    layer = get_channel_layer()
+    from videoservice import bus
+
     payload = base64.b64encode(os.urandom(video_bytes)).decode()
-    conns = [await websockets.connect(svc.ws, origin=svc.base, max_size=None) for _ in range(n_subs)]
+    conns = [await websockets.connect(stack.ws_url(web), origin=stack.url(web), max_size=None, max_queue=None)
+             for _ in range(n_subs)]
     firsts, lasts = [], []
     try:
         await asyncio.sleep(0.5)
         for r in range(rounds):
-            job_id = f"bench-{n_subs}-{r}"
+            job_id = f"bench-{uuid.uuid4().hex}"
+            event = {"type": "generation_complete", "job_id": job_id, "prompt": "bench", "video": payload,
+                     "mime": "video/mp4"}
             done = []
 
             async def wait(ws):
@@ -152,10 +151,11 @@ async def fanout(svc, n_subs, video_bytes, rounds=3):
 
             waiters = [asyncio.create_task(wait(ws)) for ws in conns]
             t = time.perf_counter()
-            await layer.group_send("lobby", {"type": "job.event", "event": {
-                "type": "generation_complete", "job_id": job_id, "prompt": "bench", "video": payload,
-                "mime": "video/mp4"}})
-            await asyncio.wait_for(asyncio.gather(*waiters), 120)
+            if way == "shared":
+                await asyncio.get_running_loop().run_in_executor(None, bus.publish, "lobby", event)
+            else:
+                await get_channel_layer().group_send("lobby", {"type": "job.event", "event": event})
+            await asyncio.wait_for(asyncio.gather(*waiters), 300)
             firsts.append(min(done) - t)
             lasts.append(max(done) - t)
     finally:
@@ -164,49 +164,102 @@ async def fanout(svc, n_subs, video_bytes, rounds=3):
     return statistics.median(firsts), statistics.median(lasts)
 
 
+def rss_kib(pid: int) -> dict:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0])
+    return fields
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--jobs", type=int, default=20)
-    ap.add_argument("--prompt", default="a red circle moving to the right")
-    ap.add_argument("--frames", type=int, default=16)
-    ap.add_argument("--width", type=int, default=128)
-    ap.add_argument("--height", type=int, default=128)
-    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--jobs", type=int, default=10)
     ap.add_argument("--subscribers", default="1,10,100")
     ap.add_argument("--video-mb", type=float, default=2.0)
+    ap.add_argument("--memory-subscribers", type=int, default=200)
+    ap.add_argument("--memory-video-mb", type=float, default=5.0)
+    ap.add_argument("--chunks", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--only", default="overhead,streaming,fanout,memory")
     args = ap.parse_args()
+    parts = set(args.only.split(","))
     if shutil.which("redis-server") is None:
         raise SystemExit("redis-server is not installed")
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-service-"))
-    svc = Service(tmp)
+    roomy = {"MAX_QUEUED_PER_OWNER": "1000", "MAX_QUEUED_PER_ADDRESS": "1000", "SUBMISSIONS_PER_MINUTE": "0",
+             "WS_MESSAGES_PER_MINUTE": "0", "LOG_LEVEL": "WARNING", "CHANNEL_CAPACITY": "5000"}
+    stack = Stack(tmp / "a", env=roomy)
+    plain = None
     try:
-        for key, value in svc.env.items():  # this process talks to the same Redis (channel layer)
-            if key in ("DJANGO_SETTINGS_MODULE", "REDIS_URL", "DATABASE_URL", "MEDIA_ROOT"):
-                os.environ[key] = value
+        stack.start(worker_queues="builtin")
+        for key in ("DJANGO_SETTINGS_MODULE", "REDIS_URL", "DATABASE_URL", "MEDIA_ROOT"):
+            os.environ[key] = stack.env[key]  # this process talks to the same Redis (channel layer, bus)
         import django
         django.setup()
 
-        direct, service = asyncio.run(overhead_times(svc, args, args.jobs))
-        d50, d95 = pct(direct, 50) * 1e3, pct(direct, 95) * 1e3
-        s50, s95 = pct(service, 50) * 1e3, pct(service, 95) * 1e3
-        print(f"\n### Service overhead ({args.jobs} jobs, {args.width}x{args.height}, {args.frames} frames, "
-              f"{args.steps} steps, builtin, interleaved, one at a time)\n")
-        print("| path | p50 ms | p95 ms |\n|---|---:|---:|")
-        print(f"| direct (generate + encode in one process) | {d50:.0f} | {d95:.0f} |")
-        print(f"| service (websocket -> Celery -> worker -> broadcast) | {s50:.0f} | {s95:.0f} |")
-        print(f"| ratio service / direct | {s50 / d50:.2f} | {s95 / d95:.2f} |")
-        print(f"| difference | {s50 - d50:.0f} | {s95 - d95:.0f} |")
+        if "overhead" in parts:
+            direct, service = asyncio.run(overhead_times(stack, args))
+            d50, d95 = pct(direct, 50) * 1e3, pct(direct, 95) * 1e3
+            s50, s95 = pct(service, 50) * 1e3, pct(service, 95) * 1e3
+            print(f"\n### Service overhead ({args.jobs} jobs, 128x128, 16 frames, 10 steps, builtin, interleaved)\n")
+            print("| path | p50 ms | p95 ms |\n|---|---:|---:|")
+            print(f"| direct (generate + encode in one process) | {d50:.0f} | {d95:.0f} |")
+            print(f"| service (websocket -> Celery -> worker -> broadcast) | {s50:.0f} | {s95:.0f} |")
+            print(f"| ratio service / direct | {s50 / d50:.2f} | {s95 / d95:.2f} |", flush=True)
+
+        if "streaming" in parts:
+            plain = Stack(tmp / "b", env={**roomy, "STREAM_VIDEO": "0"})
+            plain.start(worker_queues="builtin")
+            r = asyncio.run(streaming_rows(stack, plain, args))
+            print(f"\n### Streaming: {args.chunks}-chunk long video, default clip (16 frames 256x256, 20 steps, "
+                  f"8 fps), builtin, median of {args.rounds}, interleaved\n")
+            print("| measure | s | ratio |\n|---|---:|---:|")
+            print(f"| 1-chunk job, submission -> complete | {r['one']:.2f} | 1.00 |")
+            print(f"| {args.chunks}-chunk job, submission -> first video_chunk | {r['first']:.2f} | "
+                  f"{r['first'] / r['one']:.2f} x the 1-chunk job |")
+            print(f"| {args.chunks}-chunk job, total, streaming | {r['stream_total']:.2f} | "
+                  f"{r['stream_total'] / r['plain_total']:.3f} x without streaming |")
+            print(f"| {args.chunks}-chunk job, total, STREAM_VIDEO=0 | {r['plain_total']:.2f} | 1.000 |")
+            print(f"| stalls a viewer sees at the video's fps | {r['stalls']:.0f} stalls, {r['stalled']:.2f} s | |",
+                  flush=True)
+            plain.stop()
 
         size = int(args.video_mb * 1024 * 1024)
-        print(f"\n### Fan-out of one completion with a {args.video_mb:g} MB video "
-              f"({len(base64.b64encode(bytes(size))) / 1e6:.1f} MB base64), median of 3\n")
-        print("| subscribers | first received ms | last received ms |\n|---:|---:|---:|")
-        for n in [int(x) for x in args.subscribers.split(",") if x]:
-            first, last = asyncio.run(fanout(svc, n, size))
-            print(f"| {n} | {first * 1e3:.0f} | {last * 1e3:.0f} |", flush=True)
+        if "fanout" in parts:
+            print(f"\n### Fan-out of one completion with a {args.video_mb:g} MB video "
+                  f"({len(base64.b64encode(bytes(size))) / 1e6:.1f} MB base64), median of 3\n")
+            print("| subscribers | shared: first ms | shared: last ms | per subscriber: first ms | "
+                  "per subscriber: last ms | last, per subscriber / shared |\n|---:|---:|---:|---:|---:|---:|")
+            for n in [int(x) for x in args.subscribers.split(",") if x]:
+                s_first, s_last = asyncio.run(fanout(stack, "web", n, size, "shared"))
+                p_first, p_last = asyncio.run(fanout(stack, "web", n, size, "per-subscriber"))
+                print(f"| {n} | {s_first * 1e3:.0f} | {s_last * 1e3:.0f} | {p_first * 1e3:.0f} | {p_last * 1e3:.0f} | "
+                      f"{p_last / s_last:.1f} |", flush=True)
+
+        if "memory" in parts:
+            big = int(args.memory_video_mb * 1024 * 1024)
+            print(f"\n### Daphne's memory while {args.memory_subscribers} subscribers receive one completion with "
+                  f"a {args.memory_video_mb:g} MB video (a fresh Daphne each)\n")
+            print("| way | RSS before MiB | peak MiB | growth MiB |\n|---|---:|---:|---:|")
+            growth = {}
+            for way in ("shared", "per-subscriber"):
+                name = f"mem-{way}"
+                web = stack.start_web(name)
+                stack.wait_healthy(web=name, workers=[])
+                before = rss_kib(web.pid)["VmRSS"]
+                asyncio.run(fanout(stack, name, args.memory_subscribers, big, way, rounds=1))
+                peak = rss_kib(web.pid)["VmHWM"]
+                growth[way] = (peak - before) / 1024
+                print(f"| {way} | {before / 1024:.0f} | {peak / 1024:.0f} | {growth[way]:.0f} |", flush=True)
+                web.stop()
+            print(f"| ratio shared / per subscriber | | | {growth['shared'] / growth['per-subscriber']:.2f} |")
     finally:
-        svc.stop()
+        if plain is not None:
+            plain.stop()
+        stack.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
 

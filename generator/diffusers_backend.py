@@ -510,8 +510,12 @@ class DiffusersBackend(Backend):
         guider = getattr(pipe, "guider", None)
         if guider is not None:  # its guidance scale lives in the guider, not in the call
             pipe.guider = guider.new(guidance_scale=float(req.guidance_scale))
+        # the seed also drives the global generator, inside this call only: some pipelines draw from it
+        # (SkyReels-V2's noise on history frames), and the same seed must give the same video
+        devices = [exec_device] if exec_device.type == "cuda" else []
         try:
-            with torch.inference_mode(), hook:
+            with torch.inference_mode(), hook, torch.random.fork_rng(devices=devices):
+                torch.manual_seed(int(req.seed))
                 output = pipe(**call)
         except Cancelled:
             raise

@@ -210,19 +210,21 @@ class Preset:
     description: str
     steps: int
     guidance: float  # 1.0: no classifier-free guidance (one transformer pass per step)
+    kinds: tuple  # the pipeline kinds it runs on (those that take its schedule)
     pipeline_kwargs: dict = field(default_factory=dict)
     schedule_key: Optional[str] = None  # the pipeline_kwargs list that fixes the schedule (len == steps)
 
 
 PRESETS = {p.name: p for p in (
-    # LTX-Video 0.9.7/0.9.8 distilled: 8 steps on the schedule of Lightricks' distilled config, no CFG
+    # LTX-Video 0.9.7/0.9.8 distilled: 8 steps on the schedule of Lightricks' distilled config, no CFG;
+    # run by the condition pipeline as diffusers documents it (0.42.1's LTXPipeline raises on a custom schedule)
     Preset("ltx-distilled", "ltx", "LTX-Video 0.9.7/0.9.8 distilled: 8 steps, no classifier-free guidance",
-           steps=8, guidance=1.0, schedule_key="timesteps",
+           steps=8, guidance=1.0, kinds=("ltx-condition",), schedule_key="timesteps",
            pipeline_kwargs={"timesteps": [1000, 993, 987, 981, 975, 909, 725, 421],
                             "decode_timestep": 0.05, "decode_noise_scale": 0.025}),
     # LTX-2 distilled: diffusers' DISTILLED_SIGMA_VALUES, and every extra guidance pass off
     Preset("ltx2-distilled", "ltx2", "LTX-2 distilled: 8 steps, no guidance passes (CFG, STG, modality)",
-           steps=8, guidance=1.0, schedule_key="sigmas",
+           steps=8, guidance=1.0, kinds=("ltx2", "ltx2-i2v", "ltx2-condition"), schedule_key="sigmas",
            pipeline_kwargs={"sigmas": [1.0, 0.99375, 0.9875, 0.98125, 0.975, 0.909375, 0.725, 0.421875],
                             "stg_scale": 0.0, "modality_scale": 1.0, "guidance_rescale": 0.0,
                             "audio_guidance_scale": 1.0, "audio_stg_scale": 0.0, "audio_modality_scale": 1.0,
@@ -405,6 +407,10 @@ def _parse_preset(name: str, entry: dict, family: str) -> tuple:
     if preset.family != family:
         raise ConfigError(f"model {name!r}: preset {preset_name!r} is for {FAMILIES[preset.family].description} "
                           f"checkpoints, not {FAMILIES[family].description}")
+    others = [k for k in _parse_kinds(name, entry["pipeline"]) if k not in preset.kinds]
+    if others:
+        raise ConfigError(f"model {name!r}: preset {preset_name!r} runs on {' / '.join(preset.kinds)}, "
+                          f"not {', '.join(others)}")
     merged = {**preset.pipeline_kwargs, **kwargs}
     steps = entry.get("defaults", {}).get("steps", preset.steps)
     schedule = merged.get(preset.schedule_key) if preset.schedule_key else None
@@ -462,7 +468,7 @@ def parse_entry(name: str, entry: dict, base_dir: str = REPO_ROOT) -> ModelConfi
         if not isinstance(upsampler, str) or not upsampler:
             raise ConfigError(f"model {name!r}: 'upsampler' must be the path of a latent upsampler pipeline folder")
         upsampler = _resolve(upsampler, base_dir)
-    preset, pipeline_kwargs = _parse_preset(name, entry, family)
+    preset, pipeline_kwargs = _parse_preset(name, entry, family)  # (after the kinds: it checks them)
     config = ModelConfig(name=name, path=path, kinds=kinds, family=family, dtype=dtype,
                          vae_dtype=vae_dtype or fam.vae_dtype, description=str(entry.get("description", "")),
                          defaults=dict(defaults), limits=dict(limits), memory=mem,

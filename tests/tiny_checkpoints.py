@@ -14,7 +14,10 @@ Sizes stay small because on CPU the token count is what costs (docs: FACTS.md).
 """
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import torch
 
@@ -357,3 +360,16 @@ def save_tiny_checkpoint(kind: str, directory: str) -> str:
     os.makedirs(directory, exist_ok=True)
     BUILDERS[kind]().save_pretrained(directory)
     return directory
+
+
+_built: dict = {}  # kind -> folder, for this process
+
+
+def cached_checkpoint(kind: str) -> str:
+    """The tiny `kind` checkpoint, built once per test process into a temporary folder removed at exit
+    (several suites configure the same ones)."""
+    if kind not in _built:
+        root = tempfile.mkdtemp(prefix=f"tiny-{kind}-")
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
+        _built[kind] = save_tiny_checkpoint(kind, os.path.join(root, kind))
+    return _built[kind]

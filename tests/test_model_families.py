@@ -1,0 +1,303 @@
+"""Every model family and task of generator.model_config on tiny random checkpoints of the real
+diffusers / transformers classes (tests/tiny_checkpoints.py), configured like an operator's
+models.json and generated through DiffusersBackend: frames of the requested count and size,
+progress per step, cancel between steps, the pipeline class each task runs, LTX-2's sound track
+through encode_video -> MP4 -> PyAV, Wan 2.2's two experts, video-to-video strength, few-step
+presets and the configuration validator. CPU only.
+"""
+from __future__ import annotations
+
+import functools
+import io
+import json
+import os
+import sys
+
+import av
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import tiny_checkpoints  # noqa: E402
+
+from generator import model_config as mc  # noqa: E402
+from generator.diffusers_backend import DiffusersBackend  # noqa: E402
+from generator.encode import decode_audio, decode_video, encode_video  # noqa: E402
+from generator.interface import Cancelled, GenerationError, GenerationRequest  # noqa: E402
+
+SMALL = {"min_size": 32, "max_size": 128}
+DEFAULTS = {"steps": 2, "width": 32, "height": 32, "frames": 9, "fps": 8}
+# model -> (checkpoint builder, pipeline kinds, extra entry keys)
+MODELS = {
+    "tiny-ltx": ("ltx", ["ltx", "ltx-i2v", "ltx-condition"], {}),
+    "tiny-ltx2": ("ltx2", ["ltx2", "ltx2-i2v", "ltx2-condition"], {}),
+    "tiny-hunyuan15": ("hunyuanvideo1.5", "hunyuanvideo1.5", {}),
+    "tiny-hunyuan15-i2v": ("hunyuanvideo1.5-i2v", "hunyuanvideo1.5-i2v", {}),
+    "tiny-wan22-ti2v": ("wan2.2-ti2v", ["wan2.2", "wan2.2-i2v"], {}),
+    "tiny-wan22-a14b": ("wan2.2-a14b", ["wan", "wan-v2v"], {}),
+    "tiny-vace": ("wan-vace", "wan-vace", {}),
+    "tiny-skyreels": ("skyreels-v2", ["skyreels-v2", "skyreels-v2-i2v", "skyreels-v2-v2v"], {}),
+}
+# (model, task, pipeline class it runs, frames, steps, strength)
+CASES = [
+    ("tiny-ltx", "t2v", "LTXPipeline", 9, 2, None),
+    ("tiny-ltx", "i2v", "LTXImageToVideoPipeline", 9, 2, None),
+    ("tiny-ltx", "condition", "LTXConditionPipeline", 17, 2, None),
+    ("tiny-ltx", "v2v", "LTXConditionPipeline", 9, 4, 0.5),
+    ("tiny-ltx2", "t2v", "LTX2Pipeline", 9, 2, None),
+    ("tiny-ltx2", "i2v", "LTX2ImageToVideoPipeline", 9, 2, None),
+    ("tiny-ltx2", "condition", "LTX2ConditionPipeline", 17, 2, None),
+    ("tiny-hunyuan15", "t2v", "HunyuanVideo15Pipeline", 9, 2, None),
+    ("tiny-hunyuan15-i2v", "i2v", "HunyuanVideo15ImageToVideoPipeline", 9, 2, None),
+    ("tiny-wan22-ti2v", "t2v", "WanPipeline", 9, 2, None),
+    ("tiny-wan22-ti2v", "i2v", "WanImageToVideoPipeline", 9, 2, None),
+    ("tiny-wan22-a14b", "t2v", "WanPipeline", 9, 2, None),
+    ("tiny-wan22-a14b", "v2v", "WanVideoToVideoPipeline", 9, 4, 0.5),
+    ("tiny-vace", "t2v", "WanVACEPipeline", 9, 2, None),
+    ("tiny-vace", "i2v", "WanVACEPipeline", 9, 2, None),
+    ("tiny-vace", "v2v", "WanVACEPipeline", 9, 2, 0.5),
+    ("tiny-vace", "condition", "WanVACEPipeline", 17, 2, None),
+    ("tiny-skyreels", "t2v", "SkyReelsV2DiffusionForcingPipeline", 9, 2, None),
+    ("tiny-skyreels", "i2v", "SkyReelsV2DiffusionForcingImageToVideoPipeline", 9, 2, None),
+    ("tiny-skyreels", "condition", "SkyReelsV2DiffusionForcingVideoToVideoPipeline", 17, 2, None),
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def entry(builder, kinds, **extra) -> dict:
+    return {"path": tiny_checkpoints.cached_checkpoint(builder), "pipeline": kinds, "dtype": "float32",
+            "defaults": dict(DEFAULTS), "limits": dict(SMALL, max_frames=33), "max_sequence_length": 16, **extra}
+
+
+@pytest.fixture(scope="module")
+def configs(tmp_path_factory):
+    """The operator's path: a models.json naming the tiny checkpoints, read by load_config."""
+    path = tmp_path_factory.mktemp("families") / "models.json"
+    path.write_text(json.dumps({name: entry(b, k, **x) for name, (b, k, x) in MODELS.items()}))
+    return mc.load_config(str(path))
+
+
+@pytest.fixture(scope="module")
+def backends(configs):
+    made = {}
+    yield lambda name: made.setdefault(name, DiffusersBackend(configs[name]))
+    for backend in made.values():
+        backend.unload()
+
+
+def pattern(seed: int, frames: int = 9, size: int = 32) -> np.ndarray:
+    """A bright, saturated moving pattern, frames x size x size x 3 (one frame when frames == 0)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    colour = rng.integers(0, 256, 3)
+    out = np.stack([np.where(((xx + 3 * t + yy * seed) % 16 < 8)[..., None], colour, 255 - colour)
+                    for t in range(max(frames, 1))]).astype(np.uint8)
+    return out[0] if frames == 0 else out
+
+
+def inputs(task: str, frames: int, seed: int, strength) -> dict:
+    if task == "i2v":
+        return {"image": pattern(seed, 0)}
+    if task == "condition":
+        return {"start_frames": pattern(seed, 9)}
+    if task == "v2v":
+        return {"video": pattern(seed, frames), "strength": strength}
+    return {}
+
+
+@pytest.mark.parametrize("name, task, cls, frames, steps, strength", CASES,
+                         ids=[f"{c[0]}-{c[1]}" for c in CASES])
+def test_family_task_generates_through_the_backend(backends, name, task, cls, frames, steps, strength):
+    backend = backends(name)
+    assert task in backend.info.extra["tasks"]
+    calls = []
+    req = GenerationRequest("a red ball moving right", num_frames=frames, steps=steps, seed=3,
+                            **inputs(task, frames, 1, strength))
+    result = backend.generate(req, progress=lambda s, t, p: calls.append((s, t, p)))
+    assert result.frames.shape == (frames, 32, 32, 3) and result.frames.dtype == np.uint8
+    assert backend.calls[-1] == (cls, task)
+    expected_steps = int(steps * strength) if task == "v2v" and name != "tiny-vace" else steps
+    assert [(s, t) for s, t, _ in calls] == [(i, expected_steps) for i in range(1, expected_steps + 1)]
+    assert all(p is not None and p.dtype == np.uint8 and p.shape[-1] == 3 for _, _, p in calls)
+    if task != "t2v":  # the input decides the result: another one, another video; the same, the same
+        other = backend.generate(GenerationRequest(req.prompt, num_frames=frames, steps=steps, seed=3,
+                                                   **inputs(task, frames, 2, strength)))
+        assert not np.array_equal(other.frames, result.frames)
+        assert np.array_equal(backend.generate(req).frames, result.frames)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_cancel_interrupts_between_steps_and_the_backend_serves_on(backends, name):
+    backend = backends(name)
+    req = GenerationRequest("a cat", steps=4, seed=5, **({"image": pattern(4, 0)}
+                                                          if not backend.info.extra["tasks"][0] == "t2v" else {}))
+    steps = []
+    with pytest.raises(Cancelled):
+        backend.generate(req, progress=lambda s, t, p: steps.append(s), should_cancel=lambda: len(steps) >= 1)
+    assert steps == [1]
+    assert backend.generate(req).frames.shape == (9, 32, 32, 3)
+
+
+def test_model_info_follows_the_family(configs):
+    infos = {name: cfg.model_info() for name, cfg in configs.items()}
+    assert infos["tiny-ltx2"].has_audio and not infos["tiny-ltx"].has_audio
+    assert infos["tiny-ltx"].supports_video and infos["tiny-vace"].supports_video
+    assert infos["tiny-wan22-a14b"].supports_video and not infos["tiny-wan22-a14b"].supports_image
+    assert not infos["tiny-ltx2"].supports_video and not infos["tiny-skyreels"].supports_video
+    assert infos["tiny-hunyuan15-i2v"].extra["requires_image"] and not infos["tiny-hunyuan15"].supports_image
+    assert infos["tiny-ltx"].extra["tasks"] == ["t2v", "i2v", "v2v", "condition"]
+    wan22 = infos["tiny-wan22-ti2v"]
+    assert (wan22.size_multiple, wan22.frame_multiple, wan22.frame_offset) == (32, 4, 1)
+
+
+def test_ltx2_sound_track_survives_the_mp4(backends):
+    backend = backends("tiny-ltx2")
+    result = backend.generate(GenerationRequest("a dog", num_frames=17, seed=2))
+    rate = result.audio_sample_rate
+    assert rate == 8000 and result.audio.dtype == np.float32 and result.audio.shape == (17 * rate // 8, 2)
+    assert np.abs(result.audio).max() <= 1.0 and result.audio.std() > 1e-3  # a signal, not silence
+    data = encode_video(result.frames, result.fps, audio=result.audio, sample_rate=rate)
+    frames, fps = decode_video(data)
+    assert frames.shape == (17, 32, 32, 3) and fps == pytest.approx(8)
+    with av.open(io.BytesIO(data)) as container:
+        video, sound = container.streams.video[0], container.streams.audio[0]
+        assert sound.codec_context.name == "aac" and sound.channels == 2
+        assert float(sound.duration * sound.time_base) == pytest.approx(float(video.duration * video.time_base))
+    assert data.find(b"moov") < data.find(b"mdat")  # faststart kept
+    track, decoded_rate = decode_audio(data)
+    assert decoded_rate == rate and 0 <= len(track) - len(result.audio) < 1024  # AAC frames are 1024 samples
+    # what comes back is the same sound (AAC is lossy): correlation over the whole track
+    n = len(result.audio)
+    assert np.corrcoef(track[:n].ravel(), result.audio.ravel())[0, 1] > 0.9
+
+
+def test_wan22_a14b_runs_both_experts(backends):
+    backend = backends("tiny-wan22-a14b")
+    backend.load()
+    pipe = backend.pipes["wan"]
+    assert pipe.config.boundary_ratio == pytest.approx(0.875) and pipe.transformer_2 is not None
+    used = {"transformer": 0, "transformer_2": 0}
+    hooks = [getattr(pipe, name).register_forward_pre_hook(lambda *a, n=name: used.__setitem__(n, used[n] + 1))
+             for name in used]
+    try:
+        backend.generate(GenerationRequest("a ball", steps=4, seed=1, guidance_scale=1.0))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert used["transformer"] >= 1 and used["transformer_2"] >= 1 and sum(used.values()) == 4, used
+
+
+def test_video_to_video_strength_ends(backends):
+    source = pattern(7, 9)
+    for name in ("tiny-ltx", "tiny-wan22-a14b", "tiny-vace"):
+        backend = backends(name)
+        same = backend.generate(GenerationRequest("x", video=source, strength=0.0, seed=1))
+        assert np.array_equal(same.frames, source)  # strength 0 returns the source
+        with pytest.raises(GenerationError, match="9x32x32x3"):
+            backend.generate(GenerationRequest("x", video=source[:5], strength=0.5))
+    with pytest.raises(GenerationError, match="cannot take a source video"):
+        backends("tiny-ltx2").generate(GenerationRequest("x", video=source, strength=0.5))
+
+
+def test_hunyuan15_image_to_video_returns_the_requested_size(backends):
+    """HunyuanVideo 1.5 I2V picks its own size bucket from the image's aspect ratio; the backend
+    hands back the size that was asked for."""
+    result = backends("tiny-hunyuan15-i2v").generate(
+        GenerationRequest("a cat", width=64, height=32, seed=1, image=pattern(3, 0, 32)))
+    assert result.frames.shape == (9, 32, 64, 3)
+
+
+# ------------------------------------------------------------------ presets and the validator
+def test_ltx_distilled_preset_runs_its_schedule_without_guidance(tmp_path):
+    cfg = mc.parse_entry("ltx-fast", {"path": tiny_checkpoints.cached_checkpoint("ltx"), "pipeline": "ltx-condition",
+                                      "preset": "ltx-distilled", "dtype": "float32",
+                                      "defaults": {"width": 32, "height": 32, "frames": 9}, "limits": SMALL,
+                                      "max_sequence_length": 16})
+    info = cfg.model_info()
+    assert (info.default_steps, info.default_guidance, info.max_guidance) == (8, 1.0, 1.0)
+    assert info.problems(9, 32, 32, 8, 3.0)  # classifier-free guidance refused: it was distilled without
+    backend = DiffusersBackend(cfg)
+    schedules = []
+    backend.load()
+    pipe = backend.pipes["ltx-condition"]
+    original = pipe.scheduler.set_timesteps
+
+    @functools.wraps(original)  # the pipeline reads its signature
+    def spy(*args, **kwargs):
+        schedules.append(kwargs.get("timesteps"))
+        return original(*args, **kwargs)
+    pipe.scheduler.set_timesteps = spy
+    try:
+        steps = []
+        backend.generate(GenerationRequest("a ball", seed=1), progress=lambda s, t, p: steps.append((s, t)))
+        preset_schedule = mc.PRESETS["ltx-distilled"].pipeline_kwargs["timesteps"]
+        assert steps[-1] == (8, 8) and schedules[-1] == preset_schedule
+        backend.generate(GenerationRequest("a ball", seed=1, steps=3))  # another count: the pipeline's own
+        assert len(schedules[-1]) == 3 and list(schedules[-1]) != preset_schedule[:3]
+    finally:
+        del pipe.scheduler.set_timesteps
+        backend.unload()
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"preset": "ltx2-distilled"}, "is for LTX-2"),
+    ({"preset": "ltx-distilled"}, "runs on ltx-condition, not ltx"),
+    ({"pipeline": "ltx-condition", "preset": "ltx-distilled", "defaults": {"steps": 20}}, "fixed schedule of 8 steps"),
+    ({"pipeline": "ltx-condition", "preset": "ltx-distilled", "defaults": {"guidance": 3.0}},
+     "guidance_scale must be between 0 and 1.0"),
+    ({"preset": "turbo"}, "unknown preset 'turbo'"),
+    ({"pipeline_kwargs": {"num_frames": 9}}, "may not set num_frames"),
+    ({"upsampler": "up"}, None),
+    ({"pipeline": "wan", "upsampler": "up"}, "has no latent upsampler"),
+    ({"pipeline": ["ltx", "wan"]}, "one family's"),
+    ({"pipeline": ["hunyuanvideo1.5", "hunyuanvideo1.5-i2v"]}, "own entry"),
+    ({"pipeline": ["ltx2", "ltx2-condition"]}, None),
+    ({"pipeline": "ltx+ltx-i2v"}, None),
+])
+def test_configuration_errors_name_the_model_and_key(changes, words):
+    raw = {"path": "/models/x", "pipeline": "ltx", **changes}
+    if words is None:
+        assert mc.parse_entry("m", raw).name == "m"
+    else:
+        with pytest.raises(mc.ConfigError, match=words) as err:
+            mc.parse_entry("m", raw)
+        assert "'m'" in str(err.value)
+
+
+def test_validator_checks_pipeline_kwargs_against_the_real_signatures(tmp_path, capsys):
+    path = tmp_path / "models.json"
+    good = entry("ltx", ["ltx", "ltx-i2v"], pipeline_kwargs={"decode_timestep": 0.05})
+    path.write_text(json.dumps({"good": good, "typo": {**good, "pipeline_kwargs": {"decode_timestpe": 0.05}}}))
+    assert mc.main([str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "error: model 'typo': pipeline_kwargs.decode_timestpe is not an argument of LTXPipeline" in out
+    path.write_text(json.dumps({"good": good, "fast": entry("ltx", "ltx-condition", preset="ltx-distilled",
+                                                             defaults={"width": 32, "height": 32, "frames": 9})}))
+    assert mc.main([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "fast: ltx-condition (t2v, i2v, v2v, condition)" in out and "preset ltx-distilled" in out and "8 steps guidance 1.0" in out
+
+
+def test_a_new_family_is_one_entry(monkeypatch):
+    """A family (here a made-up one reusing LTX's classes) becomes configurable by adding its
+    description: kinds, tasks and limits follow from it; a wrong description is refused."""
+    fam = mc.Family("ltx-mini", "a test family", {"ltx-mini": mc.PipelineKind("LTXPipeline", ("t2v",)),
+                                                  "ltx-mini-i2v": mc.PipelineKind("LTXImageToVideoPipeline", ("i2v",))},
+                    vae="AutoencoderKLLTXVideo", frame_multiple=8, frame_offset=1, min_frames=9, max_frames=65,
+                    size_multiple=32, max_size=512, default_width=256, default_height=256, default_frames=33,
+                    default_steps=20, default_guidance=2.0, default_fps=12.0, latents="packed")
+    monkeypatch.setitem(mc.FAMILIES, fam.name, mc._check_family(fam))
+    monkeypatch.setattr(mc, "KINDS", {**mc.KINDS, "ltx-mini": "ltx-mini", "ltx-mini-i2v": "ltx-mini"})
+    info = mc.parse_entry("mini", {"path": "/m", "pipeline": ["ltx-mini-i2v", "ltx-mini"]}).model_info()
+    assert info.extra["pipelines"] == ["ltx-mini", "ltx-mini-i2v"] and info.supports_image
+    assert (info.default_frames, info.max_size, info.default_fps) == (33, 512, 12.0)
+    with pytest.raises(ValueError, match="32 frames break its own rule"):
+        mc._check_family(mc.Family(**{**fam.__dict__, "default_frames": 32}))

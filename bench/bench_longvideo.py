@@ -1,11 +1,14 @@
 """Long videos, measured: seams of extended videos, flow interpolation vs blending, post-processing speed.
 
     .venv/bin/python bench/bench_longvideo.py [--steps 6] [--chunks 3] [--workers N] [--quick]
+    .venv/bin/python bench/bench_longvideo.py --model ltx-video --frames 17 --size 512   # a configured model
 
-1. Seams: the built-in model extended over --chunks chunks (8 frames each at 64x64, overlap 3),
-   blended vs a hard cut (no blend: new frames replace the overlap); frame-to-frame mean abs
-   difference at the seams vs inside the chunks and the temporal-consistency metric
-   (generator.longvideo.seam_metrics). Skipped without built-in weights.
+1. Seams: the built-in model (or --model, one of VIDEO_MODELS_CONFIG's, e.g. a conditioning family)
+   extended over --chunks chunks (8 frames each at 64x64, overlap 3), blended vs a hard cut (no
+   blend: new frames replace the overlap); frame-to-frame mean abs difference at the seams vs
+   inside the chunks and the temporal-consistency metric (generator.longvideo.seam_metrics). The
+   seams sit where the backend shares frames (generator.longvideo.effective_overlap: a model that
+   continues natively may share more than the overlap asked). Skipped without built-in weights.
 2. Interpolation: clips with known constant-speed motion (generator.builtin.world.render);
    keep every k-th frame, rebuild the rest; PSNR of the rebuilt frames vs the true ones, DIS-flow
    warping vs plain frame blending.
@@ -19,6 +22,7 @@ import os
 import random
 import sys
 import time
+from typing import Optional
 
 import numpy as np
 
@@ -43,34 +47,50 @@ def psnr(a, b) -> float:
     return float(10 * np.log10(255.0 ** 2 / max(mse, 1e-10)))
 
 
-def seams(args, rows):
-    from generator.builtin.backend import WEIGHTS, BuiltinBackend
-
-    if not os.path.exists(os.path.join(WEIGHTS, "unet", "config.json")):
-        print("(no built-in weights: seam rows skipped)")
-        return
-    backend = BuiltinBackend()
-    backend.load()
-    frames, overlap = 8, 3
+def seam_check(backend, prompts, chunks: int, frames: int, overlap: int, steps: int, size: int,
+               guidance: Optional[float] = None) -> list:
+    """(label, metrics averaged over prompts, seconds) for a blended and a hard-cut extension on `backend`."""
+    shared = lv.effective_overlap(backend, overlap, frames)
+    out = []
     for label, weights in (("blended", lv.blend_weights), ("hard cut", lambda n: np.ones(n, np.float32))):
         saved, lv.blend_weights = lv.blend_weights, weights
         try:
             metrics = []
             t0 = time.perf_counter()
-            for i, prompt in enumerate(PROMPTS[:args.prompts]):
-                req = GenerationRequest(prompt=prompt, num_frames=frames, width=64, height=64, steps=args.steps,
-                                        seed=100 + i, guidance_scale=4.0)
-                out = lv.extend(backend, req, num_chunks=args.chunks, overlap=overlap)
-                metrics.append(lv.seam_metrics(out.frames, lv.seam_positions(args.chunks, frames, overlap)))
+            for i, prompt in enumerate(prompts):
+                req = GenerationRequest(prompt=prompt, num_frames=frames, width=size, height=size, steps=steps,
+                                        seed=100 + i, guidance_scale=guidance)
+                video = lv.extend(backend, req, num_chunks=chunks, overlap=overlap).frames
+                metrics.append(lv.seam_metrics(video, lv.seam_positions(chunks, frames, shared)))
             dt = time.perf_counter() - t0
         finally:
             lv.blend_weights = saved
-        m = {k: float(np.mean([x[k] for x in metrics])) for k in metrics[0]}
-        rows.append(("seams, built-in " + label,
+        out.append((label, {k: float(np.mean([x[k] for x in metrics])) for k in metrics[0]}, dt))
+    return out
+
+
+def seams(args, rows):
+    if args.model:
+        from generator.interface import get_backend
+
+        backend, name = get_backend(args.model), args.model
+    else:
+        from generator.builtin.backend import WEIGHTS, BuiltinBackend
+
+        if not os.path.exists(os.path.join(WEIGHTS, "unet", "config.json")):
+            print("(no built-in weights: seam rows skipped)")
+            return
+        backend, name = BuiltinBackend(), "built-in"
+        backend.load()
+    frames, overlap = args.frames, 3
+    shared = lv.effective_overlap(backend, overlap, frames)
+    for label, m, dt in seam_check(backend, PROMPTS[:args.prompts], args.chunks, frames, overlap, args.steps,
+                                   args.size, guidance=None if args.model else 4.0):
+        rows.append((f"seams, {name} {label}",
                      f"MAD boundary {m['boundary_mad']:.2f} / inside {m['inside_mad']:.2f} = {m['mad_ratio']:.2f}x; "
                      f"TC boundary {m['boundary_tc']:.3f} / inside {m['inside_tc']:.3f}",
-                     f"{args.prompts} videos x {args.chunks} chunks x {frames} f, overlap {overlap}, "
-                     f"{args.steps} steps, {dt:.1f} s"))
+                     f"{args.prompts} videos x {args.chunks} chunks x {frames} f, overlap {overlap} "
+                     f"({shared} shared), {args.steps} steps, {dt:.1f} s"))
 
 
 def interpolation_quality(args, rows):
@@ -119,6 +139,9 @@ def speed(args, rows):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--model", default=None, help="seam rows on this configured model instead of the built-in one")
+    ap.add_argument("--frames", type=int, default=8, help="frames per chunk for the seam rows")
+    ap.add_argument("--size", type=int, default=64, help="width and height for the seam rows")
     ap.add_argument("--chunks", type=int, default=3)
     ap.add_argument("--prompts", type=int, default=4)
     ap.add_argument("--clips", type=int, default=8)

@@ -311,3 +311,101 @@ def test_extend_and_run_job_on_a_tiny_ltx_backend(tmp_path):
     assert out.frames.shape == ((17 - 1) * 2 + 1, 64, 64, 3) and out.fps == 16  # 9 + 9 - 1 shared frame
     assert [s for s, _ in calls] == [1, 2, 3, 4] and {n for _, n in calls} == {4}
     b.unload()
+
+
+# ------------------------------------------------------------------ model-native long videos (tiny diffusers checkpoints)
+def _tiny_backend(name, builder, kinds, **extra):
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import tiny_checkpoints
+    from generator.diffusers_backend import DiffusersBackend
+    from generator.model_config import parse_entry
+
+    if "upsampler" in extra:
+        extra["upsampler"] = tiny_checkpoints.cached_checkpoint(extra["upsampler"])
+    return DiffusersBackend(parse_entry(name, {
+        "path": tiny_checkpoints.cached_checkpoint(builder), "pipeline": kinds, "dtype": "float32",
+        "defaults": {"steps": 2, "width": 32, "height": 32, "frames": 17, "fps": 8},
+        "limits": {"min_size": 32, "max_size": 128}, "max_sequence_length": 16, **extra}))
+
+
+@pytest.fixture(scope="module")
+def ltx_condition():
+    """LTX-Video with its condition pipeline and a latent upsampler, as for an LTX 0.9.5+ checkpoint."""
+    b = _tiny_backend("tiny-ltx-long", "ltx", ["ltx", "ltx-i2v", "ltx-condition"], upsampler="ltx-upsampler")
+    yield b
+    b.unload()
+
+
+def test_extension_continues_through_the_condition_pipeline(ltx_condition):
+    """Chunks after the first are the condition pipeline continuing from the last whole latent frames
+    (9 frames = 2 latent frames of LTX's 8x temporal VAE), not image-to-video from one frame."""
+    b = ltx_condition
+    assert lv.conditioned_frames(b, 4, 17) == 9 and lv.effective_overlap(b, 4, 17) == 9
+    b.calls.clear()
+    steps = []
+    out = lv.extend(b, GenerationRequest("a red ball", seed=1), num_chunks=3, overlap=4,
+                    progress=lambda s, n, p: steps.append((s, n)))
+    assert out.frames.shape == (17 + 2 * (17 - 9), 32, 32, 3)
+    assert list(b.calls) == [("LTXPipeline", "t2v"), ("LTXConditionPipeline", "condition"),
+                             ("LTXConditionPipeline", "condition")]
+    assert steps == [(i, 6) for i in range(1, 7)]
+
+
+def test_seam_check_of_the_benchmark_runs_on_the_conditioning_family(ltx_condition):
+    sys_path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
+    import sys
+
+    sys.path.insert(0, sys_path)
+    import bench_longvideo
+
+    ltx_condition.calls.clear()
+    rows = bench_longvideo.seam_check(ltx_condition, ["a red ball moving right"], chunks=2, frames=17, overlap=4,
+                                      steps=2, size=32)
+    assert [label for label, _, _ in rows] == ["blended", "hard cut"]
+    assert ("LTXConditionPipeline", "condition") in ltx_condition.calls
+    (_, blended, _), (_, cut, _) = rows
+    print("tiny LTX condition seams: blended", blended, "hard cut", cut)
+    for m in (blended, cut):
+        assert all(np.isfinite(v) for v in m.values()) and m["inside_mad"] > 0
+    assert blended["boundary_mad"] <= cut["boundary_mad"]
+
+
+def test_hierarchical_uses_the_latent_upsampler(ltx_condition):
+    b = ltx_condition
+    b.load()
+    passes = []
+    hook = b.upsampler.latent_upsampler.register_forward_pre_hook(lambda *a: passes.append(1))
+    try:
+        out = lv.hierarchical(b, GenerationRequest("a red ball", seed=1), upscale=2, interpolate_factor=2)
+    finally:
+        hook.remove()
+    assert out.frames.shape == ((17 - 1) * 2 + 1, 64, 64, 3) and out.fps == 16
+    assert passes == [1]  # one latent x2 pass over the whole video, no pixel resize
+    plain = _tiny_backend("tiny-ltx-plain", "ltx", ["ltx", "ltx-i2v"])
+    assert not hasattr(plain, "upscale_video")  # no upsampler configured: the pixel-space fallback
+    assert lv.run_job(plain, GenerationRequest("a red ball", seed=1, num_frames=9),
+                      lv.LongVideoOptions(upscale=2)).frames.shape == (9, 64, 64, 3)
+
+
+def test_skyreels_long_video_is_its_own_diffusion_forcing_chunks():
+    b = _tiny_backend("tiny-skyreels-long", "skyreels-v2", ["skyreels-v2", "skyreels-v2-i2v", "skyreels-v2-v2v"],
+                      defaults={"steps": 2, "width": 32, "height": 32, "frames": 9, "fps": 8})
+    steps = []
+    out = lv.run_job(b, GenerationRequest("a dog", seed=2), lv.LongVideoOptions(num_chunks=3, overlap=4),
+                     progress=lambda s, n, p: steps.append((s, n)))
+    shared = lv.effective_overlap(b, 4, 9)
+    assert shared == 5 and out.frames.shape == (lv.extended_length(3, 9, shared), 32, 32, 3)
+    assert list(b.calls) == [("SkyReelsV2DiffusionForcingPipeline", "t2v")]  # one call made every chunk
+    assert steps == [(i, 6) for i in range(1, 7)]
+    b.unload()
+
+
+def test_ltx2_extension_keeps_one_sound_track():
+    b = _tiny_backend("tiny-ltx2-long", "ltx2", ["ltx2", "ltx2-condition"])
+    out = lv.run_job(b, GenerationRequest("a cat", seed=3), lv.LongVideoOptions(num_chunks=2, overlap=4))
+    assert out.frames.shape[0] == 17 + 17 - 9
+    assert list(b.calls)[-1] == ("LTX2ConditionPipeline", "condition")
+    assert out.audio_sample_rate == 8000 and out.audio.shape == (25 * 8000 // 8, 2)
+    b.unload()

@@ -1,0 +1,175 @@
+"""Today's model families through the whole service, on CPU: LTX-2 with its sound track, the Wan 2.2
+TI2V-5B text- and image-to-video pair, and Wan video-to-video (Wan 2.2 A14B's two-expert layout).
+
+The checkpoints are tiny random instances of the real diffusers / transformers classes saved as
+pipeline folders (tests/tiny_checkpoints.py), named in this stack's models.json like an operator's;
+one Celery worker consumes their queues. Jobs go in over HTTP (POST /api/jobs), progress comes over
+the lobby websocket, and the MP4 fetched from /api/jobs/<id>/video is decoded with PyAV.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+import time
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from generator.encode import decode_audio, decode_video
+from tests.support.client import Client, run
+from tests.support.stack import Stack, http
+from tests.tiny_checkpoints import save_tiny_checkpoint
+
+SMALL = {"min_size": 32, "max_size": 128, "max_frames": 33, "max_steps": 1000}
+MODELS = {  # name -> (checkpoint builder, pipeline kinds)
+    "tiny-ltx2": ("ltx2", ["ltx2", "ltx2-i2v"]),
+    "tiny-wan22": ("wan2.2-ti2v", ["wan2.2", "wan2.2-i2v"]),
+    "tiny-wan-v2v": ("wan2.2-a14b", ["wan", "wan-v2v"]),
+}
+QUEUE = "tiny-families"
+JOB = {"num_frames": 17, "width": 32, "height": 32, "steps": 2, "fps": 8, "seed": 4}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server not installed (apt-get install redis-server; scripts/test.sh does)")
+    tmp = tmp_path_factory.mktemp("families-service")
+    t0 = time.monotonic()
+    models = {}
+    for name, (builder, kinds) in MODELS.items():
+        save_tiny_checkpoint(builder, str(tmp / "checkpoints" / name))
+        models[name] = {"path": f"checkpoints/{name}", "pipeline": kinds, "dtype": "float32", "limits": SMALL,
+                        "defaults": {"steps": 2, "width": 32, "height": 32, "frames": 17, "fps": 8},
+                        "max_sequence_length": 16, "queue": QUEUE}
+    print(f"tiny checkpoints built in {time.monotonic() - t0:.1f} s")
+    svc = Stack(tmp, models=models)
+    try:
+        svc.start(worker_queues=None)
+        worker = svc.start_worker("families", QUEUE, wait=False)
+        svc.wait_healthy(workers=[worker.node], timeout=180)
+        yield svc
+    finally:
+        svc.stop()
+
+
+def post_job(svc, **fields) -> str:
+    status, _, body = http("POST", svc.base + "/api/jobs", {"prompt": "a red ball moving right", **JOB, **fields},
+                           headers={"Origin": svc.origin})
+    assert status == 201, body
+    return json.loads(body)["job"]["id"]
+
+
+def watch(svc, jobs) -> dict:
+    """Submit over HTTP while a lobby websocket listens: {key: that job's events up to its last}."""
+    async def scenario():
+        out = {}
+        async with Client(svc) as c:
+            await c.ping_ok()
+            for key, fields in jobs.items():
+                job_id = post_job(svc, **fields)
+                out[key] = await c.events_for(job_id, 240)
+        return out
+    return run(scenario())
+
+
+def fetch_video(svc, done: dict) -> bytes:
+    status, headers, body = http("GET", svc.base + f"/api/jobs/{done['job_id']}/video", timeout=30)
+    assert status == 200 and headers["Content-Type"] == "video/mp4"
+    return body
+
+
+def png_b64(seed: int) -> str:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def completed(events: list, steps: bool = True) -> dict:
+    """The job's generation_complete, after progress up to its last step (when it ran any)."""
+    assert events[-1]["type"] == "generation_complete", events[-1]
+    progress = [m for m in events if m["type"] == "progress"]
+    assert not steps or (progress and progress[-1]["step"] == progress[-1]["total_steps"])
+    return events[-1]
+
+
+def started(events: list) -> dict:
+    return next(m for m in events if m["type"] == "started")
+
+
+def test_models_say_which_make_sound_and_take_a_source_video(stack):
+    status, _, body = http("GET", stack.base + "/api/models")
+    assert status == 200
+    models = {m["name"]: m for m in json.loads(body)["models"]}
+    assert models["tiny-ltx2"]["has_audio"] is True and models["tiny-wan22"]["has_audio"] is False
+    assert models["tiny-wan-v2v"]["supports_video"] is True and models["tiny-ltx2"]["supports_video"] is False
+    assert models["tiny-wan22"]["supports_image"] is True and models["tiny-wan22"]["extra"]["tasks"] == ["t2v", "i2v"]
+
+
+def test_ltx2_job_mp4_carries_its_sound(stack):
+    done = completed(watch(stack, {"ltx2": {"model": "tiny-ltx2"}})["ltx2"])
+    assert done["has_audio"] is True
+    data = fetch_video(stack, done)
+    frames, fps = decode_video(data)
+    assert frames.shape == (17, 32, 32, 3) and fps == pytest.approx(8)
+    with av.open(io.BytesIO(data)) as container:
+        video, sound = container.streams.video[0], container.streams.audio[0]
+        assert sound.codec_context.name == "aac"
+        assert float(sound.duration * sound.time_base) == pytest.approx(float(video.duration * video.time_base),
+                                                                        abs=0.01)
+    track, rate = decode_audio(data)
+    assert rate == 8000 and 0 <= len(track) - 17 * 8000 // 8 < 1024 and track.std() > 1e-3
+
+
+def test_wan22_text_and_image_to_video_pair(stack):
+    out = watch(stack, {"t2v": {"model": "tiny-wan22"}, "i2v": {"model": "tiny-wan22", "image": png_b64(1)},
+                        "i2v-other": {"model": "tiny-wan22", "image": png_b64(2)}})
+    videos = {}
+    for key, events in out.items():
+        done = completed(events)
+        assert done.get("has_audio") is not True  # a silent model
+        assert started(events)["params"]["image"] is (key != "t2v")
+        videos[key], _ = decode_video(fetch_video(stack, done))
+        assert videos[key].shape == (17, 32, 32, 3)
+    assert not np.array_equal(videos["i2v"], videos["t2v"]) and not np.array_equal(videos["i2v"], videos["i2v-other"])
+
+
+def test_video_to_video_from_a_finished_job_and_an_upload(stack):
+    source = completed(watch(stack, {"t2v": {"model": "tiny-wan-v2v"}})["t2v"])
+    source_mp4 = fetch_video(stack, source)
+    source_frames, _ = decode_video(source_mp4)
+    out = watch(stack, {
+        "same": {"model": "tiny-wan-v2v", "source_job_id": source["job_id"], "strength": 0.0},
+        "edit": {"model": "tiny-wan-v2v", "source_job_id": source["job_id"], "strength": 0.5, "steps": 4},
+        "upload": {"model": "tiny-wan-v2v", "video": base64.b64encode(source_mp4).decode(), "strength": 0.5,
+                   "steps": 4},
+    })
+    frames = {key: decode_video(fetch_video(stack, completed(events, steps=key != "same")))[0]
+              for key, events in out.items()}
+    # strength 0 returns the source: the same frames, through one more H.264 generation
+    assert np.abs(frames["same"].astype(int) - source_frames.astype(int)).mean() < 3
+    assert frames["edit"].shape == (17, 32, 32, 3)
+    assert not np.array_equal(frames["edit"], frames["same"])
+    assert [m["total_steps"] for m in out["edit"] if m["type"] == "progress"][-1] == 2  # 4 steps x strength 0.5
+    assert np.abs(frames["upload"].astype(int) - frames["edit"].astype(int)).mean() < 3  # same source, same job
+
+
+def test_cancel_a_running_family_job(stack):
+    async def scenario():
+        async with Client(stack) as c:  # the submitter's connection may cancel its job
+            queued = await c.submit(prompt="a blue square", model="tiny-wan22", **{**JOB, "steps": 1000})
+            job_id = queued["job_id"]
+            await c.until(lambda m: m.get("job_id") == job_id and m["type"] == "progress", 240)
+            await c.send({"type": "cancel", "job_id": job_id, "request_id": "c1"})
+            ack = await c.until(lambda m: m.get("request_id") == "c1", 10)
+            assert ack["type"] == "cancelling", ack
+            return await c.events_for(job_id, 60)
+
+    events = run(scenario())
+    assert events[-1]["type"] == "cancelled", events[-1]
+    assert max(m["step"] for m in events if m["type"] == "progress") < 1000

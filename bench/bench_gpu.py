@@ -1,7 +1,9 @@
-"""GPU benchmark: LTX-Video's real architecture with random weights at its published setting.
+"""GPU benchmark: LTX-Video's real architecture with random weights at its published setting, and
+rows for LTX-2 and Wan 2.2 TI2V-5B at theirs.
 
     python bench/bench_gpu.py                      # 768x512, 121 frames, 50 steps, every variant
     python bench/bench_gpu.py --steps 8 --variants bf16,fp16,cache
+    python bench/bench_gpu.py --variants ltx2,wan2.2-ti2v --json bench/results/families_h200.json
     python bench/bench_gpu.py --json bench/ltx_h100.json
 
 Architecture: `LTXVideoTransformer3DModel()` and `AutoencoderKLLTXVideo()` with diffusers' default
@@ -24,6 +26,14 @@ MP4 encode, compared with the bare pipeline: overhead ratio). The service varian
 include Django/Channels/Celery hops (queue wait, progress broadcasts): those are a few ms per
 message and are measured by the service's own tests.
 
+Family rows (variants `ltx2`, `wan2.2-ti2v`): the family's published architecture (diffusers'
+constructor defaults for LTX-2 19B: 48 blocks of 32 x 128 video + 32 x 64 audio heads, its video
+and audio VAEs and 24 kHz vocoder; Wan 2.2 TI2V-5B: 30 blocks of 24 x 128 on the 48-channel 16x VAE)
+with random weights at the published setting (FAMILY_ARCHS), bare pipeline (s/step, total, peak,
+FLOPs per step) and through the service's backend + MP4 (with LTX-2's sound track). Prompt
+encoders are stand-ins of the width the model reads (LTX-2: a narrow 48-layer Gemma 3 with hidden
+3840, whose 49 hidden states its connectors take; Wan: a 1-layer UMT5 of width 4096).
+
 Without CUDA it says so and runs the same code path on a tiny config on CPU (smoke test), exit 0.
 Never prints made-up numbers.
 """
@@ -44,9 +54,23 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # In the order they run: the most telling first, so a run cut short still answers the main questions.
-VARIANTS = ("bf16", "steps20", "service", "cache", "fp16", "cudnn", "tiling", "offload", "compile")
+VARIANTS = ("bf16", "steps20", "service", "cache", "fp16", "cudnn", "tiling", "offload", "compile", "ltx2",
+            "wan2.2-ti2v")
 DENSE_BF16_TFLOPS = 989  # NVIDIA's H100 SXM / H200 spec sheet, dense (no sparsity)
 PUBLISHED = "LTX-Video: 768x512, 121 frames (5 s at 24 fps) in about 2 s on one H100 (published claim)"
+
+# published settings (diffusers' LTX-2 example; Wan 2.2 TI2V-5B's model card) and what was claimed for them
+FAMILY_ARCHS = {
+    "ltx2": {"kinds": ["ltx2", "ltx2-i2v"], "fps": 24,
+             "call": dict(width=768, height=512, num_frames=121, frame_rate=24.0, num_inference_steps=30,
+                          guidance_scale=3.0),
+             "published": "LTX-2 (diffusers example): 768x512, 121 frames at 24 fps, 30 steps, guidance 3, "
+                          "with sound; no speed figure published for this setting"},
+    "wan2.2-ti2v": {"kinds": ["wan2.2", "wan2.2-i2v"], "fps": 24,
+                    "call": dict(width=1280, height=704, num_frames=121, num_inference_steps=50, guidance_scale=5.0),
+                    "published": "Wan 2.2 TI2V-5B (its README): a 5 s 720P video in under 9 minutes on one "
+                                 "consumer GPU (RTX 4090)"},
+}
 
 TINY = {  # the same classes, CPU-sized (smoke run)
     "transformer": dict(in_channels=8, out_channels=8, num_attention_heads=2, attention_head_dim=8,
@@ -82,6 +106,62 @@ def build_pipeline(tiny: bool, device: str, dtype: torch.dtype):
     scheduler = FlowMatchEulerDiscreteScheduler()
     pipe = LTXPipeline(transformer=transformer.to(dtype), vae=vae.to(dtype), scheduler=scheduler,
                        text_encoder=text_encoder.to(dtype).eval(), tokenizer=tok)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def build_family(arch: str, tiny: bool, device: str, dtype: torch.dtype):
+    """The LTX-2 or Wan 2.2 TI2V-5B pipeline with its published architecture (tiny: the test suite's tiny
+    checkpoint of the same classes), random weights."""
+    if tiny:
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+        import tiny_checkpoints
+
+        pipe = {"ltx2": tiny_checkpoints.ltx2_pipeline, "wan2.2-ti2v": tiny_checkpoints.wan22_ti2v_pipeline}[arch]()
+        return pipe.to(device=device, dtype=dtype)
+    import diffusers
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(0)
+    if arch == "ltx2":  # schedulers keep their tables on the CPU: made outside the device scope
+        scheduler = diffusers.FlowMatchEulerDiscreteScheduler()
+    else:
+        scheduler = diffusers.UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                                      flow_shift=5.0)
+    with torch.device(device):
+        if arch == "ltx2":
+            from diffusers.pipelines.ltx2 import LTX2TextConnectors
+            from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
+            from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig, GemmaTokenizer
+
+            vocab = {t: i for i, t in enumerate(["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"] + [
+                "\u2581" + w for w in "a the red blue cat dog sea sky city night walking flying over under".split()])}
+            tok = GemmaTokenizer(vocab=vocab, merges=[])
+            text = Gemma3TextConfig(vocab_size=len(tok), hidden_size=3840, intermediate_size=256, num_hidden_layers=48,
+                                    num_attention_heads=1, num_key_value_heads=1, head_dim=64)
+            text_encoder = Gemma3ForConditionalGeneration(Gemma3Config(
+                text_config=text.to_dict(), mm_tokens_per_image=4, vision_config=dict(
+                    hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=16,
+                    patch_size=8)))
+            pipe = diffusers.LTX2Pipeline(
+                transformer=diffusers.LTX2VideoTransformer3DModel(), vae=diffusers.AutoencoderKLLTX2Video(),
+                audio_vae=diffusers.AutoencoderKLLTX2Audio(), vocoder=LTX2Vocoder(), connectors=LTX2TextConnectors(),
+                scheduler=scheduler, text_encoder=text_encoder.eval(), tokenizer=tok)
+        else:
+            tok = tokenizer()
+            vae = diffusers.AutoencoderKLWan(base_dim=160, decoder_base_dim=256, z_dim=48, in_channels=12,
+                                             out_channels=12, is_residual=True, patch_size=2, scale_factor_spatial=16,
+                                             latents_mean=[0.0] * 48, latents_std=[1.0] * 48)
+            transformer = diffusers.WanTransformer3DModel(num_attention_heads=24, attention_head_dim=128,
+                                                          in_channels=48, out_channels=48, ffn_dim=14336,
+                                                          num_layers=30)
+            text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(tok), d_model=4096, d_kv=64, d_ff=256,
+                                                       num_layers=1, num_heads=64))
+            pipe = diffusers.WanPipeline(transformer=transformer, vae=vae, text_encoder=text_encoder.eval(),
+                                         tokenizer=tok, expand_timesteps=True, scheduler=scheduler)
+    pipe = pipe.to(dtype=dtype)
+    if arch == "wan2.2-ti2v":
+        pipe.vae.to(torch.float32)  # as its model card loads it
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -150,25 +230,25 @@ def measure(pipe, args, label):
     return row
 
 
-def service_row(path, args, workdir, label="service", memory=None):
+def service_row(path, args, workdir, label="service", memory=None, kinds=("ltx", "ltx-i2v"), name="bench-ltx"):
     """Configure the saved bf16 checkpoint at `path` and run it through registry -> backend -> MP4."""
     from generator import interface
     from generator.encode import encode_video
     from generator.interface import GenerationRequest
     from generator.registry_setup import register_configured_models
 
-    config = {"bench-ltx": {"path": path, "pipeline": ["ltx", "ltx-i2v"], "dtype": "bfloat16",
-                            "memory": memory or {},
-                            "defaults": {"steps": args["num_inference_steps"], "width": args["width"],
-                                         "height": args["height"], "frames": args["num_frames"], "fps": 24},
-                            "limits": {"min_size": 32, "max_frames": 257}}}
+    config = {name: {"path": path, "pipeline": list(kinds), "dtype": "bfloat16", "memory": memory or {},
+                     "defaults": {"steps": args["num_inference_steps"], "width": args["width"],
+                                  "height": args["height"], "frames": args["num_frames"], "fps": 24,
+                                  **({"guidance": args["guidance_scale"]} if "guidance_scale" in args else {})},
+                     "limits": {"min_size": 32, "max_frames": 257}, "max_sequence_length": args["max_sequence_length"]}}
     cfg_file = os.path.join(workdir, "models.json")
     with open(cfg_file, "w") as fh:
         json.dump(config, fh)
     interface.list_models()
     register_configured_models(cfg_file, strict=True)
     t0 = time.perf_counter()
-    backend = interface.get_backend("bench-ltx")
+    backend = interface.get_backend(name)
     load_s = time.perf_counter() - t0
     request = GenerationRequest(args["prompt"], seed=0)
     previews = []
@@ -180,15 +260,16 @@ def service_row(path, args, workdir, label="service", memory=None):
     result = backend.generate(request, progress=lambda s, t, p: previews.append(time.perf_counter()))
     gen_s = time.perf_counter() - t0
     t1 = time.perf_counter()
-    mp4 = encode_video(result.frames, result.fps)
+    mp4 = encode_video(result.frames, result.fps, audio=result.audio, sample_rate=result.audio_sample_rate)
     enc_s = time.perf_counter() - t1
     row = {"variant": label, "total_s": gen_s + enc_s, "applied": dict(backend.applied), "generate_s": gen_s, "encode_mp4_s": enc_s,
            "load_s": load_s, "mp4_bytes": len(mp4),
            "s_per_step": float(statistics.median(np.diff(previews))) if len(previews) > 2 else None,
            "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
-           "frames_shape": list(result.frames.shape)}
+           "frames_shape": list(result.frames.shape),
+           "audio_s": None if result.audio is None else len(result.audio) / result.audio_sample_rate}
     backend.unload()
-    interface._resident.pop("bench-ltx", None)
+    interface._resident.pop(name, None)
     del backend
     free_memory()
     return row
@@ -301,7 +382,36 @@ def main(argv=None) -> int:
                 compiled["overhead_ratio"] = compiled["total_s"] / bare["total_s"]
                 record(compiled)
 
+    def family_variant(arch):
+        """The family's bare pipeline at its published setting, then the same weights through the backend."""
+        spec = FAMILY_ARCHS[arch]
+        call = dict(args, **spec["call"]) if not tiny else dict(args)
+        if arch != "ltx2":
+            call.pop("frame_rate", None)
+        with tempfile.TemporaryDirectory() as workdir:
+            pipe = build_family(arch, tiny, device, torch.bfloat16)
+            row = measure(pipe, dict(call, generator=torch.Generator(device).manual_seed(0)), arch)
+            row["tflop_per_step"] = flops_per_step(pipe, dict(call, generator=torch.Generator(device).manual_seed(0)))
+            row["tflop_per_step"] /= 1e12
+            row["achieved_tflops"] = row["tflop_per_step"] / row["s_per_step"]
+            row["setting"] = {k: v for k, v in call.items() if k not in ("generator", "prompt", "output_type")}
+            row["published"] = spec["published"]
+            record(row)
+            path = os.path.join(workdir, arch)
+            pipe.save_pretrained(path)
+            del pipe
+            free_memory()
+            service = service_row(path, call, workdir, f"{arch} service", kinds=spec["kinds"], name=f"bench-{arch}")
+            service["overhead_ratio"] = service["total_s"] / row["total_s"]
+            record(service)
+
     for label in variants:
+        if label in FAMILY_ARCHS:
+            try:
+                family_variant(label)
+            except Exception as exc:
+                record({"variant": label, "error": f"{type(exc).__name__}: {exc}"[:500]})
+            continue
         if label == "service":
             try:
                 service_variant()
@@ -322,8 +432,9 @@ def main(argv=None) -> int:
             print(f"{row['variant']:18} {'skipped' if 'skipped' in row else 'FAILED'}: {row.get('skipped') or row['error']}")
             continue
         sps, peak, total = row.get("s_per_step"), row.get("peak_gpu_gib"), row["total_s"]
-        step_x = f"{base['s_per_step'] / sps:.2f}" if base and sps else "-"  # speed-up over bf16 (>1 is faster)
-        total_x = f"{base['total_s'] / total:.2f}" if base and row["variant"] != "steps20" else "-"
+        ltx = row["variant"].split()[0] not in FAMILY_ARCHS  # speed-ups are over LTX's bf16 row
+        step_x = f"{base['s_per_step'] / sps:.2f}" if base and sps and ltx else "-"  # (>1 is faster)
+        total_x = f"{base['total_s'] / total:.2f}" if base and ltx and row["variant"] != "steps20" else "-"
         print(f"{row['variant']:18} {'-' if sps is None else f'{sps:.3f}':>8} {step_x:>7} {total:8.2f} {total_x:>8} "
               f"{'-' if peak is None else f'{peak:9.2f}'}")
     if cuda and base and "tflop_per_step" in base:  # a share of a GPU spec means nothing for the CPU smoke run
@@ -335,6 +446,9 @@ def main(argv=None) -> int:
                 achieved = base["tflop_per_step"] / row["s_per_step"]
                 print(f"{row['variant']}: {achieved:.0f} TFLOP/s = {achieved / DENSE_BF16_TFLOPS:.0%} of spec")
     print(f"\nreference: {PUBLISHED}")
+    for arch in FAMILY_ARCHS:
+        if arch in variants:
+            print(f"reference: {FAMILY_ARCHS[arch]['published']}")
     if not cuda:
         print("no GPU numbers were produced in this run.")
     return 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 
 import numpy as np
 import pytest
@@ -16,13 +17,10 @@ from generator import longvideo as lv
 from generator.builtin import world
 from generator.interface import Backend, Cancelled, GenerationRequest, GenerationResult, ModelInfo
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from tiny_checkpoints import one_torch_thread  # noqa: E402,F401  (the fixture)
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -290,9 +288,6 @@ def test_validate_options_defaults_and_bounds():
 def test_extend_and_run_job_on_a_tiny_ltx_backend(tmp_path):
     """The same entry point on a diffusers backend (tiny random LTX, T2V + I2V): chunk 2 is
     image-to-video from chunk 1's last frame, so consecutive chunks share one frame."""
-    import sys
-
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import tiny_checkpoints
     from generator.diffusers_backend import DiffusersBackend
     from generator.model_config import parse_entry
@@ -315,9 +310,6 @@ def test_extend_and_run_job_on_a_tiny_ltx_backend(tmp_path):
 
 # ------------------------------------------------------------------ model-native long videos (tiny diffusers checkpoints)
 def _tiny_backend(name, builder, kinds, **extra):
-    import sys
-
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import tiny_checkpoints
     from generator.diffusers_backend import DiffusersBackend
     from generator.model_config import parse_entry
@@ -354,10 +346,7 @@ def test_extension_continues_through_the_condition_pipeline(ltx_condition):
 
 
 def test_seam_check_of_the_benchmark_runs_on_the_conditioning_family(ltx_condition):
-    sys_path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
-    import sys
-
-    sys.path.insert(0, sys_path)
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
     import bench_longvideo
 
     ltx_condition.calls.clear()

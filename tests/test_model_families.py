@@ -20,12 +20,14 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tiny_checkpoints  # noqa: E402
+from tiny_checkpoints import one_torch_thread  # noqa: E402,F401  (the fixture)
 
 from generator import model_config as mc  # noqa: E402
 from generator.diffusers_backend import DiffusersBackend  # noqa: E402
 from generator.encode import decode_audio, decode_video, encode_video  # noqa: E402
 from generator.interface import Cancelled, GenerationError, GenerationRequest  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SMALL = {"min_size": 32, "max_size": 128}
 DEFAULTS = {"steps": 2, "width": 32, "height": 32, "frames": 9, "fps": 8}
 # model -> (checkpoint builder, pipeline kinds, extra entry keys)
@@ -62,14 +64,6 @@ CASES = [
     ("tiny-skyreels", "i2v", "SkyReelsV2DiffusionForcingImageToVideoPipeline", 9, 2, None),
     ("tiny-skyreels", "condition", "SkyReelsV2DiffusionForcingVideoToVideoPipeline", 17, 2, None),
 ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def entry(builder, kinds, **extra) -> dict:

@@ -19,6 +19,7 @@ import os
 import shutil
 import tempfile
 
+import pytest
 import torch
 
 WORDS = ("a red green blue white black square circle triangle ball cat dog moving left right up down "
@@ -373,3 +374,13 @@ def cached_checkpoint(kind: str) -> str:
         atexit.register(shutil.rmtree, root, ignore_errors=True)
         _built[kind] = save_tiny_checkpoint(kind, os.path.join(root, kind))
     return _built[kind]
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module's tests: the two cores here are shared, and tiny models gain nothing
+    from more (suites opt in with `pytestmark = pytest.mark.usefixtures("one_torch_thread")` after importing it)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

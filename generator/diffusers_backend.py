@@ -498,7 +498,7 @@ class DiffusersBackend(Backend):
         if self.family.frame_rate_arg:  # LTX scales its RoPE by the frame rate; SkyReels embeds it
             rate = float(req.fps) if self.family.name == "ltx2" else int(round(req.fps))
             base[self.family.frame_rate_arg] = rate
-        base.update(self._schedule_kwargs(req.steps))
+        base.update(self._pipeline_kwargs(req.steps))
         base.update(call)
         call = {k: v for k, v in base.items() if v is not None and _accepts(pipe, k)}
         self.calls.append((type(pipe).__name__, task))
@@ -512,7 +512,8 @@ class DiffusersBackend(Backend):
             pipe.guider = guider.new(guidance_scale=float(req.guidance_scale))
         # the seed also drives the global generator, inside this call only: some pipelines draw from it
         # (SkyReels-V2's noise on history frames), and the same seed must give the same video
-        devices = [exec_device] if exec_device.type == "cuda" else []
+        devices = [exec_device.index if exec_device.index is not None else torch.cuda.current_device()] \
+            if exec_device.type == "cuda" else []
         try:
             with torch.inference_mode(), hook, torch.random.fork_rng(devices=devices):
                 torch.manual_seed(int(req.seed))
@@ -534,7 +535,7 @@ class DiffusersBackend(Backend):
             self._free_after_call(pipe)
         return self._result(pipe, output, req, num_frames or req.num_frames)
 
-    def _schedule_kwargs(self, steps: int) -> dict:
+    def _pipeline_kwargs(self, steps: int) -> dict:
         """pipeline_kwargs (a preset's among them); a fixed schedule only when the request runs its length."""
         out = {}
         for key, value in self.config.pipeline_kwargs.items():

@@ -40,7 +40,7 @@ import websockets
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.support.stack import BIN, WS_MAX_MESSAGE_BYTES, Proc, free_port  # noqa: E402
+from tests.support.stack import Stack  # noqa: E402
 
 TERMINAL = {"generation_complete", "generation_failed", "cancelled"}
 
@@ -57,60 +57,26 @@ def get_json(url: str, timeout: float = 10.0):
         return json.loads(resp.read())
 
 
-class Service:
-    def __init__(self, tmp: Path):
-        import os
-        import subprocess
+class Service(Stack):
+    """The stack (tests/support/stack.py) with limits opened for the load, and workers added one by one."""
 
-        self.tmp = tmp
-        redis_port, web_port = free_port(), free_port()
-        (tmp / "redis").mkdir()
-        self.env = dict(os.environ, DJANGO_SETTINGS_MODULE="videoservice.settings",
-                        REDIS_URL=f"redis://127.0.0.1:{redis_port}/0", DATABASE_URL=f"sqlite:///{tmp}/db.sqlite3",
-                        MEDIA_ROOT=str(tmp / "media"), PYTHONUNBUFFERED="1", LOG_LEVEL="WARNING",
-                        OMP_NUM_THREADS="1", WEBSOCKET_MAX_MESSAGE_BYTES=str(WS_MAX_MESSAGE_BYTES),
-                        MAX_QUEUED_JOBS="5000", MAX_QUEUED_PER_OWNER="1000", SUBMISSIONS_PER_MINUTE="100000",
-                        WS_MESSAGES_PER_MINUTE="100000", CHANNEL_CAPACITY="5000")
-        self.env.pop("DEBUG", None)
-        self.base = f"http://127.0.0.1:{web_port}"
-        self.ws = f"ws://127.0.0.1:{web_port}/ws/lobby/"
-        self.workers: list = []
-        self.redis = Proc("redis", ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--dir",
-                                    str(tmp / "redis"), "--appendonly", "yes", "--save", ""], self.env, tmp)
-        time.sleep(0.5)
-        subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=self.env,
-                       check=True)
-        self.web = Proc("web", [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(web_port),
-                                "--websocket-max-message-size", str(WS_MAX_MESSAGE_BYTES),
-                                "--websocket-max-frame-size", str(WS_MAX_MESSAGE_BYTES),
-                                "videoservice.asgi:application"], self.env, tmp)
+    def __init__(self, tmp: Path, env: dict | None = None):
+        super().__init__(tmp, env={"LOG_LEVEL": "WARNING", "MAX_QUEUED_JOBS": "5000", "MAX_QUEUED_PER_OWNER": "1000",
+                                   "MAX_QUEUED_PER_ADDRESS": "5000", "SUBMISSIONS_PER_MINUTE": "100000",
+                                   "WS_MESSAGES_PER_MINUTE": "100000", "CHANNEL_CAPACITY": "5000", **(env or {})},
+                         persist_redis=True)
+        self.start_redis()
+        self.migrate()
+        self.start_web()
 
     def add_worker(self) -> None:
         n = len(self.workers) + 1
-        self.workers.append(Proc(f"worker{n}", [
-            str(BIN / "celery"), "-A", "worker", "worker", "-P", "prefork", "-c", "1", "-Q", "builtin", "-E",
-            "-n", f"bench{n}@%h", "--without-mingle", "--without-gossip", "--loglevel", "WARNING"], self.env, self.tmp))
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            try:
-                if len(get_json(self.base + "/healthz?timeout=1")["workers"]) >= len(self.workers):
-                    return
-            except (OSError, ValueError, KeyError):
-                pass
-            time.sleep(0.5)
-        raise SystemExit(f"worker {n} did not come up; logs in {self.tmp}")
+        self.start_worker(f"bench{n}", "builtin", wait=False)
+        self.wait_healthy(workers=[w.node for w in self.workers.values()], timeout=180)
 
     def statuses(self, job_ids: list) -> dict:
         """Each job's status from the database (private jobs are not visible to an anonymous HTTP GET)."""
-        import sqlite3
-
-        with sqlite3.connect(self.tmp / "db.sqlite3", timeout=30) as db:
-            rows = dict(db.execute("SELECT id, status FROM videoservice_job").fetchall())
-        return {j: rows.get(uuid.UUID(j).hex) for j in job_ids}
-
-    def stop(self) -> None:
-        for proc in [*reversed(self.workers), self.web, self.redis]:
-            proc.stop(grace=20)
+        return {j: self.row(j)["status"] for j in job_ids}
 
 
 async def client(svc: Service, n_jobs: int, params: dict, private: bool, go: asyncio.Event, records: list):
@@ -173,6 +139,67 @@ async def run_row(svc: Service, n_clients: int, n_jobs: int, params: dict, priva
     }
 
 
+async def fair_share_row(svc: Service, heavy_jobs: int, light_owners: int, params: dict) -> dict:
+    """One heavy owner queues `heavy_jobs` back to back, then `light_owners` owners one job each:
+    how long the light owners' jobs waited (queued -> started), from the database."""
+    async def owner(n_jobs: int, go: asyncio.Event, ids: list):
+        async with websockets.connect(svc.ws, origin=svc.base, max_size=None, max_queue=None) as ws:
+            await go.wait()
+            for i in range(n_jobs):
+                await ws.send(json.dumps({"type": "generate", "prompt": f"a blue circle moving up {i}", "private": True,
+                                          "request_id": str(i), **params}))
+                while True:
+                    msg = json.loads(await asyncio.wait_for(ws.recv(), 300))
+                    if msg.get("request_id") == str(i):
+                        ids.append(msg["job_id"])
+                        break
+            while True:  # until this owner's jobs are done
+                if all(svc.row(j)["status"] in ("succeeded", "failed", "cancelled") for j in ids):
+                    return
+                await asyncio.sleep(0.5)
+
+    heavy, light = [], []
+    go_heavy, go_light = asyncio.Event(), asyncio.Event()
+    tasks = [asyncio.create_task(owner(heavy_jobs, go_heavy, heavy))]
+    tasks += [asyncio.create_task(owner(1, go_light, light)) for _ in range(light_owners)]
+    await asyncio.sleep(0.5)
+    go_heavy.set()
+    while len(heavy) < heavy_jobs:
+        await asyncio.sleep(0.05)
+    go_light.set()
+    await asyncio.gather(*tasks)
+
+    def waits(ids):
+        from datetime import datetime
+
+        rows = [svc.row(j) for j in ids]
+        return [(datetime.fromisoformat(str(r["started_at"])) - datetime.fromisoformat(str(r["created_at"])))
+                .total_seconds() for r in rows]
+    light_waits, heavy_waits = waits(light), waits(heavy)
+    return {"light_p95_s": pct(light_waits, 95), "light_mean_s": sum(light_waits) / len(light_waits),
+            "heavy_p95_s": pct(heavy_waits, 95)}
+
+
+def fair_share(args, params: dict) -> None:
+    rows = {}
+    for order in ("fifo", "fair"):
+        tmp = Path(tempfile.mkdtemp(prefix=f"bench-fair-{order}-"))
+        svc = Service(tmp, env={"DISPATCH_ORDER": order})
+        try:
+            svc.add_worker()
+            asyncio.run(run_row(svc, 2, 1, params, True))  # warm-up
+            rows[order] = asyncio.run(fair_share_row(svc, args.heavy_jobs, args.light_owners, params))
+        finally:
+            svc.stop()
+            shutil.rmtree(tmp, ignore_errors=True)
+    print(f"\n### Fair share: one owner queues {args.heavy_jobs} jobs, then {args.light_owners} owners one each "
+          f"(1 worker; {args.frames} frames {args.size}x{args.size}, {args.steps} steps)\n")
+    print("| order | light owners' wait p95 s | light mean s | heavy owner's wait p95 s |\n|---|---:|---:|---:|")
+    for order, r in rows.items():
+        print(f"| {order} | {r['light_p95_s']:.2f} | {r['light_mean_s']:.2f} | {r['heavy_p95_s']:.2f} |")
+    print(f"| ratio fair / fifo (light p95) | {rows['fair']['light_p95_s'] / rows['fifo']['light_p95_s']:.2f} | | |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--clients", default="10,50,100")
@@ -183,10 +210,16 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--public", action="store_true", help="lobby jobs: every client receives every event")
     ap.add_argument("--json", help="also write the rows here")
+    ap.add_argument("--fair-share", action="store_true", help="only the fair-share row (FIFO vs fair, side by side)")
+    ap.add_argument("--heavy-jobs", type=int, default=20)
+    ap.add_argument("--light-owners", type=int, default=5)
     args = ap.parse_args()
     if shutil.which("redis-server") is None:
         raise SystemExit("redis-server is not installed (apt-get install redis-server)")
     params = {"num_frames": args.frames, "width": args.size, "height": args.size, "steps": args.steps, "seed": 1}
+    if args.fair_share:
+        fair_share(args, params)
+        return
     worker_counts = sorted(int(w) for w in args.workers.split(","))
     tmp = Path(tempfile.mkdtemp(prefix="bench-load-"))
     svc = Service(tmp)

@@ -4,6 +4,7 @@ Children, each in its own process group, their output prefixed with a tag:
   redis   redis-server with AOF persistence under var/redis (skipped when REDIS_URL answers)
   web     Daphne serving videoservice.asgi (HTTP API, web UI, websocket lobby)
   worker  one Celery worker (prefork, 1 process, events on for Flower)
+  hooks   a Celery worker for webhook deliveries (threads), queue `webhooks`
   flower  Flower, the Celery monitor
 
 A child that dies is restarted (with back-off; a child that keeps dying stops the service, as
@@ -46,7 +47,7 @@ from urllib.parse import urlparse
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-COLOURS = {"redis": "31", "web": "32", "worker": "33", "flower": "35", "serve": "36"}
+COLOURS = {"redis": "31", "web": "32", "worker": "33", "hooks": "34", "flower": "35", "serve": "36"}
 STOP_GRACE_S = {"worker": 20.0}  # a warm Celery shutdown finishes the current denoising step
 MAX_RESTARTS = 5  # within RESTART_WINDOW_S
 RESTART_WINDOW_S = 60.0
@@ -266,7 +267,13 @@ def main() -> int:
         ], env))
         children.append(Child("worker", [
             str(BIN / "celery"), "-A", "worker", "worker", "-P", "prefork", "-c", concurrency, "-E",
-            "-Q", queues, "-n", f"{queues.split(',')[0]}-{port}@%h", "--loglevel", "INFO", "--without-mingle", "--without-gossip",
+            "-Q", queues, "-n", f"{queues.split(',')[0]}-{port}@%h", "--loglevel", "INFO", "--without-mingle",
+            "--without-gossip",
+        ], env))
+        # webhook deliveries: threads of their own, so that a slow receiver never holds a generation up
+        children.append(Child("hooks", [
+            str(BIN / "celery"), "-A", "worker", "worker", "-P", "threads", "-c", "4", "-E", "-Q", "webhooks",
+            "-n", f"webhooks-{port}@%h", "--loglevel", "INFO", "--without-mingle", "--without-gossip",
         ], env))
         children.append(Child("flower", flower_cmd, env))
         for child in children:

@@ -274,7 +274,8 @@ def test_the_page_works_over_the_phoenix_protocol(service, browser):
 
 
 def test_flower_shows_the_worker_and_its_tasks(service):
-    """Flower (started by the launcher) lists the worker and the generation tasks run above."""
+    """Flower (started by the launcher) lists the worker and the turns run above (worker.tasks.run_next:
+    a turn on a queue, whose result names the job it ran)."""
     with urllib.request.urlopen(service["flower"] + "/workers", timeout=10) as resp:
         assert f"builtin-{service['port']}@" in resp.read().decode()
     query = ("draw=1&start=0&length=50&search%5Bvalue%5D=&order%5B0%5D%5Bcolumn%5D=0"
@@ -284,7 +285,8 @@ def test_flower_shows_the_worker_and_its_tasks(service):
         with urllib.request.urlopen(f"{service['flower']}/tasks/datatable?{query}", timeout=10) as resp:
             tasks = json.loads(resp.read())["data"]
         names = {t["name"] for t in tasks}
-        if "worker.tasks.generate_video" in names and any(t["state"] == "SUCCESS" for t in tasks):
+        if "worker.tasks.run_next" in names and any(t["state"] == "SUCCESS" and "job_id" in str(t.get("result"))
+                                                     for t in tasks):
             break
         assert time.monotonic() < deadline, tasks
         time.sleep(0.5)

@@ -67,3 +67,42 @@ def test_login_then_websocket_and_http_posts_with_csrf(strict_service, browser):
         assert not errors, errors
     finally:
         context.close()
+
+
+def test_staff_pause_the_queue_move_a_job_to_the_front_and_retry_from_the_page(strict_service, browser):  # noqa: F811
+    expect = playwright_api.expect
+    base = strict_service.base
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(base + "/accounts/login/")
+        page.fill("#id_username", "root")
+        page.fill("#id_password", "root-pass-Qw3!")
+        page.click("button[type=submit]")
+        expect(page.get_by_test_id("conn-status")).to_have_attribute("data-state", "open", timeout=20_000)
+        toggle = page.get_by_test_id("dispatch-toggle")
+        expect(toggle).to_have_text("pause queue", timeout=10_000)
+        toggle.click()
+        expect(toggle).to_have_text("resume queue")
+        page.fill("#prompt", "a purple circle moving up")
+        for field, value in (("num_frames", "8"), ("width", "64"), ("height", "64"), ("steps", "2")):
+            page.fill(f"#{field}", value)
+        page.click("#submit")
+        job = page.get_by_test_id("job").filter(has_text="a purple circle moving up").first
+        expect(job).to_have_attribute("data-status", "queued", timeout=20_000)
+        time.sleep(1.5)
+        expect(job).to_have_attribute("data-status", "queued")  # paused: not dispatched
+        job.get_by_test_id("job-front").click()
+        expect(job.get_by_test_id("job-status")).to_contain_text("queued", timeout=10_000)
+        job.get_by_test_id("job-cancel").click()
+        expect(job).to_have_attribute("data-status", "cancelled", timeout=20_000)
+        toggle.click()
+        expect(toggle).to_have_text("pause queue")
+        cancelled = job.get_attribute("data-job-id")
+        page.locator(f'[data-job-id="{cancelled}"]').get_by_test_id("job-retry").click()
+        newest = page.get_by_test_id("job").first  # the retry: a new card, a new job
+        expect(newest).not_to_have_attribute("data-job-id", cancelled, timeout=10_000)
+        expect(newest).to_have_attribute("data-status", "succeeded", timeout=120_000)
+        expect(page.locator(f'[data-job-id="{cancelled}"]')).to_have_attribute("data-status", "cancelled")
+    finally:
+        context.close()

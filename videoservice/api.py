@@ -18,15 +18,16 @@ from django.core.exceptions import RequestDataTooBig
 from django.core.files.storage import default_storage
 from django.http import FileResponse, HttpResponse, JsonResponse, StreamingHttpResponse
 from ninja import NinjaAPI, Query, Schema
-from ninja.errors import ValidationError as NinjaValidationError
+from ninja.errors import HttpError, ValidationError as NinjaValidationError
 from ninja.security.base import AuthBase
 from pydantic import Field
 
-from videoservice import bus
+from videoservice import bus, dispatch
 from videoservice.auth import authenticate_http
-from videoservice.contract import (CSRF_FAILED, INTERNAL_ERROR, INVALID_FIELD, INVALID_JSON, METHOD_NOT_ALLOWED,
-                                   NOT_FOUND, TOO_LARGE, DescribeRequest, GenerateRequest, RequestError, parse,
-                                   parse_json, websocket_schema)
+from videoservice.contract import (AUTH_REQUIRED, CSRF_FAILED, FORBIDDEN, INTERNAL_ERROR, INVALID_FIELD, INVALID_JSON,
+                                   METHOD_NOT_ALLOWED, NOT_CANCELLABLE, NOT_FOUND, RATE_LIMITED, TOO_LARGE,
+                                   DescribeRequest, GenerateRequest, RequestError, parse, parse_json,
+                                   websocket_schema)
 from videoservice.models import Job, Submitter
 from videoservice.origin import http_request_allowed
 
@@ -79,6 +80,10 @@ class JobOut(Schema):
     seed: Optional[int]
     elapsed_s: Optional[float]
     result: Optional[dict]
+    queue: str
+    priority: int
+    retry_of: Optional[str]
+    has_audio: bool
 
 
 class JobCreated(Schema):
@@ -153,7 +158,8 @@ def viewer_of(request, create: bool = True) -> str | None:
 
 
 def submitter_of(request) -> Submitter:
-    return Submitter.of(viewer_of(request), request.user, request.META.get("REMOTE_ADDR"))
+    return Submitter.of(viewer_of(request), request.user, request.META.get("REMOTE_ADDR"),
+                        getattr(request, "api_token", None))
 
 
 def _csrf_ok(request) -> bool:
@@ -225,6 +231,13 @@ def _bad_parameter(request, exc: NinjaValidationError):  # query or path paramet
     name = loc[0] if loc else "a parameter"
     rule = "must be an integer" if str(first.get("type", "")).startswith("int") else f"is not valid: {first.get('msg')}"
     return error_response(RequestError(INVALID_FIELD, f"{name} {rule}", name))
+
+
+@api.exception_handler(HttpError)
+def _http_error(request, exc: HttpError):  # ninja's own refusals (a body that is not JSON ...): our error body
+    code = {400: INVALID_JSON, 401: AUTH_REQUIRED, 403: FORBIDDEN, 404: NOT_FOUND, 429: RATE_LIMITED}.get(
+        exc.status_code, INTERNAL_ERROR if exc.status_code >= 500 else INVALID_FIELD)
+    return error_response(RequestError(code, str(exc), status=exc.status_code))
 
 
 @api.exception_handler(RequestDataTooBig)
@@ -414,6 +427,79 @@ def describe(request):
     req = parse(DescribeRequest, read_json_body(request))
     job = Job.objects.submit_describe(req, submitter_of(request))
     return _created(request, job, req.request_id)
+
+
+class JobPromoted(Schema):
+    job: JobOut
+    position: int
+
+
+class DispatchState(Schema):
+    paused: list[str] = Field(description='paused models ("*": all)')
+    turns_sent: Optional[int] = None
+
+
+class PauseRequest(Schema):
+    model: str = Field("*", description='a model name, or "*" for every model')
+
+
+class SecretOut(Schema):
+    secret: str = Field(description="HMAC-SHA256 key of your webhook deliveries (docs/protocol.md)")
+
+
+def staff_only(request) -> None:
+    if not request.user.is_staff:
+        raise RequestError(FORBIDDEN, "only staff may change the queue", status=403)
+
+
+@api.post("/jobs/{job_id}/retry", response={201: JobCreated, **errors(401, 403, 404, 409, 429, 503)},
+          summary="Submit a failed or cancelled job again (a new job, linked to it)")
+def retry_job(request, job_id: str):
+    submitter = submitter_of(request)
+    job = Job.objects.get_visible(_job_id(job_id), submitter.owner, staff=submitter.staff)
+    return _created(request, job.retry(submitter), None)
+
+
+@api.post("/jobs/{job_id}/front", response={200: JobPromoted, **errors(401, 403, 404, 409)},
+          summary="Move a waiting job to the front of its queue (staff)")
+def front_job(request, job_id: str):
+    staff_only(request)
+    job = Job.objects.get_visible(_job_id(job_id), None, staff=True)
+    if not job.promote():
+        raise RequestError(NOT_CANCELLABLE, f"job is {job.status}, not waiting", "job_id", status=409)
+    job.refresh_from_db()
+    return {"job": job.as_dict(viewer_of(request)), "position": job.position()}
+
+
+@api.get("/dispatch", response={200: DispatchState, **errors(401)}, summary="Which models are paused")
+def dispatch_state(request):
+    return {"paused": sorted(dispatch.paused_models())}
+
+
+@api.post("/dispatch/pause", response={200: DispatchState, **errors(400, 401, 403)},
+          summary="Stop dispatching a model's jobs, or every model's (staff); nothing is lost or reordered")
+def dispatch_pause(request, body: PauseRequest):
+    staff_only(request)
+    Job.objects.pause(body.model, by=request.user)
+    return {"paused": sorted(dispatch.paused_models())}
+
+
+@api.post("/dispatch/resume", response={200: DispatchState, **errors(400, 401, 403)},
+          summary="Dispatch again (staff)")
+def dispatch_resume(request, body: PauseRequest):
+    staff_only(request)
+    sent = Job.objects.resume(body.model)
+    return {"paused": sorted(dispatch.paused_models()), "turns_sent": sent}
+
+
+@api.get("/account/webhook-secret", response={200: SecretOut, **errors(401, 403)},
+         summary="The key your webhook deliveries are signed with")
+def webhook_secret(request):
+    from videoservice.models import WebhookSecret
+
+    if not request.user.is_authenticated:
+        raise RequestError(FORBIDDEN, "webhooks are for signed-in users", status=403)
+    return {"secret": WebhookSecret.of(request.user)}
 
 
 @api.get("/models", response={200: ModelList, **errors(401)}, summary="The models and their defaults and limits")

@@ -22,8 +22,8 @@ from videoservice.contract import AUTH_REQUIRED, RequestError
 LAST_USED_RESOLUTION = datetime.timedelta(minutes=1)
 
 
-def user_for_token(token: str):
-    """The active user an API token belongs to, or None."""
+def api_token(token: str):
+    """The ApiToken row of an active user's token (its `user` loaded), or None."""
     from videoservice.models import ApiToken
 
     if not token or len(token) > 200:
@@ -34,7 +34,13 @@ def user_for_token(token: str):
     now = timezone.now()
     if row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION:
         ApiToken.objects.filter(pk=row.pk).update(last_used_at=now)
-    return row.user
+    return row
+
+
+def user_for_token(token: str):
+    """The active user an API token belongs to, or None."""
+    row = api_token(token)
+    return row.user if row is not None else None
 
 
 def bearer(value: Optional[str]) -> Optional[str]:
@@ -72,10 +78,10 @@ def authenticate_http(request) -> bool:
     # hide the session
     token = bearer(request.headers.get("Authorization"))
     if token is not None:
-        user = user_for_token(token) if token else None
-        if user is None:
+        row = api_token(token) if token else None
+        if row is None:
             raise RequestError(AUTH_REQUIRED, "invalid API token (Authorization: Bearer <token>)", status=401)
-        request.user = user
+        request.user, request.api_token = row.user, row
         request._dont_enforce_csrf_checks = True  # no ambient credential: a header cannot be forged cross-site
         return True
     if not request.user.is_authenticated and auth_required(getattr(request, "scope", {}).get("server")):
@@ -102,9 +108,9 @@ class TokenAuthMiddleware:
             if query.get("token"):
                 token = query["token"][0]
         if token is not None:
-            user = await database_sync_to_async(user_for_token)(token)
-            if user is None:
+            row = await database_sync_to_async(api_token)(token)
+            if row is None:
                 scope = {**scope, "auth_error": "invalid API token"}
             else:
-                scope = {**scope, "user": user, "auth_method": "token"}
+                scope = {**scope, "user": row.user, "api_token": row, "auth_method": "token"}
         return await self.inner(scope, receive, send)

@@ -1,9 +1,8 @@
 """Everything that leaves a process through Redis: jobs to the workers (Celery) and job events to
 their subscribers (the Channels layer). Light on imports: the Celery app is loaded from here.
 
-Tasks: the web tier never imports the worker's code. It names the task
-(`worker.tasks.generate_video` / `worker.tasks.describe_video`) and the queue, and Celery carries
-the job id there. The same app object, configured from the CELERY_* settings, is what
+Tasks: the web tier never imports the worker's code. It names the task (`worker.tasks.run_next`,
+a turn on a queue: videoservice/dispatch.py says why turns rather than jobs) and the queue. The same app object, configured from the CELERY_* settings, is what
 `celery -A worker` runs (worker/celery.py). A generation goes to its model's queue (its
 configuration entry's `queue`, by default the model's name: GPU hosts run `-Q ltx-video`, CPU
 hosts `-Q builtin`); describe jobs go to the `describe` queue.
@@ -42,8 +41,7 @@ log = logging.getLogger(__name__)
 app = Celery("videoservice")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 
-GENERATE_TASK = "worker.tasks.generate_video"
-DESCRIBE_TASK = "worker.tasks.describe_video"
+TURN_TASK = "worker.tasks.run_next"  # a turn on a queue: run its next job (videoservice/dispatch.py)
 DESCRIBE_QUEUE = "describe"
 
 
@@ -61,23 +59,32 @@ def models_of_queue(queue: str) -> list:
     return [info.name for info in list_models() if (info.extra.get("queue") or info.name) == queue]
 
 
-def send_job(job_id: str, kind: str, model: str) -> None:
-    """Put a job's task on its queue (task id = job id). Raises when the broker does not take it.
-    Nobody waits for the task's result (the job's row and events say how it went), so the sender
-    does not subscribe to it either."""
-    task, queue = (DESCRIBE_TASK, DESCRIBE_QUEUE) if kind == "describe" else (GENERATE_TASK, queue_of_model(model))
-    app.send_task(task, args=[job_id], task_id=job_id, queue=queue, ignore_result=True)
+def send_turns(queue: str, count: int = 1) -> None:
+    """Put `count` turns on a queue. Raises when the broker does not take them. Nobody waits for a
+    turn's result (the job's row and events say how it went), so the sender does not subscribe."""
+    for _ in range(count):
+        app.send_task(TURN_TASK, args=[queue], queue=queue, ignore_result=True)
+
+
+def turns_waiting(queue: str) -> int:
+    """Turns on the broker for this queue, not yet taken by a worker."""
+    with app.connection_for_write() as connection:
+        return connection.default_channel.queue_declare(queue=queue, passive=True).message_count
 
 
 def ping_workers(timeout: float) -> list:
-    """Node names of the workers that answer a ping within `timeout` seconds."""
-    replies = app.control.ping(timeout=timeout) or []
+    """Node names of the workers that answer a ping within `timeout` seconds (asked twice when the
+    pooled connection broke: Redis was restarted)."""
+    try:
+        replies = app.control.ping(timeout=timeout) or []
+    except Exception:  # (a broken pooled connection is dropped by the failure; the next one is new)
+        replies = app.control.ping(timeout=timeout) or []
     return sorted(name for reply in replies for name in reply)
 
 
 # ---------------------------------------------------------------- video streams (Redis streams)
 STREAM_TTL_S = 600
-_redis = None
+_redis: dict = {}  # event loop -> client
 
 
 def _stream_key(job_id: str) -> str:
@@ -85,18 +92,22 @@ def _stream_key(job_id: str) -> str:
 
 
 def stream_append(job_id: str, data: bytes = b"", end: bool = False) -> None:
-    """Append a piece of a job's fMP4 (or its end) to the job's stream."""
-    global _redis
-    import redis
+    """Append a piece of a job's fMP4 (or its end) to the job's stream, in order with the job's
+    events, without waiting (a slow Redis never holds the generation up)."""
+    import redis.asyncio as aioredis
     from django.conf import settings
 
-    if _redis is None:
-        _redis = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=10, socket_connect_timeout=5)
-    key = _stream_key(job_id)
-    pipe = _redis.pipeline()
-    pipe.xadd(key, {"end": b"1"} if end else {"data": data})
-    pipe.expire(key, STREAM_TTL_S)
-    pipe.execute()
+    async def send():
+        loop = asyncio.get_running_loop()
+        client = _redis.get(loop)
+        if client is None:
+            client = _redis[loop] = aioredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=5)
+        key = _stream_key(job_id)
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.xadd(key, {"end": b"1"} if end else {"data": data})
+            pipe.expire(key, STREAM_TTL_S)
+            await pipe.execute()
+    _outbox.put(job_id, send, wait=False)
 
 
 async def stream_read(job_id: str, idle_timeout: float = 120.0):
@@ -155,13 +166,14 @@ async def _shared(message: dict) -> dict:
 
 
 class _Outbox:
-    """One event loop thread per process; per job, a queue of events sent one after another."""
+    """One event loop thread per process; per job, a queue of sends (events, stream pieces) done one
+    after another, in the order they were put."""
 
     def __init__(self):
         self.lock = threading.Lock()
         self.loop = None
         self.thread = None
-        self.queues: dict = {}  # job id -> deque of [group, message, is_progress, future or None]
+        self.queues: dict = {}  # job id -> deque of [send (an async callable), is_progress, future or None]
 
     def _ensure_loop(self):
         if self.loop is None or not self.thread.is_alive():
@@ -170,36 +182,36 @@ class _Outbox:
             self.thread.start()
         return self.loop
 
-    def put(self, key: str, group: str, message: dict, progress: bool):
-        """Queue one event; a concurrent Future for non-progress events (None for progress)."""
-        done = None if progress else concurrent.futures.Future()
+    def put(self, key: str, send, progress: bool = False, wait: bool = True):
+        """Queue one send; a concurrent Future to wait on when `wait`. An unsent progress is replaced
+        by a newer one."""
+        done = concurrent.futures.Future() if wait else None
         with self.lock:
             loop = self._ensure_loop()
             queue = self.queues.get(key)
             start = queue is None
             if start:
                 queue = self.queues[key] = deque()
-            if progress and queue and queue[-1][2]:
-                queue[-1][1] = message  # an unsent progress is replaced by the newer one
+            if progress and queue and queue[-1][1]:
+                queue[-1][0] = send
             else:
-                queue.append([group, message, progress, done])
+                queue.append([send, progress, done])
         if start:
             asyncio.run_coroutine_threadsafe(self._drain(key), loop)
         return done
 
     async def _drain(self, key: str) -> None:
-        layer = get_channel_layer()
         while True:
             with self.lock:
                 queue = self.queues[key]
                 if not queue:
                     del self.queues[key]
                     return
-                group, message, _, done = queue.popleft()
+                send, _, done = queue.popleft()
             try:
-                await asyncio.wait_for(layer.group_send(group, await _shared(message)), SEND_TIMEOUT_S)
+                await asyncio.wait_for(send(), SEND_TIMEOUT_S)
             except Exception as exc:  # a lost event must not fail the job; the DB row stays authoritative
-                log.warning("could not send %s to %s: %s", message["event_type"], group, exc)
+                log.warning("could not send an event of job %s: %s", key, exc)
                 if done is not None:
                     done.set_exception(exc)
                 continue
@@ -210,11 +222,20 @@ class _Outbox:
 _outbox = _Outbox()
 
 
-def publish(group: str, event) -> bool:
-    """Send one event and wait until the layer took it (after the job's earlier events); False if
-    it could not be sent (logged)."""
+def _group_send(group: str, message: dict):
+    async def send():
+        await get_channel_layer().group_send(group, await _shared(message))
+    return send
+
+
+def publish(group: str, event, wait: bool = True) -> bool:
+    """Send one event after the job's earlier ones; with `wait`, until the layer took it (False if it
+    could not be sent: logged). Without, it is only queued (a video chunk: the job's completion,
+    sent after it, waits for both)."""
     message = envelope(event)
-    done = _outbox.put(str(message["job_id"] or group), group, message, progress=False)
+    done = _outbox.put(str(message["job_id"] or group), _group_send(group, message), wait=wait)
+    if done is None:
+        return True
     try:
         done.result(SEND_TIMEOUT_S + 5)
         return True
@@ -225,4 +246,4 @@ def publish(group: str, event) -> bool:
 def publish_progress(group: str, event) -> None:
     """Send a progress event without waiting; a newer one replaces it while it waits its turn."""
     message = envelope(event)
-    _outbox.put(str(message["job_id"]), group, message, progress=True)
+    _outbox.put(str(message["job_id"]), _group_send(group, message), progress=True, wait=False)

@@ -16,7 +16,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from videoservice import fanout, limits
+from videoservice import fanout, limits, metrics
 from videoservice.auth import auth_required
 from videoservice.contract import (AUTH_REQUIRED, INTERNAL_ERROR, INVALID_JSON, MISSING_FIELD, RATE_LIMITED,
                                    TOO_LARGE, UNKNOWN_TYPE, CancellingEvent, CancelledEvent, CancelRequest,
@@ -78,13 +78,16 @@ class LobbyConsumer(AsyncWebsocketConsumer):
         self.bucket = limits.MessageBucket()
         self.binary = parse_qs(self.scope.get("query_string", b"").decode("latin-1")).get("binary") == ["1"]
         client = self.scope.get("client") or (None, None)
-        self.submitter = Submitter.of(owner_of(self.scope), user, client[0])
+        self.submitter = Submitter.of(owner_of(self.scope), user, client[0], self.scope.get("api_token"))
         self.groups_joined = [LOBBY_GROUP, owner_group(self.submitter.owner)]
         for group in self.groups_joined:
             await self.channel_layer.group_add(group, self.channel_name)
+        await metrics.connection_opened(+1)
         await self.accept()
 
     async def disconnect(self, code):
+        if hasattr(self, "groups_joined"):
+            await metrics.connection_opened(-1)
         for group in getattr(self, "groups_joined", []):
             await self.channel_layer.group_discard(group, self.channel_name)
 

@@ -61,6 +61,7 @@ MIN_FPS, MAX_FPS = 1.0, 60.0
 MAX_REQUEST_ID_CHARS = 100
 MAX_QUESTION_CHARS = 500
 DEFAULT_STRENGTH = 0.6  # video-to-video: how far from the source, when not given
+MAX_PRIORITY = 10
 MAX_JSON_VALUES = 4096  # a message holds a dozen values; its size is in its strings (prompt, base64)
 # JSON Schema patterns of our text rules: no NUL (lone surrogates are refused too, but JSON Schema
 # tools cannot express them), and for prompts some non-space character
@@ -403,7 +404,47 @@ class GenerationParams(BaseModel):
                                  image=image, video=video, strength=self.strength)
 
 
-class GenerateRequest(BaseModel):
+def _webhook(value, info: ValidationInfo):
+    from videoservice.webhooks import url_problem
+
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > 2000:
+        raise _refuse(INVALID_FIELD, "webhook", "webhook must be a URL of at most 2000 characters")
+    problem = url_problem(value)
+    if problem:
+        raise _refuse(INVALID_FIELD, "webhook", problem)
+    return value
+
+
+def _webhook_events(value, info: ValidationInfo):
+    from videoservice.webhooks import EVENTS
+
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v in EVENTS for v in value):
+        raise _refuse(INVALID_FIELD, "webhook_events", f"webhook_events must be a non-empty list of {', '.join(EVENTS)}")
+    return list(dict.fromkeys(value))
+
+
+class _Submission(BaseModel):
+    """Fields of every job submission: who sees it, its place in the queue, who hears of it."""
+
+    private: Annotated[Flag, Field(description="events go only to the submitter")] = None
+    request_id: RequestId = None
+    priority: Annotated[Optional[int], Field(ge=-MAX_PRIORITY, le=MAX_PRIORITY,
+                                             description="higher runs first (default 0); above 0 for staff "
+                                                         "and API tokens allowed to"),
+                        _integer(-MAX_PRIORITY, MAX_PRIORITY)] = None
+    webhook: Annotated[Optional[str], Field(max_length=2000, description="POSTed the job's JSON on its events, "
+                                                                         "signed (signed-in users)"),
+                       BeforeValidator(_webhook)] = None
+    webhook_events: Annotated[Optional[list[Literal["start", "progress", "completed", "failed", "cancelled"]]],
+                              Field(min_length=1, description="which events (default: all but progress)"),
+                              BeforeValidator(_webhook_events)] = None
+
+
+class GenerateRequest(_Submission):
     """A `generate` message, the body of `POST /api/jobs`, the arguments of `manage.py generate`.
     Absent fields take the model's defaults; the model's limits are in `GET /api/models`."""
 
@@ -443,8 +484,6 @@ class GenerateRequest(BaseModel):
     strength: Annotated[Optional[float], Field(ge=0, le=1, description="video-to-video: 0 returns the source, 1 "
                                                                        f"ignores it (default {DEFAULT_STRENGTH})"),
                         _number(0.0, 1.0)] = None
-    private: Annotated[Flag, Field(description="events go only to the submitter")] = None
-    request_id: RequestId = None
     evaluate: Annotated[Flag, Field(description="attach quality metrics to the finished job")] = None
     num_chunks: Annotated[Optional[int], Field(ge=1, le=longvideo.MAX_CHUNKS,
                                                description="long video: chunks, each continuing the previous one"),
@@ -608,7 +647,7 @@ def _describer(value, info: ValidationInfo):
     return value
 
 
-class DescribeRequest(BaseModel):
+class DescribeRequest(_Submission):
     """A `describe` message, the body of `POST /api/describe`: caption a video (a finished job's or
     an uploaded one) or answer a question about it."""
 
@@ -626,8 +665,6 @@ class DescribeRequest(BaseModel):
                         _text(max_chars=MAX_QUESTION_CHARS)] = None
     model: Annotated[Optional[str], Field(validate_default=True, description="a describer (default: builtin)"),
                      BeforeValidator(_describer)] = None
-    private: Flag = None
-    request_id: RequestId = None
 
     _video: Optional[bytes] = PrivateAttr(None)
 
@@ -736,6 +773,7 @@ class GenerationCompleteEvent(JobEvent):
     elapsed_s: float
     size_bytes: int
     private: bool
+    has_audio: bool = Field(False, description="the MP4 carries a sound track (models with has_audio)")
     evaluation: Optional[dict] = None
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import uuid
+from collections import defaultdict
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -24,7 +25,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-from videoservice import bus
+from videoservice import bus, dispatch, webhooks
 from videoservice.contract import (FORBIDDEN, INVALID_FIELD, NOT_CANCELLABLE, NOT_FOUND, QUEUE_FULL, UNAVAILABLE,
                                    CancelledEvent, DescribeRequest, FailedEvent, GenerateRequest, QueuedEvent,
                                    RequeuedEvent, RequestError)
@@ -58,12 +59,14 @@ class Submitter:
     user: object = None
     address: str = ""
     staff: bool = False
+    may_prioritize: bool = False  # staff, or an API token allowed to
 
     @classmethod
-    def of(cls, owner: str, user=None, address: str | None = None) -> "Submitter":
+    def of(cls, owner: str, user=None, address: str | None = None, token=None) -> "Submitter":
         signed_in = user is not None and getattr(user, "is_authenticated", False)
-        return cls(owner=owner, user=user if signed_in else None, address=(address or "")[:64],
-                   staff=bool(signed_in and getattr(user, "is_staff", False)))
+        staff = bool(signed_in and getattr(user, "is_staff", False))
+        return cls(owner=owner, user=user if signed_in else None, address=(address or "")[:64], staff=staff,
+                   may_prioritize=staff or bool(token is not None and token.can_prioritize))
 
 
 class JobQuerySet(models.QuerySet):
@@ -103,11 +106,63 @@ class JobQuerySet(models.QuerySet):
 
         limits.check_submission(submitter.owner)
         self.check_caps(submitter)
-        job = self.create(owner=submitter.owner, user=submitter.user, client_address=submitter.address, **fields)
+        queue = bus.DESCRIBE_QUEUE if fields.get("kind") == Job.Kind.DESCRIBE else bus.queue_of_model(fields["model"])
+        job = self.create(owner=submitter.owner, user=submitter.user, client_address=submitter.address, queue=queue,
+                          **fields)
         for name, (filename, data) in (files or {}).items():
             getattr(job, name).save(filename, ContentFile(data), save=True)
         job.enqueue()
         return job
+
+    def dispatch_order(self, queue: str) -> list:
+        """The waiting jobs of a queue in the order they will run (videoservice/dispatch.py)."""
+        from django.db.models import Max
+
+        waiting = list(self.filter(queue=queue, status=Job.Status.QUEUED).only(
+            "id", "owner", "priority", "promoted_at", "created_at", "model"))
+        owners = {job.owner for job in waiting}
+        last_start = dict(self.filter(queue=queue, owner__in=owners, started_at__isnull=False)
+                          .values_list("owner").annotate(last=Max("started_at")))
+        return dispatch.dispatch_order(waiting, last_start, fifo=settings.DISPATCH_ORDER == "fifo")
+
+    def claim_next(self, queue: str, worker: str, pid: int, host: str) -> "Job | None":
+        """A worker's turn on `queue`: claim the first waiting job in dispatch order whose model is
+        not paused (None: nothing to run now)."""
+        paused = dispatch.paused_models()
+        for candidate in self.dispatch_order(queue):
+            if dispatch.is_paused(candidate.model, paused):
+                continue
+            job = self.get(pk=candidate.pk)
+            if job.claim(worker, pid, host):
+                return job
+        return None
+
+    def pause(self, model: str = dispatch.ALL_MODELS, by=None) -> bool:
+        """Stop dispatching a model's jobs (or every model's): they wait, in order."""
+        return DispatchPause.objects.get_or_create(model=model, defaults={"by": by})[1]
+
+    def resume(self, model: str = dispatch.ALL_MODELS) -> int:
+        """Dispatch again; every queue with waiting jobs gets a turn per job. Returns the turns sent."""
+        DispatchPause.objects.filter(model=model).delete()
+        return self.top_up(every_job=True)
+
+    def top_up(self, queues=None, every_job: bool = False) -> int:
+        """Turns for queues that have waiting jobs and no turn on the broker (lost to a Redis restart,
+        or taken while paused): one per waiting job."""
+        sent = 0
+        waiting = self.filter(status=Job.Status.QUEUED)
+        if queues is not None:
+            waiting = waiting.filter(queue__in=list(queues))
+        paused = dispatch.paused_models()
+        counts = defaultdict(int)
+        for queue, model in waiting.values_list("queue", "model"):
+            if not dispatch.is_paused(model, paused):
+                counts[queue] += 1
+        for queue, count in counts.items():
+            if every_job or bus.turns_waiting(queue) == 0:
+                bus.send_turns(queue, count)
+                sent += count
+        return sent
 
     def submit_generate(self, req: GenerateRequest, submitter: Submitter) -> "Job":
         params = req.params
@@ -119,7 +174,21 @@ class JobQuerySet(models.QuerySet):
         if req.video_bytes:
             files["input_video"] = ("source.mp4", req.video_bytes)
         return self.submit(submitter, files=files, prompt=req.prompt, model=params.model, params=params.stored(),
-                           private=bool(req.private), total_steps=params.total_steps, seed=params.seed)
+                           private=bool(req.private), total_steps=params.total_steps, seed=params.seed,
+                           **self.dispatch_fields(req, submitter))
+
+    @staticmethod
+    def dispatch_fields(req, submitter: Submitter) -> dict:
+        """priority and webhook of a request, checked against who submits it."""
+        priority = req.priority or 0
+        if priority > 0 and not submitter.may_prioritize:
+            raise RequestError(FORBIDDEN, "only staff and tokens allowed to may raise a job's priority above 0",
+                               "priority", status=403)
+        if req.webhook and submitter.user is None:
+            raise RequestError(INVALID_FIELD, "webhooks need a signed-in user (the deliveries are signed with "
+                                              "the user's secret)", "webhook")
+        return {"priority": priority, "webhook": req.webhook or "",
+                "webhook_events": list(req.webhook_events or (webhooks.DEFAULT_EVENTS if req.webhook else []))}
 
     def finished_video(self, job_id: str, submitter: Submitter, field: str) -> "Job":
         """A generation with a stored video that the submitter may see (as a source to read)."""
@@ -136,7 +205,8 @@ class JobQuerySet(models.QuerySet):
                            kind=Job.Kind.DESCRIBE, prompt=req.question or "", model=req.model,
                            params=params.model_dump(),
                            # a private video's description stays private
-                           private=bool(req.private) or bool(source is not None and source.private))
+                           private=bool(req.private) or bool(source is not None and source.private),
+                           **self.dispatch_fields(req, submitter))
 
 
 class Job(models.Model):
@@ -165,6 +235,13 @@ class Job(models.Model):
     private = models.BooleanField(default=False)
     input_image = models.FileField(upload_to=image_path, blank=True)
     kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.GENERATE, db_index=True)
+    # dispatch (videoservice/dispatch.py): the queue whose turns run it, and its place in that queue
+    queue = models.CharField(max_length=100, blank=True, db_index=True)
+    priority = models.SmallIntegerField(default=0, help_text="higher runs first; above 0 for staff and allowed tokens")
+    promoted_at = models.DateTimeField(null=True, blank=True, help_text="moved to the front of its queue (staff)")
+    retry_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="retries")
+    webhook = models.URLField(max_length=2000, blank=True, help_text="POSTed the job's JSON on its events")
+    webhook_events = models.JSONField(default=list, blank=True)
     input_video = models.FileField(upload_to=input_video_path, blank=True, help_text="describe: the video to describe; generate: the source of a video-to-video job")
     result = models.JSONField(default=dict, blank=True,
                               help_text="describe: caption, answer, agreement; generate with evaluate: metrics")
@@ -198,6 +275,7 @@ class Job(models.Model):
     height = models.PositiveIntegerField(null=True, blank=True)
     seed = models.BigIntegerField(null=True, blank=True)
     elapsed_s = models.FloatField(null=True, blank=True, help_text="generation + encoding time on the worker")
+    has_audio = models.BooleanField(default=False, help_text="the MP4 carries the model's sound track")
 
     objects = JobQuerySet.as_manager()
 
@@ -249,6 +327,10 @@ class Job(models.Model):
             "elapsed_s": self.elapsed_s,
             "kind": self.kind,
             "result": self.result or None,
+            "queue": self.queue,
+            "priority": self.priority,
+            "retry_of": str(self.retry_of_id) if self.retry_of_id else None,
+            "has_audio": self.has_audio,
         }
 
     # ------------------------------------------------------------------ the lifecycle
@@ -256,38 +338,71 @@ class Job(models.Model):
         return Job.objects.filter(pk=self.pk, **conditions)
 
     def enqueue(self) -> None:
-        """Put the job's task on its queue; with the broker down the job fails and the caller gets
-        `unavailable` (503)."""
+        """Give the job's queue a turn (videoservice/dispatch.py); with the broker down the job fails
+        and the caller gets `unavailable` (503)."""
         try:
-            bus.send_job(str(self.pk), self.kind, self.model)
+            bus.send_turns(self.queue)
         except Exception as exc:
             log.exception("could not enqueue %s job %s", self.kind, self.pk)
             self._guarded(status=Job.Status.QUEUED).update(
                 status=Job.Status.FAILED, error=f"could not be queued: {exc}"[:2000], finished_at=timezone.now())
             raise RequestError(UNAVAILABLE, "the job queue is unavailable; try again later", status=503,
                                retry_after=5) from None
-        if not self.task_id:
-            self.task_id = str(self.pk)
-            self._guarded().update(task_id=self.task_id)
 
     def position(self) -> int:
-        """How many jobs for the same model are ahead of this one (queued or running)."""
-        return Job.objects.filter(model=self.model, status__in=(Job.Status.QUEUED, Job.Status.RUNNING),
-                                  created_at__lt=self.created_at).count()
+        """How many jobs of its queue will run before this one: the running ones, and the waiting
+        ones ahead of it in the dispatch order."""
+        if self.status != Job.Status.QUEUED:
+            return 0
+        running = Job.objects.filter(queue=self.queue, status=Job.Status.RUNNING).count()
+        order = Job.objects.dispatch_order(self.queue)
+        return running + next((i for i, job in enumerate(order) if job.pk == self.pk), len(order))
 
     def claim(self, worker: str, pid: int, host: str) -> bool:
-        """Take the job for this delivery with a fresh lease (from queued, or from running when the
-        caller found its holder gone). False when someone else changed it first."""
+        """Take this queued job for a worker process with a fresh lease. False when someone else
+        changed it first."""
         from uuid import uuid4
 
         now = timezone.now()
-        lease = uuid4().hex
-        if not self._guarded(status=self.status, lease=self.lease).update(
+        if not self._guarded(status=Job.Status.QUEUED).update(
                 status=Job.Status.RUNNING, started_at=now, worker=worker, attempts=self.attempts + 1,
-                progress=0.0, step=0, lease=lease, worker_pid=pid, worker_host=host, heartbeat_at=now):
+                progress=0.0, step=0, lease=uuid4().hex, worker_pid=pid, worker_host=host, heartbeat_at=now):
             return False
         self.refresh_from_db()
         return True
+
+    def promote(self) -> bool:
+        """Move a waiting job to the front of its queue (staff)."""
+        return bool(self._guarded(status=Job.Status.QUEUED).update(promoted_at=timezone.now()))
+
+    def retry(self, submitter: "Submitter") -> "Job":
+        """A new job with the same request (and input files), linked to this failed or cancelled one."""
+        if self.status not in (Job.Status.FAILED, Job.Status.CANCELLED):
+            raise RequestError(NOT_CANCELLABLE, f"only a failed or cancelled job can be retried (it is {self.status})",
+                               "job_id", status=409)
+        if self.owner != submitter.owner and not submitter.staff:
+            raise RequestError(FORBIDDEN, "only the submitter can retry this job", "job_id", status=403)
+        files = {}
+        for name, filename in (("input_image", "start.png"), ("input_video", "input.mp4")):
+            stored = getattr(self, name)
+            if stored:
+                with stored.open("rb") as fh:
+                    files[name] = (filename, fh.read())
+        return Job.objects.submit(Submitter(owner=self.owner, user=self.user, address=self.client_address),
+                                  files=files, kind=self.kind, prompt=self.prompt, model=self.model,
+                                  params=self.params, private=self.private, total_steps=self.total_steps,
+                                  seed=self.seed if self.kind == Job.Kind.GENERATE else None,
+                                  priority=self.priority, webhook=self.webhook, webhook_events=self.webhook_events,
+                                  retry_of=self)
+
+    def announce(self, event, wait: bool = True) -> None:
+        """An event of this job: to its audience, and to its webhook when the job asked for it."""
+        bus.publish(self.audience(), event, wait=wait)
+        webhooks.record(self, event)
+
+    def announce_progress(self, event) -> None:
+        bus.publish_progress(self.audience(), event)
+        webhooks.record(self, event)
 
     def beat(self) -> bool:
         """Heartbeat of the process holding it."""
@@ -317,14 +432,13 @@ class Job(models.Model):
     def fail(self, message: str, retriable: bool = False) -> bool:
         if not self._end(Job.Status.FAILED, error=message[:2000]):
             return False
-        bus.publish(self.audience(), FailedEvent(type=self.failed_event, job_id=str(self.pk), error=message,
-                                                 retriable=retriable))
+        self.announce(FailedEvent(type=self.failed_event, job_id=str(self.pk), error=message, retriable=retriable))
         return True
 
     def stop_cancelled(self) -> bool:
         if not self._end(Job.Status.CANCELLED, error="cancelled while running"):
             return False
-        bus.publish(self.audience(), CancelledEvent(job_id=str(self.pk)))
+        self.announce(CancelledEvent(job_id=str(self.pk)))
         return True
 
     def request_cancel(self, viewer: str, staff: bool = False) -> str:
@@ -335,7 +449,7 @@ class Job(models.Model):
         if self._guarded(status=Job.Status.QUEUED).update(status=Job.Status.CANCELLED, cancel_requested=True,
                                                           finished_at=timezone.now(), error="cancelled while queued"):
             self.refresh_from_db()
-            bus.publish(self.audience(), CancelledEvent(job_id=str(self.pk)))
+            self.announce(CancelledEvent(job_id=str(self.pk)))
             return "cancelled"
         if self._guarded(status=Job.Status.RUNNING).update(cancel_requested=True):
             self.refresh_from_db()
@@ -351,30 +465,23 @@ class Job(models.Model):
         if self.cancel_requested:
             if not held.update(status=Job.Status.CANCELLED, error=f"cancelled ({reason})", finished_at=now, lease=""):
                 return None
-            bus.publish(self.audience(), CancelledEvent(job_id=str(self.pk)))
+            self.announce(CancelledEvent(job_id=str(self.pk)))
             return "cancelled"
         if self.attempts >= settings.JOB_MAX_ATTEMPTS:
             message = f"{reason}; it was lost {self.attempts} times, giving up (submit it again to retry)"
             if not held.update(status=Job.Status.FAILED, error=message[:2000], finished_at=now, lease=""):
                 return None
-            bus.publish(self.audience(), FailedEvent(type=self.failed_event, job_id=str(self.pk), error=message,
-                                                     retriable=True))
+            self.announce(FailedEvent(type=self.failed_event, job_id=str(self.pk), error=message, retriable=True))
             return "failed"
         if not held.update(status=Job.Status.QUEUED, lease="", worker_pid=None, heartbeat_at=None, progress=0.0, step=0):
             return None
         self.status = Job.Status.QUEUED
         try:
-            bus.send_job(str(self.pk), self.kind, self.model)
-        except Exception as exc:  # broker down: say so rather than leave a queued job with no message
-            log.exception("could not re-queue job %s", self.pk)
-            message = f"{reason}; it could not be re-queued ({type(exc).__name__}); submit it again"
-            if self._guarded(status=Job.Status.QUEUED).update(status=Job.Status.FAILED, error=message[:2000],
-                                                               finished_at=now):
-                bus.publish(self.audience(), FailedEvent(type=self.failed_event, job_id=str(self.pk),
-                                                         error=message, retriable=True))
-            return "failed"
-        bus.publish(self.audience(), RequeuedEvent(job_id=str(self.pk), reason=reason, attempts=self.attempts,
-                                                   max_attempts=settings.JOB_MAX_ATTEMPTS))
+            bus.send_turns(self.queue)
+        except Exception:  # broker down: the job waits in the database; a reaper's top-up gives it a turn
+            log.exception("could not give job %s a turn", self.pk)
+        self.announce(RequeuedEvent(job_id=str(self.pk), reason=reason, attempts=self.attempts,
+                                    max_attempts=settings.JOB_MAX_ATTEMPTS))
         return "requeued"
 
     def queued_event(self, request_id=None) -> QueuedEvent:
@@ -399,6 +506,47 @@ def owner_group(owner: str) -> str:
     return "owner." + hashlib.sha256(owner.encode()).hexdigest()[:32]
 
 
+class DispatchPause(models.Model):
+    """A model whose jobs are not dispatched for now ("*": every model). videoservice/dispatch.py."""
+
+    model = models.CharField(max_length=100, unique=True)
+    by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"paused: {self.model}"
+
+
+class WebhookDelivery(models.Model):
+    """One event of a job for its webhook, until delivered (videoservice/webhooks.py)."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="webhook_deliveries")
+    event = models.CharField(max_length=20)
+    body = models.TextField(help_text="the JSON POSTed")
+    created_at = models.DateTimeField(auto_now_add=True)
+    attempts = models.PositiveIntegerField(default=0)
+    next_try_at = models.DateTimeField(null=True, blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    gave_up = models.BooleanField(default=False)
+    last_error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["id"]
+
+
+class WebhookSecret(models.Model):
+    """The key a user's webhook deliveries are signed with (HMAC-SHA256; docs/protocol.md)."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="webhook_secret")
+    secret = models.CharField(max_length=64)
+
+    @classmethod
+    def of(cls, user) -> str:
+        import secrets
+
+        return cls.objects.get_or_create(user=user, defaults={"secret": secrets.token_hex(32)})[0].secret
+
+
 class ApiToken(models.Model):
     """A secret for scripts: `Authorization: Bearer <token>` (HTTP) or `?token=` / the same header
     (websocket) act as `user`. Only a SHA-256 of the token is stored; the token itself is shown
@@ -412,6 +560,7 @@ class ApiToken(models.Model):
     hint = models.CharField(max_length=12, editable=False, help_text="first characters, to tell tokens apart")
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    can_prioritize = models.BooleanField(default=False, help_text="may submit jobs with a priority above 0")
 
     class Meta:
         ordering = ["-created_at"]

@@ -31,8 +31,8 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from videoservice import fanout, limits
-from videoservice.auth import auth_required, user_for_token
+from videoservice import fanout, limits, metrics
+from videoservice.auth import api_token, auth_required
 from videoservice.consumers import cancel, over_byte_cap, owner_of, submit
 from videoservice.contract import (INTERNAL_ERROR, INVALID_JSON, RATE_LIMITED, TOO_LARGE, UNKNOWN_TYPE, CancelRequest,
                                    RequestError, parse, parse_json)
@@ -78,11 +78,11 @@ class PhoenixConsumer(AsyncWebsocketConsumer):
         subprotocol = "phoenix" if "phoenix" in self.scope.get("subprotocols", []) else None
         token = subprotocol_token(self.scope)
         if token is not None:
-            user = await database_sync_to_async(user_for_token)(token)
-            if user is None:
+            row = await database_sync_to_async(api_token)(token)
+            if row is None:
                 await self.close()  # before accepting: the handshake is refused (403)
                 return
-            self.scope["user"] = user
+            self.scope["user"], self.scope["api_token"] = row.user, row
         user = self.scope.get("user")
         authenticated = bool(user is not None and getattr(user, "is_authenticated", False))
         query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
@@ -94,14 +94,17 @@ class PhoenixConsumer(AsyncWebsocketConsumer):
             return
         self.bucket = limits.MessageBucket()
         client = self.scope.get("client") or (None, None)
-        self.submitter = Submitter.of(owner_of(self.scope), user, client[0])
+        self.submitter = Submitter.of(owner_of(self.scope), user, client[0], self.scope.get("api_token"))
         self.topics: dict = {}  # topic -> join_ref
         self.groups_joined = [LOBBY_GROUP, owner_group(self.submitter.owner)]
         for group in self.groups_joined:
             await self.channel_layer.group_add(group, self.channel_name)
+        await metrics.connection_opened(+1)
         await self.accept(subprotocol=subprotocol)
 
     async def disconnect(self, code):
+        if hasattr(self, "groups_joined"):
+            await metrics.connection_opened(-1)
         for group in getattr(self, "groups_joined", []):
             await self.channel_layer.group_discard(group, self.channel_name)
 

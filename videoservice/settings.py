@@ -29,9 +29,14 @@ Environment (defaults in brackets):
                         whose worker vanished (worker/reaper.py)
   BROKER_RESTORE_INTERVAL_S [kombu's ~100 s]  sweep for messages past the visibility timeout
   PROGRESS_INTERVAL_S [0.5]  at most one progress message per this many seconds per job
+  DISPATCH_ORDER        [fair]  the order waiting jobs run in (videoservice/dispatch.py): fair
+                        (front, priority, then owners take turns) or fifo
+  WEBHOOK_ALLOW_PRIVATE [0]  1: webhooks may point at loopback / private addresses (tests, LANs)
+  WEBHOOK_MAX_ATTEMPTS  [8]  tries of one webhook delivery (back-off 1, 2, 4 ... 60 s)
   STREAM_VIDEO          [1]  send video_chunk events / fill /api/jobs/<id>/stream while a job runs
                         (0: the video is encoded once its last frame is made, as a plain MP4 job)
   WORKER_WARMUP [1]  load the model of the worker's first queue right after start
+  LOG_FORMAT    [plain]  json: one JSON object per log line, with job_id, model and worker as fields
 
 Who may do what (docs/deploy.md, "Authentication"):
   BIND_ADDRESS          [127.0.0.1]  the address Daphne listens on (scripts/serve.py sets it from
@@ -262,6 +267,9 @@ INLINE_VIDEO_MAX_BYTES = env_int("INLINE_VIDEO_MAX_BYTES",
                                  min(32 * 1024 * 1024, (WEBSOCKET_MAX_MESSAGE_BYTES - 65536) * 3 // 4))
 PROGRESS_INTERVAL_S = env_float("PROGRESS_INTERVAL_S", 0.5)
 STREAM_VIDEO = env_bool("STREAM_VIDEO", True)
+DISPATCH_ORDER = os.environ.get("DISPATCH_ORDER", "fair")  # fair (priority, then owners take turns) | fifo
+WEBHOOK_ALLOW_PRIVATE = env_bool("WEBHOOK_ALLOW_PRIVATE", False)
+WEBHOOK_MAX_ATTEMPTS = env_int("WEBHOOK_MAX_ATTEMPTS", 8)
 JOB_TIME_LIMIT_S = env_int("JOB_TIME_LIMIT_S", 3600)
 JOB_VISIBILITY_TIMEOUT_S = env_int("JOB_VISIBILITY_TIMEOUT_S", 12 * 3600)
 JOB_MAX_ATTEMPTS = env_int("JOB_MAX_ATTEMPTS", 2)
@@ -301,11 +309,15 @@ CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
+LOG_FORMAT = os.environ.get("LOG_FORMAT", "plain")  # plain | json (one object a line, with job_id, model, worker)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+                   "json": {"()": "videoservice.logs.JsonFormatter"}},
+    "filters": {"job": {"()": "videoservice.logs.JobFields"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "filters": ["job"],
+                             "formatter": "json" if LOG_FORMAT == "json" else "plain"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {"daphne": {"level": "WARNING"}, "django.channels.server": {"level": "WARNING"}},
 }

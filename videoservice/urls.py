@@ -4,10 +4,12 @@ from django.urls import path
 
 from videoservice import views
 from videoservice.api import api
+from videoservice.metrics import metrics_view
 
 urlpatterns = [
     path("", views.index, name="index"),
     path("healthz", views.healthz, name="healthz"),
+    path("metrics", metrics_view, name="metrics"),
     path("api/", api.urls),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),

@@ -69,7 +69,7 @@ def run(run) -> dict:
             raise Cancelled()
         if not stream.live:
             stream.add(result.frames)
-        data = stream.finish()
+        data = stream.finish(result.audio, result.audio_sample_rate)
     finally:
         stream.abort()
     evaluation = evaluate(job, data) if params.evaluate else None
@@ -79,7 +79,7 @@ def run(run) -> dict:
     if not job.succeed(output=stored, mime="video/mp4", size_bytes=len(data), fps=float(result.fps),
                        num_frames=int(t), width=int(w), height=int(h), seed=int(result.seed),
                        elapsed_s=round(time.monotonic() - run.started, 3), result=evaluation or {},
-                       step=run.total or params.total_steps):
+                       step=run.total or params.total_steps, has_audio=result.audio is not None):
         job.refresh_from_db()
         return {"job_id": str(job.pk), "status": job.status}
     inline = len(data) <= settings.INLINE_VIDEO_MAX_BYTES
@@ -87,7 +87,8 @@ def run(run) -> dict:
         job_id=str(job.pk), prompt=job.prompt, model=job.model,
         video=base64.b64encode(data).decode("ascii") if inline else None, url=job.url, mime=job.mime,
         num_frames=job.num_frames, fps=job.fps, width=job.width, height=job.height, seed=job.seed,
-        elapsed_s=job.elapsed_s, size_bytes=len(data), private=job.private, evaluation=evaluation))
+        elapsed_s=job.elapsed_s, size_bytes=len(data), private=job.private, has_audio=job.has_audio,
+        evaluation=evaluation))
     return {"job_id": str(job.pk), "status": "succeeded", "url": job.url, "elapsed_s": job.elapsed_s,
             "size_bytes": len(data)}
 
@@ -115,12 +116,12 @@ class VideoStream:
             raise self.error
         self.batches.put(checked_frames(frames))
 
-    def finish(self) -> bytes:
-        """Wait for the last fragments; the final MP4."""
+    def finish(self, audio=None, sample_rate=None) -> bytes:
+        """Wait for the last fragments; the final MP4 (with the model's sound track, if any)."""
         self._stop()
         if self.error is not None:
             raise self.error
-        return self.encoder.final_mp4()
+        return self.encoder.final_mp4(audio, sample_rate)
 
     def abort(self) -> None:
         """However the job ended: the stream ends too (readers of /stream stop waiting)."""
@@ -132,12 +133,8 @@ class VideoStream:
         self.ended = True
         self.batches.put(None)
         self.thread.join()
-        if not self.live:
-            return
-        try:
+        if self.live:
             bus.stream_append(self.job_id, end=True)
-        except Exception:
-            log.exception("could not end the stream of job %s", self.job_id)
 
     def _encode(self) -> None:
         while True:
@@ -154,11 +151,8 @@ class VideoStream:
                 return
 
     def _send(self, fragment) -> None:
-        try:
-            bus.stream_append(self.job_id, (fragment.init or b"") + fragment.data)
-        except Exception:  # the stream is a convenience: the job and its events go on without it
-            log.exception("could not append to the stream of job %s", self.job_id)
-        self.run.publish(VideoChunkEvent(
+        bus.stream_append(self.job_id, (fragment.init or b"") + fragment.data)
+        self.run.publish(wait=False, event=VideoChunkEvent(
             job_id=self.job_id, seq=self.seq, first_frame=fragment.first_frame, num_frames=fragment.num_frames,
             mime=self.encoder.mime, init=base64.b64encode(fragment.init).decode("ascii") if fragment.init else None,
             data=base64.b64encode(fragment.data).decode("ascii")))

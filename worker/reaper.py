@@ -122,11 +122,18 @@ heartbeat = Heartbeat()
 
 
 # ---------------------------------------------------------------- the reaper (worker main process)
-def reap() -> dict:
-    """Settle every running job whose holder is gone. Returns {job_id: "requeued" | "failed" | "cancelled"}."""
+def reap(provably_gone_only: bool = False) -> dict:
+    """Settle every running job whose holder is gone (with `provably_gone_only`, only those whose pid
+    is gone on this host: a cheap check before a turn). Returns {job_id: "requeued" | "failed" |
+    "cancelled"}."""
     done = {}
     now = timezone.now()
-    for job in Job.objects.filter(status=Job.Status.RUNNING):
+    running = Job.objects.filter(status=Job.Status.RUNNING)
+    if provably_gone_only:
+        running = running.filter(worker_host=HOST_ID)
+    for job in running:
+        if provably_gone_only and (not job.worker_pid or pid_alive(job.worker_pid)):
+            continue
         if holder_alive(job, now):
             continue
         outcome = job.settle_lost(f"the worker running this job ({job.worker or 'unknown'}) was lost")
@@ -146,10 +153,12 @@ if hasattr(os, "register_at_fork"):
 
 
 class Reaper:
-    """reap() now and then every JOB_REAPER_INTERVAL_S on a daemon thread (one per worker)."""
+    """reap() now and then every JOB_REAPER_INTERVAL_S on a daemon thread (one per worker); each pass
+    also gives this worker's queues a turn per waiting job when they have jobs and no turn
+    (Job.objects.top_up: turns lost to a Redis restart)."""
 
-    def __init__(self, hostname: str):
-        self.hostname = hostname
+    def __init__(self, hostname: str, queues=()):
+        self.hostname, self.queues = hostname, list(queues)
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="job-reaper", daemon=True)
 
@@ -168,6 +177,8 @@ class Reaper:
                 done = reap()
                 if done:
                     log.warning("reaper on %s settled %d job(s): %s", self.hostname, len(done), done)
+                if self.queues and Job.objects.top_up(self.queues):
+                    log.warning("reaper on %s gave waiting jobs of %s turns", self.hostname, self.queues)
             except Exception:
                 log.exception("reaper failed")
             finally:

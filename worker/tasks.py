@@ -1,11 +1,13 @@
-"""The Celery tasks: thin glue from a job id to the body that runs it.
+"""The Celery tasks: thin glue from a turn on a queue to the body that runs its next job.
 
-A task claims its job (a fresh lease; a duplicate delivery of a running job, or one that keeps
-killing workers, is refused), holds it with a heartbeat while the body runs (worker/generation.py,
-worker/describing.py), and settles how the body ended: cancelled, failed (with a message fit for
-the user), out of memory (the worker lives on), over the time limit, or lost to another delivery.
-Each outcome is one method of the job (videoservice/models.py). The video is never the task's
-result: the Redis result backend would store and publish it.
+`run_next(queue)` claims the queue's next waiting job (videoservice/dispatch.py: priorities, fair
+share, pauses; a fresh lease), holds it with a heartbeat while the body runs
+(worker/generation.py, worker/describing.py), and settles how the body ended: cancelled, failed
+(with a message fit for the user), out of memory (the worker lives on), over the time limit, or
+lost to another delivery. Each outcome is one method of the job (videoservice/models.py). The
+video is never the task's result: the Redis result backend would store and publish it.
+`deliver_webhooks(job_id)` POSTs a job's webhook events (videoservice/webhooks.py), on its own
+queue and worker.
 
 Signals: the reaper starts and stops with the worker's main process (worker/reaper.py); the model
 of the worker's first queue is loaded when a pool process starts.
@@ -22,7 +24,7 @@ from celery.signals import worker_process_init, worker_ready, worker_shutdown
 from django.conf import settings
 from django.db import close_old_connections
 
-from videoservice import bus
+from videoservice import bus, logs, webhooks
 from videoservice.models import Job, LeaseLost
 from worker import reaper
 from worker.celery import app
@@ -30,26 +32,37 @@ from worker.celery import app
 log = logging.getLogger(__name__)
 
 
-@app.task(bind=True, name=bus.GENERATE_TASK)
-def generate_video(self, job_id: str) -> dict:
-    from worker import generation
-
-    return run_task(job_id, self.request.hostname or "worker", generation.run)
-
-
-@app.task(bind=True, name=bus.DESCRIBE_TASK)
-def describe_video(self, job_id: str) -> dict:
-    from worker import describing
-
-    return run_task(job_id, self.request.hostname or "worker", describing.run)
-
-
-def run_task(job_id: str, hostname: str, body) -> dict:
+@app.task(bind=True, name=bus.TURN_TASK)
+def run_next(self, queue: str) -> dict:
+    """A turn on `queue`: run its next waiting job (videoservice/dispatch.py), if any."""
     close_old_connections()
     try:
-        return claim_and_run(job_id, hostname, body)
+        reaper.reap(provably_gone_only=True)  # a pool process just lost on this host: its job waits again
+        job = Job.objects.claim_next(queue, self.request.hostname or "worker", os.getpid(), reaper.HOST_ID)
+        if job is None:
+            return {"queue": queue, "status": "idle"}
+        return run_claimed(job, self.request.hostname or "worker")
     finally:
         close_old_connections()
+
+
+@app.task(bind=True, name=webhooks.DELIVER_TASK, ignore_result=True)
+def deliver_webhooks(self, job_id: str) -> None:
+    """POST a job's pending webhook deliveries in order; retried with back-off (videoservice/webhooks.py).
+    One delivery task at a time per job: a second one for the same job leaves it to the first."""
+    close_old_connections()
+    lock = f"videoservice:webhook-lock:{job_id}"
+    client = app.connection_for_write().default_channel.client
+    if not client.set(lock, self.request.id or "1", nx=True, ex=120):
+        self.apply_async(args=[job_id], countdown=1, queue=webhooks.QUEUE)  # (the holder may just be finishing)
+        return
+    try:
+        wait = webhooks.deliver(job_id)
+    finally:
+        client.delete(lock)
+        close_old_connections()
+    if wait is not None:
+        self.apply_async(args=[job_id], countdown=wait, queue=webhooks.QUEUE)
 
 
 class Run:
@@ -80,39 +93,32 @@ class Run:
         self.job.record_progress(step, total)
         return True
 
-    def publish(self, event) -> None:
-        bus.publish(self.job.audience(), event)
+    def publish(self, event, wait: bool = True) -> None:
+        self.job.announce(event, wait=wait)
 
     def publish_progress(self, event) -> None:
-        bus.publish_progress(self.job.audience(), event)
+        self.job.announce_progress(event)
 
 
-def claim_and_run(job_id: str, hostname: str, body) -> dict:
+def run_claimed(job: Job, hostname: str) -> dict:
+    """Run a claimed job's body, holding it with a heartbeat; its log lines carry the job's fields."""
+    with logs.job_context(job_id=str(job.pk), model=job.model, worker=hostname):
+        log.info("%s job %s runs on %s (attempt %d)", job.kind, job.pk, hostname, job.attempts)
+        reaper.heartbeat.hold(job)
+        try:
+            return _settled(job, hostname)
+        finally:
+            reaper.heartbeat.release()
+
+
+def _settled(job: Job, hostname: str) -> dict:
+    """The job's body, and how it ended: cancelled, failed, out of memory, timed out, lease lost."""
     from generator.interface import Cancelled, GenerationError, is_out_of_memory
     from generator.understanding import DescribeError
+    from worker import describing, generation
 
-    job = Job.objects.filter(pk=job_id).first()
-    if job is None:
-        log.warning("job %s does not exist", job_id)
-        return {"job_id": job_id, "status": "missing"}
-    if job.status not in (Job.Status.QUEUED, Job.Status.RUNNING):
-        return {"job_id": job_id, "status": job.status}  # e.g. cancelled while queued
-    if job.status == Job.Status.RUNNING and reaper.holder_alive(job):
-        # a second delivery of a job that is running (the broker's visibility timeout expired, or the
-        # reaper re-queued it while this message was redelivered): never run it twice
-        log.warning("duplicate delivery of job %s dropped: it is running on %s (pid %s)", job_id, job.worker,
-                    job.worker_pid)
-        return {"job_id": job_id, "status": "duplicate"}
-    if job.status == Job.Status.RUNNING and job.attempts >= settings.JOB_MAX_ATTEMPTS:
-        # redelivered after its worker was lost; a job that keeps crashing workers stops here
-        message = (f"the worker running this job ({job.worker}) was lost {job.attempts} times; giving up "
-                   "(submit it again to retry)")
-        job.fail(message, retriable=True)
-        return {"job_id": job_id, "status": "failed", "error": message}
-    if not job.claim(hostname, os.getpid(), reaper.HOST_ID):
-        job.refresh_from_db()
-        return {"job_id": job_id, "status": job.status}
-    reaper.heartbeat.hold(job)
+    job_id = str(job.pk)
+    body = describing.run if job.kind == Job.Kind.DESCRIBE else generation.run
     try:
         return body(Run(job, hostname))
     except Cancelled:
@@ -140,11 +146,10 @@ def claim_and_run(job_id: str, hostname: str, body) -> dict:
                  if job.kind == Job.Kind.GENERATE else "")
         return _failed(job, f"out of memory running model {job.model}{where} ({detail}); try fewer frames or a "
                             "smaller size", retriable=True)
-    finally:
-        reaper.heartbeat.release()
 
 
 def _failed(job: Job, message: str, retriable: bool = False) -> dict:
+    log.warning("%s job %s failed: %s", job.kind, job.pk, message)
     job.fail(message, retriable=retriable)
     return {"job_id": str(job.pk), "status": "failed", "error": message}
 
@@ -171,7 +176,11 @@ def _start_reaper(sender=None, **kwargs):
     """Settle the jobs whose holder is gone (a previous life of this worker, or a vanished one), then
     keep doing so every JOB_REAPER_INTERVAL_S (worker/reaper.py says why not Celery beat)."""
     global _reaper
-    _reaper = reaper.Reaper(getattr(sender, "hostname", None) or "worker").start()
+    try:
+        queues = [q for q in (app.amqp.queues.consume_from or {}) if q != webhooks.QUEUE]
+    except Exception:
+        queues = []
+    _reaper = reaper.Reaper(getattr(sender, "hostname", None) or "worker", queues).start()
 
 
 @worker_shutdown.connect

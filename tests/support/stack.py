@@ -264,10 +264,11 @@ class Stack:
 
     # ------------------------------------------------------------------ workers
     def start_worker(self, name: str = "w1", queues: str = "builtin,describe", concurrency: int = 1,
-                     env: dict | None = None, wait: bool = True, node: str | None = None) -> Proc:
+                     env: dict | None = None, wait: bool = True, node: str | None = None,
+                     pool: str = "prefork") -> Proc:
         node = node or f"{name}@%h"
         proc = Proc(self._name(f"worker-{name}"), [
-            str(BIN / "celery"), "-A", "worker", "worker", "-P", "prefork", "-c", str(concurrency), "-Q", queues,
+            str(BIN / "celery"), "-A", "worker", "worker", "-P", pool, "-c", str(concurrency), "-Q", queues,
             "-E", "-n", node, "--without-mingle", "--without-gossip", "--loglevel", "INFO"],
             {**self.env, **(env or {})}, self.tmp)
         proc.node = node.replace("%h", socket.gethostname())

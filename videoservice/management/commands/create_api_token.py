@@ -1,4 +1,5 @@
-"""`python manage.py create_api_token USER [--name NAME] [--create-user] [--staff]`: print a new API token.
+"""`python manage.py create_api_token USER [--name NAME] [--create-user] [--staff] [--priority]`: print a
+new API token (`--priority`: it may submit jobs with a priority above 0).
 
 The token is printed once (only its SHA-256 is stored). Scripts send it as
 `Authorization: Bearer <token>` (HTTP and websocket handshake) or `?token=<token>` (websocket).
@@ -20,8 +21,9 @@ class Command(BaseCommand):
         parser.add_argument("--create-user", action="store_true",
                             help="create USER (without a password: token access only) if it does not exist")
         parser.add_argument("--staff", action="store_true", help="with --create-user: make the user staff")
+        parser.add_argument("--priority", action="store_true", help="the token may raise a job's priority above 0")
 
-    def handle(self, username, name, create_user, staff, **options):
+    def handle(self, username, name, create_user, staff, priority, **options):
         User = get_user_model()
         user = User.objects.filter(**{User.USERNAME_FIELD: username}).first()
         if user is None:
@@ -33,5 +35,7 @@ class Command(BaseCommand):
             user.save()
         if not user.is_active:
             raise CommandError(f"user {username!r} is inactive")
-        _, token = ApiToken.issue(user, name)
+        row, token = ApiToken.issue(user, name)
+        if priority:
+            ApiToken.objects.filter(pk=row.pk).update(can_prioritize=True)
         self.stdout.write(token)

@@ -10,6 +10,7 @@
   const TERMINAL = new Set(["succeeded", "failed", "cancelled", "error"]);
   const MAX_BACKOFF_MS = 10000;
   const PING_EVERY_MS = 25000;
+  const STAFF = document.body.dataset.staff === "1";  // the queue controls (the API refuses others anyway)
   // ?protocol=phoenix: speak the reference design's Phoenix Channels protocol instead of /ws/lobby/
   const PHOENIX = new URLSearchParams(location.search).get("protocol") === "phoenix";
 
@@ -264,6 +265,8 @@
     $(".job-prompt", card).textContent = info.prompt || "(someone else\u2019s job)";
     $(".job-meta", card).textContent = describeParams(info.params || info);
     $(".job-cancel", card).addEventListener("click", () => cancelJob(card));
+    $(".job-retry", card).addEventListener("click", () => retryJob(card));
+    $(".job-front", card).addEventListener("click", () => frontJob(card));
     $(".job-describe", card).addEventListener("click", () => describeJob(card, false));
     $(".job-remix", card).addEventListener("click", () => describeJob(card, true));
     els.queue.prepend(card);
@@ -302,6 +305,8 @@
     $(".job-status", card).textContent = label || status;
     const done = TERMINAL.has(status);
     $(".job-cancel", card).hidden = done;
+    $(".job-retry", card).hidden = !(status === "failed" || status === "cancelled");
+    $(".job-front", card).hidden = !(STAFF && status === "queued");
     $(".job-understanding", card).hidden = status !== "succeeded";
     if (done) $(".job-eta", card).textContent = "";
   }
@@ -427,9 +432,19 @@
     const video = makeVideo(src);
     video.dataset.testid = "job-video";
     video.setAttribute("data-testid", "job-video");
+    if (msg.has_audio) {  // a model that makes sound: unmuted, so its controls play the track
+      video.muted = false;
+      video.removeAttribute("muted");
+      video.dataset.audio = "1";
+      card.dataset.audio = "1";
+    }
     media.appendChild(video);
     const play = video.play();
-    if (play && play.catch) play.catch(() => { /* autoplay refused: controls are there */ });
+    if (play && play.catch) {
+      play.catch(() => {  // autoplay with sound refused until the user acts: play muted, controls unmute
+        if (!video.muted) { video.muted = true; video.play().catch(() => {}); }
+      });
+    }
     if (msg.url) {
       const link = $(".job-link", card);
       link.href = msg.url;
@@ -757,6 +772,7 @@
         if (msg.num_frames) bits.push(msg.num_frames + " frames @ " + (msg.fps || "?") + " fps");
         if (msg.seed !== undefined) bits.push("seed " + msg.seed);
         if (msg.elapsed_s !== undefined) bits.push(Number(msg.elapsed_s).toFixed(1) + " s");
+        if (msg.has_audio) bits.push("\u266a sound");
         $(".job-meta", card).textContent = bits.join(" \u00b7 ");
         showVideo(card, msg);
         showEvaluation(card, msg.evaluation);
@@ -900,6 +916,42 @@
     }
   }
 
+  // ---------------------------------------------------------------- queue controls
+
+  /** A failed or cancelled job, again: a new job (linked to it) in a new card. */
+  async function retryJob(card) {
+    try {
+      const data = await api("POST", "/api/jobs/" + encodeURIComponent(card.dataset.jobId) + "/retry", {});
+      const again = cardFor(data.job.job_id, data.job);
+      setStatus(again, "queued", data.position > 0 ? "queued \u00b7 " + data.position + " ahead" : "queued");
+    } catch (e) { flash("retry: " + e.message); }
+  }
+
+  async function frontJob(card) {
+    try {
+      const data = await api("POST", "/api/jobs/" + encodeURIComponent(card.dataset.jobId) + "/front", {});
+      setStatus(card, "queued", "queued \u00b7 " + data.position + " ahead");
+    } catch (e) { flash("to front: " + e.message); }
+  }
+
+  async function showDispatch(paused) {
+    const toggle = document.getElementById("dispatch-toggle");
+    if (!toggle) return;
+    if (paused === undefined) {
+      try { paused = (await api("GET", "/api/dispatch")).paused.includes("*"); } catch (e) { return; }
+    }
+    toggle.dataset.paused = paused ? "1" : "";
+    toggle.textContent = paused ? "resume queue" : "pause queue";
+  }
+
+  async function toggleDispatch() {
+    const paused = document.getElementById("dispatch-toggle").dataset.paused === "1";
+    try {
+      const data = await api("POST", "/api/dispatch/" + (paused ? "resume" : "pause"), { model: "*" });
+      showDispatch(data.paused.includes("*"));
+    } catch (e) { flash("queue: " + e.message); }
+  }
+
   // ---------------------------------------------------------------- gallery
 
   let galleryLoading = false;
@@ -973,9 +1025,13 @@
     if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) els.form.requestSubmit();
   });
 
+  const dispatchToggle = document.getElementById("dispatch-toggle");
+  if (dispatchToggle) dispatchToggle.addEventListener("click", toggleDispatch);
+
   refreshEmpty();
   loadModels();
   loadGallery();
+  showDispatch();
   connect();
 
   // for tests and debugging

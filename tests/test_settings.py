@@ -86,3 +86,41 @@ def test_check_deploy_is_clean_with_production_settings(tmp_path):
     out = subprocess.run([sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
                          cwd=BASE_DIR, env=settings_env(tmp_path), capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "security.W009" in out.stdout + out.stderr
+
+
+def test_media_storage_is_the_local_disk_or_the_bucket(tmp_path):
+    import json
+
+    code = "import json, videoservice.settings as s; print(json.dumps(s.STORAGES['default']))"
+
+    def storage(**extra):
+        out = subprocess.run([sys.executable, "-c", code], cwd=BASE_DIR, env=settings_env(tmp_path, **extra),
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    assert storage(S3_BUCKET="")["BACKEND"] == "django.core.files.storage.FileSystemStorage"
+    bucket = storage(S3_BUCKET="videos", S3_ENDPOINT_URL="http://minio:9000", S3_PREFIX="/media/")
+    assert bucket["BACKEND"] == "storages.backends.s3.S3Storage"
+    assert bucket["OPTIONS"]["bucket_name"] == "videos" and bucket["OPTIONS"]["endpoint_url"] == "http://minio:9000"
+    assert bucket["OPTIONS"]["location"] == "media" and bucket["OPTIONS"]["default_acl"] is None
+    out = subprocess.run([sys.executable, "-c", code], cwd=BASE_DIR, capture_output=True, text=True, timeout=60,
+                         env=settings_env(tmp_path, S3_DOWNLOADS="sideways"))
+    assert out.returncode != 0 and "S3_DOWNLOADS must be proxy or redirect" in out.stderr
+
+
+def test_compose_fleet_profile_wires_postgres_and_minio():
+    import yaml
+
+    compose = yaml.safe_load((BASE_DIR / "docker-compose.yml").read_text())
+    services = compose["services"]
+    for name in ("postgres", "minio", "minio-bucket"):
+        assert "fleet" in services[name]["profiles"], name
+    app_env = compose["x-app-env"]
+    assert {"S3_BUCKET", "S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "DATABASE_URL"} <= set(app_env)
+    worker = services["worker"]
+    assert worker["command"] == ["python", "scripts/serve.py"] and worker["environment"]["SERVE_ROLE"] == "worker"
+    fleet_env = dict(line.split("=", 1) for line in (BASE_DIR / "deploy" / "fleet.env").read_text().splitlines()
+                     if line and not line.startswith("#"))
+    assert fleet_env["DATABASE_URL"].startswith("postgres://") and "@postgres:" in fleet_env["DATABASE_URL"]
+    assert fleet_env["S3_ENDPOINT_URL"] == "http://minio:9000"

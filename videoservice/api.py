@@ -15,14 +15,13 @@ from typing import Literal, Optional, Union
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.core.files.storage import default_storage
-from django.http import FileResponse, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import FileResponse, HttpResponse, HttpResponseRedirect, JsonResponse, StreamingHttpResponse
 from ninja import NinjaAPI, Query, Schema
 from ninja.errors import HttpError, ValidationError as NinjaValidationError
 from ninja.security.base import AuthBase
 from pydantic import Field
 
-from videoservice import bus, dispatch
+from videoservice import bus, dispatch, media
 from videoservice.auth import authenticate_http
 from videoservice.contract import (AUTH_REQUIRED, CSRF_FAILED, FORBIDDEN, INTERNAL_ERROR, INVALID_FIELD, INVALID_JSON,
                                    METHOD_NOT_ALLOWED, NOT_CANCELLABLE, NOT_FOUND, RATE_LIMITED, TOO_LARGE,
@@ -347,6 +346,7 @@ VIDEO_RESPONSES = {"responses": {
     "200": {"description": "the MP4", "content": {"video/mp4": {"schema": {"type": "string", "format": "binary"}}}},
     "206": {"description": "the requested byte range (Content-Range)",
             "content": {"video/mp4": {"schema": {"type": "string", "format": "binary"}}}},
+    "302": {"description": "S3_DOWNLOADS=redirect: a presigned URL of the object in the bucket (Location)"},
     "416": {"description": "the range is not satisfiable (Content-Range: bytes */size)"}}}
 
 
@@ -360,12 +360,14 @@ def job_video(request, job_id: str):
     if not job.output:
         raise RequestError(NOT_FOUND, f"job is {job.status}; no video yet", status=404)
     name = job.output.name
-    size = job.size_bytes if job.size_bytes is not None else default_storage.size(name)
+    if settings.S3_DOWNLOADS == "redirect" and (url := media.presigned_url(name)):
+        return HttpResponseRedirect(url)  # the client fetches (and seeks in) the object from the bucket
+    size = job.size_bytes if job.size_bytes is not None else media.size(name)
     mime = job.mime or "video/mp4"
     range_header = request.headers.get("Range", "").strip()
     match = RANGE_RE.match(range_header) if range_header else None
     if not match:  # none, multi-range or malformed: the whole file (RFC 9110)
-        resp = FileResponse(default_storage.open(name, "rb"), content_type=mime)
+        resp = FileResponse(media.open_stream(name), content_type=mime)
         resp["Content-Length"] = str(size)
     else:
         first, last = match.groups()
@@ -379,9 +381,7 @@ def job_video(request, job_id: str):
             end = min(int(last), size - 1) if last else min(start + MAX_RANGE_CHUNK, size) - 1
             if start >= size or (last and int(last) < start):
                 return _unsatisfiable(size)
-        with default_storage.open(name, "rb") as fh:
-            fh.seek(start)
-            data = fh.read(end - start + 1)
+        data = media.read_range(name, start, end)
         resp = HttpResponse(data, status=206, content_type=mime)
         resp["Content-Range"] = f"bytes {start}-{start + len(data) - 1}/{size}"
         resp["Content-Length"] = str(len(data))

@@ -14,6 +14,14 @@ Environment (defaults in brackets):
   CHANNEL_LAYER_MAX_CONNECTIONS [1000]  Redis connections one web process's channel layer may hold
   MEDIA_ROOT            [<repo>/var/media]  where videos and start images are stored
   MEDIA_URL             [/media/]
+  S3_BUCKET             [unset: MEDIA_ROOT]  store videos, previews and start images in this
+                        S3-compatible bucket instead (AWS S3, MinIO, R2; django-storages). Every
+                        web and worker host then needs only the bucket, no shared folder. With it:
+                        S3_ENDPOINT_URL (MinIO/R2: https://host:port; unset: AWS), S3_REGION
+                        [us-east-1], S3_PREFIX [empty: the bucket root], credentials from
+                        AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or boto3's usual chain), and
+                        S3_DOWNLOADS [proxy]: proxy (web hosts stream the object, with Range) or
+                        redirect (302 to a presigned URL valid S3_URL_EXPIRE_S [3600] seconds)
   WEBSOCKET_MAX_MESSAGE_BYTES [67108864]  what Daphne's --websocket-max-message-size is set to
                         (it also caps what the server sends: base64 completions)
   WS_MAX_CLIENT_MESSAGE_BYTES [12582912]  largest message a client may send (error too_large)
@@ -229,6 +237,32 @@ STATIC_URL = "/static/"
 STATIC_ROOT = os.environ.get("STATIC_ROOT", str(VAR_DIR / "static"))
 MEDIA_ROOT = os.environ.get("MEDIA_ROOT", str(VAR_DIR / "media"))
 MEDIA_URL = os.environ.get("MEDIA_URL", "/media/")
+
+
+def media_storage() -> dict:
+    """STORAGES["default"]: the local MEDIA_ROOT, or an S3-compatible bucket when S3_BUCKET is set."""
+    bucket = os.environ.get("S3_BUCKET", "").strip()
+    if not bucket:
+        return {"BACKEND": "django.core.files.storage.FileSystemStorage"}
+    return {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": {
+        "bucket_name": bucket,
+        "endpoint_url": os.environ.get("S3_ENDPOINT_URL") or None,
+        "region_name": os.environ.get("S3_REGION", "us-east-1"),
+        "location": os.environ.get("S3_PREFIX", "").strip("/"),
+        "default_acl": None,  # objects stay private: downloads go through the web tier or a presigned URL
+        "file_overwrite": False,
+        "querystring_auth": True,
+        "querystring_expire": env_int("S3_URL_EXPIRE_S", 3600),
+    }}
+
+
+STORAGES = {
+    "default": media_storage(),
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+S3_DOWNLOADS = os.environ.get("S3_DOWNLOADS", "proxy")
+if S3_DOWNLOADS not in ("proxy", "redirect"):
+    raise ImproperlyConfigured(f"S3_DOWNLOADS must be proxy or redirect, not {S3_DOWNLOADS!r}")
 
 # ---------------------------------------------------------------- Redis: channel layer + Celery
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")

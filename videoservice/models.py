@@ -21,7 +21,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import models
+from django.db import models, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -132,9 +132,13 @@ class JobQuerySet(models.QuerySet):
         for candidate in self.dispatch_order(queue):
             if dispatch.is_paused(candidate.model, paused):
                 continue
-            job = self.get(pk=candidate.pk)
-            if job.claim(worker, pid, host):
-                return job
+            with transaction.atomic():
+                # PostgreSQL: a row another worker is claiming right now is skipped, not waited for
+                # (its claim is about to win); SQLite has no row locks and its IMMEDIATE
+                # transactions already run one at a time. The conditional UPDATE in claim() decides.
+                job = self.select_for_update(skip_locked=True).filter(pk=candidate.pk, status=Job.Status.QUEUED).first()
+                if job is not None and job.claim(worker, pid, host):
+                    return job
         return None
 
     def pause(self, model: str = dispatch.ALL_MODELS, by=None) -> bool:

@@ -7,6 +7,8 @@ cd "$ROOT"
 
 ensure_tool redis-server redis-server
 ensure_tool chromium chromium
+# PostgreSQL: the fleet suite, and the second pass below (tests/support/postgres.py runs its own clusters)
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || apt_install postgresql
 ensure_venv requirements-test.txt
 # the reference design's client (npm phoenix, pinned in tests/phoenix/package-lock.json) for tests/test_phoenix.py
 ensure_tool node nodejs
@@ -19,4 +21,17 @@ fi
 
 # Two processes (TEST_WORKERS): the suites mostly wait on their stacks' subprocesses; a test module
 # stays in one process (its module-scoped stack with it).
-exec "$PY" -m pytest -q tests -n "${TEST_WORKERS:-2}" --dist loadfile "$@"
+pytest_run() { "$PY" -m pytest -q -n "${TEST_WORKERS:-2}" --dist loadfile "$@"; }
+if [ $# -gt 0 ]; then  # a chosen part, on TEST_DATABASE (sqlite unless set to postgres)
+  pytest_run "$@"
+  exit
+fi
+# Everything on SQLite, then the suites where the database is under load (claims, races, the
+# reaper, restarts) again on PostgreSQL.
+t0=$SECONDS
+pytest_run tests
+log "SQLite pass: $((SECONDS - t0)) s"
+t0=$SECONDS
+TEST_DATABASE=postgres pytest_run tests/test_service.py tests/test_faults.py tests/test_describe_service.py \
+  tests/test_queue.py
+log "PostgreSQL pass: $((SECONDS - t0)) s"

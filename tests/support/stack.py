@@ -28,6 +28,11 @@ BIN = Path(sys.executable).parent
 WS_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
+def postgres_wanted() -> bool:
+    """TEST_DATABASE=postgres: every Stack gets a database on a real PostgreSQL server (tests/support/postgres.py)."""
+    return os.environ.get("TEST_DATABASE", "sqlite") == "postgres"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -52,11 +57,11 @@ def http(method: str, url: str, body=None, headers=None, timeout: float = 10.0):
 class Proc:
     """A child process in its own session, its output in `<log_dir>/<name>.log`."""
 
-    def __init__(self, name: str, argv: list, env: dict, log_dir: Path):
+    def __init__(self, name: str, argv: list, env: dict, log_dir: Path, cwd: Path = ROOT):
         self.name = name
         self.log_path = Path(log_dir) / f"{name}.log"
         self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=self.log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
 
     @property
@@ -123,6 +128,10 @@ class Stack:
         self.tmp.mkdir(parents=True, exist_ok=True)
         self.redis_port = free_port()
         self.persist_redis = persist_redis
+        if database_url is None and postgres_wanted():
+            from tests.support.postgres import new_database_url
+
+            database_url = new_database_url()
         self.env = dict(os.environ)
         self.env.pop("DEBUG", None)
         self.env.update({
@@ -230,6 +239,14 @@ class Stack:
         """The job's row straight from the database (fields the API does not show: attempts, lease)."""
         import sqlite3
 
+        if self.env["DATABASE_URL"].startswith("postgres"):
+            import psycopg
+            from psycopg.rows import dict_row
+
+            with psycopg.connect(self.env["DATABASE_URL"].replace("postgres://", "postgresql://", 1),
+                                 row_factory=dict_row) as db:
+                row = db.execute("SELECT * FROM videoservice_job WHERE id = %s", (uuid.UUID(job_id),)).fetchone()
+            return {key: (value.hex if isinstance(value, uuid.UUID) else value) for key, value in row.items()}
         path = self.env["DATABASE_URL"].removeprefix("sqlite:///")
         with sqlite3.connect(path, timeout=30) as db:
             db.row_factory = sqlite3.Row
@@ -265,12 +282,14 @@ class Stack:
     # ------------------------------------------------------------------ workers
     def start_worker(self, name: str = "w1", queues: str = "builtin,describe", concurrency: int = 1,
                      env: dict | None = None, wait: bool = True, node: str | None = None,
-                     pool: str = "prefork") -> Proc:
+                     pool: str = "prefork", launcher: tuple = (), cwd: Path = ROOT) -> Proc:
+        """`launcher` goes in front of the celery command (the fleet suite's other "host"); a `cwd`
+        other than the repository finds the code through PYTHONPATH."""
         node = node or f"{name}@%h"
         proc = Proc(self._name(f"worker-{name}"), [
-            str(BIN / "celery"), "-A", "worker", "worker", "-P", pool, "-c", str(concurrency), "-Q", queues,
+            *launcher, str(BIN / "celery"), "-A", "worker", "worker", "-P", pool, "-c", str(concurrency), "-Q", queues,
             "-E", "-n", node, "--without-mingle", "--without-gossip", "--loglevel", "INFO"],
-            {**self.env, **(env or {})}, self.tmp)
+            {**self.env, "PYTHONPATH": str(ROOT), **(env or {})}, self.tmp, cwd=cwd)
         proc.node = node.replace("%h", socket.gethostname())
         self.workers[name] = proc
         if wait:

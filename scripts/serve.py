@@ -3,7 +3,8 @@
 Children, each in its own process group, their output prefixed with a tag:
   redis   redis-server with AOF persistence under var/redis (skipped when REDIS_URL answers)
   web     Daphne serving videoservice.asgi (HTTP API, web UI, websocket lobby)
-  worker  one Celery worker (prefork, 1 process, events on for Flower)
+  worker  one Celery worker (prefork, 1 process, events on for Flower); on a host with GPUs one
+          per GPU instead (gpu0, gpu1 ...: CUDA_VISIBLE_DEVICES pinned, node names apart)
   hooks   a Celery worker for webhook deliveries (threads), queue `webhooks`
   flower  Flower, the Celery monitor
 
@@ -18,13 +19,21 @@ Environment: HOST (127.0.0.1), PORT (8000), FLOWER_PORT (5555), REDIS_URL
 WEBSOCKET_MAX_MESSAGE_BYTES (64 MiB), READY_TIMEOUT (180 s), REDIS_DIR (var/redis),
 FLOWER_BASIC_AUTH (user:password[,user2:password2]).
 
+SERVE_ROLE (all): which part of a fleet this host runs (docs/deploy.md, "A fleet"):
+  all     everything above (one machine)
+  web     web, hooks and Flower (no worker): the web tier of a fleet
+  worker  the worker(s) only, on a Redis, database and media storage that other hosts run
+WORKER_GPUS (auto): auto = one worker per GPU that `nvidia-smi` lists (within CUDA_VISIBLE_DEVICES
+when that is set), one CPU worker when there is none; a list (0,1,3) pins those; none = one
+worker, no pinning.
+
 HOST is passed on as BIND_ADDRESS: on any address but loopback the settings require
 authentication, a real SECRET_KEY and ALLOWED_HOSTS, and Flower is only started behind basic
 auth (FLOWER_BASIC_AUTH; Flower reads it from the environment, so it is not on the command line).
 With REQUIRE_AUTH=1 on loopback Flower is behind basic auth too: FLOWER_BASIC_AUTH, or a generated
 password shown in the start-up banner.
 
-The worker's node name is `<first queue>-<PORT>@<host>`, so two stacks on one host (different
+The worker's node name is `<first queue>-<PORT>@<host>` (`<first queue>-<PORT>-gpu<N>@<host>` per GPU), so two stacks on one host (different
 PORTs, one Redis) show up as two workers; which jobs a worker may take over does not depend on it
 (worker/reaper.py).
 """
@@ -48,7 +57,8 @@ from urllib.parse import urlparse
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 COLOURS = {"redis": "31", "web": "32", "worker": "33", "hooks": "34", "flower": "35", "serve": "36"}
-STOP_GRACE_S = {"worker": 20.0}  # a warm Celery shutdown finishes the current denoising step
+WORKER_STOP_GRACE_S = 20.0  # a warm Celery shutdown finishes the current denoising step
+ROLES = ("all", "web", "worker")
 MAX_RESTARTS = 5  # within RESTART_WINDOW_S
 RESTART_WINDOW_S = 60.0
 
@@ -82,10 +92,11 @@ def _die_with(parent_pid: int, sig: int):
 
 
 class Child:
-    def __init__(self, tag: str, argv: list, env: dict):
-        self.tag, self.argv, self.env = tag, argv, env
+    def __init__(self, tag: str, argv: list, env: dict, is_worker: bool = False):
+        self.tag, self.argv, self.env, self.is_worker = tag, argv, env, is_worker
         self.proc: subprocess.Popen | None = None
         self.restarts: list = []
+        self.ready = False  # a Celery worker said " ready."
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
@@ -98,7 +109,9 @@ class Child:
 
     def _pump(self, proc: subprocess.Popen) -> None:
         for raw in iter(proc.stdout.readline, b""):
-            say(self.tag, raw.decode(errors="replace").rstrip())
+            line = raw.decode(errors="replace").rstrip()
+            self.ready = self.ready or (self.is_worker and line.endswith(" ready."))
+            say(self.tag, line)
         proc.stdout.close()
 
     def alive(self) -> bool:
@@ -112,7 +125,7 @@ class Child:
         if self.alive():
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(timeout=STOP_GRACE_S.get(self.tag, 10.0))
+                self.proc.wait(timeout=WORKER_STOP_GRACE_S if self.is_worker else 10.0)
             except subprocess.TimeoutExpired:
                 say("serve", f"{self.tag} did not stop in time: SIGKILL")
         try:
@@ -197,6 +210,44 @@ def flower_argv(host: str, port: int, env: dict) -> tuple:
     return argv, generated  # with FLOWER_BASIC_AUTH in its environment Flower asks for that user and password
 
 
+def visible_gpus(env: dict) -> list:
+    """The GPUs to start one worker each on (WORKER_GPUS), as CUDA_VISIBLE_DEVICES values; [] for
+    one unpinned worker. nvidia-smi, not torch: serve.py must not initialise CUDA itself."""
+    choice = env.get("WORKER_GPUS", "auto").strip().lower()
+    if choice == "none":
+        return []
+    if choice != "auto":
+        gpus = [g.strip() for g in choice.split(",") if g.strip()]
+        if not gpus:
+            raise SystemExit(f"WORKER_GPUS={choice!r}: expected auto, none or a list such as 0,1")
+        return gpus
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=30, env=env)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    if out.returncode:
+        return []
+    listed = [line.strip() for line in out.stdout.splitlines() if line.strip()]
+    pinned = [g.strip() for g in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
+    return [g for g in listed if g in pinned] if pinned else listed
+
+
+def worker_children(queues: str, concurrency: str, port: int, env: dict) -> list:
+    """One Celery worker, or one per GPU with that GPU alone visible to it."""
+    def worker(tag: str, node: str, worker_env: dict) -> Child:
+        return Child(tag, [
+            str(BIN / "celery"), "-A", "worker", "worker", "-P", "prefork", "-c", concurrency, "-E",
+            "-Q", queues, "-n", node, "--loglevel", "INFO", "--without-mingle", "--without-gossip",
+        ], worker_env, is_worker=True)
+
+    name = f"{queues.split(',')[0]}-{port}"
+    gpus = visible_gpus(env)
+    if not gpus:
+        return [worker("worker", f"{name}@%h", env)]
+    return [worker(f"gpu{gpu}", f"{name}-gpu{gpu}@%h", {**env, "CUDA_VISIBLE_DEVICES": gpu}) for gpu in gpus]
+
+
 def healthz(url: str):
     try:
         with urllib.request.urlopen(url, timeout=3) as resp:
@@ -214,9 +265,14 @@ def main() -> int:
     redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     queues = os.environ.get("WORKER_QUEUES", "builtin,describe,celery")
     concurrency = os.environ.get("WORKER_CONCURRENCY", "1")
+    role = os.environ.get("SERVE_ROLE", "all")
     max_msg = os.environ.get("WEBSOCKET_MAX_MESSAGE_BYTES") or os.environ.get("WEBSOCKET_MAX_MESSAGE_SIZE") \
         or str(64 * 1024 * 1024)  # Daphne's cap also applies to what it sends: base64 completions
     ready_timeout = float(os.environ.get("READY_TIMEOUT", "180"))
+    if role not in ROLES:
+        say("serve", f"refusing to start: SERVE_ROLE={role!r} is not one of {', '.join(ROLES)}")
+        return 1
+    serves_web = role in ("all", "web")
 
     env = dict(os.environ)
     env.setdefault("DJANGO_SETTINGS_MODULE", "videoservice.settings")
@@ -225,12 +281,13 @@ def main() -> int:
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env["BIND_ADDRESS"] = host  # the settings require authentication off loopback
     try:
-        flower_cmd, flower_password = flower_argv(host, flower_port, env)
+        flower_cmd, flower_password = flower_argv(host, flower_port, env) if serves_web else (None, None)
+        workers = worker_children(queues, concurrency, port, env) if role in ("all", "worker") else []
     except SystemExit as exc:
         say("serve", f"refusing to start: {exc}")
         return 1
 
-    for name, p in (("PORT", port), ("FLOWER_PORT", flower_port)):
+    for name, p in (("PORT", port), ("FLOWER_PORT", flower_port)) if serves_web else ():
         if not port_free(host, p):
             raise SystemExit(f"{name}={p} is already in use on {host}: stop the other server or choose another {name}")
 
@@ -239,15 +296,17 @@ def main() -> int:
     children: list = []
     t0 = time.monotonic()
     try:
-        say("serve", "migrating the database")
-        subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=ROOT, env=env, check=True)
+        if serves_web:  # a worker host leaves the schema to the web tier (two hosts migrating at once race)
+            say("serve", "migrating the database")
+            subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=ROOT, env=env, check=True)
 
         if redis_reachable(redis_url):
             say("serve", f"using the Redis at {redis_url}")
         else:
             parsed = urlparse(redis_url)
-            if parsed.hostname not in ("127.0.0.1", "localhost", "::1"):
-                raise SystemExit(f"REDIS_URL={redis_url} does not answer (only a local Redis is started here)")
+            if role == "worker" or parsed.hostname not in ("127.0.0.1", "localhost", "::1"):
+                raise SystemExit(f"REDIS_URL={redis_url} does not answer (only a local Redis is started, "
+                                 "and only with SERVE_ROLE=all or web)")
             data_dir = Path(os.environ.get("REDIS_DIR", ROOT / "var" / "redis"))
             data_dir.mkdir(parents=True, exist_ok=True)
             redis = Child("redis", [
@@ -259,53 +318,56 @@ def main() -> int:
             children.append(redis)
             wait_until(lambda: redis_reachable(redis_url), 30, children, "redis")
 
-        children.append(Child("web", [
-            str(BIN / "daphne"), "-b", host, "-p", str(port),
-            # many clients (Python websockets) send a message as one frame: the 1 MiB frame cap must go too
-            "--websocket-max-message-size", max_msg, "--websocket-max-frame-size", max_msg, "--proxy-headers",
-            "videoservice.asgi:application",
-        ], env))
-        children.append(Child("worker", [
-            str(BIN / "celery"), "-A", "worker", "worker", "-P", "prefork", "-c", concurrency, "-E",
-            "-Q", queues, "-n", f"{queues.split(',')[0]}-{port}@%h", "--loglevel", "INFO", "--without-mingle",
-            "--without-gossip",
-        ], env))
-        # webhook deliveries: threads of their own, so that a slow receiver never holds a generation up
-        children.append(Child("hooks", [
-            str(BIN / "celery"), "-A", "worker", "worker", "-P", "threads", "-c", "4", "-E", "-Q", "webhooks",
-            "-n", f"webhooks-{port}@%h", "--loglevel", "INFO", "--without-mingle", "--without-gossip",
-        ], env))
-        children.append(Child("flower", flower_cmd, env))
+        if serves_web:
+            children.append(Child("web", [
+                str(BIN / "daphne"), "-b", host, "-p", str(port),
+                # many clients (Python websockets) send a message as one frame: the 1 MiB frame cap must go too
+                "--websocket-max-message-size", max_msg, "--websocket-max-frame-size", max_msg, "--proxy-headers",
+                "videoservice.asgi:application",
+            ], env))
+        children.extend(workers)
+        if serves_web:
+            # webhook deliveries: threads of their own, so that a slow receiver never holds a generation up
+            children.append(Child("hooks", [
+                str(BIN / "celery"), "-A", "worker", "worker", "-P", "threads", "-c", "4", "-E", "-Q", "webhooks",
+                "-n", f"webhooks-{port}@%h", "--loglevel", "INFO", "--without-mingle", "--without-gossip",
+            ], env))
+            children.append(Child("flower", flower_cmd, env))
         for child in children:
             if not child.proc:
                 child.start()
 
         display_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         base = f"http://{display_host}:{port}"
-        state = {}
+        state = {"body": ""}
 
-        def ready():  # database and Redis answer, and so does a worker
+        def ready():  # database and Redis answer, and so does a worker (ours, or with SERVE_ROLE=web anyone's)
+            if not all(worker.ready for worker in workers):
+                return False
+            if not serves_web:
+                return True
             state["status"], state["body"] = healthz(f"{base}/healthz?timeout=1")
             try:
-                return state["status"] == 200 and bool(json.loads(state["body"]).get("workers"))
+                return state["status"] == 200 and (role == "web" or bool(json.loads(state["body"]).get("workers")))
             except ValueError:
                 return False
 
-        wait_until(ready, ready_timeout, children, f"{base}/healthz")
+        wait_until(ready, ready_timeout, children, f"{base}/healthz" if serves_web else "the workers")
         say("serve", f"ready in {time.monotonic() - t0:.1f} s: {state['body'][:300]}")
-        banner = [
-            "",
-            f"  Web UI     {base}/",
-            f"  Websocket  ws://{display_host}:{port}/ws/lobby/",
-            f"  API        {base}/api/models  {base}/api/jobs",
-            f"  Health     {base}/healthz",
-            f"  Flower     http://{display_host}:{flower_port}/"
-            + (f"  (user flower, password {flower_password})" if flower_password else ""),
-            f"  Redis      {redis_url}",
-            "",
-            "  Press Ctrl-C to stop.",
-            "",
-        ]
+        banner = [""]
+        if serves_web:
+            banner += [
+                f"  Web UI     {base}/",
+                f"  Websocket  ws://{display_host}:{port}/ws/lobby/",
+                f"  API        {base}/api/models  {base}/api/jobs",
+                f"  Health     {base}/healthz",
+                f"  Flower     http://{display_host}:{flower_port}/"
+                + (f"  (user flower, password {flower_password})" if flower_password else ""),
+            ]
+        banner += [f"  Worker     {child.argv[child.argv.index('-n') + 1].replace('%h', socket.gethostname())}"
+                   + (f"  (CUDA_VISIBLE_DEVICES={child.env['CUDA_VISIBLE_DEVICES']})" if child.tag.startswith("gpu")
+                      else "") for child in workers]
+        banner += [f"  Redis      {redis_url}", "", "  Press Ctrl-C to stop.", ""]
         with _print_lock:
             print("\n".join(banner), flush=True)
 

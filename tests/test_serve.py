@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.served import Served, sessions_alive
 from tests.support.stack import ROOT, free_port, http, wait_for
 
 # A stand-in model that sleeps 50 ms a step (tests/fault_backends.py): a job that takes as long as the
@@ -30,71 +31,6 @@ MODELS = {"fake-steps": {"backend": "tests.fault_backends:fake_faults", "pipelin
                          "limits": {"min_size": 32, "max_size": 128, "max_steps": 1000}}}
 SLOW_JOB = {"prompt": "still running when the second stack starts", "model": "fake-steps", "steps": 400}  # 20 s
 QUICK_JOB = {"prompt": "a quick one", "model": "fake-steps", "steps": 10}
-
-
-def sessions_alive(sids: set) -> list:
-    """(pid, session id, command) of every live process in one of these sessions."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        state, sid = fields[0], int(fields[3])
-        if sid in sids and state != "Z":
-            found.append((int(entry.name), sid, stat[stat.index("(") + 1:stat.rindex(")")]))
-    return found
-
-
-class Served:
-    """One `python scripts/serve.py` with its own ports, sharing `shared` (REDIS_URL, DATABASE_URL...)."""
-
-    def __init__(self, tmp: Path, name: str, shared: dict, env: dict | None = None):
-        self.port, self.flower_port = free_port(), free_port()
-        self.log_path = tmp / f"serve-{name}.log"
-        self.log = open(self.log_path, "wb")
-        self.env = {**os.environ, **shared, "HOST": "127.0.0.1", "PORT": str(self.port),
-                    "FLOWER_PORT": str(self.flower_port), "READY_TIMEOUT": "150", "OMP_NUM_THREADS": "1",
-                    **(env or {})}
-        self.env.pop("FLOWER_BASIC_AUTH", None)
-        self.proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "serve.py")], cwd=ROOT, env=self.env,
-                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.base = f"http://127.0.0.1:{self.port}"
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def child_pids(self) -> dict:
-        return {tag: int(pid) for tag, pid in re.findall(r"started (\w+) \(pid (\d+)\)", self.output())}
-
-    def wait_ready(self) -> None:
-        wait_for(lambda: "Press Ctrl-C" in self.output(), 180, "serve.py's banner", [self])
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    @property
-    def name(self) -> str:
-        return f"serve.py:{self.port}"
-
-    def tail(self) -> str:
-        return self.output()[-4000:]
-
-    def close(self) -> None:
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        sids = set(self.child_pids().values())
-        for pid, _, _ in sessions_alive(sids):  # never leave a stack behind a failed test
-            os.kill(pid, signal.SIGKILL)
-        if not self.log.closed:
-            self.log.close()
 
 
 @pytest.fixture
@@ -196,3 +132,43 @@ def test_sigterm_at_start_up_stops_everything(tmp_path, shared, when):
         assert "SIGTERM: stopping" in served.output(), served.tail()
     finally:
         served.close()
+
+
+def test_worker_role_starts_one_pinned_worker_per_gpu_of_a_fake_nvidia_smi(tmp_path, shared):
+    """SERVE_ROLE=worker on a host whose (fake: no GPU here) nvidia-smi lists two GPUs: two workers,
+    CUDA_VISIBLE_DEVICES=0 and 1, node names apart; no web, no Flower, no migration, no Redis of its own."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "nvidia-smi"
+    fake.write_text("#!/bin/sh\n[ \"$1\" = --query-gpu=index ] && printf '0\\n1\\n'\n")
+    fake.chmod(0o755)
+    redis_port = int(shared["REDIS_URL"].rsplit(":", 1)[1].split("/")[0])
+    redis = subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+                              "--appendonly", "no"], stdout=subprocess.DEVNULL, start_new_session=True)
+    served = None
+    try:
+        subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, check=True,
+                       env={**os.environ, **shared}, timeout=180)
+        served = Served(tmp_path, "gpus", shared, {"SERVE_ROLE": "worker", "WORKER_QUEUES": "fakes",
+                                                   "PATH": f"{bin_dir}:{os.environ['PATH']}", "CUDA_VISIBLE_DEVICES": ""})
+        served.wait_ready()
+        out = served.output()
+        pids = served.child_pids()
+        assert set(pids) == {"gpu0", "gpu1"}, pids  # workers only
+        for gpu in ("0", "1"):
+            environ = dict(item.split("=", 1) for item in
+                           (Path("/proc") / str(pids[f"gpu{gpu}"]) / "environ").read_text().split("\0") if "=" in item)
+            assert environ["CUDA_VISIBLE_DEVICES"] == gpu
+            assert re.search(rf"^  Worker +fakes-{served.port}-gpu{gpu}@\S+ +\(CUDA_VISIBLE_DEVICES={gpu}\)$", out, re.M), out
+        assert "migrating" not in out and "Web UI" not in out
+    finally:
+        if served is not None:
+            served.close()
+        redis.kill()
+        redis.wait()
+
+
+def test_serve_refuses_an_unknown_role(tmp_path, shared):
+    out = subprocess.run([sys.executable, "scripts/serve.py"], cwd=ROOT, env={**os.environ, **shared,
+                         "SERVE_ROLE": "everything"}, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "SERVE_ROLE='everything' is not one of all, web, worker" in out.stdout

@@ -181,7 +181,10 @@ def test_reconnect_start_image_progress_and_cancel(service, browser):
         page.click("#submit")
         job = page.get_by_test_id("job").first
         expect(job).to_have_attribute("data-status", "running", timeout=60_000)
-        expect(job.get_by_test_id("job-preview")).to_be_visible(timeout=60_000)
+        # progress previews are tiny MP4s of the current estimate, played as a looping clip
+        expect(job.get_by_test_id("job-preview-clip")).to_be_visible(timeout=60_000)
+        page.wait_for_function("el => el.readyState >= 2 && el.videoWidth > 0",
+                               arg=job.get_by_test_id("job-preview-clip").element_handle(), timeout=30_000)
         page.wait_for_function(
             "el => Number(el.getAttribute('aria-valuenow')) > 0", arg=job.get_by_test_id("job-progress").element_handle(),
             timeout=60_000)

@@ -1,6 +1,7 @@
 """Benchmark of the built-in model and of video encoding on this machine.
 
     python bench/bench_builtin.py [--clips N] [--threads T]
+    python bench/bench_builtin.py --folder-training 40 1000
 
 Prints markdown tables:
   * seconds per clip at default settings (p50 over N clips, after one warm-up clip),
@@ -9,15 +10,20 @@ Prints markdown tables:
     torch.utils.flop_counter.FlopCounterMode, the machine's measured float32 matmul rate, and
     how far a forward and a clip are from that floor;
   * PyAV (`generator.encode.encode_video`) against `diffusers.utils.export_to_video`
-    (imageio-ffmpeg) for the same frames: the default clip and a synthetic 768x512x121 one.
+    (imageio-ffmpeg) for the same frames: the default clip and a synthetic 768x512x121 one;
+  * with --folder-training: training runs (`train --data`) on folders of N generated clips of
+    240 frames: peak memory of the whole process tree (PSS: the loader workers' shared pages
+    counted once), seconds from launch to the first step, steps/s, and the loader's clips/s alone.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
 import struct
+import subprocess
 import sys
 import tempfile
 import time
@@ -72,11 +78,8 @@ def matmul_rate(n: int = 1024, repeats: int = 8) -> float:
 
 
 def unet_inputs(pipe, frames: int, height: int, width: int):
-    states, mask, pooled = pipe.text_encoder([PROMPT, ""])
     sample = torch.randn(2, 3, frames, height, width)
-    cond = torch.zeros_like(sample)
-    cond_mask = torch.zeros(2, 1, frames, 1, 1)
-    return sample, torch.tensor([500]), states, mask, pooled, cond, cond_mask
+    return (sample, torch.tensor([500]), *pipe.text_encoder([PROMPT, ""], objects=True))
 
 
 @torch.no_grad()
@@ -120,11 +123,11 @@ def guidance_interval_seconds(pipe, info, clips: int) -> tuple:
     return statistics.median(interval), statistics.median(every_step)
 
 
-def bench_model(clips: int) -> dict:
+def bench_model(clips: int, path: str | None = None) -> dict:
     from generator.builtin.backend import BuiltinBackend
     from generator.interface import GenerationRequest
 
-    backend = BuiltinBackend()
+    backend = BuiltinBackend(path)
     started = time.perf_counter()
     backend.load()
     load_s = time.perf_counter() - started
@@ -153,6 +156,26 @@ def bench_model(clips: int) -> dict:
         "params": sum(p.numel() for p in backend.pipe.unet.parameters()),
         "info": info,
     }
+
+
+@torch.no_grad()
+def alternating_clip_seconds(paths: list, clips: int) -> list:
+    """p50 seconds of a default clip (everything the backend does: text, sampling, upscaling) for
+    each pipeline folder, the folders' clips timed in turn so all see the same machine load."""
+    from generator.builtin.backend import BuiltinBackend
+    from generator.interface import GenerationRequest
+
+    backends = [BuiltinBackend(path) for path in paths]
+    times = [[] for _ in paths]
+    for backend in backends:
+        backend.load()
+        backend.generate(GenerationRequest(prompt=PROMPT, seed=999))  # warm-up
+    for i in range(clips):
+        for backend, spent in zip(backends, times):
+            started = time.perf_counter()
+            backend.generate(GenerationRequest(prompt=PROMPT, seed=i))
+            spent.append(time.perf_counter() - started)
+    return [statistics.median(spent) for spent in times]
 
 
 # ------------------------------------------------------------------ encoding
@@ -210,6 +233,107 @@ def bench_encode(frames: np.ndarray, fps: float, repeats: int, folder: str) -> d
             "pyav_faststart": moov_before_mdat(pyav_path), "imageio_faststart": moov_before_mdat(imageio_path)}
 
 
+# ------------------------------------------------------------------ training from a folder
+def write_clips(folder: str, count: int, scenes_per_clip: int = 15, size: int = 128) -> int:
+    """`count` MP4s of the built-in world, each `scenes_per_clip` 16-frame scenes in a row, with a
+    caption file beside each; returns the bytes written."""
+    import random
+
+    from generator.builtin import world
+    from generator.builtin.sample import to_uint8_frames
+    from generator.encode import encode_video
+
+    rng, total = random.Random(0), 0
+    os.makedirs(folder, exist_ok=True)
+    for i in range(count):
+        scenes = [world.sample_scene(rng, 16) for _ in range(scenes_per_clip)]
+        video = world.render(scenes, 16, size)  # scenes x 3 x 16 x H x W
+        frames = np.concatenate([to_uint8_frames(clip) for clip in video])
+        path = os.path.join(folder, f"clip_{i:05d}.mp4")
+        total += len(encode_video(frames, 24.0, path))
+        with open(os.path.join(folder, f"clip_{i:05d}.txt"), "w") as fh:
+            fh.write(world.caption(scenes[0], rng))
+    return total
+
+
+def tree_pss_kib(root: int) -> int:
+    """Proportional set size of `root` and all its descendants (KiB), from /proc."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    parents[int(entry)] = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    tree, grew = {root}, True
+    while grew:
+        found = {pid for pid, parent in parents.items() if parent in tree} - tree
+        tree |= found
+        grew = bool(found)
+    total = 0
+    for pid in tree:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as fh:
+                total += next(int(line.split()[1]) for line in fh if line.startswith("Pss:"))
+        except (OSError, StopIteration):
+            pass
+    return total
+
+
+def folder_training_run(folder: str, steps: int, threads: int) -> dict:
+    """One `train --data` run in its own process, its memory sampled every 0.1 s."""
+    with tempfile.TemporaryDirectory() as out:
+        command = [sys.executable, "-m", "generator.builtin.train", "--data", folder, "--out", out,
+                   "--steps", str(steps), "--ckpt-every", str(10 * steps), "--workers", "2", "--device", "cpu"]
+        if threads:
+            command += ["--threads", str(threads)]
+        log = os.path.join(out, "log.txt")
+        launched = time.perf_counter()
+        with open(log, "w") as sink:
+            process = subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=subprocess.DEVNULL)
+        peak, first_step = 0, None
+        while process.poll() is None:
+            peak = max(peak, tree_pss_kib(process.pid))
+            if first_step is None and "first step starts" in open(log).read():
+                first_step = time.perf_counter() - launched
+            time.sleep(0.1)
+        output = open(log).read()
+        if process.returncode:
+            raise RuntimeError(f"training failed ({process.returncode}): {output[-2000:]}")
+        with open(os.path.join(out, "training.json")) as fh:
+            step_seconds = json.load(fh)["seconds"]  # inside the steps, saving excluded
+    return {"peak_mib": peak / 1024, "first_step_s": first_step, "steps_per_s": steps / step_seconds,
+            "in_train": float(output.split("first step starts ")[1].split(" s")[0])}
+
+
+def loader_clips_per_second(folder: str, batches: int = 20, batch_size: int = 8) -> float:
+    from generator.builtin.train import VideoFolderClips
+
+    data = iter(VideoFolderClips(folder, num_frames=16, size=64, seed=0, workers=2).batches(batch_size, 0))
+    next(data)  # the workers' start
+    started = time.perf_counter()
+    for _ in range(batches):
+        next(data)
+    return batches * batch_size / (time.perf_counter() - started)
+
+
+def bench_folder_training(counts: list, steps: int, threads: int) -> None:
+    print("## Training from a folder of generated clips (`train --data`, streaming loader, 2 workers)\n")
+    print("| clips | MP4 bytes | peak PSS, whole tree | launch -> first step | train() -> first step "
+          "| steps/s | loader alone, clips/s |\n|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as root:
+        for count in counts:
+            folder = os.path.join(root, str(count))
+            size = write_clips(folder, count)
+            run = folder_training_run(folder, steps, threads)
+            rate = loader_clips_per_second(folder)
+            steps_per_s = run["steps_per_s"]
+            print(f"| {count} | {size / 1e6:.1f} MB | {run['peak_mib']:.0f} MiB | {run['first_step_s']:.2f} s "
+                  f"| {run['in_train']:.2f} s | {steps_per_s:.2f} (batch 8: {8 * steps_per_s:.1f} clips/s) "
+                  f"| {rate:.1f} |", flush=True)
+
+
 # ------------------------------------------------------------------ report
 def _si(value: float, unit: str) -> str:
     for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
@@ -223,7 +347,16 @@ def main(argv=None) -> None:
     parser.add_argument("--clips", type=int, default=5, help="clips to time (p50 is reported)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--skip-encode", action="store_true", help="only the model benchmark")
+    parser.add_argument("--model-path", help="the pipeline folder to measure (default: the shipped weights)")
+    parser.add_argument("--compare", nargs="+", metavar="PATH",
+                        help="also time default clips of these pipeline folders, alternating with --model-path's")
+    parser.add_argument("--folder-training", type=int, nargs="+", metavar="CLIPS",
+                        help="instead: train from folders of this many generated clips (e.g. 40 1000)")
+    parser.add_argument("--training-steps", type=int, default=30)
     args = parser.parse_args(argv)
+    if args.folder_training:
+        bench_folder_training(args.folder_training, args.training_steps, args.threads)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     _count_cpu_attention()
@@ -235,7 +368,7 @@ def main(argv=None) -> None:
           f"load average {os.getloadavg()[0]:.2f}\n", flush=True)
 
     rate = matmul_rate()
-    m = bench_model(args.clips)
+    m = bench_model(args.clips, args.model_path)
     info, result = m["info"], m["result"]
     t, h, w = result.frames.shape[:3]
     nh, nw = result.native_size
@@ -260,10 +393,16 @@ def main(argv=None) -> None:
         (f"sampling loop, guidance at t >= {GUIDANCE_MIN_TIMESTEP} / at every step (p50)",
          f"{m['sampling_s'][0]:.2f} s / {m['sampling_s'][1]:.2f} s = {m['sampling_s'][0] / m['sampling_s'][1]:.2f}"),
     ]
-    print("## Model\n\n| measure | value |\n|---|---|")
+    print(f"## Model ({args.model_path or 'shipped weights'})\n\n| measure | value |\n|---|---|")
     for name, value in rows:
         print(f"| {name} | {value} |")
     print(flush=True)
+    if args.compare:
+        paths = [args.model_path] + args.compare
+        print(f"## Default clips timed alternately (p50 of {args.clips})\n\n| pipeline | seconds per clip |\n|---|---|")
+        for path, seconds in zip(paths, alternating_clip_seconds(paths, args.clips)):
+            print(f"| {path or 'shipped weights'} | {seconds:.2f} s |")
+        print(flush=True)
 
     if args.skip_encode:
         return

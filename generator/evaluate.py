@@ -325,7 +325,7 @@ def noise_probe(pipe, timesteps=(100, 300, 500, 600, 700, 800, 900), seed: int =
     for shape in world.SHAPES:
         scenes = [[world.ShapeMotion(colour, shape, "right", 8, 20, 32, 1.5)] for colour in world.COLOURS]
         clips = world.render(scenes, 16, 64)
-        text = [x.to(device) for x in pipe.text_encoder([world.caption(scene, rng) for scene in scenes])]
+        text = [x.to(device) for x in pipe.text_encoder([world.caption(scene, rng) for scene in scenes], objects=True)]
         for t in timesteps:
             timestep = torch.tensor([t])
             noisy = pipe.scheduler.add_noise(clips, torch.randn(clips.shape, generator=noise_seed), timestep)

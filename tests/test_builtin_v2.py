@@ -186,3 +186,71 @@ def test_strength_zero_returns_the_source(backend):
     assert np.array_equal(result.frames, source) and steps == []
     assert np.abs(mp4_round_trip(result.frames).astype(int) - source).mean() < 2.0
     assert get_info("builtin").supports_video
+
+
+# ------------------------------------------------------------- object tokens
+def test_object_phrases_split_every_caption_of_the_world_into_its_objects():
+    from generator.builtin.text import object_phrases
+
+    rng = random.Random(4)
+    for i in range(400):
+        scene = world.sample_scene(rng, 16, two_shapes_prob=0.5)
+        phrases = object_phrases(world.caption(scene, rng, held_out=i % 2 == 0))
+        assert len(phrases) == len(scene), phrases
+        for phrase, motion in zip(phrases, scene):
+            assert motion.colour in phrase and motion.shape in phrase, phrases
+    assert object_phrases("there is a red circle and it travels left") == ["there is a red circle and it travels left"]
+    assert object_phrases("") == [""]
+
+
+def test_object_attention_added_to_a_trained_model_starts_as_that_model_and_round_trips(tmp_path, text_encoder):
+    from generator.builtin.model import VideoUNet
+    from generator.builtin.train import parse_args, train
+
+    base_dir, tuned_dir = tmp_path / "base", tmp_path / "tuned"
+    tiny = ["--channels", "16", "32", "32", "--batch", "2", "--frames", "4", "--size", "32", "--warmup", "1",
+            "--threads", "1", "--lr", "1e-3", "--ckpt-every", "2"]
+    train(parse_args(["--out", str(base_dir), "--steps", "2", *tiny]))
+    base = VideoUNet.from_pretrained(str(base_dir / "pipeline" / "unet"))
+    assert not base.config.object_tokens and base.attn_mid.object_attn is None
+    train(parse_args(["--out", str(tuned_dir), "--steps", "2", "--object-tokens", "--init-from",
+                      str(base_dir / "pipeline"), *tiny]))
+    tuned = VideoUNet.from_pretrained(str(tuned_dir / "pipeline" / "unet"))
+    assert tuned.config.object_tokens and tuned.attn_mid.object_attn is not None
+
+    text = text_encoder(["a red square moving left and a blue circle moving up", ""], objects=True)
+    assert text[3].shape[:2] == (2, 2) and text[4].tolist() == [[True, True], [True, False]]
+    fresh = VideoUNet.from_config(dict(tuned.config))
+    missing = fresh.load_state_dict(base.state_dict(), strict=False).missing_keys
+    assert missing and all(".object_attn." in key for key in missing)
+    sample = torch.randn(2, 3, 4, 32, 32)
+    with torch.no_grad():  # the new attention's output layer starts at zero: the base model's outputs
+        torch.testing.assert_close(fresh(sample, torch.tensor([500]), *text), base(sample, torch.tensor([500]), *text))
+        assert not torch.equal(tuned(sample, torch.tensor([500]), *text), base(sample, torch.tensor([500]), *text))
+
+
+# ------------------------------------------------------------------ upsampler
+def test_upsampler_training_lowers_its_loss_and_the_pipeline_carries_it(tmp_path, text_encoder):
+    from generator.builtin.model import FrameUpsampler
+    from generator.builtin.sample import BuiltinPipeline, training_scheduler
+    from generator.builtin.model import VideoUNet
+    from generator.builtin.train_upsampler import batch, edge_l1, parse_args, train
+
+    args = parse_args(["--out", str(tmp_path), "--steps", "120", "--batch", "4", "--hidden", "16", "--lr", "1e-2",
+                       "--max-blur", "0", "--max-noise", "0", "--threads", "1"])
+    low, high = batch(random.Random(99), 8, 4, args)  # frames the training never draws
+    with torch.no_grad():
+        before = edge_l1(FrameUpsampler(hidden=16)(low), high).item()  # untrained: nearest neighbour
+    train(args)
+    upsampler = FrameUpsampler.from_pretrained(str(tmp_path / "upsampler"))
+    with torch.no_grad():
+        after = edge_l1(upsampler(low), high).item()
+    assert after < 0.97 * before, (before, after)  # learning (the shipped one trained 1,500 steps)
+    assert upsampler.config.hidden == 16 and upsampler.config.scale == 4
+
+    pipe = BuiltinPipeline(VideoUNet(channels=(16, 32, 32)), training_scheduler(), text_encoder, upsampler)
+    pipe.save_pretrained(str(tmp_path / "pipeline"))
+    loaded = BuiltinPipeline.from_pretrained(str(tmp_path / "pipeline"), text_encoder=text_encoder)
+    low = world.render([[world.ShapeMotion("white", "square", "right", 8, 20, 30, 1.5)]], 2, 64)[0]
+    assert loaded.upscale(low).shape == (3, 2, 256, 256)
+    torch.testing.assert_close(loaded.upscale(low), pipe.upscale(low))

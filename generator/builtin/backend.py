@@ -77,5 +77,7 @@ class BuiltinBackend(Backend):
                           steps=req.steps, guidance_scale=req.guidance_scale,
                           generator=torch.Generator().manual_seed(req.seed), start_frames=start,
                           video=source, strength=strength, callback=on_step, should_cancel=should_cancel)
+        if req.height > size[0] or req.width > size[1]:  # a learned upscale first, where there is one
+            video = self.pipe.upscale(video)
         frames = resize_frames(to_uint8_frames(video), (req.height, req.width))
         return GenerationResult(frames=frames, fps=req.fps, seed=req.seed, native_size=size)

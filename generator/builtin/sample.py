@@ -1,8 +1,9 @@
 """Sampling from the built-in model: a small diffusers-style pipeline.
 
-A pipeline folder holds `unet/` (VideoUNet config + weights) and `scheduler/` (the DDPM
-training schedule); `from_pretrained` loads both from disk, the text encoder comes from
-the installed all-MiniLM-L6-v2 package. Sampling runs DPM-Solver++ (default) or DDIM
+A pipeline folder holds `unet/` (VideoUNet config + weights), `scheduler/` (the DDPM
+training schedule) and optionally `upsampler/` (a FrameUpsampler for the output size);
+`from_pretrained` loads them from disk, the text encoder comes from the installed
+all-MiniLM-L6-v2 package. Sampling runs DPM-Solver++ (default) or DDIM
 from diffusers over that schedule, with classifier-free guidance.
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
-from generator.builtin.model import VideoUNet
+from generator.builtin.model import FrameUpsampler, VideoUNet
 from generator.interface import Cancelled
 
 # `timestep_spacing` is explicit: a scheduler built in memory carries `_use_default_values`,
@@ -51,8 +52,10 @@ def training_scheduler(zero_terminal_snr: bool = False) -> DDPMScheduler:
 
 
 class BuiltinPipeline:
-    def __init__(self, unet: VideoUNet, scheduler: DDPMScheduler, text_encoder=None):
+    def __init__(self, unet: VideoUNet, scheduler: DDPMScheduler, text_encoder=None,
+                 upsampler: Optional[FrameUpsampler] = None):
         self.unet, self.scheduler, self.text_encoder = unet.eval(), scheduler, text_encoder
+        self.upsampler = upsampler.eval() if upsampler is not None else None
 
     @classmethod
     def from_pretrained(cls, path: str, text_encoder=None) -> "BuiltinPipeline":
@@ -60,11 +63,20 @@ class BuiltinPipeline:
 
         unet = VideoUNet.from_pretrained(os.path.join(path, "unet"))
         scheduler = DDPMScheduler.from_pretrained(os.path.join(path, "scheduler"))
-        return cls(unet, scheduler, text_encoder or shared_text_encoder())
+        upsampler = (FrameUpsampler.from_pretrained(os.path.join(path, "upsampler"))
+                     if os.path.isdir(os.path.join(path, "upsampler")) else None)
+        return cls(unet, scheduler, text_encoder or shared_text_encoder(), upsampler)
 
     def save_pretrained(self, path: str) -> None:
         self.unet.save_pretrained(os.path.join(path, "unet"))
         self.scheduler.save_pretrained(os.path.join(path, "scheduler"))
+        if self.upsampler is not None:
+            self.upsampler.save_pretrained(os.path.join(path, "upsampler"))
+
+    @torch.no_grad()
+    def upscale(self, video: torch.Tensor) -> torch.Tensor:
+        """3 x T x H x W -> the learned upsampler's scale x larger (unchanged without one)."""
+        return video if self.upsampler is None else self.upsampler.upscale_video(video.to(self.upsampler.device))
 
     @torch.no_grad()
     def __call__(self, prompt: str, num_frames: int = 16, height: int = 64, width: int = 64,
@@ -85,7 +97,7 @@ class BuiltinPipeline:
         steps at timesteps >= `guidance_min_timestep` (0: every step).
         """
         device = self.unet.device
-        states, mask, pooled = (x.to(device) for x in self.text_encoder([prompt, ""]))
+        text = [x.to(device) for x in self.text_encoder([prompt, ""], objects=True)]
         shape = (1, 3, num_frames, height, width)
         cond_video = torch.zeros(shape, device=device)
         cond_mask = torch.zeros(1, 1, num_frames, 1, 1, device=device)
@@ -111,12 +123,13 @@ class BuiltinPipeline:
             if should_cancel is not None and should_cancel():
                 raise Cancelled()
             if guidance_scale != 1.0 and t >= guidance_min_timestep:
-                both = self.unet(latents.expand(2, -1, -1, -1, -1), t.view(1), states, mask, pooled,
-                                 cond_video.expand(2, -1, -1, -1, -1), cond_mask.expand(2, -1, -1, -1, -1))
+                both = self.unet(latents.expand(2, -1, -1, -1, -1), t.view(1), *text,
+                                 cond_video=cond_video.expand(2, -1, -1, -1, -1),
+                                 cond_mask=cond_mask.expand(2, -1, -1, -1, -1))
                 x0_text, x0_free = both.chunk(2)
                 x0 = x0_free + guidance_scale * (x0_text - x0_free)
             else:
-                x0 = self.unet(latents, t.view(1), states[:1], mask[:1], pooled[:1], cond_video, cond_mask)
+                x0 = self.unet(latents, t.view(1), *(x[:1] for x in text), cond_video=cond_video, cond_mask=cond_mask)
             if callback is not None:
                 callback(i + 1, total, x0.clamp(-1, 1)[0].cpu())
             latents = scheduler.step(x0, t, latents).prev_sample

@@ -5,8 +5,10 @@
     python -m generator.builtin.train --out runs/more --init-from generator/weights/builtin
     python -m generator.builtin.train --data path/to/videos --out runs/mine        # real clips
 
-Synthetic clips by default; `--data DIR` trains on a folder of videos (each `name.mp4`
-captioned by `name.txt` beside it, else by its file name). DDPM training: a random
+Synthetic clips by default; `--data` trains on videos (a folder, each `name.mp4` captioned by
+`name.txt` beside it, else by its file name, or a CSV / JSON-lines manifest), streamed:
+DataLoader workers decode one random window of one random video at a time, so memory does not
+grow with the number of videos. DDPM training: a random
 timestep per sample, x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps, MSE on the predicted clean
 clip x0 (see `training_scheduler` for why x0 rather than eps), weighted by clamp(SNR, 1, 5)
 so the low-noise steps that shape edges are not drowned by the noisy ones (Min-SNR style);
@@ -32,7 +34,7 @@ from diffusers import DDPMScheduler
 from tqdm import tqdm
 
 from generator.builtin import world
-from generator.builtin.model import VideoUNet
+from generator.builtin.model import FrameUpsampler, VideoUNet
 from generator.builtin.sample import BuiltinPipeline, training_scheduler
 from generator.builtin.text import TextEncoder, shared_text_encoder
 
@@ -256,10 +258,18 @@ def train(args) -> dict:
         model = VideoUNet.from_config(saved["config"])
         model.load_state_dict(saved["model"])
     elif args.init_from:  # fine-tune shipped weights (a pipeline folder) with a fresh optimizer
-        model = VideoUNet.from_pretrained(os.path.join(args.init_from, "unet"))
+        base = VideoUNet.from_pretrained(os.path.join(args.init_from, "unet"))
+        config = {k: v for k, v in base.config.items() if not k.startswith("_")}  # no "_use_default_values"
+        model = VideoUNet.from_config(config | {"object_tokens": args.object_tokens or config["object_tokens"]})
+        # object attention added to a model without it starts at zero (its output layer): same outputs
+        missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
+        assert not unexpected and all(".object_attn." in key for key in missing), (missing, unexpected)
     else:
-        model = VideoUNet(channels=tuple(args.channels))
+        model = VideoUNet(channels=tuple(args.channels), object_tokens=args.object_tokens)
     model.to(device)
+    # the upsampler of --init-from's pipeline is not trained here; it travels into pipeline/
+    carried = args.init_from and os.path.join(args.init_from, "upsampler")
+    upsampler = FrameUpsampler.from_pretrained(carried) if carried and os.path.isdir(carried) else None
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     if saved is not None:
@@ -275,7 +285,7 @@ def train(args) -> dict:
                     "optimizer": optimizer.state_dict(), "state": state},
                    checkpoint_path + ".tmp")
         os.replace(checkpoint_path + ".tmp", checkpoint_path)
-        BuiltinPipeline(ema, scheduler, text).save_pretrained(os.path.join(args.out, "pipeline"))
+        BuiltinPipeline(ema, scheduler, text, upsampler).save_pretrained(os.path.join(args.out, "pipeline"))
         save_loss_curve(state["losses"], os.path.join(args.out, "loss.png"))
         with open(os.path.join(args.out, "training.json"), "w") as fh:
             json.dump({k: v for k, v in state.items() if k != "losses"} | {"args": vars(args)}, fh, indent=1)
@@ -289,14 +299,14 @@ def train(args) -> dict:
             print(f"first step starts {time.time() - launched:.2f} s after train() was called", flush=True)
             launched = None
         captions = ["" if rng.random() < CAPTION_DROP else c for c in captions]
-        states, mask, pooled = text(captions)
+        text_inputs = text(captions, objects=True)
         cond_video, cond_mask = conditioning(clips, rng)
         noise = torch.randn_like(clips)
         t = torch.multinomial(t_weights, clips.shape[0], replacement=True)
         a = alphas[t].view(-1, 1, 1, 1, 1)
         noisy = a.sqrt() * clips + (1 - a).sqrt() * noise
         with autocast:
-            predicted = model(noisy, t, states, mask, pooled, cond_video, cond_mask).float()
+            predicted = model(noisy, t, *text_inputs, cond_video=cond_video, cond_mask=cond_mask).float()
         # frames given as conditioning still count: the model must keep them unchanged
         snr = a.flatten() / (1 - a.flatten())
         per_clip = (predicted - clips).pow(2).mean(dim=(1, 2, 3, 4))
@@ -338,6 +348,8 @@ def parse_args(argv=None):
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--channels", type=int, nargs=3, default=[64, 128, 256])
+    parser.add_argument("--object-tokens", action="store_true",
+                        help="attend to one text state per described object (added to an --init-from model)")
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",

@@ -12,6 +12,12 @@
   messages through `big_sends()`, so at most MAX_BIG_SENDS of them are in flight per process and
   a process holds a few large messages at a time, not one per subscriber.
 - Binary frames (`?binary=1`): `binary_frame` gives the bytes once per process per event.
+- Framed once: Daphne encodes a text again for every subscriber and autobahn joins a frame
+  header to it: per subscriber, fresh multi-MB buffers whose page faults made these copies most
+  of Daphne's time in a fan-out (py-spy). The websocket frame of a shared event (header + bytes) is
+  built once per process and handed to every connection's transport as that same object
+  (`_write_frame`), when the connection is a plain open one (no compression, no fragmentation);
+  anything else takes Daphne's path.
 """
 from __future__ import annotations
 
@@ -27,12 +33,13 @@ SHARED_MIN_BYTES = 64 * 1024
 SHARED_TTL_S = 120
 LOCAL_TTL_S = 30.0  # how long a process keeps an event it fetched (its subscribers are sent it by then)
 BIG_MESSAGE_BYTES = 512 * 1024
-MAX_BIG_SENDS = 4
+MAX_BIG_SENDS = 16
 LOW_WATER_BYTES = 256 * 1024
 SLOW_CLIENT_S = 5.0  # a client that has not read a message this long after it was sent is dropped
 BINARY_FIELDS = {"video_chunk": ("init", "data"), "generation_complete": ("video",)}
 
 _local: dict = {}  # key -> Future of the text (per process, per event loop)
+_frames: dict = {}  # id(payload) -> (payload, its whole websocket frame): shared events, framed once per process
 _big_sends: dict = {}  # event loop -> Semaphore
 _redis: dict = {}  # event loop -> redis client
 
@@ -81,7 +88,10 @@ async def text_of(message: dict):
         _remember(key, future)
         try:
             raw = await _client().get(key)
-            future.set_result(raw.decode("utf-8", "surrogatepass") if raw is not None else None)
+            text = raw.decode("utf-8", "surrogatepass") if raw is not None else None
+            if text is not None and len(raw) >= BIG_MESSAGE_BYTES:
+                _keep_frame(text, _frame_header(1, len(raw)) + raw)
+            future.set_result(text)
         except Exception as exc:
             future.set_exception(exc)
             _local.pop(key, None)
@@ -104,8 +114,16 @@ async def binary_frame(message: dict, text: str):
         parts = [(name, base64.b64decode(event.pop(name))) for name in BINARY_FIELDS[kind] if event.get(name)]
         event["binary"] = [{"field": name, "bytes": len(data)} for name, data in parts]
         header = json.dumps(event, separators=(",", ":")).encode()
-        future.set_result(struct.pack(">I", len(header)) + header + b"".join(data for _, data in parts))
+        frame = struct.pack(">I", len(header)) + header + b"".join(data for _, data in parts)
+        if len(frame) >= BIG_MESSAGE_BYTES:
+            _keep_frame(frame, _frame_header(2, len(frame)) + frame)
+        future.set_result(frame)
     return await future
+
+
+def _keep_frame(payload, frame: bytes) -> None:
+    _frames[id(payload)] = (payload, frame)
+    asyncio.get_running_loop().call_later(LOCAL_TTL_S, _frames.pop, id(payload), None)
 
 
 # ---------------------------------------------------------------- Daphne: sends that wait for slow clients
@@ -120,6 +138,33 @@ def _pending(protocol) -> int:
         return 0
 
 
+def _frame_header(opcode: int, length: int) -> bytes:
+    """A final, unmasked websocket frame header (RFC 6455 5.2: servers do not mask)."""
+    if length <= 125:
+        return struct.pack("!BB", 0x80 | opcode, length)
+    if length <= 0xFFFF:
+        return struct.pack("!BBH", 0x80 | opcode, 126, length)
+    return struct.pack("!BBQ", 0x80 | opcode, 127, length)
+
+
+def _write_frame(protocol, message: dict) -> bool:
+    """Hand a shared event's prebuilt frame to the connection's transport (False: not one, or not a
+    plain open connection; Daphne sends it). A transport with nothing pending sends from the very
+    object: no copy per subscriber."""
+    payload = message.get("bytes") if message.get("bytes") is not None else message.get("text")
+    kept = _frames.get(id(payload))
+    if kept is None or kept[0] is not payload or getattr(protocol, "transport", None) is None:
+        return False
+    frame = kept[1]
+    if (getattr(protocol, "state", None) != getattr(protocol, "STATE_OPEN", object())
+            or getattr(protocol, "_perMessageCompress", True) is not None
+            or getattr(protocol, "autoFragmentSize", 1) or getattr(protocol, "logFrames", True)
+            or 0 < getattr(protocol, "maxMessagePayloadSize", 0) < len(frame)):
+        return False
+    protocol.transport.write(frame)
+    return True
+
+
 def install_backpressure() -> bool:
     """Make Daphne's websocket sends wait for the client to read (see the module's docstring)."""
     try:
@@ -131,7 +176,10 @@ def install_backpressure() -> bool:
     original = Server.handle_reply
 
     async def handle_reply(self, protocol, message):
-        await original(self, protocol, message)
+        sent = (message.get("type") == "websocket.send" and protocol in self.connections
+                and not self.connections[protocol].get("disconnected") and _write_frame(protocol, message))
+        if not sent:
+            await original(self, protocol, message)
         if message.get("type") != "websocket.send" or _pending(protocol) <= LOW_WATER_BYTES:
             return
         waited = 0.0

@@ -39,6 +39,7 @@ from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdp
 from generator.builtin.sample import GUIDANCE_MIN_TIMESTEP  # noqa: E402
 
 PROMPT = "a red circle moving to the left"
+TWO_OBJECT_PROMPT = "a red circle moving to the left and a blue square moving up"
 
 
 def _count_cpu_attention() -> None:
@@ -160,22 +161,24 @@ def bench_model(clips: int, path: str | None = None) -> dict:
 
 @torch.no_grad()
 def alternating_clip_seconds(paths: list, clips: int) -> list:
-    """p50 seconds of a default clip (everything the backend does: text, sampling, upscaling) for
-    each pipeline folder, the folders' clips timed in turn so all see the same machine load."""
+    """[(p50 seconds of a default one-object clip, of a two-object clip)] per pipeline folder:
+    everything the backend does (text, sampling in one layer per object, upscaling), the
+    folders' clips timed in turn so all see the same machine load."""
     from generator.builtin.backend import BuiltinBackend
     from generator.interface import GenerationRequest
 
     backends = [BuiltinBackend(path) for path in paths]
-    times = [[] for _ in paths]
+    times = [([], []) for _ in paths]
     for backend in backends:
         backend.load()
         backend.generate(GenerationRequest(prompt=PROMPT, seed=999))  # warm-up
     for i in range(clips):
         for backend, spent in zip(backends, times):
-            started = time.perf_counter()
-            backend.generate(GenerationRequest(prompt=PROMPT, seed=i))
-            spent.append(time.perf_counter() - started)
-    return [statistics.median(spent) for spent in times]
+            for prompt, into in zip((PROMPT, TWO_OBJECT_PROMPT), spent):
+                started = time.perf_counter()
+                backend.generate(GenerationRequest(prompt=prompt, seed=i))
+                into.append(time.perf_counter() - started)
+    return [(statistics.median(one), statistics.median(two)) for one, two in times]
 
 
 # ------------------------------------------------------------------ encoding
@@ -399,9 +402,10 @@ def main(argv=None) -> None:
     print(flush=True)
     if args.compare:
         paths = [args.model_path] + args.compare
-        print(f"## Default clips timed alternately (p50 of {args.clips})\n\n| pipeline | seconds per clip |\n|---|---|")
-        for path, seconds in zip(paths, alternating_clip_seconds(paths, args.clips)):
-            print(f"| {path or 'shipped weights'} | {seconds:.2f} s |")
+        print(f"## Default clips timed alternately (p50 of {args.clips})\n\n"
+              f"| pipeline | one object: {PROMPT!r} | two objects: {TWO_OBJECT_PROMPT!r} |\n|---|---|---|")
+        for path, (one, two) in zip(paths, alternating_clip_seconds(paths, args.clips)):
+            print(f"| {path or 'shipped weights'} | {one:.2f} s | {two:.2f} s |")
         print(flush=True)
 
     if args.skip_encode:

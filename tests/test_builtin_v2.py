@@ -254,3 +254,46 @@ def test_upsampler_training_lowers_its_loss_and_the_pipeline_carries_it(tmp_path
     low = world.render([[world.ShapeMotion("white", "square", "right", 8, 20, 30, 1.5)]], 2, 64)[0]
     assert loaded.upscale(low).shape == (3, 2, 256, 256)
     torch.testing.assert_close(loaded.upscale(low), pipe.upscale(low))
+
+
+# ------------------------------------------------------------------ layers
+def test_keep_one_object_paints_over_a_second_copy_and_leaves_one_object_as_drawn():
+    from generator.builtin.sample import keep_one_object
+    from generator.evaluate import analyse
+
+    big = world.ShapeMotion("red", "square", "left", 9, 50, 14, 1.5)
+    copy = world.ShapeMotion("red", "square", "left", 6, 50, 44, 1.5)
+    twice = world.render([[big, copy]], 16, 64)[0]
+    assert analyse(to_uint8_frames(twice))["objects"] == 2
+    kept = keep_one_object(twice)
+    torch.testing.assert_close(kept, world.render([[big]], 16, 64)[0], atol=1e-6, rtol=0)
+    once = world.render([[world.ShapeMotion("blue", "triangle", "down", 7, 30, 10, 1.9)]], 16, 64)[0]
+    assert torch.equal(keep_one_object(once), once)
+
+
+def test_layers_composite_to_the_scene_the_renderer_draws():
+    from generator.builtin.sample import composite_layers
+
+    red = world.ShapeMotion("red", "circle", "right", 8, 12, 14, 1.5)
+    blue = world.ShapeMotion("blue", "square", "up", 7, 50, 56, 1.5)  # never touching the red one
+    layers = torch.stack([world.render([[red]], 16, 64)[0], world.render([[blue]], 16, 64)[0]])
+    torch.testing.assert_close(composite_layers(layers), world.render([[red, blue]], 16, 64)[0], atol=1e-6, rtol=0)
+
+
+def test_a_two_object_prompt_is_sampled_as_two_layers_in_one_batch(text_encoder):
+    from generator.builtin.model import VideoUNet
+    from generator.builtin.sample import BuiltinPipeline, training_scheduler
+
+    torch.manual_seed(0)
+    pipe = BuiltinPipeline(VideoUNet(channels=(16, 32, 32)), training_scheduler(), text_encoder)
+    batches = []
+    pipe.unet.register_forward_hook(lambda module, args, out: batches.append(out.shape[0]))
+    run = dict(num_frames=4, height=32, width=32, steps=4, generator=torch.Generator().manual_seed(1))
+    video = pipe("a red square moving left and a blue circle moving up", **run)
+    assert video.shape == (3, 4, 32, 32) and batches == [4, 4, 2, 2]  # guided steps first (t >= 600)
+    batches.clear()
+    pipe("a red square moving left", **run)
+    assert batches == [2, 2, 1, 1]
+    batches.clear()  # a start frame already holds both objects: the prompt is drawn whole
+    pipe("a red square moving left and a blue circle moving up", start_frames=torch.zeros(3, 1, 32, 32), **run)
+    assert batches == [2, 2, 1, 1]

@@ -16,7 +16,8 @@ Daphne on free ports, everything in a temporary folder) and prints markdown tabl
   * fan-out: one completion with a ~2 MB video (random bytes, base64) to N websocket subscribers, two
     ways side by side: "shared" (videoservice/bus.py: serialized once, stored once in Redis, fetched
     once per Daphne process) and "per subscriber" (the event inline in the channel-layer message, so
-    every subscriber receives and serializes its own copy: the message format before fanout.py);
+    every subscriber receives and serializes its own copy: the message format before fanout.py),
+    and shared to subscribers that asked for binary frames (?binary=1: the video as raw bytes);
   * memory: Daphne's peak resident memory growth while M subscribers receive a 5 MB completion, for
     each way, each on a fresh Daphne.
 
@@ -53,18 +54,22 @@ def pct(values, q):
 
 
 def stalls(arrivals: list, fps: float) -> tuple:
-    """(number of stalls, seconds stalled) for a viewer who starts at the first chunk's arrival and
-    plays each chunk's frames at `fps`, pausing whenever the next chunk is not there yet.
-    `arrivals`: (arrival time, frames in the chunk) in order."""
+    """(number of stalls, seconds stalled, start-up buffer) for a viewer who starts at the first
+    chunk's arrival and plays each chunk's frames at `fps`, pausing whenever the next chunk is not
+    there yet; the buffer is how long after the first chunk a viewer must wait before playing to
+    see no stall at all. `arrivals`: (arrival time, frames in the chunk) in order."""
     t0 = arrivals[0][0]
     due, stalled, count = t0, 0.0, 0  # when the next chunk's first frame is due
+    buffer, played = 0.0, 0
     for arrival, frames in arrivals:
         if arrival > due + 1e-3:
             count += 1
             stalled += arrival - due
             due = arrival
         due += frames / fps
-    return count, stalled
+        buffer = max(buffer, arrival - t0 - played / fps)
+        played += frames
+    return count, stalled, buffer
 
 
 async def timed_job(ws_url: str, origin: str, fields: dict) -> dict:
@@ -110,7 +115,7 @@ async def overhead_times(stack, args):
 
 async def streaming_rows(streaming: Stack, plain: Stack, args):
     long = {**DEFAULT_CLIP, "num_chunks": args.chunks}
-    rows = {"one": [], "first": [], "stream_total": [], "plain_total": [], "stalls": [], "stalled": []}
+    rows = {"one": [], "first": [], "stream_total": [], "plain_total": [], "stalls": [], "stalled": [], "buffer": []}
     await timed_job(streaming.ws, streaming.origin, DEFAULT_CLIP)  # warm-up
     await timed_job(plain.ws, plain.origin, DEFAULT_CLIP)
     for _ in range(args.rounds):
@@ -118,9 +123,10 @@ async def streaming_rows(streaming: Stack, plain: Stack, args):
         run = await timed_job(streaming.ws, streaming.origin, long)
         rows["first"].append(run["chunks"][0][0])
         rows["stream_total"].append(run["total"])
-        count, stalled = stalls(run["chunks"], run["fps"])
+        count, stalled, buffer = stalls(run["chunks"], run["fps"])
         rows["stalls"].append(count)
         rows["stalled"].append(stalled)
+        rows["buffer"].append(buffer)
         rows["plain_total"].append((await timed_job(plain.ws, plain.origin, long))["total"])
     return {k: statistics.median(v) for k, v in rows.items()}
 
@@ -131,7 +137,8 @@ async def fanout(stack, web: str, n_subs: int, video_bytes: int, way: str, round
     from videoservice import bus
 
     payload = base64.b64encode(os.urandom(video_bytes)).decode()
-    conns = [await websockets.connect(stack.ws_url(web), origin=stack.url(web), max_size=None, max_queue=None)
+    url = stack.ws_url(web) + ("?binary=1" if way == "binary" else "")
+    conns = [await websockets.connect(url, origin=stack.url(web), max_size=None, max_queue=None)
              for _ in range(n_subs)]
     firsts, lasts = [], []
     try:
@@ -155,7 +162,7 @@ async def fanout(stack, web: str, n_subs: int, video_bytes: int, way: str, round
 
             waiters = [asyncio.create_task(wait(ws)) for ws in conns]
             t = time.perf_counter()
-            if way == "shared":
+            if way in ("shared", "binary"):
                 await asyncio.get_running_loop().run_in_executor(None, bus.publish, "lobby", event)
             else:
                 await get_channel_layer().group_send("lobby", {"type": "job.event", "event": event})
@@ -227,8 +234,9 @@ def main():
             print(f"| {args.chunks}-chunk job, total, streaming | {r['stream_total']:.2f} | "
                   f"{r['stream_total'] / r['plain_total']:.3f} x without streaming |")
             print(f"| {args.chunks}-chunk job, total, STREAM_VIDEO=0 | {r['plain_total']:.2f} | 1.000 |")
-            print(f"| stalls a viewer sees at the video's fps | {r['stalls']:.0f} stalls, {r['stalled']:.2f} s | |",
-                  flush=True)
+            print(f"| stalls a viewer sees at the video's fps | {r['stalls']:.0f} stalls, {r['stalled']:.2f} s | |")
+            print(f"| wait after the first chunk that plays without a stall | {r['buffer']:.2f} | "
+                  f"{r['buffer'] / r['stream_total']:.2f} x the total |", flush=True)
             plain.stop()
 
         size = int(args.video_mb * 1024 * 1024)
@@ -236,12 +244,14 @@ def main():
             print(f"\n### Fan-out of one completion with a {args.video_mb:g} MB video "
                   f"({len(base64.b64encode(bytes(size))) / 1e6:.1f} MB base64), median of 3\n")
             print("| subscribers | shared: first ms | shared: last ms | per subscriber: first ms | "
-                  "per subscriber: last ms | last, per subscriber / shared |\n|---:|---:|---:|---:|---:|---:|")
+                  "per subscriber: last ms | last, per subscriber / shared | shared, binary frames (?binary=1): "
+                  "last ms |\n|---:|---:|---:|---:|---:|---:|---:|")
             for n in [int(x) for x in args.subscribers.split(",") if x]:
                 s_first, s_last = asyncio.run(fanout(stack, "web", n, size, "shared"))
                 p_first, p_last = asyncio.run(fanout(stack, "web", n, size, "per-subscriber"))
+                _, b_last = asyncio.run(fanout(stack, "web", n, size, "binary"))
                 print(f"| {n} | {s_first * 1e3:.0f} | {s_last * 1e3:.0f} | {p_first * 1e3:.0f} | {p_last * 1e3:.0f} | "
-                      f"{p_last / s_last:.1f} |", flush=True)
+                      f"{p_last / s_last:.1f} | {b_last * 1e3:.0f} |", flush=True)
 
         if "memory" in parts:
             big = int(args.memory_video_mb * 1024 * 1024)

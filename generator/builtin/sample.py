@@ -35,6 +35,8 @@ SAMPLERS = {
 # interval, Kynkaenniemi et al. 2024). Guiding the low-noise steps as well bought nothing
 # measurable on the shipped or a CPU-trained model (README, built-in model).
 GUIDANCE_MIN_TIMESTEP = 600
+# the most objects drawn in layers of their own (the world's scenes hold one or two)
+MAX_LAYERS = 4
 
 
 def training_scheduler(zero_terminal_snr: bool = False) -> DDPMScheduler:
@@ -96,15 +98,15 @@ class BuiltinPipeline:
         `layers`: each object the prompt describes (`object_phrases`) is drawn in a layer of its
         own, from its own phrase, all layers in one batch; each layer keeps its one object
         (`keep_one_object`) and the layers are composited (`composite_layers`). With start frames
-        or a source video, which already hold every object, the whole prompt is drawn in one
-        piece and left as drawn.
+        or a source video, which already hold every object, or more than MAX_LAYERS objects (the
+        batch grows with them), the whole prompt is drawn in one piece and left as drawn.
         `callback(step, total, x0_estimate)` runs after every step. Guidance applies to the
         steps at timesteps >= `guidance_min_timestep` (0: every step).
         """
         device = self.unet.device
-        layers = layers and start_frames is None and video is None
-        phrases = object_phrases(prompt) if layers else []
-        rows = phrases if len(phrases) > 1 else [prompt]
+        phrases = object_phrases(prompt) if layers and start_frames is None and video is None else []
+        layers = len(phrases) <= MAX_LAYERS and bool(phrases)
+        rows = phrases if layers and len(phrases) > 1 else [prompt]
         count = len(rows)
         encoded = [x.to(device) for x in self.text_encoder(rows + [""], objects=True)]
         text = [x[:count] for x in encoded]

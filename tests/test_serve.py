@@ -126,7 +126,10 @@ def test_sigterm_at_start_up_stops_everything(tmp_path, shared, when):
         else:
             time.sleep(1)
         served.proc.send_signal(signal.SIGTERM)
-        served.proc.wait(timeout=45)
+        try:
+            served.proc.wait(timeout=45)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"serve.py still running 45 s after SIGTERM:\n{served.tail()}")
         stack = set(served.child_pids().values())
         wait_for(lambda: not sessions_alive(stack), 15, f"the stack to stop: {sessions_alive(stack)}")
         assert "SIGTERM: stopping" in served.output(), served.tail()

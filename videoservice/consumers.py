@@ -46,6 +46,20 @@ def over_byte_cap(text: str, cap: int) -> bool:
     return len(text.encode("utf-8", "surrogatepass")) > cap
 
 
+def read_client_message(bucket, text_data, binary_refusal: str):
+    """A client's websocket frame parsed as JSON, after the checks every endpoint makes: the
+    connection's message rate, text frames only (`binary_refusal` says what to send instead),
+    the byte cap. Raises RequestError."""
+    if not bucket.take():
+        raise RequestError(RATE_LIMITED, f"more than {settings.WS_MESSAGES_PER_MINUTE} messages a minute "
+                                         "on this connection; slow down")
+    if text_data is None:
+        raise RequestError(INVALID_JSON, binary_refusal)
+    if over_byte_cap(text_data, settings.WS_MAX_CLIENT_MESSAGE_BYTES):
+        raise RequestError(TOO_LARGE, f"message larger than {settings.WS_MAX_CLIENT_MESSAGE_BYTES} bytes")
+    return parse_json(text_data)
+
+
 def submit(kind: str, data: dict, submitter: Submitter) -> dict:
     """Validate a generate / describe message, submit its job and answer `queued` (runs off the
     event loop: it decodes images and videos and writes the database)."""
@@ -103,14 +117,7 @@ class LobbyConsumer(AsyncWebsocketConsumer):
         if bucket is None:  # refused at connect
             return
         try:
-            if not bucket.take():
-                raise RequestError(RATE_LIMITED, f"more than {settings.WS_MESSAGES_PER_MINUTE} messages a minute "
-                                                 "on this connection; slow down")
-            if text_data is None:
-                raise RequestError(INVALID_JSON, "binary frames are not accepted; send JSON text")
-            if over_byte_cap(text_data, settings.WS_MAX_CLIENT_MESSAGE_BYTES):
-                raise RequestError(TOO_LARGE, f"message larger than {settings.WS_MAX_CLIENT_MESSAGE_BYTES} bytes")
-            data = parse_json(text_data)
+            data = read_client_message(bucket, text_data, "binary frames are not accepted; send JSON text")
             await self.handle(data)
         except RequestError as err:
             await self.send_error(err, request_id_of(data))

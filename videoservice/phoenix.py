@@ -29,13 +29,11 @@ from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
-from django.conf import settings
 
 from videoservice import fanout, limits, metrics
 from videoservice.auth import api_token, auth_required
-from videoservice.consumers import cancel, over_byte_cap, owner_of, submit
-from videoservice.contract import (INTERNAL_ERROR, INVALID_JSON, RATE_LIMITED, TOO_LARGE, UNKNOWN_TYPE, CancelRequest,
-                                   RequestError, parse, parse_json)
+from videoservice.consumers import cancel, owner_of, read_client_message, submit
+from videoservice.contract import INTERNAL_ERROR, INVALID_JSON, UNKNOWN_TYPE, CancelRequest, RequestError, parse
 from videoservice.models import LOBBY_GROUP, Job, Submitter, owner_group
 
 log = logging.getLogger(__name__)
@@ -119,14 +117,8 @@ class PhoenixConsumer(AsyncWebsocketConsumer):
             return
         message = None
         try:
-            if not self.bucket.take():
-                raise RequestError(RATE_LIMITED, f"more than {settings.WS_MESSAGES_PER_MINUTE} messages a minute "
-                                                 "on this connection; slow down")
-            if text_data is None:
-                raise RequestError(INVALID_JSON, "binary frames are not accepted; send the V2 JSON serializer's text")
-            if over_byte_cap(text_data, settings.WS_MAX_CLIENT_MESSAGE_BYTES):
-                raise RequestError(TOO_LARGE, f"message larger than {settings.WS_MAX_CLIENT_MESSAGE_BYTES} bytes")
-            message = parse_json(text_data)
+            message = read_client_message(self.bucket, text_data,
+                                          "binary frames are not accepted; send the V2 JSON serializer's text")
             if not (isinstance(message, list) and len(message) == 5 and isinstance(message[2], str)
                     and isinstance(message[3], str)):
                 raise RequestError(INVALID_JSON, "a message is [join_ref, ref, topic, event, payload]")

@@ -77,10 +77,11 @@ class BuiltinBackend(Backend):
                           steps=req.steps, guidance_scale=req.guidance_scale,
                           generator=torch.Generator().manual_seed(req.seed), start_frames=start,
                           video=source, strength=strength, callback=on_step, should_cancel=should_cancel)
-        frames = to_uint8_frames(video)
         if (req.height > size[0] or req.width > size[1]) and self.pipe.upsampler is not None:
             # the learned 4x upscale leaves edges 0.68x as steep as the renderer draws them at
             # 256 pixels, bicubic + unsharp mask 0.44x; an unsharp mask after it makes 0.90x
             frames = sharpen_frames(to_uint8_frames(self.pipe.upscale(video)))
+        else:
+            frames = to_uint8_frames(video)
         frames = resize_frames(frames, (req.height, req.width))
         return GenerationResult(frames=frames, fps=req.fps, seed=req.seed, native_size=size)

@@ -105,7 +105,7 @@ class BuiltinPipeline:
         """
         device = self.unet.device
         phrases = object_phrases(prompt) if layers and start_frames is None and video is None else []
-        layers = len(phrases) <= MAX_LAYERS and bool(phrases)
+        layers = 0 < len(phrases) <= MAX_LAYERS
         rows = phrases if layers and len(phrases) > 1 else [prompt]
         count = len(rows)
         encoded = [x.to(device) for x in self.text_encoder(rows + [""], objects=True)]

@@ -211,6 +211,15 @@ def test_a_webhook_to_a_private_address_is_refused(live_service):
 def test_metrics_show_the_jobs_and_connections(queue):
     from prometheus_client.parser import text_string_to_metric_families
 
+    # Its own job and webhooks: under --dist load the other tests of this file may run elsewhere.
+    receiver = Receiver()
+    try:
+        job = submit(queue, "cat", steps=2, webhook=receiver.url, webhook_events=["start", "completed"])
+        queue.wait_job(job["id"], headers=auth(queue, "cat"))
+        wait_for(lambda: sum(1 for s, _, _ in receiver.posts if s == 200) >= 2, 60, "two delivered webhooks")
+    finally:
+        receiver.server.shutdown()
+
     async def scenario():
         async with Client(queue):
             status, headers, body = http("GET", queue.base + "/metrics")

@@ -27,12 +27,13 @@ if [ $# -gt 0 ]; then  # a chosen part, on TEST_DATABASE (sqlite unless set to p
   exit
 fi
 # Everything on SQLite, then the suites where the database is under load (claims, races, the
-# reaper, restarts) again on PostgreSQL (test_fleet runs on it in the first pass). There the tests
-# go to both processes one by one (--dist load; each builds its own stacks): test_faults.py alone
-# would hold one process for four minutes.
+# reaper, restarts, queue order) again on PostgreSQL; test_fleet runs whole jobs on it in the first
+# pass (submit, Range download, a lost host, racing claims), so test_service's plain job path is
+# not repeated there. The tests go to both processes one by one (--dist load; each builds its own
+# stacks): test_faults.py alone would hold one process for four minutes.
 t0=$SECONDS
 pytest_run tests
 log "SQLite pass: $((SECONDS - t0)) s"
 t0=$SECONDS
-TEST_DATABASE=postgres pytest_run --dist load tests/test_service.py tests/test_faults.py tests/test_queue.py
+TEST_DATABASE=postgres pytest_run --dist load tests/test_faults.py tests/test_queue.py
 log "PostgreSQL pass: $((SECONDS - t0)) s"

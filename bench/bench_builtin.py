@@ -160,10 +160,11 @@ def bench_model(clips: int, path: str | None = None) -> dict:
 
 
 @torch.no_grad()
-def alternating_clip_seconds(paths: list, clips: int) -> list:
-    """[(p50 seconds of a default one-object clip, of a two-object clip)] per pipeline folder:
-    everything the backend does (text, sampling in one layer per object, upscaling), the
-    folders' clips timed in turn so all see the same machine load."""
+def alternating_clip_seconds(paths: list, clips: int, steps: list) -> list:
+    """[(p50 seconds of a default one-object clip, of a two-object clip)] per pipeline folder,
+    sampled at its entry of `steps` (None: the model's default): everything the backend does
+    (text, sampling in one layer per object, upscaling), the folders' clips timed in turn so all
+    see the same machine load."""
     from generator.builtin.backend import BuiltinBackend
     from generator.interface import GenerationRequest
 
@@ -173,10 +174,10 @@ def alternating_clip_seconds(paths: list, clips: int) -> list:
         backend.load()
         backend.generate(GenerationRequest(prompt=PROMPT, seed=999))  # warm-up
     for i in range(clips):
-        for backend, spent in zip(backends, times):
+        for backend, spent, folder_steps in zip(backends, times, steps):
             for prompt, into in zip((PROMPT, TWO_OBJECT_PROMPT), spent):
                 started = time.perf_counter()
-                backend.generate(GenerationRequest(prompt=prompt, seed=i))
+                backend.generate(GenerationRequest(prompt=prompt, seed=i, steps=folder_steps))
                 into.append(time.perf_counter() - started)
     return [(statistics.median(one), statistics.median(two)) for one, two in times]
 
@@ -353,6 +354,8 @@ def main(argv=None) -> None:
     parser.add_argument("--model-path", help="the pipeline folder to measure (default: the shipped weights)")
     parser.add_argument("--compare", nargs="+", metavar="PATH",
                         help="also time default clips of these pipeline folders, alternating with --model-path's")
+    parser.add_argument("--compare-steps", type=int,
+                        help="sample the --compare folders at this many steps (the previous release's default: 20)")
     parser.add_argument("--folder-training", type=int, nargs="+", metavar="CLIPS",
                         help="instead: train from folders of this many generated clips (e.g. 40 1000)")
     parser.add_argument("--training-steps", type=int, default=30)
@@ -402,10 +405,13 @@ def main(argv=None) -> None:
     print(flush=True)
     if args.compare:
         paths = [args.model_path] + args.compare
+        steps = [info.default_steps] + [args.compare_steps or info.default_steps] * len(args.compare)
         print(f"## Default clips timed alternately (p50 of {args.clips})\n\n"
-              f"| pipeline | one object: {PROMPT!r} | two objects: {TWO_OBJECT_PROMPT!r} |\n|---|---|---|")
-        for path, (one, two) in zip(paths, alternating_clip_seconds(paths, args.clips)):
-            print(f"| {path or 'shipped weights'} | {one:.2f} s | {two:.2f} s |")
+              f"| pipeline | steps | one object: {PROMPT!r} | two objects: {TWO_OBJECT_PROMPT!r} | one object / first row's |"
+              f"\n|---|---|---|---|---|")
+        timed = alternating_clip_seconds(paths, args.clips, steps)
+        for path, folder_steps, (one, two) in zip(paths, steps, timed):
+            print(f"| {path or 'shipped weights'} | {folder_steps} | {one:.2f} s | {two:.2f} s | {one / timed[0][0]:.2f}x |")
         print(flush=True)
 
     if args.skip_encode:

@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.support.stack import Stack  # noqa: E402
 
-DEFAULT_CLIP = {"num_frames": 16, "width": 256, "height": 256, "steps": 20, "fps": 8}
+DEFAULT_CLIP = {"num_frames": 16, "width": 256, "height": 256, "steps": 10, "fps": 8}
 
 
 def pct(values, q):
@@ -225,7 +225,7 @@ def main():
             plain = Stack(tmp / "b", env={**roomy, "STREAM_VIDEO": "0"})
             plain.start(worker_queues="builtin")
             r = asyncio.run(streaming_rows(stack, plain, args))
-            print(f"\n### Streaming: {args.chunks}-chunk long video, default clip (16 frames 256x256, 20 steps, "
+            print(f"\n### Streaming: {args.chunks}-chunk long video, default clip (16 frames 256x256, {DEFAULT_CLIP['steps']} steps, "
                   f"8 fps), builtin, median of {args.rounds}, interleaved\n")
             print("| measure | s | ratio |\n|---|---:|---:|")
             print(f"| 1-chunk job, submission -> complete | {r['one']:.2f} | 1.00 |")

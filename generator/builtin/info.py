@@ -11,6 +11,7 @@ INFO = ModelInfo(
     native_size=(NATIVE_SHORT_SIDE, NATIVE_SHORT_SIDE),
     default_frames=16, min_frames=8, max_frames=32,
     default_width=256, default_height=256, size_multiple=16, min_size=64, max_size=512,
-    default_steps=20, max_steps=100, default_guidance=4.0, default_fps=8.0,
+    # 10 DPM-Solver++ steps: every held-out bar holds as at 20 (generator.evaluate), in half the time
+    default_steps=10, max_steps=100, default_guidance=4.0, default_fps=8.0,
     supports_video=True,  # video-to-video: SDEdit from the source noised to `strength`
 )

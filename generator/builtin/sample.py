@@ -16,6 +16,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
 from generator.builtin import world
+from generator.builtin.info import INFO
 from generator.builtin.model import FrameUpsampler, VideoUNet
 from generator.builtin.text import object_phrases, shared_text_encoder
 from generator.interface import Cancelled
@@ -82,7 +83,8 @@ class BuiltinPipeline:
 
     @torch.no_grad()
     def __call__(self, prompt: str, num_frames: int = 16, height: int = 64, width: int = 64,
-                 steps: int = 20, guidance_scale: float = 4.0, generator: Optional[torch.Generator] = None,
+                 steps: int = INFO.default_steps, guidance_scale: float = INFO.default_guidance,
+                 generator: Optional[torch.Generator] = None,
                  start_frames: Optional[torch.Tensor] = None, video: Optional[torch.Tensor] = None,
                  strength: float = 1.0, sampler: str = "dpm++",
                  guidance_min_timestep: int = GUIDANCE_MIN_TIMESTEP, layers: bool = True,

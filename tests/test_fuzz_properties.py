@@ -12,6 +12,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
@@ -148,6 +149,20 @@ def test_start_images_are_decoded_or_refused_never_crash(value):
         assert array is None and png is None
         return
     assert array.dtype.name == "uint8" and array.shape[2] == 3 and png.startswith(b"\x89PNG")
+
+
+def test_truncated_and_damaged_pngs_are_refused_as_images():
+    """The property above found a damaged PNG on which Pillow raised SyntaxError, which escaped as a
+    crash; PNGs cut or zeroed at several places are all refused as images."""
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(buf, "PNG")
+    whole = buf.getvalue()
+    damaged = [whole[:n] for n in (40, 41, 60, len(whole) // 2, len(whole) - 30)]  # (Pillow takes a cut IEND)
+    damaged.append(whole[:50] + bytes(len(whole) - 50))  # zeros from inside the image data on
+    for raw in damaged:
+        with pytest.raises(RequestError) as refused:
+            validate_generate({"prompt": "x", "image": base64.b64encode(raw).decode()})
+        assert refused.value.code == "image_invalid" and refused.value.field == "image", raw[:60]
 
 
 @hsettings(**PROFILE)

@@ -21,7 +21,9 @@ import io
 import math
 import random
 import re
+import struct
 import uuid
+import zlib
 from typing import Annotated, Any, Literal, Optional, Union
 
 import numpy as np
@@ -324,7 +326,8 @@ def decode_image(value: Any) -> tuple:
         raise
     except Image.DecompressionBombError:  # Pillow's own cap (2 x its MAX_IMAGE_PIXELS), checked on open
         raise _refuse(TOO_LARGE, "image", f"image has more than {settings.MAX_IMAGE_PIXELS} pixels") from None
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    # Pillow's decoders also raise SyntaxError (a broken PNG chunk), EOFError, struct.error, zlib.error
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error) as exc:
         raise _refuse(IMAGE_INVALID, "image", f"image could not be decoded: {exc}") from None
     array = np.asarray(rgb, dtype=np.uint8).copy()
     png = io.BytesIO()

@@ -99,6 +99,7 @@ class Child:
         self.ready = False  # a Celery worker said " ready."
 
     def start(self) -> None:
+        check_stop()
         self.proc = subprocess.Popen(
             self.argv, cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
@@ -140,8 +141,18 @@ class Stop(BaseException):
     """Ctrl-C / SIGTERM. Not an Exception: the readiness probes catch those, and must not swallow it."""
 
 
+_stop_requests: list = []  # the signals that asked serve.py to stop
+
+
 def _on_signal(signum, frame):
-    raise Stop(signal.Signals(signum).name)
+    # Only noted here: an exception raised from a handler lands wherever the main thread is, a
+    # finalizer run by the garbage collector included, which swallows it (a SIGTERM was lost so).
+    _stop_requests.append(signal.Signals(signum).name)
+
+
+def check_stop() -> None:
+    if _stop_requests:
+        raise Stop(_stop_requests[0])
 
 
 def redis_reachable(url: str) -> bool:
@@ -165,6 +176,7 @@ def port_free(host: str, port: int) -> bool:
 def wait_until(check, timeout: float, children: list, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        check_stop()
         if check():
             return
         for child in children:
@@ -299,6 +311,7 @@ def main() -> int:
         if serves_web:  # a worker host leaves the schema to the web tier (two hosts migrating at once race)
             say("serve", "migrating the database")
             subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=ROOT, env=env, check=True)
+            check_stop()
 
         if redis_reachable(redis_url):
             say("serve", f"using the Redis at {redis_url}")
@@ -373,6 +386,7 @@ def main() -> int:
 
         while True:  # supervise: restart what dies, give up on a crash loop
             time.sleep(1)
+            check_stop()
             for child in children:
                 if child.alive():
                     continue

@@ -43,9 +43,12 @@ import websockets
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from generator.builtin.info import INFO  # noqa: E402  (torch-free)
 from tests.support.stack import Stack  # noqa: E402
 
-DEFAULT_CLIP = {"num_frames": 16, "width": 256, "height": 256, "steps": 10, "fps": 8}
+# the built-in model's default clip, spelled out so every job of a comparison asks for the same
+DEFAULT_CLIP = {"num_frames": INFO.default_frames, "width": INFO.default_width, "height": INFO.default_height,
+                "steps": INFO.default_steps, "fps": INFO.default_fps}
 
 
 def pct(values, q):
@@ -225,8 +228,9 @@ def main():
             plain = Stack(tmp / "b", env={**roomy, "STREAM_VIDEO": "0"})
             plain.start(worker_queues="builtin")
             r = asyncio.run(streaming_rows(stack, plain, args))
-            print(f"\n### Streaming: {args.chunks}-chunk long video, default clip (16 frames 256x256, {DEFAULT_CLIP['steps']} steps, "
-                  f"8 fps), builtin, median of {args.rounds}, interleaved\n")
+            print(f"\n### Streaming: {args.chunks}-chunk long video, default clip ({DEFAULT_CLIP['num_frames']} frames "
+                  f"{DEFAULT_CLIP['width']}x{DEFAULT_CLIP['height']}, {DEFAULT_CLIP['steps']} steps, "
+                  f"{DEFAULT_CLIP['fps']:g} fps), builtin, median of {args.rounds}, interleaved\n")
             print("| measure | s | ratio |\n|---|---:|---:|")
             print(f"| 1-chunk job, submission -> complete | {r['one']:.2f} | 1.00 |")
             print(f"| {args.chunks}-chunk job, submission -> first video_chunk | {r['first']:.2f} | "

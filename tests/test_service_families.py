@@ -151,12 +151,16 @@ def test_video_to_video_from_a_finished_job_and_an_upload(stack):
     })
     frames = {key: decode_video(fetch_video(stack, completed(events, steps=key != "same")))[0]
               for key, events in out.items()}
-    # strength 0 returns the source: the same frames, through one more H.264 generation
-    assert np.abs(frames["same"].astype(int) - source_frames.astype(int)).mean() < 3
+    def distance(a, b):
+        return np.abs(a.astype(int) - b.astype(int)).mean()
+
+    # strength 0 returns the source: the same frames, through one more H.264 generation (which at
+    # 32x32 moves a textured clip by a few grey levels); an edit moves it far more
+    assert distance(frames["same"], source_frames) < 8
     assert frames["edit"].shape == (17, 32, 32, 3)
-    assert not np.array_equal(frames["edit"], frames["same"])
+    assert distance(frames["edit"], source_frames) > 3 * distance(frames["same"], source_frames)
     assert [m["total_steps"] for m in out["edit"] if m["type"] == "progress"][-1] == 2  # 4 steps x strength 0.5
-    assert np.abs(frames["upload"].astype(int) - frames["edit"].astype(int)).mean() < 3  # same source, same job
+    assert distance(frames["upload"], frames["edit"]) < 3  # same source, same job
 
 
 def test_cancel_a_running_family_job(stack):

@@ -27,6 +27,18 @@ WORDS = ("a red green blue white black square circle triangle ball cat dog movin
 TEXT_DIM = 32
 
 
+def responsive(module, gain: float = 2.0):
+    """Scale every convolution's weights by `gain`. A tiny VAE at its default init shrinks its
+    signal in each layer: its encoder maps any two videos to latents ~1% apart and its decoder any
+    two latents to frames ~1 grey level apart, so which input a pipeline got was decided by float
+    noise surviving uint8 rounding (CPU-dependent). At 2x, two inputs differ by tens of levels."""
+    with torch.no_grad():
+        for layer in module.modules():
+            if isinstance(layer, (torch.nn.Conv2d, torch.nn.Conv3d)):
+                layer.weight.mul_(gain)
+    return module
+
+
 # ------------------------------------------------------------------ text encoders and tokenizers
 def tiny_tokenizer():
     from transformers import T5TokenizerFast
@@ -85,12 +97,13 @@ def _ltx_components():
                                              num_attention_heads=2, attention_head_dim=8,
                                              cross_attention_dim=16, num_layers=2, caption_channels=TEXT_DIM)
     torch.manual_seed(0)
-    vae = AutoencoderKLLTXVideo(latent_channels=8, block_out_channels=(8, 8, 8, 8),
+    vae = responsive(AutoencoderKLLTXVideo(latent_channels=8, block_out_channels=(8, 8, 8, 8),
                                 decoder_block_out_channels=(8, 8, 8, 8),
                                 spatio_temporal_scaling=(True, True, True, False),
                                 decoder_spatio_temporal_scaling=(True, True, True, False),
                                 layers_per_block=(1, 1, 1, 1, 1), decoder_layers_per_block=(1, 1, 1, 1, 1),
-                                patch_size=4, patch_size_t=1, encoder_causal=True, decoder_causal=False)
+                                patch_size=4, patch_size_t=1, encoder_causal=True, decoder_causal=False))
+    responsive(vae.encoder)  # 4x in all: 32x32 frames are one latent pixel, whose values must still differ
     return dict(transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(), **_text_components())
 
 
@@ -186,6 +199,10 @@ def ltx2_upsampler_pipeline():
 
 # ------------------------------------------------------------------ Wan 2.1 / 2.2 / VACE, SkyReels-V2
 def _wan_vae(wan22: bool = False):
+    return responsive(_wan_vae_default_init(wan22))
+
+
+def _wan_vae_default_init(wan22: bool = False):
     from diffusers import AutoencoderKLWan
 
     torch.manual_seed(0)

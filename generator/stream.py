@@ -153,32 +153,41 @@ class FragmentedMP4:
         """The whole stream as a faststart MP4 (the same packets, remuxed; no second encode), with
         `audio` (samples x channels float32, for models that make sound) as an AAC track as long as
         the video, muxed in step with it (generator.encode's writer)."""
-        from generator.encode import _audio_track, _AudioWriter  # (the writer encode_video uses)
-
         if not self.closed:
             self.close()
-        track = None if audio is None else _audio_track(audio, sample_rate)
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, "video.mp4")
-            with av.open(io.BytesIO(bytes(self.sink.buffer))) as src, \
-                    av.open(path, mode="w", format="mp4", options={"movflags": "+faststart"}) as dst:
-                source = src.streams.video[0]
-                target = dst.add_stream_from_template(source)
-                sound = None if track is None else _AudioWriter(dst, "mp4", track, int(sample_rate), self.fps)
-                frames = 0
-                for packet in src.demux(source):
-                    if packet.dts is None:  # the demuxer's end-of-stream marker
-                        continue
-                    packet.stream = target
-                    dst.mux(packet)
-                    frames += 1
-                    if sound is not None:
-                        sound.until(frames)
-                if sound is not None:
-                    sound.close()
-            with open(path, "rb") as fh:
-                return fh.read()
+        return faststart_mp4(bytes(self.sink.buffer), audio, sample_rate, self.fps)[0]
 
     def stream_bytes(self) -> bytes:
         """Init segment + every fragment handed out so far (what a viewer has received)."""
         return bytes(self.sink.buffer[:self.sent])
+
+
+def faststart_mp4(stream: bytes, audio: Optional[np.ndarray] = None, sample_rate: Optional[int] = None,
+                  fps: Optional[Fraction] = None) -> tuple:
+    """(a faststart MP4, its frame count) of a fragmented MP4 stream (the init segment and every
+    fragment, or a prefix of them: a stream cut short keeps its whole frames), remuxed without
+    encoding again; `audio` becomes an AAC track as long as the video."""
+    from generator.encode import _audio_track, _AudioWriter  # (the writer encode_video uses)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "video.mp4")
+        with av.open(io.BytesIO(stream)) as src, \
+                av.open(path, mode="w", format="mp4", options={"movflags": "+faststart"}) as dst:
+            source = src.streams.video[0]
+            target = dst.add_stream_from_template(source)
+            fps = fps or source.average_rate or source.guessed_rate
+            track = None if audio is None else _audio_track(audio, sample_rate)
+            sound = None if track is None else _AudioWriter(dst, "mp4", track, int(sample_rate), fps)
+            frames = 0
+            for packet in src.demux(source):
+                if packet.dts is None:  # the demuxer's end-of-stream marker
+                    continue
+                packet.stream = target
+                dst.mux(packet)
+                frames += 1
+                if sound is not None:
+                    sound.until(frames)
+            if sound is not None:
+                sound.close()
+        with open(path, "rb") as fh:
+            return fh.read(), frames

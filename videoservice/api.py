@@ -25,7 +25,8 @@ from videoservice import bus, dispatch, media
 from videoservice.auth import authenticate_http
 from videoservice.contract import (AUTH_REQUIRED, CSRF_FAILED, FORBIDDEN, INTERNAL_ERROR, INVALID_FIELD, INVALID_JSON,
                                    METHOD_NOT_ALLOWED, NOT_CANCELLABLE, NOT_FOUND, RATE_LIMITED, TOO_LARGE,
-                                   DescribeRequest, GenerateRequest, RequestError, parse, parse_json,
+                                   DescribeRequest, GenerateRequest, RequestError, SteerBody, TimelineEntry, parse,
+                                   parse_json,
                                    websocket_schema)
 from videoservice.models import Job, Submitter
 from videoservice.origin import http_request_allowed
@@ -83,6 +84,9 @@ class JobOut(Schema):
     priority: int
     retry_of: Optional[str]
     has_audio: bool
+    live: bool = Field(False, description="a live job: endless video, steered while it plays")
+    timeline: Optional[list[TimelineEntry]] = Field(None, description="live jobs: the prompt in force from each "
+                                                                      "frame on")
 
 
 class JobCreated(Schema):
@@ -102,6 +106,18 @@ class JobList(Schema):
 class CancelOut(Schema):
     job: JobOut
     state: Literal["cancelled", "cancelling"]
+
+
+class SteerOut(Schema):
+    job: JobOut
+    state: Literal["steering", "queued"] = Field(description="running: takes effect at the next chunk (`steered` "
+                                                             "announces it); queued: the job starts with it")
+
+
+class StopOut(Schema):
+    job: JobOut
+    state: Literal["stopping", "cancelled"] = Field(description="running: ends after its current chunk, its frames "
+                                                                "so far become its video; queued: cancelled")
 
 
 class ModelOut(Schema):
@@ -342,6 +358,26 @@ def cancel_job(request, job_id: str):
     return (200 if state == "cancelled" else 202), {"job": job.as_dict(viewer), "state": state}
 
 
+@api.post("/jobs/{job_id}/steer", response={202: SteerOut, **errors(400, 401, 403, 404, 409, 415)},
+          openapi_extra=body_of(SteerBody),
+          summary="A live job's new prompt, from its next chunk on (owner or staff)")
+def steer_job(request, job_id: str):
+    viewer = viewer_of(request)
+    req = parse(SteerBody, read_json_body(request))
+    job = Job.objects.get_visible(_job_id(job_id), viewer, staff=request.user.is_staff)
+    state = job.request_steer(req.prompt, viewer, staff=request.user.is_staff)
+    return 202, {"job": job.as_dict(viewer), "state": state}
+
+
+@api.post("/jobs/{job_id}/stop", response={200: StopOut, 202: StopOut, **errors(401, 403, 404, 409)},
+          summary="End a live job gracefully: its frames so far become its video (202; a queued one is cancelled: 200)")
+def stop_job(request, job_id: str):
+    viewer = viewer_of(request)
+    job = Job.objects.get_visible(_job_id(job_id), viewer, staff=request.user.is_staff)
+    state = job.request_stop(viewer, staff=request.user.is_staff)
+    return (200 if state == "cancelled" else 202), {"job": job.as_dict(viewer), "state": state}
+
+
 VIDEO_RESPONSES = {"responses": {
     "200": {"description": "the MP4", "content": {"video/mp4": {"schema": {"type": "string", "format": "binary"}}}},
     "206": {"description": "the requested byte range (Content-Range)",
@@ -408,11 +444,18 @@ async def job_stream(request, job_id: str):
         return await sync_to_async(job_video)(request, str(job.pk))
     if job.status not in (Job.Status.QUEUED, Job.Status.RUNNING):
         raise RequestError(NOT_FOUND, f"job is {job.status}; no video", status=404)
-    response = StreamingHttpResponse(bus.stream_read(str(job.pk), idle_timeout=STREAM_IDLE_S),
-                                     content_type="video/mp4")
+    pieces = bus.stream_read(str(job.pk), idle_timeout=STREAM_IDLE_S)
+    response = StreamingHttpResponse(_watching(str(job.pk), pieces) if job.live else pieces, content_type="video/mp4")
     response["Cache-Control"] = "no-store"
     response["X-Accel-Buffering"] = "no"  # (a proxy must not hold it back)
     return response
+
+
+async def _watching(job_id: str, pieces):
+    """A live job's /stream: its reader counts as a viewer (LIVE_IDLE_S) while pieces reach it."""
+    async for piece in pieces:
+        yield piece
+        await bus.note_watched(job_id)
 
 
 def _unsatisfiable(size: int) -> HttpResponse:

@@ -132,6 +132,13 @@ async def stream_read(job_id: str, idle_timeout: float = 120.0):
         await client.aclose()
 
 
+def stream_collect(job_id: str) -> bytes:
+    """Everything a job's stream holds now (init segment and fragments, in order): the video so far
+    of a live job whose worker vanished."""
+    entries = _sync_client().xrange(_stream_key(job_id))
+    return b"".join(fields.get(b"data", b"") for _, fields in entries)
+
+
 async def stream_exists(job_id: str) -> bool:
     import redis.asyncio as aioredis
     from django.conf import settings
@@ -141,6 +148,68 @@ async def stream_exists(job_id: str) -> bool:
         return bool(await client.exists(_stream_key(job_id)))
     finally:
         await client.aclose()
+
+
+# ---------------------------------------------------------------- who watches a live job
+# A live job ends when nobody has received its chunks for LIVE_IDLE_S (worker/live.py): every web
+# process that relays one of its chunks to a client (or serves its /stream) renews a key that
+# expires after that long, at most once a second per process.
+_WATCH_RENEW_S = 1.0
+_watch_renewed: dict = {}  # job id -> monotonic time this process last renewed its key
+_sync_redis = None
+
+
+def _watch_key(job_id: str) -> str:
+    return f"videoservice:watched:{job_id}"
+
+
+async def note_watched(job_id: str) -> None:
+    import time
+
+    import redis.asyncio as aioredis
+    from django.conf import settings
+
+    now = time.monotonic()
+    if now - _watch_renewed.get(job_id, -1e9) < _WATCH_RENEW_S:
+        return
+    _watch_renewed[job_id] = now
+    if len(_watch_renewed) > 10000:  # jobs long gone
+        _watch_renewed.clear()
+    loop = asyncio.get_running_loop()
+    client = _redis.get(loop)
+    if client is None:
+        client = _redis[loop] = aioredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=5)
+    try:
+        await client.set(_watch_key(job_id), b"1", px=int(settings.LIVE_IDLE_S * 1000))
+    except Exception as exc:  # Redis away: the job may end as unwatched, it is not lost
+        log.warning("could not note that live job %s is watched: %s", job_id, exc)
+
+
+def _sync_client():
+    global _sync_redis
+    if _sync_redis is None:
+        import redis
+        from django.conf import settings
+
+        _sync_redis = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=5, socket_timeout=5)
+    return _sync_redis
+
+
+def start_watching(job_id: str) -> None:
+    """A live job starts: it counts as watched for LIVE_IDLE_S (its first chunk is yet to come)."""
+    from django.conf import settings
+
+    _sync_client().set(_watch_key(job_id), b"1", px=int(settings.LIVE_IDLE_S * 1000))
+
+
+def is_watched(job_id: str) -> bool:
+    """Whether a subscriber received one of the live job's chunks within LIVE_IDLE_S (True when
+    Redis cannot tell: a Redis restart must not end every live job)."""
+    try:
+        return bool(_sync_client().exists(_watch_key(job_id)))
+    except Exception as exc:
+        log.warning("could not tell whether live job %s is watched: %s", job_id, exc)
+        return True
 
 
 # ---------------------------------------------------------------- events -> subscribers
@@ -228,11 +297,13 @@ def _group_send(group: str, message: dict):
     return send
 
 
-def publish(group: str, event, wait: bool = True) -> bool:
+def publish(group: str, event, wait: bool = True, watched: bool = False) -> bool:
     """Send one event after the job's earlier ones; with `wait`, until the layer took it (False if it
     could not be sent: logged). Without, it is only queued (a video chunk: the job's completion,
-    sent after it, waits for both)."""
+    sent after it, waits for both). `watched`: consumers that relay it note the job as watched."""
     message = envelope(event)
+    if watched:
+        message["watched"] = True
     done = _outbox.put(str(message["job_id"] or group), _group_send(group, message), wait=wait)
     if done is None:
         return True

@@ -16,18 +16,19 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from videoservice import fanout, limits, metrics
+from videoservice import bus, fanout, limits, metrics
 from videoservice.auth import auth_required
 from videoservice.contract import (AUTH_REQUIRED, INTERNAL_ERROR, INVALID_JSON, MISSING_FIELD, RATE_LIMITED,
                                    TOO_LARGE, UNKNOWN_TYPE, CancellingEvent, CancelledEvent, CancelRequest,
                                    DescribeRequest, ErrorEvent, GenerateRequest, PingRequest, PongEvent,
-                                   RequestError, parse, parse_json, request_id_of)
+                                   RequestError, SteeringEvent, SteerRequest, StoppingEvent, StopRequest, parse,
+                                   parse_json, request_id_of)
 from videoservice.models import LOBBY_GROUP, Job, Submitter, owner_group
 
 log = logging.getLogger(__name__)
 
 CLOSE_AUTH_REQUIRED = 4401  # websocket close code after an `auth_required` error
-MESSAGE_TYPES = ("generate", "describe", "cancel", "ping")
+MESSAGE_TYPES = ("generate", "describe", "cancel", "steer", "stop", "ping")
 
 
 def owner_of(scope) -> str:
@@ -75,6 +76,22 @@ def submit(kind: str, data: dict, submitter: Submitter) -> dict:
 def cancel(job_id: str, submitter: Submitter) -> tuple:
     job = Job.objects.get_visible(job_id, submitter.owner, submitter.staff)
     return job, job.request_cancel(submitter.owner, submitter.staff)
+
+
+def steer(req: SteerRequest, submitter: Submitter) -> dict:
+    """A live job's new prompt: acknowledged to the steering connection (`steered` follows to the
+    audience with the first frame made under it)."""
+    job = Job.objects.get_visible(req.job_id, submitter.owner, submitter.staff)
+    job.request_steer(req.prompt, submitter.owner, submitter.staff)
+    return SteeringEvent(job_id=req.job_id, prompt=req.prompt, request_id=req.request_id).payload()
+
+
+def stop(req: StopRequest, submitter: Submitter) -> dict:
+    """End a live job gracefully (`generation_complete` follows); a queued one is cancelled."""
+    job = Job.objects.get_visible(req.job_id, submitter.owner, submitter.staff)
+    if job.request_stop(submitter.owner, submitter.staff) == "cancelled":
+        return CancelledEvent(job_id=req.job_id).payload()
+    return StoppingEvent(job_id=req.job_id, request_id=req.request_id).payload()
 
 
 class LobbyConsumer(AsyncWebsocketConsumer):
@@ -138,6 +155,10 @@ class LobbyConsumer(AsyncWebsocketConsumer):
         if kind == "ping":
             ping = parse(PingRequest, data)
             await self.send_json(PongEvent(request_id=ping.request_id).payload())
+        elif kind == "steer":
+            await self.send_json(await database_sync_to_async(steer)(parse(SteerRequest, data), self.submitter))
+        elif kind == "stop":
+            await self.send_json(await database_sync_to_async(stop)(parse(StopRequest, data), self.submitter))
         elif kind == "cancel":
             req = parse(CancelRequest, data)
             job, state = await database_sync_to_async(cancel)(req.job_id, self.submitter)
@@ -155,6 +176,8 @@ class LobbyConsumer(AsyncWebsocketConsumer):
         text = await fanout.text_of(message)
         if text is None:  # a large event that expired before this consumer got to it
             return
+        if message.get("watched"):  # a live job's chunk reaches a client: the job has a viewer
+            await bus.note_watched(message["job_id"])
         frame = await fanout.binary_frame(message, text) if self.binary else None
         if frame is None and len(text) < fanout.BIG_MESSAGE_BYTES:
             await self.send(text_data=text)

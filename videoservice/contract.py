@@ -47,6 +47,7 @@ TOO_LARGE = "too_large"
 NOT_FOUND = "not_found"
 FORBIDDEN = "forbidden"
 NOT_CANCELLABLE = "not_cancellable"
+NOT_LIVE = "not_live"
 QUEUE_FULL = "queue_full"
 UNAVAILABLE = "unavailable"
 AUTH_REQUIRED = "auth_required"
@@ -55,7 +56,7 @@ RATE_LIMITED = "rate_limited"
 METHOD_NOT_ALLOWED = "method_not_allowed"
 INTERNAL_ERROR = "internal_error"
 ERROR_CODES = (INVALID_JSON, UNKNOWN_TYPE, INVALID_FIELD, UNKNOWN_FIELD, MISSING_FIELD, UNKNOWN_MODEL,
-               IMAGE_INVALID, VIDEO_INVALID, TOO_LARGE, NOT_FOUND, FORBIDDEN, NOT_CANCELLABLE, QUEUE_FULL,
+               IMAGE_INVALID, VIDEO_INVALID, TOO_LARGE, NOT_FOUND, FORBIDDEN, NOT_CANCELLABLE, NOT_LIVE, QUEUE_FULL,
                UNAVAILABLE, AUTH_REQUIRED, CSRF_FAILED, RATE_LIMITED, METHOD_NOT_ALLOWED, INTERNAL_ERROR)
 
 MAX_SEED = 2**32 - 1
@@ -379,6 +380,9 @@ class GenerationParams(BaseModel):
     overlap: Optional[int] = None
     interpolate: Optional[int] = None
     upscale: Optional[int] = None
+    # live jobs: endless video until stopped or max_duration_s (worker/live.py)
+    live: Optional[bool] = None
+    max_duration_s: Optional[float] = None
 
     def stored(self) -> dict:
         """The JSON stored in Job.params (and shown as `params`): absent options left out."""
@@ -395,8 +399,8 @@ class GenerationParams(BaseModel):
 
     @property
     def total_steps(self) -> int:
-        """Denoising steps over all chunks of a long video."""
-        return self.steps * self.final_shape()["num_chunks"]
+        """Denoising steps over all chunks of a long video (a live job's are not known in advance: one chunk's)."""
+        return self.steps * (1 if self.live else self.final_shape()["num_chunks"])
 
     def generation_request(self, prompt: str, image: Optional[np.ndarray] = None,
                            video: Optional[np.ndarray] = None):
@@ -503,6 +507,13 @@ class GenerateRequest(_Submission):
     upscale: Annotated[Optional[Literal[longvideo.UPSCALE_FACTORS]],
                        Field(description="per-frame super-resolution factor"),
                        _integer(allowed=longvideo.UPSCALE_FACTORS)] = None
+    live: Annotated[Flag, Field(description="live video: generated chunk after chunk while it streams, until "
+                                            "`stop`, max_duration_s, a cancel or LIVE_IDLE_S without viewers; its "
+                                            "owner steers it with `steer`")] = None
+    max_duration_s: Annotated[Optional[float], Field(gt=0, le=settings.LIVE_MAX_DURATION_S,
+                                                     description="live video: seconds of video at most (default "
+                                                                 "LIVE_DEFAULT_DURATION_S)"),
+                              _number(0.0, settings.LIVE_MAX_DURATION_S, low_open=True, unit=" seconds")] = None
 
     _params: GenerationParams = PrivateAttr()
     _image: Optional[tuple] = PrivateAttr(None)
@@ -536,12 +547,26 @@ class GenerateRequest(_Submission):
             num_chunks=self.num_chunks, duration_s=self.duration_s, overlap=self.overlap,
             interpolate=self.interpolate, upscale=self.upscale, video=self.video is not None,
             source_job_id=self.source_job_id,
-            strength=(DEFAULT_STRENGTH if self.strength is None else self.strength) if self.has_source else None)
+            strength=(DEFAULT_STRENGTH if self.strength is None else self.strength) if self.has_source else None,
+            **self._live_params())
         problems = _long_video_problems(params)
         if problems:
             raise _many(problems)
         self._params = params
         return self
+
+    def _live_params(self) -> dict:
+        """A live job's fields; a clip's options that do not apply to endless video are refused."""
+        if not self.live:
+            if self.max_duration_s is not None:
+                raise _refuse(INVALID_FIELD, "max_duration_s", "max_duration_s applies to live jobs (live: true)")
+            return {}
+        fixed = [name for name in ("num_chunks", "duration_s", "overlap", "interpolate", "upscale", "video",
+                                   "source_job_id", "evaluate") if getattr(self, name) not in (None, 1, False)]
+        if fixed:
+            raise _refuse(INVALID_FIELD, fixed[0], f"{fixed[0]} does not apply to a live job (endless video, "
+                                                   "chunk after chunk)")
+        return {"live": True, "max_duration_s": self.max_duration_s or settings.LIVE_DEFAULT_DURATION_S}
 
     def _check_source(self, info) -> None:
         """Video-to-video: one source, for a model that takes one, as a single clip."""
@@ -706,6 +731,37 @@ class CancelRequest(BaseModel):
         return self
 
 
+class SteerBody(BaseModel):
+    """A live job's new prompt (its owner or staff): it applies from the next chunk not yet started
+    (`POST /api/jobs/<id>/steer`; the websocket's `steer` adds the job)."""
+    model_config = ConfigDict(extra="forbid", title="SteerBody", regex_engine="python-re")
+
+    prompt: Annotated[str, Field(min_length=1, max_length=settings.MAX_PROMPT_CHARS, pattern=_NOT_BLANK,
+                                 description="the prompt from the next chunk on"),
+                      _text("MAX_PROMPT_CHARS", required=True)]
+
+
+class SteerRequest(SteerBody):
+    model_config = ConfigDict(extra="forbid", title="SteerRequest", regex_engine="python-re")
+
+    type: Literal["steer"] = "steer"
+    job_id: Annotated[Optional[str], Field(description="the live job to steer"), BeforeValidator(_job_id)]
+    request_id: RequestId = None
+
+    @model_validator(mode="after")
+    def _given(self):
+        if self.job_id is None:
+            raise _refuse(MISSING_FIELD, "job_id", "job_id is required")
+        return self
+
+
+class StopRequest(CancelRequest):
+    """End a live job gracefully: the frames made so far become its video (cancel discards them)."""
+    model_config = ConfigDict(extra="forbid", title="StopRequest", regex_engine="python-re")
+
+    type: Literal["stop"] = "stop"
+
+
 class PingRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", title="PingRequest", regex_engine="python-re")
 
@@ -761,6 +817,40 @@ class ProgressEvent(JobEvent):
     preview_mime: Optional[str] = None
 
 
+class TimelineEntry(BaseModel):
+    from_frame: int
+    prompt: str
+
+
+class SteeringEvent(JobEvent):
+    """To the steering connection: the new prompt is taken (it shows with `steered`)."""
+    type: Literal["steering"] = "steering"
+    prompt: str
+    request_id: Optional[Union[str, int]] = None
+
+
+class SteeredEvent(JobEvent):
+    """To the job's audience, when the first frame made under a new prompt is streamed."""
+    type: Literal["steered"] = "steered"
+    prompt: str
+    from_frame: int = Field(description="the first frame made under it (frame numbers of video_chunk)")
+
+
+class StoppingEvent(JobEvent):
+    """To the stopping connection: the live job ends after its current chunk (generation_complete follows)."""
+    type: Literal["stopping"] = "stopping"
+    request_id: Optional[Union[str, int]] = None
+
+
+class LiveStatusEvent(JobEvent):
+    """A live job's pace, every LIVE_STATUS_EVERY chunks."""
+    type: Literal["live_status"] = "live_status"
+    realtime_factor: float = Field(description="seconds of video made per wall-clock second since the first chunk")
+    lead_s: float = Field(description="seconds of video made ahead of real-time playback from the first chunk")
+    frames: int = Field(description="frames streamed so far")
+    prompt: str
+
+
 class GenerationCompleteEvent(JobEvent):
     type: Literal["generation_complete"] = "generation_complete"
     prompt: str
@@ -778,6 +868,8 @@ class GenerationCompleteEvent(JobEvent):
     private: bool
     has_audio: bool = Field(False, description="the MP4 carries a sound track (models with has_audio)")
     evaluation: Optional[dict] = None
+    timeline: Optional[list[TimelineEntry]] = Field(None, description="live jobs: the prompt in force from "
+                                                                       "each frame on")
 
 
 class VideoChunkEvent(JobEvent):
@@ -840,11 +932,13 @@ class ErrorEvent(Event):
     request_id: Optional[Union[str, int]] = None
 
 
-ClientMessage = Annotated[Union[GenerateRequest, DescribeRequest, CancelRequest, PingRequest],
+ClientMessage = Annotated[Union[GenerateRequest, DescribeRequest, CancelRequest, SteerRequest, StopRequest,
+                                PingRequest],
                           Field(discriminator="type")]
 ServerMessage = Annotated[Union[QueuedEvent, StartedEvent, ProgressEvent, VideoChunkEvent, GenerationCompleteEvent,
                                 FailedEvent, RequeuedEvent, CancelledEvent, CancellingEvent, DescriptionCompleteEvent,
-                                PongEvent, ErrorEvent], Field(discriminator="type")]
+                                SteeringEvent, SteeredEvent, StoppingEvent, LiveStatusEvent, PongEvent, ErrorEvent],
+                          Field(discriminator="type")]
 
 
 def websocket_schema() -> dict:

@@ -9,6 +9,7 @@ keeps its count in Redis, refreshed while it runs).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 
@@ -21,6 +22,8 @@ JOB_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 CONNECTIONS_KEY = "videoservice:ws-connections:"
 CONNECTIONS_TTL_S = 90
+LIVE_RATE_KEY = "videoservice:live-rate:"
+LIVE_RATE_TTL_S = 60
 _connections = {"count": 0, "task": None}
 
 
@@ -85,6 +88,18 @@ class ServiceCollector:
         connections.add_metric([], websocket_connections())
         yield connections
 
+        live = GaugeMetricFamily("videoservice_live_jobs", "Live jobs running, per model", labels=["model"])
+        for row in Job.objects.filter(live=True, status=Job.Status.RUNNING).values("model").annotate(
+                n=Count("id")).order_by():
+            live.add_metric([row["model"]], row["n"])
+        yield live
+        rates = GaugeMetricFamily("videoservice_live_realtime_factor",
+                                  "Seconds of video a running live job makes per wall-clock second",
+                                  labels=["job_id", "model"])
+        for job_id, model, rate in live_rates():
+            rates.add_metric([job_id, model], rate)
+        yield rates
+
 
 def _redis():
     import redis
@@ -100,6 +115,28 @@ def websocket_connections() -> int:
         return sum(int(v or 0) for v in client.mget(keys)) if keys else 0
     finally:
         client.close()
+
+
+def record_live_rate(job_id: str, model: str, rate: float) -> None:
+    """A live job's real-time factor (worker/live.py, with each live_status), kept LIVE_RATE_TTL_S."""
+    client = _redis()
+    try:
+        client.set(f"{LIVE_RATE_KEY}{job_id}", json.dumps([model, rate]), ex=LIVE_RATE_TTL_S)
+    except Exception:  # metrics must never cost a chunk
+        pass
+    finally:
+        client.close()
+
+
+def live_rates() -> list:
+    """(job id, model, real-time factor) of the live jobs that reported lately."""
+    client = _redis()
+    try:
+        keys = list(client.scan_iter(LIVE_RATE_KEY + "*"))
+        values = client.mget(keys) if keys else []
+    finally:
+        client.close()
+    return [(key.decode()[len(LIVE_RATE_KEY):], *json.loads(value)) for key, value in zip(keys, values) if value]
 
 
 def _process_key() -> str:

@@ -10,10 +10,13 @@ parties (web processes, workers, reapers) cannot undo each other (docs/architect
   job.fail(message)            with a `*_failed` event                running -> failed
   job.stop_cancelled()         the worker stopped on a cancel         running -> cancelled
   job.request_cancel()         a client's cancel                      queued -> cancelled | running: asked
+  job.request_steer(prompt)    a live job's new prompt                queued: its prompt | running: asked
+  job.request_stop()           a live job ends gracefully             queued -> cancelled | running: asked
   job.settle_lost(reason)      the reaper: its holder is gone         running -> queued | failed | cancelled
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import uuid
@@ -26,7 +29,8 @@ from django.db.models import Q
 from django.utils import timezone
 
 from videoservice import bus, dispatch, webhooks
-from videoservice.contract import (FORBIDDEN, INVALID_FIELD, NOT_CANCELLABLE, NOT_FOUND, QUEUE_FULL, UNAVAILABLE,
+from videoservice.contract import (FORBIDDEN, INVALID_FIELD, NOT_CANCELLABLE, NOT_FOUND, NOT_LIVE, QUEUE_FULL,
+                                   UNAVAILABLE, GenerationCompleteEvent,
                                    CancelledEvent, DescribeRequest, FailedEvent, GenerateRequest, QueuedEvent,
                                    RequeuedEvent, RequestError)
 
@@ -177,9 +181,18 @@ class JobQuerySet(models.QuerySet):
             files["input_image"] = ("start.png", req.image_png)
         if req.video_bytes:
             files["input_video"] = ("source.mp4", req.video_bytes)
+        if params.live:
+            self.check_live_cap(submitter)
         return self.submit(submitter, files=files, prompt=req.prompt, model=params.model, params=params.stored(),
                            private=bool(req.private), total_steps=params.total_steps, seed=params.seed,
-                           **self.dispatch_fields(req, submitter))
+                           live=bool(params.live), **self.dispatch_fields(req, submitter))
+
+    def check_live_cap(self, submitter: Submitter) -> None:
+        """Each live job holds a worker while it plays: LIVE_MAX_PER_OWNER queued or running per owner."""
+        if self.filter(owner=submitter.owner, live=True, status__in=(Job.Status.QUEUED, Job.Status.RUNNING)
+                       ).count() >= settings.LIVE_MAX_PER_OWNER:
+            raise RequestError(QUEUE_FULL, f"you already have {settings.LIVE_MAX_PER_OWNER} live job(s); stop one "
+                                           "first", "live", status=429, retry_after=30)
 
     @staticmethod
     def dispatch_fields(req, submitter: Submitter) -> dict:
@@ -252,6 +265,12 @@ class Job(models.Model):
 
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED, db_index=True)
     cancel_requested = models.BooleanField(default=False)
+    # live jobs (worker/live.py): the prompt its owner last asked for, a graceful stop, and the
+    # prompts in force from which frame on ([{"from_frame": 0, "prompt": ...}, ...], the worker's)
+    live = models.BooleanField(default=False, db_index=True)
+    steer_prompt = models.TextField(blank=True)
+    stop_requested = models.BooleanField(default=False)
+    timeline = models.JSONField(default=list, blank=True)
     progress = models.FloatField(default=0.0, help_text="0..1")
     step = models.PositiveIntegerField(default=0)
     total_steps = models.PositiveIntegerField(default=0)
@@ -335,6 +354,8 @@ class Job(models.Model):
             "priority": self.priority,
             "retry_of": str(self.retry_of_id) if self.retry_of_id else None,
             "has_audio": self.has_audio,
+            "live": self.live,
+            "timeline": self.timeline or None,
         }
 
     # ------------------------------------------------------------------ the lifecycle
@@ -397,11 +418,12 @@ class Job(models.Model):
                                   params=self.params, private=self.private, total_steps=self.total_steps,
                                   seed=self.seed if self.kind == Job.Kind.GENERATE else None,
                                   priority=self.priority, webhook=self.webhook, webhook_events=self.webhook_events,
-                                  retry_of=self)
+                                  live=self.live, retry_of=self)
 
-    def announce(self, event, wait: bool = True) -> None:
-        """An event of this job: to its audience, and to its webhook when the job asked for it."""
-        bus.publish(self.audience(), event, wait=wait)
+    def announce(self, event, wait: bool = True, watched: bool = False) -> None:
+        """An event of this job: to its audience, and to its webhook when the job asked for it.
+        `watched`: each process that relays it notes that the live job has viewers (LIVE_IDLE_S)."""
+        bus.publish(self.audience(), event, wait=wait, watched=watched)
         webhooks.record(self, event)
 
     def announce_progress(self, event) -> None:
@@ -461,6 +483,53 @@ class Job(models.Model):
         self.refresh_from_db()
         raise RequestError(NOT_CANCELLABLE, f"job already {self.status}", "job_id", status=409)
 
+    def _check_live(self, viewer: str, staff: bool, what: str) -> None:
+        if self.owner != viewer and not staff:
+            raise RequestError(FORBIDDEN, f"only the submitter can {what} this job", "job_id", status=403)
+        if not self.live:
+            raise RequestError(NOT_LIVE, f"only a live job can be {what}ed (this one is a fixed clip)", "job_id",
+                               status=409)
+
+    def request_steer(self, prompt: str, viewer: str, staff: bool = False) -> str:
+        """A new prompt for a live job: a queued one starts with it ("queued"); a running one takes it
+        from its next chunk ("steering": the worker announces `steered` with the first frame made
+        under it). Only the submitter (or staff) may."""
+        self._check_live(viewer, staff, "steer")
+        if self._guarded(status=Job.Status.QUEUED).update(prompt=prompt, steer_prompt=prompt):
+            self.refresh_from_db()
+            return "queued"
+        if self._guarded(status=Job.Status.RUNNING, stop_requested=False, cancel_requested=False).update(
+                steer_prompt=prompt):
+            self.refresh_from_db()
+            return "steering"
+        self.refresh_from_db()
+        raise RequestError(NOT_CANCELLABLE, f"job already {self.status}"
+                           + (" (stopping)" if self.status == Job.Status.RUNNING else ""), "job_id", status=409)
+
+    def request_stop(self, viewer: str, staff: bool = False) -> str:
+        """End a live job gracefully: a running one finishes its current chunk and its frames so far
+        become the video ("stopping"); a queued one never ran, so it is cancelled ("cancelled")."""
+        self._check_live(viewer, staff, "stop")
+        if self._guarded(status=Job.Status.RUNNING).update(stop_requested=True):
+            self.refresh_from_db()
+            return "stopping"
+        if self.status == Job.Status.QUEUED:
+            return self.request_cancel(viewer, staff)
+        self.refresh_from_db()
+        raise RequestError(NOT_CANCELLABLE, f"job already {self.status}", "job_id", status=409)
+
+    def live_commands(self) -> tuple:
+        """(the prompt its owner asks for, whether a stop was asked), for the worker between chunks;
+        LeaseLost when the job was handed to another delivery."""
+        row = Job.objects.filter(pk=self.pk).values("steer_prompt", "stop_requested", "lease").first()
+        if row is None or row["lease"] != self.lease:
+            raise LeaseLost()
+        return row["steer_prompt"] or self.prompt, row["stop_requested"]
+
+    def record_timeline(self, timeline: list) -> None:
+        self._guarded(status=Job.Status.RUNNING, lease=self.lease).update(timeline=timeline)
+        self.timeline = timeline
+
     def settle_lost(self, reason: str) -> str | None:
         """The reaper found this running job's holder gone: cancel it (a cancel was accepted: it must
         not run again), re-queue it (attempts left) or fail it. None if someone else settled it."""
@@ -471,6 +540,8 @@ class Job(models.Model):
                 return None
             self.announce(CancelledEvent(job_id=str(self.pk)))
             return "cancelled"
+        if self.live:
+            return self._end_lost_live(reason, held)
         if self.attempts >= settings.JOB_MAX_ATTEMPTS:
             message = f"{reason}; it was lost {self.attempts} times, giving up (submit it again to retry)"
             if not held.update(status=Job.Status.FAILED, error=message[:2000], finished_at=now, lease=""):
@@ -487,6 +558,44 @@ class Job(models.Model):
         self.announce(RequeuedEvent(job_id=str(self.pk), reason=reason, attempts=self.attempts,
                                     max_attempts=settings.JOB_MAX_ATTEMPTS))
         return "requeued"
+
+    def _end_lost_live(self, reason: str, held) -> str | None:
+        """A live job is not run again when its worker vanished (a new run would be a new video): it
+        ends with the frames it streamed (kept in its Redis stream), or fails if it streamed none."""
+        from django.core.files.base import ContentFile
+
+        from generator.stream import faststart_mp4
+
+        try:
+            data, frames = faststart_mp4(bus.stream_collect(str(self.pk)))
+        except Exception as exc:  # nothing streamed yet (or Redis lost it)
+            log.warning("live job %s: no streamed video to keep (%s)", self.pk, exc)
+            data, frames = b"", 0
+        now = timezone.now()
+        if not frames:
+            message = f"{reason}; the live video had streamed no frame"
+            if not held.update(status=Job.Status.FAILED, error=message[:2000], finished_at=now, lease=""):
+                return None
+            self.announce(FailedEvent(type=self.failed_event, job_id=str(self.pk), error=message, retriable=True))
+            return "failed"
+        stored = self.output.storage.save(self.output.field.generate_filename(self, "video.mp4"), ContentFile(data))
+        p = self.params
+        fields = dict(output=stored, mime="video/mp4", size_bytes=len(data), fps=float(p["fps"]), num_frames=frames,
+                      width=p["width"] - p["width"] % 2, height=p["height"] - p["height"] % 2, seed=p["seed"],
+                      elapsed_s=round((now - (self.started_at or now)).total_seconds(), 3))
+        if not held.update(status=Job.Status.SUCCEEDED, progress=1.0, finished_at=now, lease="",
+                           error=f"ended early ({reason}) with the {frames} frames streamed", **fields):
+            self.output.storage.delete(stored)
+            return None
+        bus.stream_append(str(self.pk), end=True)  # readers of /stream stop waiting
+        self.refresh_from_db()
+        inline = len(data) <= settings.INLINE_VIDEO_MAX_BYTES
+        self.announce(GenerationCompleteEvent(
+            job_id=str(self.pk), prompt=self.prompt, model=self.model, url=self.url, mime=self.mime,
+            video=base64.b64encode(data).decode("ascii") if inline else None, num_frames=frames, fps=self.fps,
+            width=self.width, height=self.height, seed=self.seed, elapsed_s=self.elapsed_s, size_bytes=len(data),
+            private=self.private, timeline=self.timeline or [{"from_frame": 0, "prompt": self.prompt}]))
+        return "ended"
 
     def queued_event(self, request_id=None) -> QueuedEvent:
         """The answer to the submitter, once the job is saved and on the queue."""

@@ -44,6 +44,13 @@ Environment (defaults in brackets):
   STREAM_VIDEO          [1]  send video_chunk events / fill /api/jobs/<id>/stream while a job runs
                         (0: the video is encoded once its last frame is made, as a plain MP4 job)
   WORKER_WARMUP [1]  load the model of the worker's first queue right after start
+  LIVE_MAX_DURATION_S [1800], LIVE_DEFAULT_DURATION_S [300]  a live job's max_duration_s: its ceiling
+                        and its default
+  LIVE_IDLE_S [30]      a live job ends when no subscriber has received a chunk for this long
+  LIVE_MAX_LEAD_S [2]   seconds of video a live job makes ahead of playback before it waits (pacing:
+                        a steer shows within about a chunk, a fast GPU does not race ahead)
+  LIVE_STATUS_EVERY [2] a live_status event (real-time factor, lead) every this many chunks
+  LIVE_MAX_PER_OWNER [1] live jobs one owner may have queued or running (each holds a worker)
   LOG_FORMAT    [plain]  json: one JSON object per log line, with job_id, model and worker as fields
 
 Who may do what (docs/deploy.md, "Authentication"):
@@ -318,6 +325,13 @@ JOB_REAPER_INTERVAL_S = env_float("JOB_REAPER_INTERVAL_S", 30.0)
 # default sweep is ~100 s); empty: kombu's default
 BROKER_RESTORE_INTERVAL_S = os.environ.get("BROKER_RESTORE_INTERVAL_S", "")
 WORKER_WARMUP = env_bool("WORKER_WARMUP", True)
+# live jobs (worker/live.py): endless video, steered while it plays
+LIVE_MAX_DURATION_S = env_float("LIVE_MAX_DURATION_S", 1800.0)  # the ceiling a request may ask for
+LIVE_DEFAULT_DURATION_S = min(env_float("LIVE_DEFAULT_DURATION_S", 300.0), LIVE_MAX_DURATION_S)
+LIVE_IDLE_S = env_float("LIVE_IDLE_S", 30.0)  # ends when no subscriber received a chunk for this long
+LIVE_MAX_LEAD_S = env_float("LIVE_MAX_LEAD_S", 2.0)  # seconds of video made ahead of playback, at most
+LIVE_STATUS_EVERY = env_int("LIVE_STATUS_EVERY", 2)  # a live_status event every this many chunks
+LIVE_MAX_PER_OWNER = env_int("LIVE_MAX_PER_OWNER", 1)  # live jobs queued or running per owner
 
 # Celery reads the CELERY_* names below (worker/celery.py: namespace="CELERY").
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)

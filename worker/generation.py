@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 def run(run) -> dict:
-    from generator.interface import Cancelled, GenerationError, get_backend, is_out_of_memory
+    from generator.interface import Cancelled
     from generator.longvideo import run_job
     from generator.preview import PREVIEW_MIME, preview_mp4
 
@@ -51,12 +51,7 @@ def run(run) -> dict:
                                            percent=round(100.0 * step / max(total, 1), 1), eta_s=round(eta, 2),
                                            preview=preview_b64, preview_mime=PREVIEW_MIME if preview_b64 else None))
 
-    try:
-        backend = get_backend(job.model)
-    except (GenerationError, KeyError, ImportError, OSError, ValueError, RuntimeError) as exc:
-        if is_out_of_memory(exc):
-            raise
-        raise GenerationError(f"model {job.model!r} could not be loaded: {exc}") from None
+    backend = load_backend(job.model)
     request = params.generation_request(job.prompt, load_start_image(job), load_source_video(job, params))
     stream = VideoStream(run, params.final_shape()["fps"], live=settings.STREAM_VIDEO)
     started = time.monotonic()
@@ -74,12 +69,32 @@ def run(run) -> dict:
         stream.abort()
     evaluation = evaluate(job, data) if params.evaluate else None
     t, h, w = result.frames.shape[:3]
-    h, w = h - h % 2, w - w % 2  # the encoder crops odd sizes
+    return complete(run, data, num_frames=t, height=h, width=w, fps=result.fps, seed=result.seed,
+                    step=run.total or params.total_steps, has_audio=result.audio is not None, evaluation=evaluation)
+
+
+def load_backend(model: str):
+    """The model's backend (loaded once per process); a model that cannot load is the user's error."""
+    from generator.interface import GenerationError, get_backend, is_out_of_memory
+
+    try:
+        return get_backend(model)
+    except (GenerationError, KeyError, ImportError, OSError, ValueError, RuntimeError) as exc:
+        if is_out_of_memory(exc):
+            raise
+        raise GenerationError(f"model {model!r} could not be loaded: {exc}") from None
+
+
+def complete(run, data: bytes, num_frames: int, height: int, width: int, fps: float, seed: int, step: int,
+             has_audio: bool = False, evaluation: Optional[dict] = None, timeline: Optional[list] = None) -> dict:
+    """Store the finished MP4, mark the job succeeded and send `generation_complete` (base64 + URL)."""
+    job: Job = run.job
+    height, width = height - height % 2, width - width % 2  # the encoder crops odd sizes
     stored = job.output.storage.save(job.output.field.generate_filename(job, "video.mp4"), ContentFile(data))
-    if not job.succeed(output=stored, mime="video/mp4", size_bytes=len(data), fps=float(result.fps),
-                       num_frames=int(t), width=int(w), height=int(h), seed=int(result.seed),
+    if not job.succeed(output=stored, mime="video/mp4", size_bytes=len(data), fps=float(fps),
+                       num_frames=int(num_frames), width=int(width), height=int(height), seed=int(seed),
                        elapsed_s=round(time.monotonic() - run.started, 3), result=evaluation or {},
-                       step=run.total or params.total_steps, has_audio=result.audio is not None):
+                       step=step, has_audio=has_audio):
         job.refresh_from_db()
         return {"job_id": str(job.pk), "status": job.status}
     inline = len(data) <= settings.INLINE_VIDEO_MAX_BYTES
@@ -88,7 +103,7 @@ def run(run) -> dict:
         video=base64.b64encode(data).decode("ascii") if inline else None, url=job.url, mime=job.mime,
         num_frames=job.num_frames, fps=job.fps, width=job.width, height=job.height, seed=job.seed,
         elapsed_s=job.elapsed_s, size_bytes=len(data), private=job.private, has_audio=job.has_audio,
-        evaluation=evaluation))
+        evaluation=evaluation, **({"timeline": timeline} if timeline is not None else {})))
     return {"job_id": str(job.pk), "status": "succeeded", "url": job.url, "elapsed_s": job.elapsed_s,
             "size_bytes": len(data)}
 
@@ -107,6 +122,8 @@ class VideoStream:
         self.error: Optional[BaseException] = None
         self.seq = 0
         self.ended = False
+        self.marks: list = []  # (frame, callback) waiting for that frame to be streamed (encoder thread's)
+        self.watched = bool(getattr(run.job, "live", False))  # live: subscribers note that they watch
         self.thread = threading.Thread(target=self._encode, name=f"stream-{self.job_id}", daemon=True)
         self.thread.start()
 
@@ -115,6 +132,10 @@ class VideoStream:
         if self.error is not None:
             raise self.error
         self.batches.put(checked_frames(frames))
+
+    def when_streamed(self, frame: int, callback) -> None:
+        """Call `callback()` (in the encoder thread) once frame number `frame` has been streamed."""
+        self.batches.put((frame, callback))
 
     def finish(self, audio=None, sample_rate=None) -> bytes:
         """Wait for the last fragments; the final MP4 (with the model's sound track, if any)."""
@@ -139,6 +160,10 @@ class VideoStream:
     def _encode(self) -> None:
         while True:
             frames = self.batches.get()
+            if isinstance(frames, tuple):
+                self.marks.append(frames)
+                self._call_marks()
+                continue
             if self.error is None:
                 try:
                     fragment = self.encoder.close() if frames is None else self.encoder.add(frames)
@@ -152,11 +177,21 @@ class VideoStream:
 
     def _send(self, fragment) -> None:
         bus.stream_append(self.job_id, (fragment.init or b"") + fragment.data)
-        self.run.publish(wait=False, event=VideoChunkEvent(
+        self.run.publish(wait=False, watched=self.watched, event=VideoChunkEvent(
             job_id=self.job_id, seq=self.seq, first_frame=fragment.first_frame, num_frames=fragment.num_frames,
             mime=self.encoder.mime, init=base64.b64encode(fragment.init).decode("ascii") if fragment.init else None,
             data=base64.b64encode(fragment.data).decode("ascii")))
         self.seq += 1
+        self._call_marks()
+
+    def _call_marks(self) -> None:
+        due = [mark for mark in self.marks if mark[0] < self.encoder.frames_out]
+        for mark in due:
+            self.marks.remove(mark)
+            try:
+                mark[1]()
+            except Exception:  # an announcement that failed must not stop the stream
+                log.exception("a streamed-frame callback of job %s failed", self.job_id)
 
 
 def load_start_image(job: Job):

@@ -93,8 +93,8 @@ class Run:
         self.job.record_progress(step, total)
         return True
 
-    def publish(self, event, wait: bool = True) -> None:
-        self.job.announce(event, wait=wait)
+    def publish(self, event, wait: bool = True, watched: bool = False) -> None:
+        self.job.announce(event, wait=wait, watched=watched)
 
     def publish_progress(self, event) -> None:
         self.job.announce_progress(event)
@@ -115,10 +115,10 @@ def _settled(job: Job, hostname: str) -> dict:
     """The job's body, and how it ended: cancelled, failed, out of memory, timed out, lease lost."""
     from generator.interface import Cancelled, GenerationError, is_out_of_memory
     from generator.understanding import DescribeError
-    from worker import describing, generation
+    from worker import describing, generation, live
 
     job_id = str(job.pk)
-    body = describing.run if job.kind == Job.Kind.DESCRIBE else generation.run
+    body = describing.run if job.kind == Job.Kind.DESCRIBE else live.run if job.live else generation.run
     try:
         return body(Run(job, hostname))
     except Cancelled:

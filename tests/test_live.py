@@ -183,6 +183,30 @@ def test_steer_and_stop_refusals(stack):
     assert status == 400 and json.loads(body)["field"] == "max_duration_s"
 
 
+def test_the_npm_phoenix_client_starts_steers_and_stops_a_live_job(stack, tmp_path):
+    import shutil
+    import subprocess
+
+    from tests.support.stack import ROOT
+
+    node, client = shutil.which("node"), ROOT / "tests" / "phoenix"
+    if node is None or not (client / "node_modules" / "phoenix").exists():
+        pytest.fail("node and tests/phoenix/node_modules are needed (scripts/test.sh installs them)")
+    done = subprocess.run([node, "live.mjs", stack.base, str(tmp_path)], cwd=client, capture_output=True, text=True,
+                          timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["start"]["status"] == "ok" and result["start"]["response"]["params"]["live"] is True
+    assert result["steer"] == {"status": "ok", "response": {
+        "type": "steering", "job_id": result["start"]["response"]["job_id"], "prompt": "a red circle moving up",
+        "request_id": None}}
+    assert result["stop"]["status"] == "ok" and result["stop"]["response"]["type"] == "stopping"
+    timeline = result["complete"]["timeline"]
+    assert [e["prompt"] for e in timeline] == ["a red circle moving right", "a red circle moving up"]
+    assert timeline[1]["from_frame"] == result["steered"]["from_frame"] > 0
+    assert decode((tmp_path / "live.mp4").read_bytes()).shape[0] == result["complete"]["num_frames"]
+
+
 def test_a_steer_while_queued_changes_the_prompt_and_a_killed_worker_keeps_what_was_streamed(stack):
     """A live job whose worker is SIGKILLed ends with the frames it streamed (a re-run would be a
     new video); nothing hangs."""

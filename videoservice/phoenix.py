@@ -11,8 +11,10 @@ Frames are JSON arrays `[join_ref, ref, topic, event, payload]`:
   events, for its owner or a public job) -> `phx_reply` ok, or error with a `reason`;
   `phx_leave` -> `phx_reply` ok, then `phx_close`;
 - pushes on a joined topic: `generate` (`{prompt, num_frames}` as in the reference, and every other
-  generate field), `describe`, `cancel` (`{job_id}`) -> `phx_reply` `{"status": "ok", "response":
-  {job_id, position, ...}}` or `{"status": "error", "response": {code, message, field}}`;
+  generate field, `live: true` included), `describe`, `cancel` (`{job_id}`), a live job's `steer`
+  (`{job_id, prompt}`) and `stop` (`{job_id}`) -> `phx_reply` `{"status": "ok", "response":
+  {job_id, position, ...}}` (steer: the `steering` event, stop: `stopping`) or `{"status": "error",
+  "response": {code, message, field}}`;
 - job events are pushed to every joined topic they belong to as `[null, null, topic, type, event]`.
 Credentials: a token in the socket params (the client sends them as query parameters: `?token=`),
 or the client's `authToken` (the `base64url.bearer.phx.<token>` websocket subprotocol, answered
@@ -30,17 +32,18 @@ from urllib.parse import parse_qs
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from videoservice import fanout, limits, metrics
+from videoservice import bus, fanout, limits, metrics
 from videoservice.auth import api_token, auth_required
-from videoservice.consumers import cancel, owner_of, read_client_message, submit
-from videoservice.contract import INTERNAL_ERROR, INVALID_JSON, UNKNOWN_TYPE, CancelRequest, RequestError, parse
+from videoservice.consumers import cancel, owner_of, read_client_message, steer, stop, submit
+from videoservice.contract import (INTERNAL_ERROR, INVALID_JSON, UNKNOWN_TYPE, CancelRequest, RequestError,
+                                   SteerRequest, StopRequest, parse)
 from videoservice.models import LOBBY_GROUP, Job, Submitter, owner_group
 
 log = logging.getLogger(__name__)
 LOBBY_TOPIC = "video:lobby"
 JOB_TOPIC = "job:"
 TOKEN_PROTOCOL = "base64url.bearer.phx."
-PUSHES = ("generate", "describe", "cancel")
+PUSHES = ("generate", "describe", "cancel", "steer", "stop")
 
 
 def subprotocol_token(scope) -> str | None:
@@ -154,6 +157,12 @@ class PhoenixConsumer(AsyncWebsocketConsumer):
             req = parse(CancelRequest, {**payload, "type": "cancel"})
             job, state = await database_sync_to_async(cancel)(req.job_id, self.submitter)
             await self.reply(join_ref, ref, topic, "ok", {"job_id": str(job.pk), "state": state})
+        elif event == "steer":
+            req = parse(SteerRequest, {**payload, "type": "steer"})
+            await self.reply(join_ref, ref, topic, "ok", await database_sync_to_async(steer)(req, self.submitter))
+        elif event == "stop":
+            req = parse(StopRequest, {**payload, "type": "stop"})
+            await self.reply(join_ref, ref, topic, "ok", await database_sync_to_async(stop)(req, self.submitter))
         else:
             queued = await database_sync_to_async(submit)(event, {**payload, "type": event}, self.submitter)
             await self.reply(join_ref, ref, topic, "ok", queued)
@@ -184,6 +193,8 @@ class PhoenixConsumer(AsyncWebsocketConsumer):
         text = await fanout.text_of(message)
         if text is None:
             return
+        if message.get("watched"):  # a live job's chunk reaches a client: the job has a viewer
+            await bus.note_watched(message["job_id"])
         kind = json.dumps(message.get("event_type") or json.loads(text)["type"])
         for topic in topics:  # the payload's JSON is pasted in as it is: serialized once
             frame = f'[null,null,{json.dumps(topic)},{kind},{text}]'

@@ -67,9 +67,18 @@ def send_turns(queue: str, count: int = 1) -> None:
 
 
 def turns_waiting(queue: str) -> int:
-    """Turns on the broker for this queue, not yet taken by a worker."""
+    """Turns on the broker for this queue, not yet taken by a worker. Redis keeps no empty list, so
+    kombu answers NOT_FOUND for a queue with no message: that is 0 turns (exactly the case the
+    reaper's top-up is for), not a failure."""
+    from kombu.exceptions import ChannelError
+
     with app.connection_for_write() as connection:
-        return connection.default_channel.queue_declare(queue=queue, passive=True).message_count
+        try:
+            return connection.default_channel.queue_declare(queue=queue, passive=True).message_count
+        except ChannelError as exc:
+            if "NOT_FOUND" not in str(exc):
+                raise
+            return 0
 
 
 def ping_workers(timeout: float) -> list:

@@ -36,15 +36,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from generator.interface import (Backend, CancelCheck, Cancelled, GenerationError, GenerationRequest,
-                                 GenerationResult, ProgressCallback)
+from generator.interface import (DEFAULT_STRENGTH, Backend, CancelCheck, Cancelled, GenerationError,
+                                 GenerationRequest, GenerationResult, ProgressCallback)
 from generator.model_config import ModelConfig, check_pipeline_kwargs
 
 log = logging.getLogger(__name__)
 
 TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 PREVIEW_LONG_SIDE = 128  # previews are upscaled (nearest) until their long side reaches about this
-DEFAULT_STRENGTH = 0.8  # video-to-video when a request names none (WanVideoToVideoPipeline's default)
 SKYREELS_ADDNOISE = 20  # noise on the history frames of long SkyReels videos (its documented value)
 
 
@@ -219,7 +218,7 @@ class DiffusersBackend(Backend):
                     log.warning("model %s: attention backend %r unavailable (%s); using native SDPA",
                                 self.config.name, mem.attention_backend, exc)
             if mem.cache:
-                self._enable_cache(pipe, transformer, dict(mem.cache))
+                self._enable_cache(pipe, transformer, mem.cache)
             if mem.compile:
                 if not accelerator_available():
                     log.warning("model %s: compile is only applied on a GPU host; skipped", self.config.name)
@@ -230,25 +229,23 @@ class DiffusersBackend(Backend):
                         transformer.compile_repeated_blocks(fullgraph=True)
                     applied["compile"] = "full" if mem.compile == "full" else "regional"
 
-    def _enable_cache(self, pipe, transformer, cache: dict) -> None:
-        kind = cache.pop("type")
+    def _enable_cache(self, pipe, transformer, cache) -> None:
         try:
             from diffusers.hooks import FirstBlockCacheConfig, PyramidAttentionBroadcastConfig
         except ImportError:
             log.warning("model %s: this diffusers has no caching hooks; cache skipped", self.config.name)
             return
-        if kind == "first_block":
+        if cache.type == "first_block":
             if _transformer_blocks(transformer) < 2:
                 log.warning("model %s: FirstBlockCache needs >= 2 transformer blocks; skipped", self.config.name)
                 return
-            transformer.enable_cache(FirstBlockCacheConfig(threshold=float(cache.get("threshold", 0.05))))
-        elif kind == "pab":
+            transformer.enable_cache(FirstBlockCacheConfig(threshold=cache.threshold))
+        else:  # pab
             transformer.enable_cache(PyramidAttentionBroadcastConfig(
-                spatial_attention_block_skip_range=int(cache.get("spatial_attention_block_skip_range", 2)),
-                spatial_attention_timestep_skip_range=tuple(cache.get("spatial_attention_timestep_skip_range",
-                                                                      (100, 800))),
+                spatial_attention_block_skip_range=cache.spatial_attention_block_skip_range,
+                spatial_attention_timestep_skip_range=tuple(cache.spatial_attention_timestep_skip_range),
                 current_timestep_callback=lambda: pipe.current_timestep))
-        self.applied["cache"] = kind
+        self.applied["cache"] = cache.type
 
     def unload(self) -> None:
         for pipe in self.pipes.values():

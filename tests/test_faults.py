@@ -37,11 +37,20 @@ MODELS = {
     "fake-steps": FAKE_ENTRY,
     # served by no worker: its jobs stay queued (back-pressure test)
     "fake-parked": {**FAKE_ENTRY, "queue": "parked"},
-    # a real diffusers entry whose checkpoint folder does not exist: its load fails for real
-    "broken-model": {"path": "checkpoints/does-not-exist", "pipeline": "ltx", "dtype": "float32",
+    # a real diffusers entry whose checkpoint folder is corrupt (a model_index.json naming components that are
+    # not there): it passes the start-up check, and its load fails for real
+    "broken-model": {"path": "checkpoints/corrupt", "pipeline": "ltx", "dtype": "float32",
                      "queue": FAULT_QUEUE, "defaults": {"steps": 2, "width": 32, "height": 32, "frames": 9},
                      "limits": {"min_size": 32, "max_size": 128}},
 }
+# malformed entries: each is reported at start-up (log and /healthz) naming the entry and field, and skipped
+MALFORMED = {
+    "bad-type": ({**FAKE_ENTRY, "defaults": {**FAKE_ENTRY["defaults"], "steps": "ten"}}, "defaults.steps"),
+    "bad-key": ({**FAKE_ENTRY, "memory": {"vae_tilling": True}}, "memory.vae_tilling"),
+    "bad-path": ({"path": "checkpoints/not-there", "pipeline": "ltx", "queue": FAULT_QUEUE}, "path"),
+    "bad-kind": ({**FAKE_ENTRY, "pipeline": "sora"}, "pipeline"),
+}
+MODELS.update({name: entry for name, (entry, _) in MALFORMED.items()})
 
 
 FAULT_ENV = {
@@ -65,7 +74,13 @@ class FaultStack(Stack):
 
 @pytest.fixture(scope="module")
 def faults(tmp_path_factory):
-    with FaultStack(tmp_path_factory.mktemp("faults"), env=FAULT_ENV, models=MODELS, persist_redis=True) as svc:
+    tmp = tmp_path_factory.mktemp("faults")
+    corrupt = tmp / "checkpoints" / "corrupt"
+    corrupt.mkdir(parents=True)
+    (corrupt / "model_index.json").write_text(json.dumps({
+        "_class_name": "LTXPipeline", "_diffusers_version": "0.42.1",
+        "transformer": ["diffusers", "LTXVideoTransformer3DModel"], "vae": ["diffusers", "AutoencoderKLLTXVideo"]}))
+    with FaultStack(tmp, env=FAULT_ENV, models=MODELS, persist_redis=True) as svc:
         svc.start_redis()
         svc.migrate()
         svc.start_web()
@@ -123,7 +138,36 @@ def test_model_that_fails_to_load_fails_the_job_and_the_worker_serves_the_next(f
     async def scenario():
         async with Client(faults) as c:
             await _fails_then_next_succeeds(faults, c, {"prompt": "x", "model": "broken-model"},
-                                            r"^model 'broken-model' could not be loaded: .*does-not-exist")
+                                            r"^model 'broken-model' could not be loaded: .*corrupt")
+    run(scenario())
+
+
+def test_malformed_model_entries_are_reported_at_start_up_and_the_others_serve(faults):
+    """A wrong type, an unknown key, a missing checkpoint folder, an unknown pipeline kind: each is named
+    (entry and field) in the web's and the worker's start-up log and in /healthz; asking for such a model
+    is a 400 (unknown model), never a 500; the configured models next to them are served."""
+    status, _, body = http("GET", faults.base + "/healthz")
+    assert status == 200, body
+    reported = {e["model"]: e for e in json.loads(body)["model_config_errors"]}
+    assert {name: reported[name]["field"] for name in MALFORMED} == {n: f for n, (_, f) in MALFORMED.items()}
+    assert "valid integer" in reported["bad-type"]["message"] and "not-there" in reported["bad-path"]["message"]
+    assert "unknown pipeline kind 'sora'" in reported["bad-kind"]["message"]
+    for proc in (faults.webs["web"][0], faults.workers["w1"]):
+        log = proc.log_path.read_text(errors="replace")
+        for name, (_, field) in MALFORMED.items():
+            assert f"model {name!r}: {field}:" in log, (proc.name, name)
+    status, _, body = http("GET", faults.base + "/api/models")
+    names = {m["name"] for m in json.loads(body)["models"]}
+    assert status == 200 and not names & set(MALFORMED) and {"fake-steps", "broken-model"} <= names
+    for name in MALFORMED:
+        status, _, body = http("POST", faults.base + "/api/jobs", {"prompt": "x", "model": name},
+                               headers={"Origin": faults.origin})
+        assert status == 400 and name in body.decode(), (status, body)
+
+    async def scenario():
+        async with Client(faults) as c:
+            done = await c.terminal((await c.submit(prompt="a cat", model="fake-steps"))["job_id"])
+            assert done["type"] == "generation_complete", done
     run(scenario())
 
 

@@ -33,6 +33,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr
 from pydantic_core import PydanticCustomError
 
 from generator import longvideo
+from generator.interface import DEFAULT_STRENGTH
 
 # ---------------------------------------------------------------- stable error codes
 INVALID_JSON = "invalid_json"
@@ -62,7 +63,6 @@ MAX_SEED = 2**32 - 1
 MIN_FPS, MAX_FPS = 1.0, 60.0
 MAX_REQUEST_ID_CHARS = 100
 MAX_QUESTION_CHARS = 500
-DEFAULT_STRENGTH = 0.6  # video-to-video: how far from the source, when not given
 MAX_PRIORITY = 10
 MAX_JSON_VALUES = 4096  # a message holds a dozen values; its size is in its strings (prompt, base64)
 # JSON Schema patterns of our text rules: no NUL (lone surrogates are refused too, but JSON Schema

@@ -336,15 +336,27 @@ def decode_image(value: Any) -> tuple:
 
 
 def decode_video_upload(value: Any, field: str = "video") -> bytes:
-    """Base64 (optionally a data: URL) of a video file PyAV can open and that holds a video stream."""
+    """Base64 (optionally a data: URL) of a video file PyAV can open and that holds a video stream
+    whose stated frame size and frames x pixels fit MAX_INPUT_FRAME_PIXELS / MAX_INPUT_VIDEO_PIXELS
+    (too_large: a few KB can declare frames that would need gigabytes to decode)."""
     import av
+
+    from generator.understanding.base import OPEN_OPTIONS, VideoTooLarge, check_video_size
 
     data = decode_base64(value, field, VIDEO_INVALID, "or a data: URL of an MP4",
                          settings.WS_MAX_CLIENT_MESSAGE_BYTES)
     try:
-        with av.open(io.BytesIO(data)) as container:
+        with av.open(io.BytesIO(data), options=OPEN_OPTIONS) as container:
             if not container.streams.video:
                 raise _refuse(VIDEO_INVALID, field, "the file holds no video stream")
+            stream = container.streams.video[0]
+            frames = stream.frames
+            if frames <= 0 and container.duration and stream.average_rate:  # not stated (WebM, MKV): estimated
+                frames = int(container.duration / av.time_base * float(stream.average_rate)) + 1
+            check_video_size(stream.codec_context.width, stream.codec_context.height, frames,
+                             settings.MAX_INPUT_FRAME_PIXELS, settings.MAX_INPUT_VIDEO_PIXELS)
+    except VideoTooLarge as exc:
+        raise _refuse(TOO_LARGE, field, str(exc)) from None
     except av.error.FFmpegError as exc:
         raise _refuse(VIDEO_INVALID, field, f"video could not be read: {exc}") from None
     return data

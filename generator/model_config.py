@@ -20,12 +20,11 @@ used only when present). JSON, or TOML when the name ends in `.toml`. One entry 
       }
     }
 
-Every kind belongs to a `Family` (FAMILIES): its diffusers pipeline class per kind and the tasks
-each serves (t2v, i2v, v2v, condition), frame and size rules, defaults, whether it makes sound
-and which latent upsampler fits it. Several kinds of one family listed together are loaded once:
-the first from the folder, the others from the very same components with `from_pipe` (no second
-copy in memory), so they must share a checkpoint (`PipelineKind.checkpoint`). Adding a family is
-one `Family(...)` entry; docs/models.md says how.
+Every kind belongs to a `Family` (generator/families/<family>.py): its diffusers pipeline class per
+kind and the tasks each serves (t2v, i2v, v2v, condition), frame and size rules, defaults, whether it
+makes sound and which latent upsampler fits it. Several kinds of one family listed together are
+loaded once: the first from the folder, the others from the very same components with `from_pipe`
+(no second copy in memory), so they must share a checkpoint (`PipelineKind.checkpoint`).
 
 Entries are parsed by pydantic models (`ModelEntry`: unknown keys and wrong JSON types refused) and
 every error is a `ConfigError` naming the entry and the field. `validate_config` returns the good
@@ -46,17 +45,13 @@ from typing import Any, Literal, Optional, Union
 from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt,
                       TypeAdapter, ValidationError, field_validator, model_validator)
 
+from generator.families import FAMILIES, KINDS, TASKS, Family, PipelineKind  # noqa: F401 (also for callers)
 from generator.interface import ModelInfo
 
 log = logging.getLogger(__name__)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV_VAR = "VIDEO_MODELS_CONFIG"
-
-# t2v: prompt only; i2v: a start image; v2v: a source video moved away from by `strength`;
-# condition: given frames at the clip's start (continuation: long videos, key frames)
-TASKS = ("t2v", "i2v", "v2v", "condition")
-LATENT_LAYOUTS = ("packed", "bcfhw", "bfchw")  # LTX's token sequence, [B, C, F, H, W], CogVideoX's [B, F, C, H, W]
 
 
 class ConfigError(ValueError):
@@ -69,151 +64,6 @@ class ConfigError(ValueError):
 
     def as_dict(self) -> dict:
         return {"model": self.model, "field": self.field, "message": self.message}
-
-
-@dataclass(frozen=True)
-class PipelineKind:
-    """One diffusers pipeline class of a family and the tasks it serves."""
-
-    cls: str
-    tasks: tuple
-    # kinds with the same checkpoint tag load from one folder (the second through from_pipe)
-    checkpoint: str = "base"
-
-
-@dataclass(frozen=True)
-class Family:
-    """What a family's checkpoints accept and default to (diffusers 0.42.1 + the models' cards)."""
-
-    name: str
-    description: str
-    kinds: dict  # kind name ("pipeline" in the configuration) -> PipelineKind
-    vae: str  # diffusers VAE class (loaded on its own when vae_dtype differs)
-    frame_multiple: int  # num_frames = frame_multiple * k + frame_offset
-    frame_offset: int
-    min_frames: int
-    max_frames: int
-    size_multiple: int
-    max_size: int
-    default_width: int
-    default_height: int
-    default_frames: int
-    default_steps: int
-    default_guidance: float
-    default_fps: float
-    min_size: int = 64
-    latents: str = "bcfhw"  # how the denoised latents are laid out (previews)
-    audio: bool = False  # the pipeline returns a sound track with the video
-    upsampler: Optional[str] = None  # latent upsample pipeline class, loaded from the entry's "upsampler" folder
-    frame_rate_arg: Optional[str] = None  # call argument taking the fps (LTX scales its RoPE by it)
-    vae_dtype: Optional[str] = None  # default VAE dtype when the entry names none
-    chunked: bool = False  # its T2V/I2V pipelines make long videos themselves, in overlapping chunks
-
-    def tasks(self, kinds) -> set:
-        return {task for kind in kinds for task in self.kinds[kind].tasks}
-
-
-def _check_family(fam: Family) -> Family:
-    """A family description is code, but a wrong one would only fail on a GPU host: check it here."""
-    problems = []
-    for kind, pk in fam.kinds.items():
-        if not kind.startswith(fam.name):
-            problems.append(f"kind {kind!r} should start with the family name")
-        if not pk.tasks or set(pk.tasks) - set(TASKS):
-            problems.append(f"kind {kind!r}: tasks must be some of {TASKS}, got {pk.tasks}")
-    if fam.latents not in LATENT_LAYOUTS:
-        problems.append(f"latents must be one of {LATENT_LAYOUTS}")
-    if not (1 <= fam.frame_multiple and 0 <= fam.frame_offset and fam.min_frames <= fam.default_frames <= fam.max_frames):
-        problems.append("frame rule / default frames out of order")
-    for n in (fam.min_frames, fam.max_frames, fam.default_frames):
-        if (n - fam.frame_offset) % fam.frame_multiple:
-            problems.append(f"{n} frames break its own rule {fam.frame_multiple}k+{fam.frame_offset}")
-    for side in (fam.default_width, fam.default_height, fam.max_size):
-        if side % fam.size_multiple or not fam.min_size <= side <= fam.max_size:
-            problems.append(f"size {side} breaks its own rule (multiple of {fam.size_multiple})")
-    if problems:
-        raise ValueError(f"family {fam.name!r}: " + "; ".join(problems))
-    return fam
-
-
-T2V, I2V, V2V, COND = ("t2v",), ("i2v",), ("v2v",), ("condition",)
-
-FAMILIES = {f.name: _check_family(f) for f in (
-    # LTX-Video 0.9.x: VAE compresses 32x32 px x 8 frames per latent; sizes multiples of 32, frames 8k+1
-    # (diffusers does NOT validate the frame count: 10 would silently become 9, so we do). 0.9.5+
-    # checkpoints also run the condition pipeline: frames or clips at chosen positions, and editing.
-    Family("ltx", "LTX-Video (Lightricks)", {
-        "ltx": PipelineKind("LTXPipeline", T2V),
-        "ltx-i2v": PipelineKind("LTXImageToVideoPipeline", I2V),
-        "ltx-condition": PipelineKind("LTXConditionPipeline", ("t2v", "i2v", "v2v", "condition")),
-    }, vae="AutoencoderKLLTXVideo", frame_multiple=8, frame_offset=1, min_frames=9, max_frames=257,
-        size_multiple=32, max_size=1280, default_width=768, default_height=512, default_frames=121,
-        default_steps=50, default_guidance=3.0, default_fps=24.0, latents="packed",
-        upsampler="LTXLatentUpsamplePipeline", frame_rate_arg="frame_rate"),
-    # LTX-2: the same latent grid, a Gemma 3 prompt encoder, and a sound track (audio VAE + vocoder)
-    # generated with the video; settings of diffusers' LTX-2 example (30 steps, guidance 3, 24 fps).
-    Family("ltx2", "LTX-2 (Lightricks), video with sound", {
-        "ltx2": PipelineKind("LTX2Pipeline", T2V),
-        "ltx2-i2v": PipelineKind("LTX2ImageToVideoPipeline", I2V),
-        "ltx2-condition": PipelineKind("LTX2ConditionPipeline", ("t2v", "i2v", "condition")),
-    }, vae="AutoencoderKLLTX2Video", frame_multiple=8, frame_offset=1, min_frames=9, max_frames=257,
-        size_multiple=32, max_size=1280, default_width=768, default_height=512, default_frames=121,
-        default_steps=30, default_guidance=3.0, default_fps=24.0, latents="packed", audio=True,
-        upsampler="LTX2LatentUpsamplePipeline", frame_rate_arg="frame_rate"),
-    # Wan 2.1 (and Wan 2.2 A14B: the same classes with two experts, transformer_2 + boundary_ratio
-    # in the checkpoint): VAE 8x8 px x 4 frames, transformer patch 2x2: multiples of 16, frames 4k+1.
-    # Its I2V checkpoints are separate (36 input channels + CLIP); WanVideoToVideoPipeline runs on the T2V one.
-    Family("wan", "Wan 2.1 / 2.2 A14B (Alibaba)", {
-        "wan": PipelineKind("WanPipeline", T2V),
-        "wan-i2v": PipelineKind("WanImageToVideoPipeline", I2V),
-        "wan-v2v": PipelineKind("WanVideoToVideoPipeline", V2V),
-    }, vae="AutoencoderKLWan", frame_multiple=4, frame_offset=1, min_frames=5, max_frames=129,
-        size_multiple=16, max_size=1280, default_width=832, default_height=480, default_frames=81,
-        default_steps=50, default_guidance=5.0, default_fps=16.0, vae_dtype="float32"),
-    # Wan 2.2 TI2V-5B: one transformer for text- and image-to-video on the 16x16x4 VAE (48 channels):
-    # multiples of 32; 1280x704, 121 frames at 24 fps (its model card).
-    Family("wan2.2", "Wan 2.2 TI2V-5B (Alibaba)", {
-        "wan2.2": PipelineKind("WanPipeline", T2V),
-        "wan2.2-i2v": PipelineKind("WanImageToVideoPipeline", I2V),
-    }, vae="AutoencoderKLWan", frame_multiple=4, frame_offset=1, min_frames=5, max_frames=241,
-        size_multiple=32, max_size=1280, default_width=1280, default_height=704, default_frames=121,
-        default_steps=50, default_guidance=5.0, default_fps=24.0, vae_dtype="float32"),
-    # Wan VACE: one pipeline for all tasks through a control video and a mask (0 = keep, 1 = generate)
-    Family("wan-vace", "Wan VACE (Alibaba), all-in-one video creation and editing", {
-        "wan-vace": PipelineKind("WanVACEPipeline", ("t2v", "i2v", "v2v", "condition")),
-    }, vae="AutoencoderKLWan", frame_multiple=4, frame_offset=1, min_frames=5, max_frames=129,
-        size_multiple=16, max_size=1280, default_width=832, default_height=480, default_frames=81,
-        default_steps=50, default_guidance=5.0, default_fps=16.0, vae_dtype="float32"),
-    # SkyReels-V2 diffusion forcing: Wan's VAE; any length in overlapping chunks the pipeline makes
-    # itself; its V2V pipeline continues a given clip (the "condition" task). 960x544, 97 frames, 24 fps.
-    Family("skyreels-v2", "SkyReels-V2 diffusion forcing (Skywork)", {
-        "skyreels-v2": PipelineKind("SkyReelsV2DiffusionForcingPipeline", T2V),
-        "skyreels-v2-i2v": PipelineKind("SkyReelsV2DiffusionForcingImageToVideoPipeline", I2V),
-        "skyreels-v2-v2v": PipelineKind("SkyReelsV2DiffusionForcingVideoToVideoPipeline", COND),
-    }, vae="AutoencoderKLWan", frame_multiple=4, frame_offset=1, min_frames=5, max_frames=257,
-        size_multiple=16, max_size=1280, default_width=960, default_height=544, default_frames=97,
-        default_steps=30, default_guidance=6.0, default_fps=24.0, vae_dtype="float32", frame_rate_arg="fps",
-        chunked=True),
-    # HunyuanVideo 1.5: VAE 16x16 px x 4 frames; T2V and I2V are separate checkpoints (I2V adds SigLIP);
-    # 480p: 848x480, 121 frames at 24 fps, 50 steps, guidance 6 (its model card).
-    Family("hunyuanvideo1.5", "HunyuanVideo 1.5 (Tencent)", {
-        "hunyuanvideo1.5": PipelineKind("HunyuanVideo15Pipeline", T2V),
-        "hunyuanvideo1.5-i2v": PipelineKind("HunyuanVideo15ImageToVideoPipeline", I2V, checkpoint="i2v"),
-    }, vae="AutoencoderKLHunyuanVideo15", frame_multiple=4, frame_offset=1, min_frames=5, max_frames=241,
-        size_multiple=16, max_size=1280, default_width=848, default_height=480, default_frames=121,
-        default_steps=50, default_guidance=6.0, default_fps=24.0),
-    # CogVideoX: multiples of 16, 49 frames at 8 fps by default; 8k+1 fits both 1.0 (4k+1) and
-    # 1.5 (temporal patch 2). Its I2V checkpoints are separate.
-    Family("cogvideox", "CogVideoX (THUDM)", {
-        "cogvideox": PipelineKind("CogVideoXPipeline", T2V),
-        "cogvideox-i2v": PipelineKind("CogVideoXImageToVideoPipeline", I2V, checkpoint="i2v"),
-    }, vae="AutoencoderKLCogVideoX", frame_multiple=8, frame_offset=1, min_frames=9, max_frames=49,
-        size_multiple=16, max_size=1360, default_width=720, default_height=480, default_frames=49,
-        default_steps=50, default_guidance=6.0, default_fps=8.0, latents="bfchw"),
-)}
-# kind -> its family's name
-KINDS = {kind: fam.name for fam in FAMILIES.values() for kind in fam.kinds}
-
 
 @dataclass(frozen=True)
 class Preset:
@@ -483,6 +333,7 @@ class ModelConfig:
                 "pipelines": list(self.kinds),
                 "tasks": sorted(tasks, key=TASKS.index),
                 "requires_image": "t2v" not in tasks,
+                "live": fam.live,  # "native": made chunk by chunk with the model's own history
                 "upsampler": self.upsampler is not None,
                 "preset": self.preset,
                 "queue": self.queue or self.name,

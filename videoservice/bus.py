@@ -7,7 +7,7 @@ a turn on a queue: videoservice/dispatch.py says why turns rather than jobs) and
 configuration entry's `queue`, by default the model's name: GPU hosts run `-Q ltx-video`, CPU
 hosts `-Q builtin`); describe jobs go to the `describe` queue.
 
-Events: `{"type": ..., "job_id": ..., ...}` (contract.py defines each), carried on the layer as
+Events: `{"type": ..., "job_id": ..., ...}` (videoservice/contract/events.py defines each), carried on the layer as
 `{"type": "job.event", "text": "<its JSON>", ...}` (or, when large, the key of that text stored
 once in Redis: videoservice/fanout.py) to the job's audience group (the lobby, or the owner's
 group for a private job); every consumer in that group passes it on. Sync code (the worker, the

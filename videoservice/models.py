@@ -27,8 +27,8 @@ from django.utils import timezone
 
 from videoservice import bus, dispatch, webhooks
 from videoservice.contract import (FORBIDDEN, INVALID_FIELD, NOT_CANCELLABLE, NOT_FOUND, QUEUE_FULL, UNAVAILABLE,
-                                   CancelledEvent, DescribeRequest, FailedEvent, GenerateRequest, QueuedEvent,
-                                   RequeuedEvent, RequestError)
+                                   CancelledEvent, DescribeRequest, FailedEvent, GenerateRequest, JobBody,
+                                   QueuedEvent, RequeuedEvent, RequestError)
 
 log = logging.getLogger(__name__)
 
@@ -303,7 +303,8 @@ class Job(models.Model):
         return owner_group(self.owner) if self.private else LOBBY_GROUP
 
     def as_dict(self, viewer: str | None = None) -> dict:
-        return {
+        """The job as the HTTP API and webhooks show it (validated: one schema for both)."""
+        return JobBody(**{
             "id": str(self.id),
             "job_id": str(self.id),
             "status": self.status,
@@ -335,7 +336,7 @@ class Job(models.Model):
             "priority": self.priority,
             "retry_of": str(self.retry_of_id) if self.retry_of_id else None,
             "has_audio": self.has_audio,
-        }
+        }).model_dump()
 
     # ------------------------------------------------------------------ the lifecycle
     def _guarded(self, **conditions):

@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 
 from tests.support.client import TERMINAL, Client, run
-from tests.support.stack import Proc, Stack, http
+from tests.support.stack import Proc, Stack, http, wait_for
 
 SMALL = {"num_frames": 8, "width": 64, "height": 64, "steps": 3}
 FAULT_QUEUE = "faults"
@@ -35,6 +35,8 @@ MODELS = {
     "fake-memoryerror": FAKE_ENTRY,
     "fake-nan": FAKE_ENTRY,
     "fake-steps": FAKE_ENTRY,
+    # touches 1.5 GB, served by a worker that replaces pool processes past 1 GB (the recycling test)
+    "fake-hog": {**FAKE_ENTRY, "queue": "recycle"},
     # served by no worker: its jobs stay queued (back-pressure test)
     "fake-parked": {**FAKE_ENTRY, "queue": "parked"},
     # a real diffusers entry whose checkpoint folder is corrupt (a model_index.json naming components that are
@@ -525,6 +527,30 @@ def test_a_cancel_accepted_before_the_worker_died_is_final(faults):
         row = faults.row(job_id)
         assert row["status"] == "cancelled" and row["attempts"] == 1, row
     run(scenario())
+
+
+def _peak_mb(pid: int) -> float:
+    status = open(f"/proc/{pid}/status").read()
+    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
+
+
+def test_a_pool_process_whose_job_took_much_memory_is_replaced(faults):
+    """WORKER_MAX_MEMORY_MB: memory a big job took is given back (the pool process that peaked past it
+    is replaced after the job), not kept by the worker for good. (That ordinary jobs keep their pool
+    process, under the default, is checked by the fails-then-next-succeeds tests above.)"""
+    faults.start_worker("recycler", "recycle", env={"WORKER_MAX_MEMORY_MB": "1024"})
+    try:
+        before = faults.pool_pids("recycler")
+        assert len(before) == 1 and _peak_mb(before[0]) < 1024, _peak_mb(before[0])
+        status, _, body = http("POST", f"{faults.base}/api/jobs", {"prompt": "a hog", "model": "fake-hog"})
+        assert status == 201, body
+        assert faults.wait_job(json.loads(body)["job"]["id"], timeout=60)["status"] == "succeeded"
+        wait_for(lambda: faults.pool_pids("recycler") not in ([], before), 30, "a fresh pool process",
+                 [faults.workers["recycler"]])
+        after = faults.pool_pids("recycler")
+        assert len(after) == 1 and _peak_mb(after[0]) < 1024, after
+    finally:
+        faults.stop_worker("recycler")
 
 
 def test_progress_never_waits_for_a_frozen_redis(faults):

@@ -44,6 +44,8 @@ Environment (defaults in brackets):
   STREAM_VIDEO          [1]  send video_chunk events / fill /api/jobs/<id>/stream while a job runs
                         (0: the video is encoded once its last frame is made, as a plain MP4 job)
   WORKER_WARMUP [1]  load the model of the worker's first queue right after start
+  WORKER_MAX_MEMORY_MB [8192]  a pool process whose peak memory passed this is replaced after its
+                        job (memory a big job took is given back; the next job loads its model again); 0: never
   LOG_FORMAT    [plain]  json: one JSON object per log line, with job_id, model and worker as fields
 
 Who may do what (docs/deploy.md, "Authentication"):
@@ -348,6 +350,8 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# billiard compares the pool process's peak RSS (ru_maxrss) after each task: one big job recycles it
+CELERY_WORKER_MAX_MEMORY_PER_CHILD = env_int("WORKER_MAX_MEMORY_MB", 8192) * 1024 or None
 
 LOG_FORMAT = os.environ.get("LOG_FORMAT", "plain")  # plain | json (one object a line, with job_id, model, worker)
 LOGGING = {

@@ -94,3 +94,143 @@ def test_events_stop_turn_and_speed_up_a_shape():
     assert path[8] == (x9, y9) == path[9]  # stopped
     assert x11 < x9  # going left
     assert (x12 - x15) / 3 == pytest.approx(1.5 * world.SPEED_UP)  # faster
+
+
+# ------------------------------------------------------------------ the causal tokenizer
+def tiny_tokenizer(seed=0):
+    from generator.builtin.tokenizer import CausalVideoTokenizer
+
+    torch.manual_seed(seed)
+    return CausalVideoTokenizer(latent_channels=4, levels=5, channels=(8, 8, 8), head_channels=8).eval()
+
+
+def test_tokenizer_quantizes_to_its_levels_and_passes_gradients_straight_through():
+    from generator.builtin.tokenizer import quantize
+
+    z = torch.linspace(-1.5, 1.5, 31, requires_grad=True)
+    q = quantize(z, 5)
+    assert set(torch.round(q.detach() * 2).tolist()) <= {-2.0, -1.0, 0.0, 1.0, 2.0}
+    q.sum().backward()
+    assert torch.equal(z.grad, ((z >= -1) & (z <= 1)).float())  # straight through inside the clip
+
+
+def test_a_later_latent_never_changes_an_earlier_decoded_frame_and_streaming_matches_whole_decoding():
+    from generator.builtin.tokenizer import DecoderCache
+
+    tokenizer = tiny_tokenizer()
+    with torch.no_grad():
+        for module in tokenizer.modules():  # large weights, so any leak would show
+            if isinstance(module, (torch.nn.Conv3d, torch.nn.Conv2d)):
+                module.weight.normal_(0, 0.5)
+        latents = tokenizer.encode(torch.rand(1, 3, 6, 64, 64) * 2 - 1)
+        whole = tokenizer.decode(latents)
+        changed = latents.clone()
+        changed[:, :, 4:] = -changed[:, :, 4:]  # other future latents
+        assert torch.equal(tokenizer.decode(changed)[:, :, :4], whole[:, :, :4])
+        assert (tokenizer.decode(changed)[:, :, 4:] - whole[:, :, 4:]).abs().max() > 0.1
+        cache = DecoderCache()
+        streamed = torch.cat([tokenizer.decode(latents[:, :, i:i + 1], cache) for i in range(6)], dim=2)
+    assert whole.shape == (1, 3, 6, 256, 256)
+    assert (streamed - whole).abs().max() < 1e-4
+
+
+def test_the_encoder_reads_each_frame_alone_and_the_tokenizer_round_trips_through_save_pretrained(tmp_path):
+    from generator.builtin.tokenizer import CausalVideoTokenizer
+
+    tokenizer = tiny_tokenizer()
+    video = torch.rand(1, 3, 5, 64, 64) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(tokenizer.encode(video)[:, :, 2:], tokenizer.encode(video[:, :, 2:]))
+        tokenizer.save_pretrained(tmp_path / "tok")
+        again = CausalVideoTokenizer.from_pretrained(tmp_path / "tok")
+        assert torch.equal(again(video), tokenizer(video))
+    assert tokenizer.compression_ratio() == pytest.approx(256 * 256 * 24 / (16 * 16 * 4 * np.log2(5)))
+
+
+# ------------------------------------------------------------------ the chunk denoiser and its backend
+def test_a_steer_updates_the_objects_it_names_and_keeps_the_others():
+    from generator.builtin.backend_v3 import scene_objects
+
+    first = scene_objects("a red circle moving right and a blue square moving down")
+    assert [(o["colour"], o["shape"], o["direction"], o["steer"]) for o in first] == [
+        ("red", "circle", "right", False), ("blue", "square", "down", False)]
+    turned = scene_objects("now the red circle moves up", first)
+    assert [(o["colour"], o["direction"], o["steer"]) for o in turned] == [("red", "up", True), ("blue", "down", False)]
+    stopped = scene_objects("the blue square stops", turned)
+    assert [(o["colour"], o["stopped"], o["steer"]) for o in stopped] == [("red", False, False), ("blue", True, True)]
+    faster = scene_objects("the red circle speeds up", stopped)
+    assert faster[0]["fast"] and faster[0]["steer"] and faster[1]["stopped"] and not faster[1]["steer"]
+    around = scene_objects("the red circle turns around", faster)
+    assert around[0]["direction"] == "down" and around[0]["steer"]
+    same = scene_objects("now the red circle moves down", around)
+    assert not same[0]["steer"]  # nothing it asks changed
+
+
+@pytest.fixture(scope="module")
+def tiny_v3(tmp_path_factory):
+    from generator.builtin.backend_v3 import BuiltinV3Backend, CausalPipeline
+    from generator.builtin.causal import ChunkDenoiser
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("v3")
+    CausalPipeline(tiny_tokenizer(), ChunkDenoiser(latent_channels=4, dim=32, layers=1, heads=2)).save_pretrained(folder)
+    backend = BuiltinV3Backend(str(folder))
+    backend.load()
+    return backend
+
+
+def test_v3_makes_text_image_and_video_to_video_clips_chunk_after_chunk(tiny_v3):
+    from generator.interface import GenerationRequest
+
+    def generate(**kw):
+        return tiny_v3.generate(GenerationRequest(prompt="a red circle moving left", seed=3, **kw)).frames
+
+    clip = generate(num_frames=10)
+    assert clip.shape == (10, 256, 256, 3) and clip.dtype == np.uint8
+    assert np.array_equal(generate(num_frames=10), clip)  # the seed decides
+    assert generate(num_frames=6, width=128, height=64).shape == (6, 64, 128, 3)
+    from_image = generate(num_frames=6, image=clip[0])
+    assert from_image.shape == (6, 256, 256, 3)
+    continued = generate(num_frames=8, start_frames=clip[-3:])
+    assert continued.shape == (8, 256, 256, 3)
+    assert np.array_equal(generate(num_frames=10, video=clip, strength=0.0), clip)
+    assert generate(num_frames=10, video=clip, strength=0.5).shape == (10, 256, 256, 3)
+
+
+def test_v3_live_chunks_read_the_prompt_before_each_chunk_and_never_end_by_themselves(tiny_v3):
+    from generator.interface import GenerationRequest
+
+    asked = []
+
+    def prompt_at(index):
+        asked.append(index)
+        return "a red circle moving left" if index < 2 else "now the red circle moves up"
+
+    chunks = tiny_v3.live_chunks(GenerationRequest(prompt="a red circle moving left", seed=1), prompt_at)
+    frames = [next(chunks) for _ in range(5)]
+    chunks.close()
+    assert [f.shape for f in frames] == [(4, 256, 256, 3)] * 5
+    assert asked == [0, 1, 2, 3, 4]
+
+
+def test_the_chunk_denoiser_attends_to_its_context_and_its_objects(tiny_v3):
+    from generator.builtin.causal import object_ids
+
+    model = tiny_v3.pipe.denoiser
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+        noisy = torch.randn(1, 4, 4, 16, 16)
+        ids, mask = object_ids([{"colour": "red", "shape": "circle", "direction": "left"}], 3)
+        other, _ = object_ids([{"colour": "blue", "shape": "circle", "direction": "left"}], 3)
+        context = torch.randn(1, 4, 4, 16, 16)
+        given = torch.tensor([[False, False, True, True]])
+        base = model(noisy, torch.tensor([0.5]), ids[None], mask[None], context, given)
+        assert (model(noisy, torch.tensor([0.5]), other[None], mask[None], context, given) - base).abs().max() > 1e-5
+        moved = context.clone()
+        moved[:, :, 3] += 1
+        assert (model(noisy, torch.tensor([0.5]), ids[None], mask[None], moved, given) - base).abs().max() > 1e-5
+        hidden = context.clone()
+        hidden[:, :, :2] += 1  # frames marked as not given are not read (a float-noise bound: 0 in exact math)
+        assert torch.allclose(model(noisy, torch.tensor([0.5]), ids[None], mask[None], hidden, given), base, atol=1e-6)

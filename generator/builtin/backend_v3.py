@@ -16,17 +16,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from generator.builtin import world
 from generator.builtin.causal import ChunkDenoiser, object_ids, sample_levels
 from generator.builtin.info import INFO_V3
 from generator.builtin.text import parse_objects
 from generator.builtin.tokenizer import CausalVideoTokenizer, DecoderCache, ENCODER_SIZE, quantize
-from generator.interface import (Backend, CancelCheck, Cancelled, GenerationError, GenerationRequest,
+from generator.interface import (DEFAULT_STRENGTH, Backend, CancelCheck, Cancelled, GenerationError, GenerationRequest,
                                  GenerationResult, ModelInfo, ProgressCallback)
 from generator.postprocess import resize_frames
 
 WEIGHTS_V3 = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights", "builtin_v3")
-DEFAULT_STRENGTH = 0.6
 _TURN_CLOCKWISE = {"right": "down", "down": "left", "left": "up", "up": "right"}
 _OPPOSITE = {"right": "left", "left": "right", "up": "down", "down": "up"}
 

@@ -18,7 +18,8 @@ Builds its own services on the shared harness (tests/support/stack.py) and print
   * soak: the RSS of the worker (main + pool process) and of Daphne at 1, 5 and 10 minutes of one
     paced live session (no growth per chunk).
 
-Everything shares this machine's cores; compare the ratios.
+Everything shares this machine's cores; compare the ratios. The models alone, the built-in v2 and
+v3 side by side (first frame, frame rate, stalls, steer, drift over minutes): bench/bench_live_models.py.
 """
 from __future__ import annotations
 

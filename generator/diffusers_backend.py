@@ -1,15 +1,14 @@
-"""diffusers video pipelines (every family of generator.model_config: LTX-Video, LTX-2 with sound,
-Wan 2.1/2.2, Wan VACE, SkyReels-V2, HunyuanVideo 1.5, CogVideoX) behind the common `Backend`
-interface, loaded from local checkpoint folders named in the model configuration.
+"""The shared runtime of the diffusers video families behind the common `Backend` interface: loading a
+configured checkpoint folder (one or several pipeline kinds sharing its components), memory options,
+previews, the step callback (progress, cancel), the call and its result. What differs per family -
+how its pipelines take a request's inputs, its latent layout, what it can do for long and live
+videos - is its adapter (generator/families/<family>.py), which this class holds and never switches on.
 
 A request goes to a task (t2v, i2v, v2v, condition: see `DiffusersBackend.task_for`), the task to
 the configured pipeline kind that serves it, and the request's inputs to that pipeline's own
-arguments (`_task_inputs`: a start image, conditioning frames, a source video and its strength).
-
-Long videos (generator.longvideo) use three optional capabilities, present when the configuration
-allows them: `continuation_frames` (how many trailing frames of a chunk the next one continues from
-natively: a condition pipeline), `generate_long` (SkyReels-V2 makes the whole long video in its own
-diffusion-forcing chunks) and `upscale_video` / `latent_upscale_factors` (a latent upsampler).
+arguments (`adapter.task_inputs`). Long videos (generator.longvideo) and live jobs (generator.live)
+use the optional capabilities the adapter offers (`continuation_frames`, `generate_long`,
+`live_chunks`), plus `upscale_video` / `latent_upscale_factors` when a latent upsampler is configured.
 
 Previews: every step we show the current latents through a fixed linear map latent-channels -> RGB
 (a C x 3 matrix + bias), so a preview costs one tiny matmul on the latent grid (LTX at 768x512x121:
@@ -36,16 +35,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from generator.interface import (Backend, CancelCheck, Cancelled, GenerationError, GenerationRequest,
-                                 GenerationResult, ProgressCallback)
+from generator.families import FamilyAdapter
+from generator.families.base import pil
+
+from generator.interface import (DEFAULT_STRENGTH, Backend, CancelCheck, Cancelled, GenerationError,
+                                 GenerationRequest, GenerationResult, ProgressCallback)
 from generator.model_config import ModelConfig, check_pipeline_kwargs
 
 log = logging.getLogger(__name__)
 
 TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 PREVIEW_LONG_SIDE = 128  # previews are upscaled (nearest) until their long side reaches about this
-DEFAULT_STRENGTH = 0.8  # video-to-video when a request names none (WanVideoToVideoPipeline's default)
-SKYREELS_ADDNOISE = 20  # noise on the history frames of long SkyReels videos (its documented value)
 
 
 def accelerator_available() -> bool:
@@ -72,12 +72,6 @@ def _transformer_blocks(transformer) -> int:
         if blocks is not None:
             return len(blocks)
     return 0
-
-
-def _pil(frame: np.ndarray, size: Optional[tuple] = None) -> Image.Image:
-    """H x W x 3 uint8 -> RGB PIL image, resized to (width, height) when given."""
-    image = Image.fromarray(np.asarray(frame, dtype=np.uint8)).convert("RGB")
-    return image if size is None or image.size == size else image.resize(size, Image.Resampling.BICUBIC)
 
 
 def _accepts(pipe, name: str) -> bool:
@@ -107,10 +101,10 @@ class DiffusersBackend(Backend):
         self.calls = collections.deque(maxlen=64)  # (pipeline class, task) of recent generations: what ran
         self._preview_map: Optional[tuple] = None  # (W [C x 3], b [3]) torch float32 on the execution device
         self._preview_ready = False
-        if self.family.chunked and {"t2v", "i2v"} & set(config.tasks):
-            self.generate_long = self._generate_long
-        if "condition" in config.tasks or self.family.chunked:
-            self.continuation_frames = self._continuation_frames
+        self.adapter: FamilyAdapter = (self.family.adapter or FamilyAdapter)(self)
+        self.live_mode = self.adapter.live  # "native" (live_chunks) or "continuation"
+        for name, method in self.adapter.capabilities().items():  # continuation_frames, generate_long, live_chunks
+            setattr(self, name, method)
         if config.upsampler:
             self.latent_upscale_factors = (2, 4)  # one or two passes of the x2 upsampler
             self.upscale_video = self._upscale_video
@@ -146,7 +140,7 @@ class DiffusersBackend(Backend):
         self.pipes[first] = pipe
         self.primary = pipe
         for kind in cfg.kinds[1:]:
-            self._check_shared(pipe, kind)
+            self.adapter.check_shared(pipe, kind)
             # Shares every component. diffusers 0.42's from_pipe casts the shared components to float32
             # unless given a dtype (a bf16 LTX ran 8x slower), so name it and put a separate VAE dtype back.
             other = getattr(diffusers, self.family.kinds[kind].cls).from_pipe(pipe, dtype=self.dtype)
@@ -175,15 +169,6 @@ class DiffusersBackend(Backend):
                                   f"{exc}") from exc
         self.upsampler.set_progress_bar_config(disable=True)
         self.upsampler.latent_upsampler.to(self.device)
-
-    def _check_shared(self, pipe, kind: str) -> None:
-        # Wan 2.1's T2V transformer cannot take a start image; Wan 2.2 TI2V's can (expand_timesteps)
-        if self.config.family == "wan" and self.family.kinds[kind].tasks == ("i2v",):
-            transformer, vae = pipe.transformer, pipe.vae
-            if transformer.config.in_channels == vae.config.z_dim and not getattr(pipe.config, "expand_timesteps", False):
-                raise GenerationError(f"model {self.config.name}: this Wan checkpoint is text-to-video only "
-                                      f"(transformer takes {transformer.config.in_channels} channels); configure "
-                                      f"the Wan I2V checkpoint as its own 'wan-i2v' entry")
 
     def _transformers(self, pipe) -> list:
         """The denoisers: Wan 2.2 A14B has two experts (transformer_2 below its boundary_ratio)."""
@@ -219,7 +204,7 @@ class DiffusersBackend(Backend):
                     log.warning("model %s: attention backend %r unavailable (%s); using native SDPA",
                                 self.config.name, mem.attention_backend, exc)
             if mem.cache:
-                self._enable_cache(pipe, transformer, dict(mem.cache))
+                self._enable_cache(pipe, transformer, mem.cache)
             if mem.compile:
                 if not accelerator_available():
                     log.warning("model %s: compile is only applied on a GPU host; skipped", self.config.name)
@@ -230,25 +215,23 @@ class DiffusersBackend(Backend):
                         transformer.compile_repeated_blocks(fullgraph=True)
                     applied["compile"] = "full" if mem.compile == "full" else "regional"
 
-    def _enable_cache(self, pipe, transformer, cache: dict) -> None:
-        kind = cache.pop("type")
+    def _enable_cache(self, pipe, transformer, cache) -> None:
         try:
             from diffusers.hooks import FirstBlockCacheConfig, PyramidAttentionBroadcastConfig
         except ImportError:
             log.warning("model %s: this diffusers has no caching hooks; cache skipped", self.config.name)
             return
-        if kind == "first_block":
+        if cache.type == "first_block":
             if _transformer_blocks(transformer) < 2:
                 log.warning("model %s: FirstBlockCache needs >= 2 transformer blocks; skipped", self.config.name)
                 return
-            transformer.enable_cache(FirstBlockCacheConfig(threshold=float(cache.get("threshold", 0.05))))
-        elif kind == "pab":
+            transformer.enable_cache(FirstBlockCacheConfig(threshold=cache.threshold))
+        else:  # pab
             transformer.enable_cache(PyramidAttentionBroadcastConfig(
-                spatial_attention_block_skip_range=int(cache.get("spatial_attention_block_skip_range", 2)),
-                spatial_attention_timestep_skip_range=tuple(cache.get("spatial_attention_timestep_skip_range",
-                                                                      (100, 800))),
+                spatial_attention_block_skip_range=cache.spatial_attention_block_skip_range,
+                spatial_attention_timestep_skip_range=tuple(cache.spatial_attention_timestep_skip_range),
                 current_timestep_callback=lambda: pipe.current_timestep))
-        self.applied["cache"] = kind
+        self.applied["cache"] = cache.type
 
     def unload(self) -> None:
         for pipe in self.pipes.values():
@@ -264,30 +247,12 @@ class DiffusersBackend(Backend):
         free_accelerator_memory()
 
     # ------------------------------------------------------------------ previews
-    def _latent_space(self, pipe, z: torch.Tensor) -> torch.Tensor:
-        """Raw VAE latents [B, C, F, H, W] -> the normalised space the pipeline denoises in."""
-        vae = pipe.vae
-        if self.family.latents == "packed":
-            return pipe._normalize_latents(z, vae.latents_mean, vae.latents_std, vae.config.scaling_factor)
-        mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
-        if mean is not None and std is not None:  # Wan's VAE (Wan 2.x, VACE, SkyReels-V2)
-            mean = torch.tensor(mean).view(1, -1, 1, 1, 1).to(z)
-            std = torch.tensor(std).view(1, -1, 1, 1, 1).to(z)
-            return (z - mean) / std
-        return z * vae.config.scaling_factor
-
     def _spatial_ratio(self, pipe) -> int:
         for attr in ("vae_spatial_compression_ratio", "vae_scale_factor_spatial"):
             if hasattr(pipe, attr):
                 return int(getattr(pipe, attr))
         return int(getattr(pipe.vae, "spatial_compression_ratio", None) or getattr(pipe.vae.config,
                                                                                   "spatial_compression_ratio", 8))
-
-    def _temporal_ratio(self, pipe) -> int:
-        for attr in ("vae_temporal_compression_ratio", "vae_scale_factor_temporal"):
-            if hasattr(pipe, attr):
-                return int(getattr(pipe, attr))
-        return int(getattr(pipe.vae.config, "temporal_compression_ratio", 4))
 
     @torch.no_grad()
     def _calibrate_preview(self, pipe) -> None:
@@ -302,7 +267,7 @@ class DiffusersBackend(Backend):
             vae = pipe.vae
             device = pipe._execution_device
             z = vae.encode(x.to(device, vae.dtype)).latent_dist.mode()
-            z = self._latent_space(pipe, z.float())[0, :, 0]  # C x h x w
+            z = self.adapter.normalised_latents(pipe, z.float())[0, :, 0]  # C x h x w
             h, w = z.shape[-2:]
             target = torch.nn.functional.adaptive_avg_pool2d(x[0, :, 0], (h, w))  # 3 x h x w in [-1, 1]
             feats = z.reshape(z.shape[0], -1).T.cpu()  # N x C
@@ -316,19 +281,10 @@ class DiffusersBackend(Backend):
             log.warning("model %s: preview calibration failed (%s); grey previews", self.config.name, exc)
             self._preview_map = None
 
-    def _preview(self, pipe, latents: torch.Tensor, num_frames: int, height: int, width: int) -> Optional[np.ndarray]:
+    def _preview(self, pipe, latents: torch.Tensor, req: GenerationRequest) -> Optional[np.ndarray]:
         """Current latents -> T' x h' x w' x 3 uint8 through the fixed linear map (no VAE decode)."""
         try:
-            z = latents[:1].detach()
-            if self.family.latents == "packed":  # [B, tokens, C]
-                lf = (num_frames - 1) // self._temporal_ratio(pipe) + 1
-                ratio = self._spatial_ratio(pipe)
-                z = pipe._unpack_latents(z[:, -lf * (height // ratio) * (width // ratio):], lf, height // ratio,
-                                         width // ratio, pipe.transformer_spatial_patch_size,
-                                         pipe.transformer_temporal_patch_size)
-            elif self.family.latents == "bfchw":
-                z = z.permute(0, 2, 1, 3, 4)
-            z = z[0].float()  # C x F x H x W, on the pipeline's device: only the small uint8 preview is copied back
+            z = self.adapter.latent_grid(pipe, latents.detach(), req).float()  # C x F x H x W, on its device
             if self._preview_map is not None and self._preview_map[0].shape[0] == z.shape[0]:
                 weight, bias = self._preview_map
                 rgb = torch.einsum("cfhw,cd->fhwd", z, weight) + bias
@@ -363,79 +319,14 @@ class DiffusersBackend(Backend):
             raise GenerationError(f"model {name} is image-to-video: it needs a start image")
         return "t2v"
 
-    def _continuation_frames(self, overlap: int, num_frames: int) -> int:
-        """Frames of the previous chunk a continuation is conditioned on: the smallest count of the
-        family's frame rule (LTX 8k+1: whole latent frames) >= overlap that leaves a latent frame to make."""
-        fam = self.family
-        k = fam.frame_offset + fam.frame_multiple * max(0, math.ceil((overlap - fam.frame_offset) / fam.frame_multiple))
-        return k if k <= num_frames - fam.frame_multiple else 0
-
-    def _task_inputs(self, pipe, task: str, req: GenerationRequest) -> dict:
-        """The pipeline arguments that carry the request's image / frames / source video."""
-        size, cls, n = (req.width, req.height), type(pipe).__name__, req.num_frames
-        if task == "i2v":
-            if cls in ("LTXConditionPipeline", "LTX2ConditionPipeline"):
-                return self._ltx_conditions(cls, _pil(req.image, size))
-            if cls == "WanVACEPipeline":
-                return self._vace_keep([req.image], n, size)
-            return {"image": _pil(req.image, size)}
-        if task == "condition":
-            given = req.start_frames if req.start_frames is not None else req.image[None]
-            if cls in ("LTXConditionPipeline", "LTX2ConditionPipeline"):  # a clip of whole latent frames (8k+1)
-                return self._ltx_conditions(cls, [_pil(f, size) for f in given[-self._rule_frames(len(given)):]])
-            if cls == "WanVACEPipeline":
-                return self._vace_keep(given[-(n - 1):], n, size)
-            # SkyReels-V2 V2V: num_frames counts the given clip's last k frames (re-made first) and returns
-            # the clip + those num_frames; its history must be shorter than the chunk
-            k = self._rule_frames(min(len(given), n - self.family.frame_multiple))
-            return {"video": [_pil(f, size) for f in given[-k:]], "num_frames": n, "base_num_frames": n,
-                    "overlap_history": k,
-                    "addnoise_condition": self.config.pipeline_kwargs.get("addnoise_condition", SKYREELS_ADDNOISE)}
-        if task == "v2v":
-            video = [_pil(f, size) for f in req.video]
-            if cls == "LTXConditionPipeline":  # SDEdit on the source's latents: noised to `strength`, denoised
-                return {"latents": self._encode_video(pipe, video, req), "denoise_strength": req.strength}
-            if cls == "WanVACEPipeline":  # the source steers as a control video, less as strength grows
-                return {"video": video, "conditioning_scale": 1.0 - req.strength}
-            return {"video": video, "strength": req.strength}
-        return {}
-
-    @staticmethod
-    def _ltx_conditions(cls: str, frames) -> dict:
-        """An image or clip at frame 0 of an LTX / LTX-2 condition pipeline."""
-        if cls == "LTXConditionPipeline":
-            from diffusers.pipelines.ltx.pipeline_ltx_condition import LTXVideoCondition
-
-            key = "video" if isinstance(frames, list) else "image"
-            return {"conditions": [LTXVideoCondition(frame_index=0, **{key: frames})]}
-        from diffusers.pipelines.ltx2.pipeline_ltx2_condition import LTX2VideoCondition
-
-        return {"conditions": [LTX2VideoCondition(frames=frames, index=0)]}
-
-    def _rule_frames(self, available: int) -> int:
-        """The most trailing frames (<= available) fitting the family's frame rule (LTX: 8k+1)."""
-        fam = self.family
-        return fam.frame_offset + fam.frame_multiple * ((available - fam.frame_offset) // fam.frame_multiple)
-
-    @staticmethod
-    def _vace_keep(frames, num_frames: int, size: tuple) -> dict:
-        """VACE: the given frames first (mask 0: keep), grey frames to generate (mask 1)."""
-        keep = [_pil(f, size) for f in frames]
-        grey, black, white = (Image.new("RGB", size, (127, 127, 127)), Image.new("L", size, 0),
-                              Image.new("L", size, 255))
-        rest = num_frames - len(keep)
-        return {"video": keep + [grey] * rest, "mask": [black] * len(keep) + [white] * rest}
-
-    @torch.no_grad()
-    def _encode_video(self, pipe, video: list, req: GenerationRequest) -> torch.Tensor:
-        """Source frames -> the normalised latents [B, C, F, H, W] the LTX pipelines denoise."""
-        vae = pipe.vae
-        x = pipe.video_processor.preprocess_video(video, req.height, req.width).to(pipe._execution_device, vae.dtype)
-        z = vae.encode(x).latent_dist.mode()
-        return pipe._normalize_latents(z, vae.latents_mean, vae.latents_std).float()
-
     # ------------------------------------------------------------------ generation
-    def _checked(self, request: GenerationRequest) -> GenerationRequest:
+    def pipe_for(self, task: str):
+        """The loaded pipeline of the configured kind serving `task` (loads the model when needed)."""
+        if not self.pipes:
+            self.load()
+        return self.pipes[self.config.tasks[task]]
+
+    def checked(self, request: GenerationRequest) -> GenerationRequest:
         req = self.fill_defaults(request)
         problems = self.info.problems(req.num_frames, req.width, req.height, req.steps, req.guidance_scale)
         if problems:
@@ -453,26 +344,21 @@ class DiffusersBackend(Backend):
 
     def generate(self, request: GenerationRequest, progress: Optional[ProgressCallback] = None,
                  should_cancel: Optional[CancelCheck] = None) -> GenerationResult:
-        req = self._checked(request)
+        req = self.checked(request)
         task = self.task_for(req)
         if task == "v2v" and req.strength == 0.0:  # nothing to move away from the source: it is the answer
             return GenerationResult(frames=np.ascontiguousarray(req.video, dtype=np.uint8), fps=float(req.fps),
                                     seed=int(req.seed), native_size=(req.height, req.width))
-        if not self.pipes:
-            self.load()
-        pipe = self.pipes[self.config.tasks[task]]
-        call = self._task_inputs(pipe, task, req)
-        made = req.num_frames
-        if "overlap_history" in call:  # SkyReels-V2 V2V: the given clip, then the clip it made
-            made += len(call["video"])
-        elif self.family.chunked:
-            call["base_num_frames"] = req.num_frames  # one chunk: the pipeline's own chunking stays off
-        result = self._run(pipe, task, req, call, progress, should_cancel, num_frames=made)
+        pipe = self.pipe_for(task)
+        call = self.adapter.task_inputs(pipe, task, req)
+        made = self.adapter.one_clip(task, call, req)
+        result = self.run(pipe, task, req, call, progress, should_cancel, num_frames=made)
         result.frames = result.frames[-req.num_frames:]
         return result
 
-    def _run(self, pipe, task: str, req: GenerationRequest, call: dict, progress, should_cancel,
-             total_steps: Optional[int] = None, num_frames: Optional[int] = None) -> GenerationResult:
+    def run(self, pipe, task: str, req: GenerationRequest, call: dict, progress, should_cancel,
+            total_steps: Optional[int] = None, num_frames: Optional[int] = None) -> GenerationResult:
+        """One pipeline call: the common arguments, the configured ones, then `call` (the task's)."""
         cfg = self.config
         if not self._preview_ready and progress is not None:
             self._calibrate_preview(pipe)
@@ -486,8 +372,7 @@ class DiffusersBackend(Backend):
             steps_done[0] += 1
             if progress is not None:
                 latents = kwargs.get("latents")
-                preview = None if latents is None else self._preview(p, latents, req.num_frames, req.height,
-                                                                     req.width)
+                preview = None if latents is None else self._preview(p, latents, req)
                 progress(steps_done[0], max(total_steps or p.num_timesteps, steps_done[0]), preview)
             return kwargs
 
@@ -495,9 +380,7 @@ class DiffusersBackend(Backend):
                     num_inference_steps=req.steps, guidance_scale=req.guidance_scale, generator=generator,
                     output_type="np", negative_prompt=cfg.negative_prompt,
                     max_sequence_length=cfg.max_sequence_length and int(cfg.max_sequence_length))
-        if self.family.frame_rate_arg:  # LTX scales its RoPE by the frame rate; SkyReels embeds it
-            rate = float(req.fps) if self.family.name == "ltx2" else int(round(req.fps))
-            base[self.family.frame_rate_arg] = rate
+        base.update(self.adapter.call_arguments(req))
         base.update(self._pipeline_kwargs(req.steps))
         base.update(call)
         call = {k: v for k, v in base.items() if v is not None and _accepts(pipe, k)}
@@ -579,26 +462,7 @@ class DiffusersBackend(Backend):
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    # ------------------------------------------------------------------ long-video capabilities
-    def _generate_long(self, request: GenerationRequest, num_chunks: int, shared: int,
-                       progress: Optional[ProgressCallback] = None,
-                       should_cancel: Optional[CancelCheck] = None) -> GenerationResult:
-        """SkyReels-V2: `num_chunks` chunks of the request's num_frames sharing `shared` frames, made by the
-        diffusion-forcing pipeline itself in one call (it conditions each chunk on the last latents)."""
-        req = self._checked(request)
-        task = "i2v" if req.image is not None else "t2v"
-        if task not in self.config.tasks:
-            raise GenerationError(f"model {self.config.name} has no {task} pipeline for a long video")
-        if not self.pipes:
-            self.load()
-        pipe = self.pipes[self.config.tasks[task]]
-        total = num_chunks * req.num_frames - (num_chunks - 1) * shared
-        call = dict(self._task_inputs(pipe, task, req), num_frames=total, base_num_frames=req.num_frames,
-                    overlap_history=shared,
-                    addnoise_condition=self.config.pipeline_kwargs.get("addnoise_condition", SKYREELS_ADDNOISE))
-        return self._run(pipe, task, req, call, progress, should_cancel, total_steps=num_chunks * req.steps,
-                         num_frames=total)
-
+    # ------------------------------------------------------------------ the latent upsampler
     @torch.no_grad()
     def _upscale_video(self, frames: np.ndarray, factor: int, should_cancel: Optional[CancelCheck] = None) -> np.ndarray:
         """Frames x factor (2 or 4) through the latent upsampler: VAE encode, x2 in latent space, decode."""
@@ -614,7 +478,7 @@ class DiffusersBackend(Backend):
             if should_cancel is not None and should_cancel():
                 raise Cancelled()
             h, w = video.shape[1:3]
-            call = {k: v for k, v in dict(video=[_pil(f) for f in video], height=h, width=w, num_frames=len(video),
+            call = {k: v for k, v in dict(video=[pil(f) for f in video], height=h, width=w, num_frames=len(video),
                                            output_type="np").items() if _accepts(self.upsampler, k)}
             with torch.inference_mode():
                 out = np.asarray(self.upsampler(**call).frames[0])

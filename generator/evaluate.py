@@ -147,6 +147,21 @@ def two_object_prompts(n: int, seed: int) -> list:
     return out
 
 
+def prompt_file_items(path: str, seed: int) -> list:
+    """Prompts with what they ask, one per line: `prompt<TAB>colour shape direction | ...` ('#' lines are
+    comments); seeds disjoint from the generated prompt sets. One object: an item as
+    `evaluation_prompts` makes; more: as `two_object_prompts` makes (scored per colour)."""
+    items = []
+    with open(path, encoding="utf-8") as fh:
+        lines = [line.rstrip("\n") for line in fh if line.strip() and not line.startswith("#")]
+    for i, line in enumerate(lines):
+        prompt, asked = line.split("\t")
+        objects = [dict(zip(("colour", "shape", "direction"), part.split())) for part in asked.split("|")]
+        item = {"prompt": prompt, "seed": 90_000 + seed * 1000 + i}
+        items.append(item | objects[0] if len(objects) == 1 else item | {"objects": objects})
+    return items
+
+
 PALETTE = np.array([np.array(rgb) / max(rgb) for rgb in world.COLOURS.values()])
 # a colour with less than this share of the most drawn colour's pixels is the mixed edge of two
 # shapes (red over cyan reads white after H.264's chroma blur); the smallest triangle of the world
@@ -220,11 +235,13 @@ def reference_clip(objects: list, seed: int, num_frames: int, size: int) -> np.n
 
 
 def evaluate(backend, n: int = 105, seed: int = 1, out_dir: str | None = None, via_mp4: bool = True,
-             two_objects: int = 0, **generate_kwargs) -> dict:
+             two_objects: int = 0, prompt_file: str | None = None, **generate_kwargs) -> dict:
     """Scores `n` one-object and `two_objects` two-object held-out prompts. Edge sharpness is
     compared with the renderer drawing the same objects at the output size (square clips),
     through the same MP4 round trip; `renderer_*` rates score those reference clips (how far the
-    reader itself can be trusted)."""
+    reader itself can be trusted). `prompt_file` (`prompt_file_items`) adds its prompts: one-object
+    lines count with the one-object prompts, the others with the two-object ones (three-object
+    lines also as `three_all_right_rate`)."""
     from generator.interface import GenerationRequest
 
     def through_file(frames, fps):
@@ -236,6 +253,9 @@ def evaluate(backend, n: int = 105, seed: int = 1, out_dir: str | None = None, v
 
     items = [(item, [{k: item[k] for k in ("colour", "shape", "direction")}]) for item in evaluation_prompts(n, seed)]
     items += [(item, item["objects"]) for item in two_object_prompts(two_objects, seed)]
+    if prompt_file:
+        items += [(item, item.get("objects") or [{k: item[k] for k in ("colour", "shape", "direction")}])
+                  for item in prompt_file_items(prompt_file, seed)]
     rows, seconds = [], []
     for item, objects in items:
         started = time.perf_counter()
@@ -276,6 +296,12 @@ def evaluate(backend, n: int = 105, seed: int = 1, out_dir: str | None = None, v
             "two_all_right_rate": float(np.mean([_all_right(r["ok"]) for r in two])),
             "renderer_two_all_right_rate": float(np.mean([r["reference_ok"] for r in two])),
         }
+        three = [r for r in two if len(r["objects"]) == 3]
+        if three:
+            summary |= {"three_object_prompts": len(three),
+                        "three_all_right_rate": float(np.mean([_all_right(r["ok"]) for r in three])),
+                        "two_only_all_right_rate": float(np.mean([_all_right(r["ok"]) for r in two
+                                                                  if len(r["objects"]) == 2]))}
     summary |= {
         "temporal_consistency": float(np.mean([r["consistency"] for r in rows])),
         "edge_sharpness": float(np.mean([r["sharpness"] for r in rows])),
@@ -341,6 +367,8 @@ def main(argv=None) -> None:
     parser.add_argument("--prompts", type=int, default=105, help="one-object prompts")
     parser.add_argument("--two-object-prompts", type=int, default=50)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--prompt-file", help="more prompts with what they ask (see prompt_file_items), e.g. "
+                                              "tests/data/heldout_phrasings.txt")
     parser.add_argument("--model-path", help="a built-in pipeline folder (default: the shipped weights)")
     parser.add_argument("--steps", type=int)
     parser.add_argument("--guidance", type=float)
@@ -366,7 +394,7 @@ def main(argv=None) -> None:
             print(f"| {shape} | " + " | ".join(f"{scores[(shape, t)]:.2f}" for t in timesteps) + " |")
         return
     result = evaluate(backend, args.prompts, args.seed, args.out, via_mp4=not args.frames_only,
-                      two_objects=args.two_object_prompts, steps=args.steps, guidance_scale=args.guidance)
+                      two_objects=args.two_object_prompts, prompt_file=args.prompt_file, steps=args.steps, guidance_scale=args.guidance)
     misses = [r for r in result.pop("rows") if not _all_right(r["ok"])]
     for r in misses[:15]:
         print(f"miss: {r['prompt']!r} -> {r['found']}")

@@ -14,6 +14,9 @@ from typing import Callable, Optional
 
 import numpy as np
 
+# video-to-video when a request names no strength: keeps the source's layout, redraws the rest (the one
+# default of the service's contract, the built-in model and the diffusers backends)
+DEFAULT_STRENGTH = 0.6
 # step (1-based), total steps, preview frames (t x h x w x 3 uint8) or None
 ProgressCallback = Callable[[int, int, Optional[np.ndarray]], None]
 CancelCheck = Callable[[], bool]
@@ -189,6 +192,14 @@ def list_models() -> list:
 def get_info(name: str) -> Optional[ModelInfo]:
     _ensure_registered()
     return _infos.get(name)
+
+
+def config_errors() -> list:
+    """The model configuration's broken entries, as {model, field, message} (skipped at start-up)."""
+    _ensure_registered()
+    from generator.registry_setup import CONFIG_ERRORS
+
+    return [exc.as_dict() for exc in CONFIG_ERRORS]
 
 
 def get_backend(name: str = DEFAULT_MODEL) -> Backend:

@@ -41,29 +41,22 @@ from __future__ import annotations
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Callable, Optional
 
 import cv2
 import numpy as np
 
-from generator.interface import (Backend, Cancelled, CancelCheck, GenerationRequest, GenerationResult, ModelInfo,
+from generator.interface import (Backend, Cancelled, CancelCheck, GenerationRequest, GenerationResult,
                                  ProgressCallback)
 from generator.postprocess import resize_frames
+from generator.shape import MAX_CHUNKS, LongVideoOptions, chunks_for_duration
 
 FramesCallback = Callable[[np.ndarray], None]  # final frames of a video, in order, as they are ready
 
 # our parallelism is one pair (or frame) per thread; OpenCV's own pool on top would oversubscribe
 cv2.setNumThreads(1)
 
-MAX_CHUNKS = 8
-MAX_OVERLAP = 8
-INTERPOLATE_FACTORS = (1, 2, 3, 4, 6)
-UPSCALE_FACTORS = (1, 2, 4)
-MAX_DURATION_S = 120.0
-MAX_FINAL_FRAMES = 1024
-MAX_FINAL_SIDE = 2048
-MAX_TOTAL_PIXELS = 2 ** 27  # frames x height x width of the final video (~400 MB as uint8 RGB)
 FLOW_MAX_SIDE = 512  # flow is computed at most this large, then scaled up
 
 
@@ -114,18 +107,6 @@ def effective_overlap(backend: Backend, overlap: int, num_frames: Optional[int] 
     """Frames shared by consecutive chunks: the conditioned ones, or `overlap` cross-faded ones."""
     k = conditioned_frames(backend, overlap, num_frames)
     return k if k else overlap
-
-
-def chunks_for_duration(duration_s: float, fps: float, num_frames: int, overlap: int) -> int:
-    """Chunks of num_frames (sharing `overlap` frames) needed for at least duration_s seconds."""
-    needed = math.ceil(duration_s * fps - 1e-9)
-    if needed <= num_frames:
-        return 1
-    return 1 + math.ceil((needed - num_frames) / (num_frames - overlap))
-
-
-def extended_length(num_chunks: int, num_frames: int, overlap: int) -> int:
-    return num_chunks * num_frames - (num_chunks - 1) * overlap
 
 
 def extend(backend: Backend, request: GenerationRequest, num_chunks: Optional[int] = None, overlap: int = 4,
@@ -242,9 +223,6 @@ def seam_metrics(frames: np.ndarray, seams: list) -> dict:
 
 
 # ------------------------------------------------------------------ 2. flow interpolation
-_DIS = None
-
-
 def _flow_both_ways(a: np.ndarray, b: np.ndarray, max_side: int = FLOW_MAX_SIDE) -> tuple:
     """Dense flow a->b and b->a (H x W x 2, pixels), computed at most max_side large."""
     h, w = a.shape[:2]
@@ -348,135 +326,6 @@ def hierarchical(backend: Backend, request: GenerationRequest, upscale: int = 2,
 
 
 # ------------------------------------------------------------------ 4. the worker's entry point
-@dataclass
-class LongVideoOptions:
-    num_chunks: int = 1  # chunks generated one after another (ignored when duration_s is set)
-    duration_s: Optional[float] = None  # seconds of video wanted: chunks as needed, trimmed to it
-    overlap: Optional[int] = None  # frames shared by consecutive chunks (None: min(4, num_frames - 1))
-    interpolate: int = 1  # flow-interpolation factor k: fps x k, frames (T - 1) k + 1
-    upscale: int = 1  # per-frame super-resolution factor
-
-    def overlap_for(self, num_frames: int) -> int:
-        return self.overlap if self.overlap is not None else min(4, num_frames - 1)
-
-    @property
-    def active(self) -> bool:
-        return self.num_chunks > 1 or self.duration_s is not None or self.interpolate > 1 or self.upscale > 1
-
-
-FIELDS = ("num_chunks", "duration_s", "overlap", "interpolate", "upscale")
-
-
-def _as_int(value):
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return None
-
-
-def validate_options(data: dict, info: Optional[ModelInfo] = None, num_frames: Optional[int] = None,
-                     width: Optional[int] = None, height: Optional[int] = None,
-                     fps: Optional[float] = None) -> tuple:
-    """(LongVideoOptions, [(field, message), ...]) from a job's fields; absent fields take defaults.
-
-    Only FIELDS are read from `data`. num_frames/width/height/fps are the job's (defaults from
-    `info`); they bound overlap and the final video (frames, side, total pixels).
-    """
-    problems = []
-    if info is not None:
-        num_frames = num_frames or info.default_frames
-        width, height = width or info.default_width, height or info.default_height
-        fps = fps or info.default_fps
-    opts = LongVideoOptions()
-
-    def get_int(name, allowed=None, lo=None, hi=None):
-        if data.get(name) is None:
-            return None
-        value = _as_int(data[name])
-        if value is None:
-            problems.append((name, f"{name} must be an integer"))
-        elif allowed is not None and value not in allowed:
-            problems.append((name, f"{name} must be one of {', '.join(map(str, allowed))}"))
-        elif lo is not None and not lo <= value <= hi:
-            problems.append((name, f"{name} must be between {lo} and {hi}"))
-        else:
-            return value
-        return None
-
-    chunks = get_int("num_chunks", lo=1, hi=MAX_CHUNKS)
-    if chunks is not None:
-        opts.num_chunks = chunks
-    max_overlap = MAX_OVERLAP if num_frames is None else min(MAX_OVERLAP, num_frames - 1)
-    overlap = get_int("overlap", lo=1, hi=max_overlap)
-    if overlap is not None:
-        opts.overlap = overlap
-    k = get_int("interpolate", allowed=INTERPOLATE_FACTORS)
-    if k is not None:
-        opts.interpolate = k
-    up = get_int("upscale", allowed=UPSCALE_FACTORS)
-    if up is not None:
-        opts.upscale = up
-
-    if data.get("duration_s") is not None:
-        d = data["duration_s"]
-        if isinstance(d, bool) or not isinstance(d, (int, float)) or not math.isfinite(d):
-            problems.append(("duration_s", "duration_s must be a number of seconds"))
-        elif not 0 < d <= MAX_DURATION_S:
-            problems.append(("duration_s", f"duration_s must be more than 0 and at most {MAX_DURATION_S:g} seconds"))
-        elif data.get("num_chunks") is not None:
-            problems.append(("duration_s", "give either duration_s or num_chunks, not both"))
-        else:
-            opts.duration_s = float(d)
-    if problems or num_frames is None:
-        return opts, problems
-
-    ov = opts.overlap_for(num_frames)
-    chunks = opts.num_chunks
-    if opts.duration_s is not None and fps:
-        chunks = chunks_for_duration(opts.duration_s, fps, num_frames, ov)
-        if chunks > MAX_CHUNKS:
-            longest = extended_length(MAX_CHUNKS, num_frames, ov) / fps
-            problems.append(("duration_s", f"duration_s {opts.duration_s:g} needs {chunks} chunks of {num_frames} "
-                                           f"frames at {fps:g} fps; at most {MAX_CHUNKS} chunks "
-                                           f"({longest:.1f} s) - raise num_frames or lower duration_s"))
-            return opts, problems
-    frames = final_shape(opts, num_frames, width or 0, height or 0, fps or 0.0)["num_frames"]
-    length_field = "duration_s" if opts.duration_s is not None else "num_chunks"
-    if frames > MAX_FINAL_FRAMES:
-        problems.append(("interpolate" if opts.interpolate > 1 else length_field,
-                         f"the video would have {frames} frames; at most {MAX_FINAL_FRAMES}"))
-    if width and height:
-        side = max(width, height) * opts.upscale
-        if side > MAX_FINAL_SIDE:
-            problems.append(("upscale", f"upscale {opts.upscale} makes a {width * opts.upscale}x"
-                                        f"{height * opts.upscale} video; the longest side may be at most "
-                                        f"{MAX_FINAL_SIDE}"))
-        elif frames * width * height * opts.upscale ** 2 > MAX_TOTAL_PIXELS:
-            problems.append(("upscale" if opts.upscale > 1 else length_field,
-                             f"the video would hold {frames} frames of {width * opts.upscale}x"
-                             f"{height * opts.upscale} pixels, over the budget of {MAX_TOTAL_PIXELS} pixels; "
-                             f"use fewer chunks, a lower interpolation or upscale factor, or a smaller size"))
-    return opts, problems
-
-
-def final_shape(options: LongVideoOptions, num_frames: int, width: int, height: int, fps: float,
-                overlap: Optional[int] = None) -> dict:
-    """The video run_job makes from a request of num_frames/width/height/fps (an upper bound on the
-    frame count when the backend shares fewer frames than `overlap`: image-to-video shares one)."""
-    ov = overlap if overlap is not None else options.overlap_for(num_frames)
-    chunks = options.num_chunks
-    if options.duration_s is not None and fps:
-        chunks = chunks_for_duration(options.duration_s, fps, num_frames, ov)
-    frames = extended_length(chunks, num_frames, ov)
-    if options.duration_s is not None and fps:
-        frames = min(frames, math.ceil(options.duration_s * fps - 1e-9))
-    return {"num_chunks": chunks, "num_frames": (frames - 1) * options.interpolate + 1,
-            "width": width * options.upscale, "height": height * options.upscale, "fps": fps * options.interpolate}
-
-
 class _Finisher:
     """Upscaling and interpolation of final frames batch by batch, as they stream: per-frame
     upscaling, and interpolation of each new pair (the first pair of a batch bridges it with the

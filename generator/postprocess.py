@@ -50,15 +50,18 @@ def sharpen_frames(frames: np.ndarray, workers: Optional[int] = None, **kwargs) 
     return map_frames(lambda f: sharpen_frame(f, **kwargs), frames, workers)
 
 
-def source_clip(data: bytes, num_frames: int, size: tuple) -> np.ndarray:
+def source_clip(data: bytes, num_frames: int, size: tuple, max_frame_pixels: Optional[int] = None,
+                max_total_pixels: Optional[int] = None) -> np.ndarray:
     """A video file's bytes as `num_frames` evenly spaced frames at (height, width): the source of a
-    video-to-video generation (GenerationRequest.video). A shorter source repeats frames. Raises
-    ValueError when the file cannot be read."""
+    video-to-video generation (GenerationRequest.video). A shorter source repeats frames. Frames are
+    scaled while decoding, never held at the file's size (caps: understanding.sample_frames).
+    Raises ValueError when the file cannot be read or exceeds the caps."""
     from generator.understanding import DescribeError, sample_frames
 
     try:
-        frames = sample_frames(data, num_frames)
+        frames = sample_frames(data, num_frames, size=size, max_frame_pixels=max_frame_pixels,
+                               max_total_pixels=max_total_pixels)
     except DescribeError as exc:
         raise ValueError(str(exc)) from None
     picks = np.linspace(0, len(frames) - 1, num_frames).round().astype(int)
-    return resize_frames(frames[picks], size, sharpen=False)
+    return frames[picks]

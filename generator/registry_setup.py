@@ -17,14 +17,20 @@ def _builtin_backend():
 register(BUILTIN_INFO, _builtin_backend)
 
 
+# the broken entries of the model configuration found at start-up ([ConfigError]), shown by GET /healthz
+CONFIG_ERRORS: list = []
+
+
 def register_configured_models(path=None, strict: bool = False) -> list:
     """Register each configured diffusers model (ModelInfo + a lazy factory); returns their names.
 
     Nothing heavy happens here (no torch model is built): the backend loads its checkpoint on the
-    first `get_backend(name)`. With `strict=False` a broken entry is logged and skipped so one typo
-    does not take the whole service down; `python -m generator.model_config` reports it.
+    first `get_backend(name)`. The whole file is validated now, when the process starts (web and
+    workers alike): with `strict=False` (the service) a broken entry - a wrong type, an unknown key, a
+    missing checkpoint folder, an unknown pipeline kind - is logged as an error naming the entry and
+    the field, kept in CONFIG_ERRORS for /healthz, and skipped; the other models are served.
     """
-    from generator.model_config import ConfigError, load_config
+    from generator.model_config import validate_config
 
     def factory_for(config):
         def build():
@@ -38,13 +44,12 @@ def register_configured_models(path=None, strict: bool = False) -> list:
             return DiffusersBackend(config)
         return build
 
-    try:
-        configs = load_config(path, strict=strict)
-    except ConfigError as exc:
-        if strict:
-            raise
-        log.error("model configuration not loaded: %s", exc)
-        return []
+    configs, errors = validate_config(path, check_paths=True)
+    if errors and strict:
+        raise errors[0]
+    CONFIG_ERRORS[:] = errors
+    for exc in errors:
+        log.error("model configuration: %s (this model is not served; the others are)", exc)
     for config in configs.values():
         register(config.model_info(), factory_for(config))
     return list(configs)

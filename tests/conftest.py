@@ -16,8 +16,9 @@ import pytest
 from tests.support.stack import ROOT, Stack, http, wait_for
 
 # Every service process reads this model configuration (VIDEO_MODELS_CONFIG): a tiny LTX-Video
-# (T2V + I2V) next to the built-in model. Registering it loads nothing; its checkpoint folder is
-# built, and a worker for its queue started, only by tests/test_service_diffusers.py.
+# (T2V + I2V) next to the built-in model. Its checkpoint folder is built before the service starts
+# (every process checks the configured folders at start-up); a worker for its queue is started only
+# by tests/test_service_diffusers.py.
 TINY_LTX = "tiny-ltx"
 TINY_LTX_QUEUE = "tiny-ltx-cpu"
 TINY_LTX_ENTRY = {
@@ -34,6 +35,9 @@ def live_service(tmp_path_factory):
         pytest.fail("redis-server not installed (apt-get install redis-server; scripts/test.sh does)")
     stack = Stack(tmp_path_factory.mktemp("service"), models={TINY_LTX: TINY_LTX_ENTRY})
     stack.tiny_ltx_path = stack.tmp / "checkpoints" / "tiny-ltx"
+    from tests.tiny_checkpoints import save_tiny_checkpoint
+
+    save_tiny_checkpoint("ltx", str(stack.tiny_ltx_path))
     try:
         stack.start(worker_queues="builtin,describe", worker_name="test-builtin")
         yield stack

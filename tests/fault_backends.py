@@ -9,7 +9,9 @@ by tests/test_faults.py. Which fault a model fakes comes from its configured nam
 - `fake-steps`: no fault, a stand-in model that loads at once: it draws a square moving across the
   frames in `steps` steps of 50 ms each. The 20-kill test uses it because each SIGKILL costs the real
   built-in model a fresh load (4-8 s on a busy 2-core host); what is under test there is the worker,
-  the queue and the reaper, not the model.
+  the queue and the reaper, not the model;
+- `fake-hog`: `fake-steps` after touching 1.5 GB of host memory (a big input decoded whole), freed
+  again before it returns: what stays is the process's peak.
 """
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ import time
 import numpy as np
 
 from generator.interface import Backend, GenerationResult
+
+HOG_BYTES = 1536 << 20
 
 
 class FakeFaultBackend(Backend):
@@ -30,7 +34,9 @@ class FakeFaultBackend(Backend):
 
     def generate(self, request, progress=None, should_cancel=None):
         req = self.fill_defaults(request)
-        if self.fault == "steps":
+        if self.fault == "hog":
+            np.ones(HOG_BYTES // 8).sum()  # every page touched
+        if self.fault in ("steps", "hog"):
             from generator.interface import Cancelled
 
             frames = np.zeros((req.num_frames, req.height, req.width, 3), np.uint8)

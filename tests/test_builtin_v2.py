@@ -297,6 +297,6 @@ def test_a_two_object_prompt_is_sampled_as_two_layers_in_one_batch(text_encoder)
     batches.clear()  # a start frame already holds both objects: the prompt is drawn whole
     pipe("a red square moving left and a blue circle moving up", start_frames=torch.zeros(3, 1, 32, 32), **run)
     assert batches == [2, 2, 1, 1]
-    batches.clear()  # past MAX_LAYERS objects (the batch grows with them) too
+    batches.clear()  # seven objects asked: the world holds three (text.MAX_OBJECTS), three layers
     pipe("; ".join(f"a {colour} circle moving up" for colour in world.COLOURS), **run)
-    assert batches == [2, 2, 1, 1]
+    assert batches == [6, 6, 3, 3]

@@ -12,6 +12,7 @@ from generator.builtin import world
 from generator.encode import encode_video
 from tests.support.client import Client, run, session_cookie
 from tests.support.stack import http
+from tests.support.video_bombs import mp4_declaring
 from tests.test_service import SMALL
 
 DESCRIBE_TERMINAL = {"description_complete", "description_failed", "cancelled"}
@@ -113,6 +114,18 @@ def test_describe_refuses_bad_input_clearly(live_service):
             assert refused["code"] == "unknown_model" and "builtin" in refused["message"], refused
             await client.ping_ok()
     run(scenario())
+
+
+def test_a_small_video_declaring_huge_frames_is_refused_as_too_large(live_service):
+    """A 1.5 KB MP4 declaring 8192x8192 frames (decoding it took the worker past 100 GB, or an OOM
+    kill and "worker was lost"): refused at submission, from its stated size."""
+    bomb = base64.b64encode(mp4_declaring(8192, 8192)).decode()
+    for path, fields in (("/api/describe", {"video": bomb}),
+                         ("/api/jobs", {"prompt": "a red circle", "model": "builtin", "video": bomb})):
+        status, _, body = http("POST", live_service.base + path, fields)
+        answer = json.loads(body)
+        assert (status, answer["code"], answer["field"]) == (400, "too_large", "video"), (path, body)
+        assert "8192x8192" in answer["message"] and "16777216 pixels" in answer["message"], answer
 
 
 def test_a_queued_describe_job_can_be_cancelled(live_service):

@@ -18,7 +18,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tiny_checkpoints  # noqa: E402
 
-from generator import interface  # noqa: E402
+from generator import interface, model_config  # noqa: E402
 from generator.interface import Cancelled, GenerationError, GenerationRequest  # noqa: E402
 from generator.model_config import ConfigError, load_config, parse_entry  # noqa: E402
 
@@ -246,5 +246,34 @@ def test_config_errors_are_clear(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"ok": {"path": "/x", "pipeline": "wan"}, "broken": {"pipeline": "wan"}}))
     assert list(load_config(str(bad), strict=False)) == ["ok"]
-    with pytest.raises(ConfigError, match="'path' and 'pipeline' are required"):
+    with pytest.raises(ConfigError, match="model 'broken': path: 'path' is required"):
         load_config(str(bad))
+
+
+def test_published_json_schema_is_the_parsers():
+    """docs/models.schema.json is what `python -m generator.model_config --schema` prints (regenerate it
+    with that command when the entry models change)."""
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
+                           "models.schema.json")) as fh:
+        assert json.load(fh) == model_config.json_schema()
+
+
+@pytest.mark.parametrize("entry, field, words", [
+    ({"defaults": {"steps": "ten"}}, "defaults.steps", "valid integer, got 'ten'"),
+    ({"dtype": "float8"}, "dtype", "'bfloat16', 'float16' or 'float32'"),
+    ({"memory": {"vae_tilling": True}}, "memory.vae_tilling", "unknown key"),
+    ({"memory": {"cache": {"type": "first_block", "treshold": 0.1}}}, "memory.cache.treshold", "unknown key"),
+    ({"pipeline": "sora"}, "pipeline", "unknown pipeline kind 'sora'"),
+    ({"path": None}, "path", "'path' is required"),
+    ({"path": "does-not-exist"}, "path", "does not exist"),
+    ({"upsampler": "."}, "upsampler", "has no model_index.json"),
+])
+def test_a_bad_entry_names_the_model_and_field(tmp_path, entry, field, words):
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "model_index.json").write_text("{}")
+    raw = {k: v for k, v in {"path": "ckpt", "pipeline": "ltx", **entry}.items() if v is not None}
+    path = tmp_path / "models.json"
+    path.write_text(json.dumps({"good": {"path": "ckpt", "pipeline": "wan"}, "bad": raw}))
+    good, bad = model_config.validate_config(str(path))
+    assert list(good) == ["good"] and [(e.model, e.field) for e in bad] == [("bad", field)]
+    assert words in bad[0].message and str(bad[0]).startswith(f"model 'bad': {field}: ")

@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 
 from tests.support.client import TERMINAL, Client, run
-from tests.support.stack import Proc, Stack, http
+from tests.support.stack import Proc, Stack, http, wait_for
 
 SMALL = {"num_frames": 8, "width": 64, "height": 64, "steps": 3}
 FAULT_QUEUE = "faults"
@@ -35,13 +35,24 @@ MODELS = {
     "fake-memoryerror": FAKE_ENTRY,
     "fake-nan": FAKE_ENTRY,
     "fake-steps": FAKE_ENTRY,
+    # touches 1.5 GB, served by a worker that replaces pool processes past 1 GB (the recycling test)
+    "fake-hog": {**FAKE_ENTRY, "queue": "recycle"},
     # served by no worker: its jobs stay queued (back-pressure test)
     "fake-parked": {**FAKE_ENTRY, "queue": "parked"},
-    # a real diffusers entry whose checkpoint folder does not exist: its load fails for real
-    "broken-model": {"path": "checkpoints/does-not-exist", "pipeline": "ltx", "dtype": "float32",
+    # a real diffusers entry whose checkpoint folder is corrupt (a model_index.json naming components that are
+    # not there): it passes the start-up check, and its load fails for real
+    "broken-model": {"path": "checkpoints/corrupt", "pipeline": "ltx", "dtype": "float32",
                      "queue": FAULT_QUEUE, "defaults": {"steps": 2, "width": 32, "height": 32, "frames": 9},
                      "limits": {"min_size": 32, "max_size": 128}},
 }
+# malformed entries: each is reported at start-up (log and /healthz) naming the entry and field, and skipped
+MALFORMED = {
+    "bad-type": ({**FAKE_ENTRY, "defaults": {**FAKE_ENTRY["defaults"], "steps": "ten"}}, "defaults.steps"),
+    "bad-key": ({**FAKE_ENTRY, "memory": {"vae_tilling": True}}, "memory.vae_tilling"),
+    "bad-path": ({"path": "checkpoints/not-there", "pipeline": "ltx", "queue": FAULT_QUEUE}, "path"),
+    "bad-kind": ({**FAKE_ENTRY, "pipeline": "sora"}, "pipeline"),
+}
+MODELS.update({name: entry for name, (entry, _) in MALFORMED.items()})
 
 
 FAULT_ENV = {
@@ -65,7 +76,13 @@ class FaultStack(Stack):
 
 @pytest.fixture(scope="module")
 def faults(tmp_path_factory):
-    with FaultStack(tmp_path_factory.mktemp("faults"), env=FAULT_ENV, models=MODELS, persist_redis=True) as svc:
+    tmp = tmp_path_factory.mktemp("faults")
+    corrupt = tmp / "checkpoints" / "corrupt"
+    corrupt.mkdir(parents=True)
+    (corrupt / "model_index.json").write_text(json.dumps({
+        "_class_name": "LTXPipeline", "_diffusers_version": "0.42.1",
+        "transformer": ["diffusers", "LTXVideoTransformer3DModel"], "vae": ["diffusers", "AutoencoderKLLTXVideo"]}))
+    with FaultStack(tmp, env=FAULT_ENV, models=MODELS, persist_redis=True) as svc:
         svc.start_redis()
         svc.migrate()
         svc.start_web()
@@ -123,7 +140,36 @@ def test_model_that_fails_to_load_fails_the_job_and_the_worker_serves_the_next(f
     async def scenario():
         async with Client(faults) as c:
             await _fails_then_next_succeeds(faults, c, {"prompt": "x", "model": "broken-model"},
-                                            r"^model 'broken-model' could not be loaded: .*does-not-exist")
+                                            r"^model 'broken-model' could not be loaded: .*corrupt")
+    run(scenario())
+
+
+def test_malformed_model_entries_are_reported_at_start_up_and_the_others_serve(faults):
+    """A wrong type, an unknown key, a missing checkpoint folder, an unknown pipeline kind: each is named
+    (entry and field) in the web's and the worker's start-up log and in /healthz; asking for such a model
+    is a 400 (unknown model), never a 500; the configured models next to them are served."""
+    status, _, body = http("GET", faults.base + "/healthz")
+    assert status == 200, body
+    reported = {e["model"]: e for e in json.loads(body)["model_config_errors"]}
+    assert {name: reported[name]["field"] for name in MALFORMED} == {n: f for n, (_, f) in MALFORMED.items()}
+    assert "valid integer" in reported["bad-type"]["message"] and "not-there" in reported["bad-path"]["message"]
+    assert "unknown pipeline kind 'sora'" in reported["bad-kind"]["message"]
+    for proc in (faults.webs["web"][0], faults.workers["w1"]):
+        log = proc.log_path.read_text(errors="replace")
+        for name, (_, field) in MALFORMED.items():
+            assert f"model {name!r}: {field}:" in log, (proc.name, name)
+    status, _, body = http("GET", faults.base + "/api/models")
+    names = {m["name"] for m in json.loads(body)["models"]}
+    assert status == 200 and not names & set(MALFORMED) and {"fake-steps", "broken-model"} <= names
+    for name in MALFORMED:
+        status, _, body = http("POST", faults.base + "/api/jobs", {"prompt": "x", "model": name},
+                               headers={"Origin": faults.origin})
+        assert status == 400 and name in body.decode(), (status, body)
+
+    async def scenario():
+        async with Client(faults) as c:
+            done = await c.terminal((await c.submit(prompt="a cat", model="fake-steps"))["job_id"])
+            assert done["type"] == "generation_complete", done
     run(scenario())
 
 
@@ -481,6 +527,30 @@ def test_a_cancel_accepted_before_the_worker_died_is_final(faults):
         row = faults.row(job_id)
         assert row["status"] == "cancelled" and row["attempts"] == 1, row
     run(scenario())
+
+
+def _peak_mb(pid: int) -> float:
+    status = open(f"/proc/{pid}/status").read()
+    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
+
+
+def test_a_pool_process_whose_job_took_much_memory_is_replaced(faults):
+    """WORKER_MAX_MEMORY_MB: memory a big job took is given back (the pool process that peaked past it
+    is replaced after the job), not kept by the worker for good. (That ordinary jobs keep their pool
+    process, under the default, is checked by the fails-then-next-succeeds tests above.)"""
+    faults.start_worker("recycler", "recycle", env={"WORKER_MAX_MEMORY_MB": "1024"})
+    try:
+        before = faults.pool_pids("recycler")
+        assert len(before) == 1 and _peak_mb(before[0]) < 1024, _peak_mb(before[0])
+        status, _, body = http("POST", f"{faults.base}/api/jobs", {"prompt": "a hog", "model": "fake-hog"})
+        assert status == 201, body
+        assert faults.wait_job(json.loads(body)["job"]["id"], timeout=60)["status"] == "succeeded"
+        wait_for(lambda: faults.pool_pids("recycler") not in ([], before), 30, "a fresh pool process",
+                 [faults.workers["recycler"]])
+        after = faults.pool_pids("recycler")
+        assert len(after) == 1 and _peak_mb(after[0]) < 1024, after
+    finally:
+        faults.stop_worker("recycler")
 
 
 def test_progress_never_waits_for_a_frozen_redis(faults):

@@ -1,4 +1,4 @@
-"""Property-based fuzzing (hypothesis) of the typed contract (videoservice/contract.py) that the
+"""Property-based fuzzing (hypothesis) of the typed contract (videoservice/contract/) that the
 websocket, the HTTP API, the CLI and the worker share: for any JSON value, `parse(GenerateRequest, ...)`
 and `parse_json` either accept it or raise `RequestError` with a documented code; no other exception
 escapes (one would become `internal_error`). What is accepted respects the limits, and its stored

@@ -64,7 +64,7 @@ def test_generate_webm_with_a_start_image(tmp_path):
 
 
 def test_generate_long_video_with_chunks_and_interpolation(tmp_path):
-    from generator.longvideo import LongVideoOptions, final_shape
+    from generator.shape import LongVideoOptions, final_shape
 
     out = tmp_path / "long.mp4"
     done = _generate("a blue triangle moving to the right", "--steps", "2", "--frames", "8",

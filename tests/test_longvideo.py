@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from generator import longvideo as lv
+from generator import shape
 from generator.builtin import world
 from generator.interface import Backend, Cancelled, GenerationRequest, GenerationResult, ModelInfo
 
@@ -73,9 +74,9 @@ def test_blend_weights_are_the_linear_ramp():
 
 
 def test_chunks_for_duration():
-    assert lv.chunks_for_duration(1.0, 8, 8, 2) == 1
-    assert lv.chunks_for_duration(2.0, 8, 8, 2) == 3  # 8 + 6 + 6 = 20 >= 16 frames; 2 chunks give 14
-    assert lv.extended_length(3, 8, 2) == 20
+    assert shape.chunks_for_duration(1.0, 8, 8, 2) == 1
+    assert shape.chunks_for_duration(2.0, 8, 8, 2) == 3  # 8 + 6 + 6 = 20 >= 16 frames; 2 chunks give 14
+    assert shape.extended_length(3, 8, 2) == 20
 
 
 # ------------------------------------------------------------------ extension on the built-in model
@@ -254,34 +255,12 @@ def test_run_job_all_three(backend):
 
 
 # ------------------------------------------------------------------ options
-def test_validate_options_defaults_and_bounds():
-    info = ModelInfo(name="m", description="", default_frames=16, default_width=256, default_height=256)
-    opts, problems = lv.validate_options({}, info)
-    assert problems == [] and opts == lv.LongVideoOptions() and not opts.active
-    opts, problems = lv.validate_options({"num_chunks": 3, "overlap": 2, "interpolate": 4, "upscale": 2}, info)
-    assert problems == [] and (opts.num_chunks, opts.overlap, opts.interpolate, opts.upscale) == (3, 2, 4, 2)
-    bad = {"num_chunks": 9, "overlap": 0, "interpolate": 5, "upscale": 3}
-    assert {f for f, _ in lv.validate_options(bad, info)[1]} == set(bad)
-    assert lv.validate_options({"num_chunks": "2"}, info)[1][0][0] == "num_chunks"
-    assert lv.validate_options({"num_chunks": True}, info)[1][0][0] == "num_chunks"
-    assert lv.validate_options({"overlap": 8}, info, num_frames=8)[1][0][0] == "overlap"  # < num_frames
-    assert lv.validate_options({"duration_s": 0}, info)[1][0][0] == "duration_s"
-    assert lv.validate_options({"duration_s": 3, "num_chunks": 2}, info)[1][0][0] == "duration_s"
-    opts, problems = lv.validate_options({"duration_s": 5.0}, info, fps=8)
-    assert problems == [] and opts.duration_s == 5.0
-    (field, msg), = lv.validate_options({"duration_s": 100}, info, fps=8)[1]
-    assert field == "duration_s" and "at most 8 chunks" in msg
-    # caps on the final video
-    assert lv.validate_options({"upscale": 4}, info, width=512, height=512)[1] == []
-    (field, msg), = lv.validate_options({"upscale": 4}, info, width=768, height=512)[1]
-    assert field == "upscale" and "at most 2048" in msg
-    shape = lv.final_shape(lv.LongVideoOptions(num_chunks=3, overlap=2, interpolate=4, upscale=2), 16, 256, 128, 8.0)
-    assert shape == {"num_chunks": 3, "num_frames": (3 * 16 - 2 * 2 - 1) * 4 + 1, "width": 512, "height": 256,
-                     "fps": 32.0}
-    assert lv.final_shape(lv.LongVideoOptions(duration_s=3.0), 16, 64, 64, 8.0)["num_frames"] == 24
-    problems = lv.validate_options({"num_chunks": 8, "interpolate": 6, "upscale": 4}, info, num_frames=32,
-                                   width=256, height=256)[1]
-    assert problems and all(msg for _, msg in problems)
+def test_final_shape_multiplies_the_base_chunk():
+    shape_ = shape.final_shape(lv.LongVideoOptions(num_chunks=3, overlap=2, interpolate=4, upscale=2), 16, 256, 128, 8.0)
+    assert shape_ == {"num_chunks": 3, "num_frames": (3 * 16 - 2 * 2 - 1) * 4 + 1, "width": 512, "height": 256,
+                      "fps": 32.0}
+    assert shape.final_shape(lv.LongVideoOptions(duration_s=3.0), 16, 64, 64, 8.0)["num_frames"] == 24
+    assert lv.LongVideoOptions() == lv.LongVideoOptions(num_chunks=1) and not lv.LongVideoOptions().active
 
 
 # ------------------------------------------------------------------ a diffusers image-to-video backend
@@ -385,7 +364,7 @@ def test_skyreels_long_video_is_its_own_diffusion_forcing_chunks():
     out = lv.run_job(b, GenerationRequest("a dog", seed=2), lv.LongVideoOptions(num_chunks=3, overlap=4),
                      progress=lambda s, n, p: steps.append((s, n)))
     shared = lv.effective_overlap(b, 4, 9)
-    assert shared == 5 and out.frames.shape == (lv.extended_length(3, 9, shared), 32, 32, 3)
+    assert shared == 5 and out.frames.shape == (shape.extended_length(3, 9, shared), 32, 32, 3)
     assert list(b.calls) == [("SkyReelsV2DiffusionForcingPipeline", "t2v")]  # one call made every chunk
     assert steps == [(i, 6) for i in range(1, 7)]
     b.unload()

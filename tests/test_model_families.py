@@ -284,18 +284,24 @@ def test_validator_checks_pipeline_kwargs_against_the_real_signatures(tmp_path, 
     assert "fast: ltx-condition (t2v, i2v, v2v, condition)" in out and "preset ltx-distilled" in out and "8 steps guidance 1.0" in out
 
 
-def test_a_new_family_is_one_entry(monkeypatch):
-    """A family (here a made-up one reusing LTX's classes) becomes configurable by adding its
-    description: kinds, tasks and limits follow from it; a wrong description is refused."""
+def test_a_new_family_is_one_description(monkeypatch):
+    """A family (here a made-up one running LTX's classes through LTX's adapter) becomes configurable
+    by its description (what a new generator/families/<family>.py defines): kinds, tasks, limits and
+    its live mode follow from it; a wrong description is refused."""
+    from generator.families import check_family
+    from generator.families.ltx import LTXAdapter
+
     fam = mc.Family("ltx-mini", "a test family", {"ltx-mini": mc.PipelineKind("LTXPipeline", ("t2v",)),
                                                   "ltx-mini-i2v": mc.PipelineKind("LTXImageToVideoPipeline", ("i2v",))},
                     vae="AutoencoderKLLTXVideo", frame_multiple=8, frame_offset=1, min_frames=9, max_frames=65,
                     size_multiple=32, max_size=512, default_width=256, default_height=256, default_frames=33,
-                    default_steps=20, default_guidance=2.0, default_fps=12.0, latents="packed")
-    monkeypatch.setitem(mc.FAMILIES, fam.name, mc._check_family(fam))
-    monkeypatch.setattr(mc, "KINDS", {**mc.KINDS, "ltx-mini": "ltx-mini", "ltx-mini-i2v": "ltx-mini"})
+                    default_steps=20, default_guidance=2.0, default_fps=12.0, adapter=LTXAdapter)
+    monkeypatch.setitem(mc.FAMILIES, fam.name, check_family(fam))
+    monkeypatch.setitem(mc.KINDS, "ltx-mini", "ltx-mini")
+    monkeypatch.setitem(mc.KINDS, "ltx-mini-i2v", "ltx-mini")
     info = mc.parse_entry("mini", {"path": "/m", "pipeline": ["ltx-mini-i2v", "ltx-mini"]}).model_info()
     assert info.extra["pipelines"] == ["ltx-mini", "ltx-mini-i2v"] and info.supports_image
     assert (info.default_frames, info.max_size, info.default_fps) == (33, 512, 12.0)
+    assert info.extra["live"] == "continuation"
     with pytest.raises(ValueError, match="32 frames break its own rule"):
-        mc._check_family(mc.Family(**{**fam.__dict__, "default_frames": 32}))
+        check_family(mc.Family(**{**fam.__dict__, "default_frames": 32}))

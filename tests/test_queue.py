@@ -247,3 +247,23 @@ def test_json_logs_carry_the_jobs_fields(queue):
              if line.startswith("{")]
     mine = [line for line in lines if line.get("job_id") == job]
     assert mine and all(line["model"] == "fake-nan" and line["worker"] for line in mine), lines[-5:]
+
+
+ORPHAN = """
+from videoservice.models import Job
+model = Job.objects.get(pk="{source}")
+orphan = Job.objects.create(owner=model.owner, user=model.user, prompt="a row without a turn", model=model.model,
+                            params=model.params, queue=model.queue, total_steps=model.total_steps, seed=model.seed)
+print(orphan.pk)
+"""
+
+
+def test_a_queued_row_without_a_turn_runs_on_an_idle_worker(queue):
+    """A lost turn (a Redis restart between the row and its turn, or a row left by a failed
+    submission) on an idle worker: the queue's Redis list does not exist then, and the reaper's
+    top-up (every 1 s here) must still see "no turn waiting" and give the row one."""
+    source = submit(queue, "cat")["id"]
+    assert queue.wait_job(source, headers=auth(queue, "cat"))["status"] == "succeeded"  # the worker is idle
+    orphan = queue.manage("shell", "-c", ORPHAN.format(source=source)).strip().splitlines()[-1]
+    assert queue.wait_job(orphan, timeout=30, headers=auth(queue, "cat"))["status"] == "succeeded"
+    assert "reaper failed" not in queue.workers["w1"].tail(10**7)

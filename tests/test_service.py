@@ -182,7 +182,7 @@ def test_cancel_queued_and_running(live_service):
 def test_long_video_job_chunks_and_interpolation(live_service):
     """Two chunks (the second continues the first's last 2 frames) then x2 flow interpolation:
     the MP4 holds final_shape's frames at double fps, and progress counts both chunks' steps."""
-    from generator.longvideo import LongVideoOptions, final_shape
+    from generator.shape import LongVideoOptions, final_shape
 
     tiny = {**SMALL, "steps": 2, "fps": 8}
     expected = final_shape(LongVideoOptions(num_chunks=2, overlap=2, interpolate=2), 8, 64, 64, 8.0)

@@ -28,14 +28,7 @@ JOB = {"model": TINY_LTX, "num_frames": 9, "width": 32, "height": 32, "steps": 2
 
 @pytest.fixture(scope="module")
 def tiny_service(live_service):
-    """The live service plus the tiny LTX checkpoint and a worker consuming its queue."""
-    from tests.tiny_checkpoints import save_tiny_checkpoint
-
-    path = live_service.tiny_ltx_path
-    if not (path / "model_index.json").exists():
-        t0 = time.monotonic()
-        save_tiny_checkpoint("ltx", str(path))
-        print(f"tiny LTX checkpoint built in {time.monotonic() - t0:.1f} s")
+    """The live service (with the tiny LTX checkpoint, tests/conftest.py) and a worker consuming its queue."""
     worker = live_service.start_worker(WORKER_NAME, TINY_LTX_QUEUE, wait=False)
     try:
         live_service.wait_healthy(workers=[worker.node])

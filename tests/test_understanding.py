@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -12,9 +13,11 @@ import pytest
 from generator.builtin import world
 from generator.encode import decode_video, encode_video
 from generator.interface import Cancelled
-from generator.understanding import DescribeError, UnknownDescriber, get_describer, sample_frames
+from generator.postprocess import source_clip
+from generator.understanding import DescribeError, UnknownDescriber, VideoTooLarge, get_describer, sample_frames
 from generator.understanding.agreement import attribute_agreement, prompt_caption_agreement, semantic_agreement
 from generator.understanding.builtin import analyse_scene, parse_scene
+from tests.support.video_bombs import mp4_declaring
 from tests.tiny_vlm import save_tiny_smolvlm
 
 
@@ -47,6 +50,55 @@ def test_sample_frames_of_a_webm_whose_frame_count_is_not_stated():
     sampled = sample_frames(encode_video(frames, 8, fmt="webm"), count=8)
     expected = levels[np.linspace(0, 19, 8).round().astype(int)]
     assert np.abs(sampled.reshape(8, -1).mean(1) - expected).max() < 6
+
+
+def test_a_small_mp4_declaring_huge_frames_is_refused_before_any_decoding():
+    bomb = mp4_declaring(8192, 8192)  # 1.5 KB; decoding a frame would take 100 MB, the old describer > 100 GB
+    assert len(bomb) < 4096
+    tracemalloc.start()
+    try:
+        with pytest.raises(VideoTooLarge, match="8192x8192 have more than 16777216 pixels"):
+            sample_frames(bomb, max_frame_pixels=4096 * 4096)
+        with pytest.raises(ValueError, match="8192x8192 have more than"):  # a video-to-video source
+            source_clip(bomb, 9, (64, 64), max_frame_pixels=4096 * 4096)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, peak
+
+
+def test_sample_frames_scales_frames_down_while_decoding():
+    frames = np.zeros((6, 1024, 1536, 3), np.uint8)
+    frames[:, 256:768, 512:1024] = (220, 40, 40)  # a red block in the middle
+    video = encode_video(frames, 8)
+    tracemalloc.start()
+    try:
+        sampled = sample_frames(video, count=6)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert sampled.shape == (6, 341, 512, 3)  # the longer side at DESCRIBE_MAX_SIDE, aspect kept
+    assert peak < 6 * 1024 * 1536 * 3 // 2, peak  # the old decode held every frame at full size (28 MB)
+    assert (sampled[:, 170, 256] > (180, 0, 0)).all() and (sampled[:, 170, 256, 1:] < 80).all()
+    assert source_clip(video, 3, (32, 48)).shape == (3, 32, 48, 3)  # straight at a v2v job's size
+
+
+def test_sample_frames_of_a_long_video_without_a_stated_count_holds_a_few_frames():
+    count = 600
+    levels = (np.arange(count) * 255 // (count - 1)).astype(np.uint8)
+    video = encode_video((np.full((48, 64, 3), level, np.uint8) for level in levels), 30, fmt="webm")
+    tracemalloc.start()
+    try:
+        sampled = sample_frames(video, count=8)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    held = 48 * 64 * 3
+    assert peak < 64 * held, peak / held  # at most 32 frames held (the old decode kept all 600)
+    means = sampled.reshape(8, -1).mean(1)
+    assert means[0] < 10 and means[-1] > 200 and (np.diff(means) > 10).all(), means  # spread over the video
+    with pytest.raises(VideoTooLarge, match="more than 100 frames of 64x48"):  # counted while decoding
+        sample_frames(video, max_total_pixels=100 * 64 * 48)
 
 
 def test_sample_frames_refuses_a_file_that_is_not_a_video():

@@ -25,7 +25,7 @@ from videoservice import bus, dispatch, media
 from videoservice.auth import authenticate_http
 from videoservice.contract import (AUTH_REQUIRED, CSRF_FAILED, FORBIDDEN, INTERNAL_ERROR, INVALID_FIELD, INVALID_JSON,
                                    METHOD_NOT_ALLOWED, NOT_CANCELLABLE, NOT_FOUND, RATE_LIMITED, TOO_LARGE,
-                                   DescribeRequest, GenerateRequest, RequestError, SteerBody, TimelineEntry, parse,
+                                   DescribeRequest, GenerateRequest, JobBody, RequestError, SteerBody, parse,
                                    parse_json,
                                    websocket_schema)
 from videoservice.models import Job, Submitter
@@ -52,70 +52,33 @@ class ErrorOut(Schema):
     field: Optional[str] = None
 
 
-class JobOut(Schema):
-    id: str
-    job_id: str
-    kind: Literal["generate", "describe"]
-    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
-    prompt: str
-    model: str
-    params: dict
-    private: bool
-    mine: bool
-    progress: float
-    step: int
-    total_steps: int
-    error: Optional[str]
-    worker: Optional[str]
-    created_at: Optional[str]
-    started_at: Optional[str]
-    finished_at: Optional[str]
-    url: Optional[str]
-    mime: Optional[str]
-    size_bytes: Optional[int]
-    fps: Optional[float]
-    num_frames: Optional[int]
-    width: Optional[int]
-    height: Optional[int]
-    seed: Optional[int]
-    elapsed_s: Optional[float]
-    result: Optional[dict]
-    queue: str
-    priority: int
-    retry_of: Optional[str]
-    has_audio: bool
-    live: bool = Field(False, description="a live job: endless video, steered while it plays")
-    timeline: Optional[list[TimelineEntry]] = Field(None, description="live jobs: the prompt in force from each "
-                                                                      "frame on")
-
-
 class JobCreated(Schema):
-    job: JobOut
+    job: JobBody
     position: int
     request_id: Optional[Union[str, int]] = None
 
 
 class JobOne(Schema):
-    job: JobOut
+    job: JobBody
 
 
 class JobList(Schema):
-    jobs: list[JobOut]
+    jobs: list[JobBody]
 
 
 class CancelOut(Schema):
-    job: JobOut
+    job: JobBody
     state: Literal["cancelled", "cancelling"]
 
 
 class SteerOut(Schema):
-    job: JobOut
+    job: JobBody
     state: Literal["steering", "queued"] = Field(description="running: takes effect at the next chunk (`steered` "
                                                              "announces it); queued: the job starts with it")
 
 
 class StopOut(Schema):
-    job: JobOut
+    job: JobBody
     state: Literal["stopping", "cancelled"] = Field(description="running: ends after its current chunk, its frames "
                                                                 "so far become its video; queued: cancelled")
 
@@ -473,7 +436,7 @@ def describe(request):
 
 
 class JobPromoted(Schema):
-    job: JobOut
+    job: JobBody
     position: int
 
 

@@ -7,7 +7,7 @@ a turn on a queue: videoservice/dispatch.py says why turns rather than jobs) and
 configuration entry's `queue`, by default the model's name: GPU hosts run `-Q ltx-video`, CPU
 hosts `-Q builtin`); describe jobs go to the `describe` queue.
 
-Events: `{"type": ..., "job_id": ..., ...}` (contract.py defines each), carried on the layer as
+Events: `{"type": ..., "job_id": ..., ...}` (videoservice/contract/events.py defines each), carried on the layer as
 `{"type": "job.event", "text": "<its JSON>", ...}` (or, when large, the key of that text stored
 once in Redis: videoservice/fanout.py) to the job's audience group (the lobby, or the owner's
 group for a private job); every consumer in that group passes it on. Sync code (the worker, the
@@ -67,9 +67,18 @@ def send_turns(queue: str, count: int = 1) -> None:
 
 
 def turns_waiting(queue: str) -> int:
-    """Turns on the broker for this queue, not yet taken by a worker."""
+    """Turns on the broker for this queue, not yet taken by a worker. Redis keeps no empty list, so
+    kombu answers NOT_FOUND for a queue with no message: that is 0 turns (exactly the case the
+    reaper's top-up is for), not a failure."""
+    from kombu.exceptions import ChannelError
+
     with app.connection_for_write() as connection:
-        return connection.default_channel.queue_declare(queue=queue, passive=True).message_count
+        try:
+            return connection.default_channel.queue_declare(queue=queue, passive=True).message_count
+        except ChannelError as exc:
+            if "NOT_FOUND" not in str(exc):
+                raise
+            return 0
 
 
 def ping_workers(timeout: float) -> list:

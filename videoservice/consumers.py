@@ -2,7 +2,7 @@
 
 Every connection joins the group "lobby" (public jobs) and one group per owner (its private
 jobs). The owner is the signed-in user, else the Django session (cookie), else the connection.
-Messages are read through the typed contract (videoservice/contract.py); jobs change state
+Messages are read through the typed contract (videoservice/contract/); jobs change state
 through their model (videoservice/models.py). Protocol: docs/protocol.md.
 """
 from __future__ import annotations

@@ -30,9 +30,9 @@ from django.utils import timezone
 
 from videoservice import bus, dispatch, webhooks
 from videoservice.contract import (FORBIDDEN, INVALID_FIELD, NOT_CANCELLABLE, NOT_FOUND, NOT_LIVE, QUEUE_FULL,
-                                   UNAVAILABLE, GenerationCompleteEvent,
-                                   CancelledEvent, DescribeRequest, FailedEvent, GenerateRequest, QueuedEvent,
-                                   RequeuedEvent, RequestError)
+                                   UNAVAILABLE,
+                                   CancelledEvent, DescribeRequest, FailedEvent, GenerateRequest, GenerationCompleteEvent, JobBody,
+                                   QueuedEvent, RequeuedEvent, RequestError)
 
 log = logging.getLogger(__name__)
 
@@ -322,7 +322,8 @@ class Job(models.Model):
         return owner_group(self.owner) if self.private else LOBBY_GROUP
 
     def as_dict(self, viewer: str | None = None) -> dict:
-        return {
+        """The job as the HTTP API and webhooks show it (validated: one schema for both)."""
+        return JobBody(**{
             "id": str(self.id),
             "job_id": str(self.id),
             "status": self.status,
@@ -356,7 +357,7 @@ class Job(models.Model):
             "has_audio": self.has_audio,
             "live": self.live,
             "timeline": self.timeline or None,
-        }
+        }).model_dump()
 
     # ------------------------------------------------------------------ the lifecycle
     def _guarded(self, **conditions):

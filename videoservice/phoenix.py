@@ -2,7 +2,7 @@
 
 The serving tier this project re-does was a Phoenix channel; its browser client is the npm
 `phoenix` library. This consumer speaks that wire protocol over the same lobby as /ws/lobby/: the
-same typed requests (videoservice/contract.py), limits, owners, auth and Origin rules, and the same
+same typed requests (videoservice/contract/), limits, owners, auth and Origin rules, and the same
 events with the same payloads.
 
 Frames are JSON arrays `[join_ref, ref, topic, event, payload]`:

@@ -44,6 +44,8 @@ Environment (defaults in brackets):
   STREAM_VIDEO          [1]  send video_chunk events / fill /api/jobs/<id>/stream while a job runs
                         (0: the video is encoded once its last frame is made, as a plain MP4 job)
   WORKER_WARMUP [1]  load the model of the worker's first queue right after start
+  WORKER_MAX_MEMORY_MB [8192]  a pool process whose peak memory passed this is replaced after its
+                        job (memory a big job took is given back; the next job loads its model again); 0: never
   LIVE_MAX_DURATION_S [1800], LIVE_DEFAULT_DURATION_S [300]  a live job's max_duration_s: its ceiling
                         and its default
   LIVE_IDLE_S [30]      a live job ends when no subscriber has received a chunk for this long
@@ -72,6 +74,9 @@ Limits on what clients send (error codes in docs/protocol.md):
   WS_MESSAGES_PER_MINUTE [600]  messages of any kind per websocket connection (token bucket of
                         this size, refilled at this rate / 60 per second) -> rate_limited
   MAX_VIDEO_PIXELS      [134217728]  frames x width x height of the final video -> invalid_field
+  MAX_INPUT_FRAME_PIXELS [16777216]  width x height of an uploaded video's frames -> too_large
+  MAX_INPUT_VIDEO_PIXELS [8589934592]  frames x width x height of an uploaded video (the stated or
+                        estimated frame count at upload; counted again while the worker decodes) -> too_large
   (and WS_MAX_CLIENT_MESSAGE_BYTES, MAX_PROMPT_CHARS, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS,
   MAX_QUEUED_JOBS, MAX_QUEUED_PER_OWNER above)
 """
@@ -303,6 +308,9 @@ MAX_QUEUED_PER_ADDRESS = env_int("MAX_QUEUED_PER_ADDRESS", MAX_QUEUED_PER_OWNER)
 SUBMISSIONS_PER_MINUTE = env_int("SUBMISSIONS_PER_MINUTE", 30)
 WS_MESSAGES_PER_MINUTE = env_int("WS_MESSAGES_PER_MINUTE", 600)
 MAX_VIDEO_PIXELS = env_int("MAX_VIDEO_PIXELS", 2 ** 27)
+# input videos are checked before they are decoded (and decoded scaled down, a few frames kept)
+MAX_INPUT_FRAME_PIXELS = env_int("MAX_INPUT_FRAME_PIXELS", 4096 * 4096)
+MAX_INPUT_VIDEO_PIXELS = env_int("MAX_INPUT_VIDEO_PIXELS", 2 ** 33)
 # base64 grows by 4/3 and the message has to fit WEBSOCKET_MAX_MESSAGE_BYTES
 INLINE_VIDEO_MAX_BYTES = env_int("INLINE_VIDEO_MAX_BYTES",
                                  min(32 * 1024 * 1024, (WEBSOCKET_MAX_MESSAGE_BYTES - 65536) * 3 // 4))
@@ -356,6 +364,8 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# billiard compares the pool process's peak RSS (ru_maxrss) after each task: one big job recycles it
+CELERY_WORKER_MAX_MEMORY_PER_CHILD = env_int("WORKER_MAX_MEMORY_MB", 8192) * 1024 or None
 
 LOG_FORMAT = os.environ.get("LOG_FORMAT", "plain")  # plain | json (one object a line, with job_id, model, worker)
 LOGGING = {

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 
+from django.conf import settings
+
 from videoservice.contract import DescribeParams, DescriptionCompleteEvent, ProgressEvent, StartedEvent
 from videoservice.models import Job
 
@@ -34,7 +36,9 @@ def run(run) -> dict:
         describer = get_describer(job.model)
     except (ImportError, OSError, ValueError) as exc:  # a broken checkpoint folder or configuration
         raise DescribeError(f"describer {job.model!r} could not be loaded: {exc}") from None
-    description = describer.describe(sample_frames(data), question=params.question, progress=progress,
+    frames = sample_frames(data, max_frame_pixels=settings.MAX_INPUT_FRAME_PIXELS,
+                           max_total_pixels=settings.MAX_INPUT_VIDEO_PIXELS)
+    description = describer.describe(frames, question=params.question, progress=progress,
                                      should_cancel=run.should_cancel)
     if run.should_cancel():
         raise Cancelled()

@@ -225,7 +225,8 @@ def load_source_video(job: Job, params: GenerationParams):
         raise GenerationError(f"the source video of job {params.source_job_id} is no longer stored")
     try:
         with source.open("rb") as fh:
-            return source_clip(fh.read(), params.num_frames, (params.height, params.width))
+            return source_clip(fh.read(), params.num_frames, (params.height, params.width),
+                               settings.MAX_INPUT_FRAME_PIXELS, settings.MAX_INPUT_VIDEO_PIXELS)
     except (ValueError, OSError) as exc:
         raise GenerationError(f"the source video could not be read ({exc}); submit it again") from None
 

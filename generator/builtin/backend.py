@@ -10,12 +10,11 @@ from PIL import Image
 
 from generator.builtin.sample import BuiltinPipeline, to_uint8_frames
 from generator.builtin.info import INFO, NATIVE_MAX_SIDE, NATIVE_SHORT_SIDE
-from generator.interface import (Backend, CancelCheck, GenerationError, GenerationRequest, GenerationResult,
-                                 ModelInfo, ProgressCallback)
+from generator.interface import (DEFAULT_STRENGTH, Backend, CancelCheck, GenerationError, GenerationRequest,
+                                 GenerationResult, ModelInfo, ProgressCallback)
 from generator.postprocess import resize_frames, sharpen_frames
 
 WEIGHTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights", "builtin")
-DEFAULT_STRENGTH = 0.6  # video-to-video without a strength: keeps the source's layout, redraws the rest
 
 
 def native_size(height: int, width: int) -> tuple:

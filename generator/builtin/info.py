@@ -15,3 +15,15 @@ INFO = ModelInfo(
     default_steps=10, max_steps=100, default_guidance=4.0, default_fps=8.0,
     supports_video=True,  # video-to-video: SDEdit from the source noised to `strength`
 )
+
+INFO_V3 = ModelInfo(
+    name="builtin-v3",
+    description="Built-in shapes model v3 (CPU, offline, live): a chunk-causal few-step denoiser in a causal "
+                "video tokenizer's latent, decoded straight to 256x256; shapes bounce off the edges and "
+                "can be told to stop, turn or speed up while a live video plays.",
+    native_size=(256, 256),
+    default_frames=16, min_frames=4, max_frames=64,
+    default_width=256, default_height=256, size_multiple=16, min_size=64, max_size=512,
+    default_steps=2, max_steps=4, default_guidance=1.0, default_fps=8.0,
+    supports_video=True,
+)

@@ -3,23 +3,125 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from functools import lru_cache
+from typing import Optional
 
 import torch
 
 from generator.builtin.world import COLOURS
 
 MAX_TOKENS = 48
-# where one object's description ends and the next one's begins ("a red circle moving left and a
-# blue square rising"): the joins of the world's captions and of plain English lists; an "and"
-# inside one description ("a red circle and it travels left") is no join
-OBJECT_JOIN = re.compile(r";\s*|,\s*while\s+|\s+and\s+also\s+|,?\s+and\s+(?=(?:a|an|the|one|another|there|watch|"
-                         + "|".join(COLOURS) + r")\b)")
+MAX_OBJECTS = 3
+
+# What the prompt says about the world, word by word: the split into objects comes from these
+# mentions (each object is one colour and one shape), never from the words that join the objects,
+# so any way of listing them splits the same way.
+COLOUR_WORDS = {name: name for name in COLOURS} | {"pink": "magenta", "purple": "magenta", "turquoise": "cyan"}
+SHAPE_WORDS = {"circle": "circle", "circles": "circle", "ball": "circle", "dot": "circle", "disc": "circle",
+               "square": "square", "squares": "square", "box": "square", "block": "square",
+               "triangle": "triangle", "triangles": "triangle"}
+DIRECTION_WORDS = {
+    "left": "left", "leftward": "left", "leftwards": "left", "west": "left",
+    "right": "right", "rightward": "right", "rightwards": "right", "east": "right",
+    "up": "up", "upward": "up", "upwards": "up", "top": "up", "rise": "up", "rises": "up", "rising": "up",
+    "climb": "up", "climbs": "up", "climbing": "up", "ascends": "up", "ascending": "up", "north": "up",
+    "down": "down", "downward": "down", "downwards": "down", "bottom": "down", "sink": "down", "sinks": "down",
+    "sinking": "down", "fall": "down", "falls": "down", "falling": "down", "drop": "down", "drops": "down",
+    "dropping": "down", "descends": "down", "descending": "down", "south": "down",
+}
+# how an object moves besides its direction (the v3 world's steers)
+MOTION_WORDS = {"stops": "stop", "stop": "stop", "stopped": "stop", "halts": "stop", "still": "stop",
+                "freezes": "stop", "stays": "stop", "speeds": "fast", "faster": "fast", "accelerates": "fast",
+                "quickly": "fast", "fast": "fast", "slows": "slow", "slower": "slow", "slowly": "slow",
+                "turns": "turn", "turn": "turn", "reverses": "reverse", "around": "reverse", "back": "reverse"}
+_WORD = re.compile(r"[a-z]+")
+
+
+@dataclass
+class ObjectMention:
+    colour: Optional[str] = None
+    shape: Optional[str] = None
+    direction: Optional[str] = None
+    motion: Optional[str] = None
+    start: int = 0  # character span of this object's part of the prompt
+    end: int = 0
+
+    def phrase(self, prompt: str) -> str:
+        """The words the built-in network was trained on when colour, shape and direction are all
+        known; otherwise this object's own part of the prompt."""
+        if self.colour and self.shape and self.direction:
+            return f"a {self.colour} {self.shape} moving {self.direction}"
+        return prompt[self.start:self.end].strip(" ,;.:") or prompt
+
+
+def parse_objects(prompt: str) -> list:
+    """The objects a prompt describes, in order, each with its colour, shape, direction and motion.
+
+    1. Colour and shape words are found; scanning them in order, an object takes at most one of
+       each, and a second colour (or shape) starts the next object ("a circle in magenta" and "a
+       triangle, green" bind like "a magenta circle").
+    2. Direction and motion words between two objects' mentions belong to the earlier object,
+       unless it already has its own before its mentions ("left-moving green circle next to an
+       upward white square"); a gap with two directions gives one to each.
+    Objects beyond MAX_OBJECTS are folded into the last one. Without any colour or shape word
+    the whole prompt is one object."""
+    text = prompt.lower()
+    words = [(m.group(), m.start(), m.end()) for m in _WORD.finditer(text)]
+    objects: list = []
+    for word, start, end in words:
+        kind = "colour" if word in COLOUR_WORDS else "shape" if word in SHAPE_WORDS else None
+        if kind is None:
+            continue
+        value = COLOUR_WORDS[word] if kind == "colour" else SHAPE_WORDS[word]
+        if not objects or getattr(objects[-1][0], kind) is not None:
+            if len(objects) == MAX_OBJECTS:
+                continue
+            objects.append([ObjectMention(), start, end])
+        setattr(objects[-1][0], kind, value)
+        objects[-1][2] = end
+    if not objects:
+        return [ObjectMention(start=0, end=len(text))]
+    # the words outside the mentions: before the first object, in each gap, after the last
+    gaps = [(0, objects[0][1])] + [(objects[i][2], objects[i + 1][1]) for i in range(len(objects) - 1)]
+    gaps.append((objects[-1][2], len(text)))
+
+    def found(lo, hi, table):
+        return [(table[w], s, e) for w, s, e in words if lo <= s and e <= hi and w in table]
+
+    for table, field in ((DIRECTION_WORDS, "direction"), (MOTION_WORDS, "motion")):
+        before_first = found(*gaps[0], table)
+        owned = {0: before_first[-1:]} if before_first else {}
+        for i in range(len(objects)):
+            after = found(*gaps[i + 1], table)
+            if i + 1 == len(objects):
+                owned.setdefault(i, []).extend(after)
+            elif i in owned and len(after) == 1:
+                owned.setdefault(i + 1, []).extend(after)
+            else:
+                owned.setdefault(i, []).extend(after[:1])
+                if after[1:]:
+                    owned.setdefault(i + 1, []).extend(after[1:])
+        for i, mention in owned.items():
+            if mention:
+                setattr(objects[i][0], field, mention[-1][0] if field == "motion" else mention[0][0])
+    # each object's part of the prompt: from the end of the previous object's words to its own end
+    result = []
+    for i, (obj, start, end) in enumerate(objects):
+        owned_end = max([end] + [e for _, s, e in found(*gaps[i + 1], {**DIRECTION_WORDS, **MOTION_WORDS})
+                                 if i + 1 == len(objects) or s < objects[i + 1][1]][:1])
+        obj.start = 0 if i == 0 else result[-1].end
+        obj.end = len(text) if i + 1 == len(objects) else owned_end
+        result.append(obj)
+    return result
 
 
 def object_phrases(prompt: str) -> list:
-    """The prompt split into one phrase per described object (the whole prompt when it names one)."""
-    return [part.strip() for part in OBJECT_JOIN.split(prompt.lower()) if part.strip()] or [prompt.lower()]
+    """One phrase per described object (`parse_objects`): the whole prompt when it names one."""
+    objects = parse_objects(prompt)
+    if len(objects) == 1:
+        return [prompt.lower()]
+    return [obj.phrase(prompt.lower()) for obj in objects]
 
 
 def minilm_path() -> str:

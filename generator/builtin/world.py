@@ -82,33 +82,103 @@ def _distance(shape: torch.Tensor, px: torch.Tensor, py: torch.Tensor, radius: t
     return torch.where(shape == 0, circle, torch.where(shape == 1, square, triangle))
 
 
-def render(scenes: list, num_frames: int, size: int = 64, device=None) -> torch.Tensor:
+def render(scenes: list, num_frames: int, size: int = 64, device=None, bounce: bool = False,
+           events: list | None = None) -> torch.Tensor:
     """Scenes (lists of ShapeMotion) -> clips B x 3 x T x size x size in [-1, 1].
 
-    Vectorised over the batch (one pass per shape slot), so it runs as well on a GPU."""
-    b, scale = len(scenes), size / 64.0
+    Without `bounce` each shape moves in a straight line, leaving the canvas when its path does (the
+    v2 world: its training and evaluation clips keep the whole path inside). With `bounce` (or
+    `events`, one list per scene, see `simulate`) shapes bounce off the edges (Moving MNIST) and
+    obey the events. Vectorised over the batch (one pass per shape slot), so it runs as well on a GPU."""
+    b = len(scenes)
+    t = torch.arange(num_frames, dtype=torch.float32, device=device).view(1, num_frames)
+    slots = max(len(scene) for scene in scenes)
+    tracks = []
+    for slot in range(slots):
+        motions = [scene[slot] if slot < len(scene) else None for scene in scenes]
+        if bounce or events:
+            paths = [simulate(scene, num_frames, (events or [[]] * b)[i])[slot] if slot < len(scene)
+                     else [(0.0, 0.0)] * num_frames for i, scene in enumerate(scenes)]
+            centres = torch.tensor(paths, dtype=torch.float32, device=device)  # B x T x 2
+            cx, cy = centres[..., 0], centres[..., 1]
+        else:
+            def column(value):
+                return torch.tensor([value(m) if m else 0.0 for m in motions], dtype=torch.float32, device=device)
+
+            speed = column(lambda m: m.speed)[:, None]
+            cx = column(lambda m: m.x0)[:, None] + column(lambda m: DIRECTIONS[m.direction][0])[:, None] * speed * t
+            cy = column(lambda m: m.y0)[:, None] + column(lambda m: DIRECTIONS[m.direction][1])[:, None] * speed * t
+        tracks.append((motions, cx, cy))
+    return draw(tracks, num_frames, size, device)
+
+
+def draw(tracks: list, num_frames: int, size: int, device=None) -> torch.Tensor:
+    """[(motions of one slot per clip (None: no shape), centres x B x T, centres y B x T)] at 64-pixel
+    coordinates -> B x 3 x T x size x size in [-1, 1], later slots drawn over earlier ones."""
+    b, scale = len(tracks[0][0]), size / 64.0
     grid = torch.arange(size, dtype=torch.float32, device=device) + 0.5
     ys, xs = grid.view(1, 1, size, 1), grid.view(1, 1, 1, size)
-    t = torch.arange(num_frames, dtype=torch.float32, device=device).view(1, num_frames)
     canvas = torch.tensor(BACKGROUND, device=device).view(1, 3, 1, 1, 1).repeat(b, 1, num_frames, size, size)
-    for slot in range(max(len(scene) for scene in scenes)):
-        motions = [scene[slot] if slot < len(scene) else None for scene in scenes]
-
+    for motions, cx, cy in tracks:
         def column(value, fill=0.0):
             return torch.tensor([value(m) if m else fill for m in motions], dtype=torch.float32, device=device)
 
         present = column(lambda m: 1.0)
-        dx, dy = column(lambda m: DIRECTIONS[m.direction][0]), column(lambda m: DIRECTIONS[m.direction][1])
-        speed, radius = column(lambda m: m.speed), column(lambda m: m.radius, 1.0)
-        cx = (column(lambda m: m.x0)[:, None] + dx[:, None] * speed[:, None] * t) * scale  # B x T
-        cy = (column(lambda m: m.y0)[:, None] + dy[:, None] * speed[:, None] * t) * scale
+        radius = column(lambda m: m.radius, 1.0)
         shape = column(lambda m: SHAPE_INDEX[m.shape]).view(b, 1, 1, 1)
-        distance = _distance(shape, xs - cx[:, :, None, None], ys - cy[:, :, None, None],
+        distance = _distance(shape, xs - (cx * scale)[:, :, None, None], ys - (cy * scale)[:, :, None, None],
                              (radius * scale).view(b, 1, 1, 1))
         alpha = ((0.5 - distance).clamp(0.0, 1.0) * present.view(b, 1, 1, 1)).unsqueeze(1)  # B x 1 x T x H x W
         colour = torch.tensor([COLOURS[m.colour] if m else BACKGROUND for m in motions], device=device)
         canvas = canvas * (1 - alpha) + colour.view(b, 3, 1, 1, 1) * alpha
     return canvas * 2.0 - 1.0
+
+
+# ------------------------------------------------------------------ an endless world (v3)
+SPEED_UP = 1.6  # "speeds up": the speed times this
+MAX_SPEED = 3.0
+
+
+@dataclass
+class Event:
+    """At `frame`, object `index` of the scene: "go" moves it towards `direction` (a turn, or a start
+    after a stop), "stop" halts it, "faster" multiplies its speed by SPEED_UP."""
+    frame: int
+    index: int
+    kind: str
+    direction: str | None = None
+
+
+def simulate(scene: list, num_frames: int, events: list = ()) -> list:
+    """Per object, its centre (x, y) at each frame on the 64-pixel canvas: it moves in a straight
+    line and bounces off the edges (its outline touches them, it turns back), obeying `events`."""
+    paths = []
+    for index, m in enumerate(scene):
+        x, y = m.x0, m.y0
+        vx, vy = (c * m.speed for c in DIRECTIONS[m.direction])
+        speed = m.speed
+        low, high = m.radius, 64.0 - m.radius
+        path = []
+        for frame in range(num_frames):
+            for event in events:
+                if event.frame == frame and event.index == index:
+                    if event.kind == "stop":
+                        vx = vy = 0.0
+                    elif event.kind == "faster":
+                        speed = min(MAX_SPEED, speed * SPEED_UP)
+                        norm = max((vx * vx + vy * vy) ** 0.5, 1e-9)
+                        vx, vy = (vx / norm * speed, vy / norm * speed) if norm > 1e-6 else (vx, vy)
+                    elif event.kind == "go":
+                        vx, vy = (c * speed for c in DIRECTIONS[event.direction])
+            if frame:
+                x, y = x + vx, y + vy
+                if x < low or x > high:
+                    x, vx = (2 * low - x if x < low else 2 * high - x), -vx
+                if y < low or y > high:
+                    y, vy = (2 * low - y if y < low else 2 * high - y), -vy
+            path.append((x, y))
+        paths.append(path)
+    return paths
 
 
 # ------------------------------------------------------------------ captions

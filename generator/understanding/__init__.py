@@ -10,8 +10,9 @@ SmolVLM2 checkpoint in a local folder. Agreement between a prompt and a caption:
 `generator.understanding.agreement`.
 """
 from generator.interface import Cancelled
-from generator.understanding.base import Description, Describer, DescribeError, sample_frames
+from generator.understanding.base import (Description, Describer, DescribeError, VideoTooLarge, check_video_size,
+                                         sample_frames)
 from generator.understanding.registry import DEFAULT_DESCRIBER, UnknownDescriber, describer_names, get_describer
 
-__all__ = ["Cancelled", "Description", "Describer", "DescribeError", "sample_frames", "DEFAULT_DESCRIBER",
-           "UnknownDescriber", "describer_names", "get_describer"]
+__all__ = ["Cancelled", "Description", "Describer", "DescribeError", "VideoTooLarge", "check_video_size", "sample_frames",
+           "DEFAULT_DESCRIBER", "UnknownDescriber", "describer_names", "get_describer"]

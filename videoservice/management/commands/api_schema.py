@@ -1,5 +1,5 @@
 """`python manage.py api_schema [--out docs]`: write the OpenAPI document of the HTTP API and the
-JSON Schema of the websocket messages, both generated from videoservice/contract.py (the copies in
+JSON Schema of the websocket messages, both generated from videoservice/contract/ (the copies in
 docs/ are these files; tests/test_contract.py fails when they are stale)."""
 from __future__ import annotations
 

@@ -1,0 +1,216 @@
+"""Built-in model v3 behind the common backend interface: a chunk-causal few-step denoiser in a
+causal tokenizer's latent (`causal.py`, `tokenizer.py`), decoding straight to 256x256.
+
+A pipeline folder holds `tokenizer/` and `denoiser/` (save_pretrained). Every clip is made chunk
+after chunk, each chunk from the clean latents of the frames before it, so text-to-video,
+image-to-video (the start frame is the first context), continuation (`start_frames`),
+video-to-video (each chunk from the source's latents noised to `strength`) and endless live
+video (`live_chunks`, the prompt read again before every chunk) are one loop.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from generator.builtin.causal import ChunkDenoiser, object_ids, sample_levels
+from generator.builtin.info import INFO_V3
+from generator.builtin.text import parse_objects
+from generator.builtin.tokenizer import CausalVideoTokenizer, DecoderCache, ENCODER_SIZE, quantize
+from generator.interface import (DEFAULT_STRENGTH, Backend, CancelCheck, Cancelled, GenerationError, GenerationRequest,
+                                 GenerationResult, ModelInfo, ProgressCallback)
+from generator.postprocess import resize_frames
+
+WEIGHTS_V3 = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights", "builtin_v3")
+_TURN_CLOCKWISE = {"right": "down", "down": "left", "left": "up", "up": "right"}
+_OPPOSITE = {"right": "left", "left": "right", "up": "down", "down": "up"}
+
+
+def scene_objects(prompt: str, previous: Optional[list] = None) -> list:
+    """The prompt's objects as the denoiser reads them ({colour, shape, direction, stopped, fast,
+    steer}). With the `previous` chunk's objects (a live video's steer), an object the prompt names
+    again (same colour, else same shape) is updated and marked `steer` when what it asks changed;
+    the objects it does not name keep going as they were (at most three in all)."""
+    previous = [dict(o, steer=False) for o in previous or []]
+    out = list(previous)
+    for mention in parse_objects(prompt):
+        if mention.colour is None and mention.shape is None:
+            continue
+        match = next((o for o in out if mention.colour and o["colour"] == mention.colour), None) or next(
+            (o for o in out if mention.colour is None and mention.shape and o["shape"] == mention.shape), None)
+        if match is None:
+            if len(out) == 3:
+                continue
+            match = {"colour": mention.colour, "shape": mention.shape, "direction": None,
+                     "stopped": False, "fast": False, "steer": False}
+            out.append(match)
+            fresh = True
+        else:
+            fresh = False
+        before = dict(match)
+        match["shape"] = mention.shape or match["shape"]
+        direction = mention.direction
+        if mention.motion in ("turn", "reverse") and not direction and match["direction"]:
+            direction = (_OPPOSITE if mention.motion == "reverse" else _TURN_CLOCKWISE)[match["direction"]]
+        if direction:
+            match["direction"], match["stopped"] = direction, False
+        if mention.motion == "stop":
+            match["stopped"] = True
+        elif mention.motion == "fast":
+            match["fast"], match["stopped"] = True, False
+        if not fresh and previous:
+            match["steer"] = any(before[k] != match[k] for k in ("direction", "stopped", "fast"))
+    return out
+
+
+class CausalPipeline:
+    def __init__(self, tokenizer: CausalVideoTokenizer, denoiser: ChunkDenoiser):
+        self.tokenizer, self.denoiser = tokenizer.eval(), denoiser.eval()
+
+    @classmethod
+    def from_pretrained(cls, path: str) -> "CausalPipeline":
+        return cls(CausalVideoTokenizer.from_pretrained(os.path.join(path, "tokenizer")),
+                   ChunkDenoiser.from_pretrained(os.path.join(path, "denoiser")))
+
+    def save_pretrained(self, path: str) -> None:
+        self.tokenizer.save_pretrained(os.path.join(path, "tokenizer"))
+        self.denoiser.save_pretrained(os.path.join(path, "denoiser"))
+
+    @torch.no_grad()
+    def encode_frames(self, frames: np.ndarray) -> torch.Tensor:
+        """T x H x W x 3 uint8 -> C x T x 16 x 16 latents."""
+        video = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2).float().div(127.5).sub(1.0)
+        video = F.interpolate(video.transpose(0, 1), size=(ENCODER_SIZE, ENCODER_SIZE), mode="area").transpose(0, 1)
+        return self.tokenizer.encode(video[None])[0]
+
+    @torch.no_grad()
+    def chunks(self, objects_at: Callable[[int], list], steps: int, generator: torch.Generator,
+               given: Optional[torch.Tensor] = None, source: Optional[torch.Tensor] = None, strength: float = 1.0,
+               should_cancel: Optional[CancelCheck] = None) -> Iterator[np.ndarray]:
+        """Endless: yields decoded 256x256 uint8 frames, chunk after chunk (the `given` latents'
+        frames first). `objects_at(i)` is chunk i's objects (`scene_objects`); `source` (C x T x
+        16 x 16) is redrawn from `strength` (video-to-video) while it lasts."""
+        cfg, tok = self.denoiser.config, self.tokenizer
+        cache = DecoderCache()
+        history = torch.zeros(1, cfg.latent_channels, 0, cfg.latent_size, cfg.latent_size)
+        if given is not None and given.shape[1]:
+            history = given[None]
+            yield self._decode(history, cache)
+        index = 0
+        while True:
+            if should_cancel is not None and should_cancel():
+                raise Cancelled()
+            ids, mask = object_ids(objects_at(index), cfg.max_objects)
+            context = history[:, :, -cfg.context:]
+            k = context.shape[2]
+            context = F.pad(context, (0, 0, 0, 0, cfg.context - k, 0))
+            context_mask = torch.arange(cfg.context) >= cfg.context - k
+            noise = torch.randn(1, cfg.latent_channels, cfg.chunk, cfg.latent_size, cfg.latent_size, generator=generator)
+            levels = sample_levels(steps)
+            start = index * cfg.chunk + (0 if given is None else given.shape[1])
+            x = noise
+            if source is not None and start < source.shape[1] and strength < 1.0:
+                piece = source[:, start:start + cfg.chunk]
+                piece = F.pad(piece, (0, 0, 0, 0, 0, cfg.chunk - piece.shape[1]), mode="replicate") \
+                    if piece.shape[1] < cfg.chunk else piece
+                levels = [strength * level for level in levels]
+                x = (1 - levels[0]) * piece[None] + levels[0] * noise
+            for i, level in enumerate(levels):
+                x0 = self.denoiser(x, torch.tensor([level]), ids[None], mask[None], context, context_mask[None])
+                following = levels[i + 1] if i + 1 < len(levels) else 0.0
+                eps = (x - (1 - level) * x0) / max(level, 1e-6)
+                x = (1 - following) * x0 + following * eps
+            latents = quantize(x0, tok.config.levels)
+            history = torch.cat([history, latents], dim=2)[:, :, -cfg.context:]
+            yield self._decode(latents, cache)
+            index += 1
+
+    def _decode(self, latents: torch.Tensor, cache: DecoderCache) -> np.ndarray:
+        video = self.tokenizer.decode(latents, cache)[0].clamp(-1, 1)
+        return ((video.permute(1, 2, 3, 0) + 1.0) * 127.5).round().to(torch.uint8).numpy()
+
+
+class BuiltinV3Backend(Backend):
+    max_start_frames = 4  # the denoiser's context
+
+    def __init__(self, path: Optional[str] = None, info: ModelInfo = INFO_V3):
+        super().__init__(info)
+        self.path = path or os.environ.get("BUILTIN_V3_MODEL_PATH") or WEIGHTS_V3
+        self.pipe: Optional[CausalPipeline] = None
+
+    def load(self) -> None:
+        self.pipe = CausalPipeline.from_pretrained(self.path)
+
+    def unload(self) -> None:
+        self.pipe = None
+
+    def _frames_and_source(self, req: GenerationRequest) -> tuple:
+        given = None
+        if req.start_frames is not None and len(req.start_frames):
+            given = self.pipe.encode_frames(np.asarray(req.start_frames)[-self.max_start_frames:])
+        elif req.image is not None:
+            given = self.pipe.encode_frames(np.asarray(req.image)[None])
+        source, strength = None, 1.0
+        if req.video is not None:
+            strength = DEFAULT_STRENGTH if req.strength is None else float(req.strength)
+            if not 0.0 <= strength <= 1.0:
+                raise GenerationError(f"strength must be between 0 and 1, got {strength}")
+            if len(req.video) != req.num_frames:
+                raise GenerationError(f"the source video has {len(req.video)} frames, the request asks "
+                                      f"for {req.num_frames}")
+            source = self.pipe.encode_frames(np.asarray(req.video))
+        return given, source, strength
+
+    def generate(self, request: GenerationRequest, progress: Optional[ProgressCallback] = None,
+                 should_cancel: Optional[CancelCheck] = None) -> GenerationResult:
+        if self.pipe is None:
+            self.load()
+        req = self.fill_defaults(request)
+        given, source, strength = self._frames_and_source(req)
+        if source is not None and strength == 0.0:
+            return GenerationResult(frames=np.array(req.video, dtype=np.uint8), fps=req.fps, seed=req.seed,
+                                    native_size=(256, 256))
+        objects = scene_objects(req.prompt)
+        made, total = [], 0
+        for frames in self.pipe.chunks(lambda i: objects, req.steps, torch.Generator().manual_seed(req.seed),
+                                       given, source, strength, should_cancel):
+            made.append(frames)
+            total += len(frames)
+            if progress is not None:
+                progress(min(total, req.num_frames), req.num_frames, None)
+            if total >= req.num_frames:
+                break
+        frames = np.concatenate(made)[:req.num_frames]
+        return GenerationResult(frames=resize_frames(frames, (req.height, req.width)), fps=req.fps, seed=req.seed,
+                                native_size=(256, 256))
+
+    def live_chunks(self, request: GenerationRequest, prompt_at: Callable[[int], str],
+                    should_cancel: Optional[CancelCheck] = None) -> Iterator[np.ndarray]:
+        """Endless video, one native chunk (4 frames) at a time; the prompt is read before each
+        chunk and a change steers the objects it names from that chunk on (`scene_objects`)."""
+        if self.pipe is None:
+            self.load()
+        req = self.fill_defaults(request)
+        given, _, _ = self._frames_and_source(req)
+        state = {"prompt": None, "objects": None}
+
+        def objects_at(index: int) -> list:
+            prompt = prompt_at(index)
+            if prompt != state["prompt"]:
+                state["objects"] = scene_objects(prompt, state["objects"])
+                state["prompt"] = prompt
+            else:
+                state["objects"] = [dict(o, steer=False) for o in state["objects"]]
+            return state["objects"]
+
+        first = True
+        for frames in self.pipe.chunks(objects_at, req.steps, torch.Generator().manual_seed(req.seed), given,
+                                       should_cancel=should_cancel):
+            if first and given is not None:  # the start frames are the caller's own
+                first = False
+                continue
+            first = False
+            yield resize_frames(frames, (req.height, req.width))

@@ -1,0 +1,170 @@
+"""What every family adapter shares: the `Family` description (data, read by the web process without
+torch) and the `FamilyAdapter` base class (how a family's pipelines take a request's inputs, run by the
+worker's DiffusersBackend).
+
+A family module (generator/families/<family>.py) defines its `FAMILIES`: one `Family` per checkpoint
+layout, each naming its pipeline kinds (diffusers class + the tasks it serves), frame and size rules,
+defaults, what it makes (sound), how it goes live, and its adapter class. Family modules import torch
+only inside the adapter's methods: the web process reads the descriptions and never loads a model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+from PIL import Image
+
+# t2v: prompt only; i2v: a start image; v2v: a source video moved away from by `strength`;
+# condition: given frames at the clip's start (continuation: long videos, key frames, live)
+TASKS = ("t2v", "i2v", "v2v", "condition")
+# how a live job runs on the family: "native" (the adapter's live_chunks drives the pipeline chunk by
+# chunk with its own history) or "continuation" (each chunk continues the last frames, generator.live)
+LIVE_MODES = ("native", "continuation")
+
+
+@dataclass(frozen=True)
+class PipelineKind:
+    """One diffusers pipeline class of a family and the tasks it serves."""
+
+    cls: str
+    tasks: tuple
+    # kinds with the same checkpoint tag load from one folder (the second through from_pipe)
+    checkpoint: str = "base"
+
+
+@dataclass(frozen=True)
+class Family:
+    """What a family's checkpoints accept and default to (diffusers 0.42.1 + the models' cards)."""
+
+    name: str
+    description: str
+    kinds: dict  # kind name ("pipeline" in the configuration) -> PipelineKind
+    vae: str  # diffusers VAE class (loaded on its own when vae_dtype differs)
+    frame_multiple: int  # num_frames = frame_multiple * k + frame_offset
+    frame_offset: int
+    min_frames: int
+    max_frames: int
+    size_multiple: int
+    max_size: int
+    default_width: int
+    default_height: int
+    default_frames: int
+    default_steps: int
+    default_guidance: float
+    default_fps: float
+    adapter: type = None  # the FamilyAdapter subclass that runs its pipelines (FamilyAdapter when None)
+    min_size: int = 64
+    audio: bool = False  # the pipeline returns a sound track with the video
+    upsampler: Optional[str] = None  # latent upsample pipeline class, loaded from the entry's "upsampler" folder
+    vae_dtype: Optional[str] = None  # default VAE dtype when the entry names none
+
+    def tasks(self, kinds) -> set:
+        return {task for kind in kinds for task in self.kinds[kind].tasks}
+
+    @property
+    def live(self) -> str:
+        return (self.adapter or FamilyAdapter).live
+
+
+def check_family(fam: Family) -> Family:
+    """A family description is code, but a wrong one would only fail on a GPU host: check it here."""
+    problems = []
+    for kind, pk in fam.kinds.items():
+        if not kind.startswith(fam.name):
+            problems.append(f"kind {kind!r} should start with the family name")
+        if not pk.tasks or set(pk.tasks) - set(TASKS):
+            problems.append(f"kind {kind!r}: tasks must be some of {TASKS}, got {pk.tasks}")
+    if fam.live not in LIVE_MODES:
+        problems.append(f"live must be one of {LIVE_MODES}")
+    if not (1 <= fam.frame_multiple and 0 <= fam.frame_offset and fam.min_frames <= fam.default_frames <= fam.max_frames):
+        problems.append("frame rule / default frames out of order")
+    for n in (fam.min_frames, fam.max_frames, fam.default_frames):
+        if (n - fam.frame_offset) % fam.frame_multiple:
+            problems.append(f"{n} frames break its own rule {fam.frame_multiple}k+{fam.frame_offset}")
+    for side in (fam.default_width, fam.default_height, fam.max_size):
+        if side % fam.size_multiple or not fam.min_size <= side <= fam.max_size:
+            problems.append(f"size {side} breaks its own rule (multiple of {fam.size_multiple})")
+    if problems:
+        raise ValueError(f"family {fam.name!r}: " + "; ".join(problems))
+    return fam
+
+
+def pil(frame: np.ndarray, size: Optional[tuple] = None) -> Image.Image:
+    """H x W x 3 uint8 -> RGB PIL image, resized to (width, height) when given."""
+    image = Image.fromarray(np.asarray(frame, dtype=np.uint8)).convert("RGB")
+    return image if size is None or image.size == size else image.resize(size, Image.Resampling.BICUBIC)
+
+
+class FamilyAdapter:
+    """How one family's pipelines are driven. The defaults fit the common diffusers layout (a start
+    image as `image`, a source video as `video` + `strength`, latents [B, C, F, H, W] normalised with
+    the VAE's mean/std or scaling factor); a family overrides what differs. `backend` is the
+    DiffusersBackend running it (config, loaded pipes, `run`)."""
+
+    live = "continuation"
+
+    def __init__(self, backend):
+        self.backend = backend
+        self.config = backend.config
+        self.family: Family = backend.family
+
+    # ---------------------------------------------------------------- capabilities
+    def capabilities(self) -> dict:
+        """Optional backend methods this family offers for this configuration (generator.longvideo,
+        generator.live): name -> callable. A configured condition pipeline continues a clip natively."""
+        return {"continuation_frames": self.continuation_frames} if "condition" in self.config.tasks else {}
+
+    def continuation_frames(self, overlap: int, num_frames: int) -> int:
+        """Frames of the previous chunk a continuation is conditioned on: the smallest count of the
+        family's frame rule (LTX 8k+1: whole latent frames) >= overlap that leaves a latent frame to make."""
+        fam = self.family
+        k = fam.frame_offset + fam.frame_multiple * max(0, -(-(overlap - fam.frame_offset) // fam.frame_multiple))
+        return k if k <= num_frames - fam.frame_multiple else 0
+
+    # ---------------------------------------------------------------- loading
+    def check_shared(self, pipe, kind: str) -> None:
+        """Raise GenerationError when `kind` cannot run on the components loaded for the first kind."""
+
+    # ---------------------------------------------------------------- a request -> pipeline arguments
+    def task_inputs(self, pipe, task: str, req) -> dict:
+        """The pipeline arguments that carry the request's image / frames / source video."""
+        size = (req.width, req.height)
+        if task == "t2v":
+            return {}
+        if task == "i2v":
+            return {"image": pil(req.image, size)}
+        if task == "v2v":
+            return {"video": [pil(f, size) for f in req.video], "strength": req.strength}
+        raise NotImplementedError(f"{self.family.name} has no {task} task")  # the family's tasks exclude it
+
+    def call_arguments(self, req) -> dict:
+        """Arguments of every call beyond the common ones (prompt, size, frames, steps, guidance...)."""
+        return {}
+
+    def one_clip(self, task: str, call: dict, req) -> int:
+        """Adjust `call` for one clip of req.num_frames; returns how many frames the pipeline returns."""
+        return req.num_frames
+
+    # ---------------------------------------------------------------- latents (previews)
+    def normalised_latents(self, pipe, z):
+        """Raw VAE latents [B, C, F, H, W] -> the normalised space the pipeline denoises in."""
+        import torch
+
+        vae = pipe.vae
+        mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
+        if mean is not None and std is not None:  # Wan's VAE and its descendants
+            mean = torch.tensor(mean).view(1, -1, 1, 1, 1).to(z)
+            std = torch.tensor(std).view(1, -1, 1, 1, 1).to(z)
+            return (z - mean) / std
+        return z * vae.config.scaling_factor
+
+    def latent_grid(self, pipe, latents, req):
+        """The step callback's latents -> C x F x H x W (first batch item)."""
+        return latents[0]
+
+    # ---------------------------------------------------------------- shared rules
+    def rule_frames(self, available: int) -> int:
+        """The most trailing frames (<= available) fitting the family's frame rule (LTX: 8k+1)."""
+        fam = self.family
+        return fam.frame_offset + fam.frame_multiple * ((available - fam.frame_offset) // fam.frame_multiple)

@@ -1,0 +1,236 @@
+"""Built-in model v3 (issue 27): the prompt splitter, the endless world, the causal tokenizer and the
+chunk-causal denoiser. CPU only and small: tiny configurations, a few frames."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from generator.builtin import world
+from generator.builtin.text import object_phrases, parse_objects
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------------ phrasing
+def asked(prompt):
+    return [(o.colour, o.shape, o.direction) for o in parse_objects(prompt)]
+
+
+@pytest.mark.parametrize("prompt, objects", [
+    # joined by words that appear in no list of the code
+    ("a red circle going left with a blue square going up", [("red", "circle", "left"), ("blue", "square", "up")]),
+    ("green triangle moving right plus a yellow circle moving down",
+     [("green", "triangle", "right"), ("yellow", "circle", "down")]),
+    # the direction before the object, the colour after the shape
+    ("left-moving green circle next to an upward white square", [("green", "circle", "left"), ("white", "square", "up")]),
+    ("a circle in magenta going right together with a square in yellow going left",
+     [("magenta", "circle", "right"), ("yellow", "square", "left")]),
+    # three objects, and one
+    ("white circle going down, yellow square going right, cyan triangle going left",
+     [("white", "circle", "down"), ("yellow", "square", "right"), ("cyan", "triangle", "left")]),
+    ("there is a red circle and it travels left", [("red", "circle", "left")]),
+])
+def test_objects_are_split_by_their_colour_and_shape_mentions(prompt, objects):
+    assert asked(prompt) == objects
+    phrases = object_phrases(prompt)
+    assert len(phrases) == len(objects)
+    if len(objects) > 1:
+        assert phrases == [f"a {c} {s} moving {d}" for c, s, d in objects]
+
+
+def test_every_caption_of_the_world_splits_into_its_objects_with_their_own_attributes():
+    rng = random.Random(4)
+    for i in range(300):
+        scene = world.sample_scene(rng, 16, two_shapes_prob=0.5)
+        prompt = world.caption(scene, rng, held_out=i % 2 == 0)
+        assert asked(prompt) == [(m.colour, m.shape, m.direction) for m in scene], prompt
+
+
+def test_a_prompt_without_objects_or_with_more_than_three_stays_usable():
+    assert object_phrases("") == [""]
+    assert object_phrases("something abstract") == ["something abstract"]
+    four = "a red circle, a blue square, a green triangle and a white circle, all moving left"
+    assert len(parse_objects(four)) == 3
+    steer = parse_objects("now the red circle stops")
+    assert (steer[0].colour, steer[0].shape, steer[0].motion) == ("red", "circle", "stop")
+
+
+# ------------------------------------------------------------------ the endless world
+def test_shapes_bounce_off_the_edges_and_stay_in_view_forever():
+    rng = random.Random(1)
+    scenes = [world.sample_scene(rng, 16, two_shapes_prob=0.5) for _ in range(4)]
+    clips = world.render(scenes, 240, 32, bounce=True)  # 30 s at 8 fps
+    visible = (clips.amax(dim=1) > -0.45).flatten(2).sum(-1)  # B x T shape pixels
+    assert (visible > 0).all()
+    straight = world.render(scenes, 240, 32)  # the v2 world: they leave
+    assert ((straight.amax(dim=1) > -0.45).flatten(2).sum(-1) == 0).any()
+    path = world.simulate([world.ShapeMotion("red", "circle", "right", 8, 50, 32, 2.0)], 12)[0]
+    xs = [x for x, _ in path]
+    assert max(xs) <= 56 and xs[-1] < xs[3]  # turned back at the right edge
+
+
+def test_bounce_leaves_the_v2_world_unchanged_while_paths_stay_inside():
+    rng = random.Random(2)
+    scenes = [world.sample_scene(rng, 16, two_shapes_prob=0.5) for _ in range(8)]
+    assert (world.render(scenes, 16, 64) - world.render(scenes, 16, 64, bounce=True)).abs().max() < 1e-4
+
+
+def test_events_stop_turn_and_speed_up_a_shape():
+    m = world.ShapeMotion("red", "circle", "right", 8, 20, 32, 1.5)
+    events = [world.Event(4, 0, "go", "up"), world.Event(8, 0, "stop"), world.Event(10, 0, "go", "left"),
+              world.Event(12, 0, "faster")]
+    path = world.simulate([m], 16, events)[0]
+    (x3, y3), (x7, y7), (x9, y9), (x11, _), (x12, _), (x15, _) = (path[i] for i in (3, 7, 9, 11, 12, 15))
+    assert x7 == x3 and y7 < y3  # turned up at frame 4
+    assert path[8] == (x9, y9) == path[9]  # stopped
+    assert x11 < x9  # going left
+    assert (x12 - x15) / 3 == pytest.approx(1.5 * world.SPEED_UP)  # faster
+
+
+# ------------------------------------------------------------------ the causal tokenizer
+def tiny_tokenizer(seed=0):
+    from generator.builtin.tokenizer import CausalVideoTokenizer
+
+    torch.manual_seed(seed)
+    return CausalVideoTokenizer(latent_channels=4, levels=5, channels=(8, 8, 8), head_channels=8).eval()
+
+
+def test_tokenizer_quantizes_to_its_levels_and_passes_gradients_straight_through():
+    from generator.builtin.tokenizer import quantize
+
+    z = torch.linspace(-1.5, 1.5, 31, requires_grad=True)
+    q = quantize(z, 5)
+    assert set(torch.round(q.detach() * 2).tolist()) <= {-2.0, -1.0, 0.0, 1.0, 2.0}
+    q.sum().backward()
+    assert torch.equal(z.grad, ((z >= -1) & (z <= 1)).float())  # straight through inside the clip
+
+
+def test_a_later_latent_never_changes_an_earlier_decoded_frame_and_streaming_matches_whole_decoding():
+    from generator.builtin.tokenizer import DecoderCache
+
+    tokenizer = tiny_tokenizer()
+    with torch.no_grad():
+        for module in tokenizer.modules():  # large weights, so any leak would show
+            if isinstance(module, (torch.nn.Conv3d, torch.nn.Conv2d)):
+                module.weight.normal_(0, 0.5)
+        latents = tokenizer.encode(torch.rand(1, 3, 6, 64, 64) * 2 - 1)
+        whole = tokenizer.decode(latents)
+        changed = latents.clone()
+        changed[:, :, 4:] = -changed[:, :, 4:]  # other future latents
+        assert torch.equal(tokenizer.decode(changed)[:, :, :4], whole[:, :, :4])
+        assert (tokenizer.decode(changed)[:, :, 4:] - whole[:, :, 4:]).abs().max() > 0.1
+        cache = DecoderCache()
+        streamed = torch.cat([tokenizer.decode(latents[:, :, i:i + 1], cache) for i in range(6)], dim=2)
+    assert whole.shape == (1, 3, 6, 256, 256)
+    assert (streamed - whole).abs().max() < 1e-4
+
+
+def test_the_encoder_reads_each_frame_alone_and_the_tokenizer_round_trips_through_save_pretrained(tmp_path):
+    from generator.builtin.tokenizer import CausalVideoTokenizer
+
+    tokenizer = tiny_tokenizer()
+    video = torch.rand(1, 3, 5, 64, 64) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(tokenizer.encode(video)[:, :, 2:], tokenizer.encode(video[:, :, 2:]))
+        tokenizer.save_pretrained(tmp_path / "tok")
+        again = CausalVideoTokenizer.from_pretrained(tmp_path / "tok")
+        assert torch.equal(again(video), tokenizer(video))
+    assert tokenizer.compression_ratio() == pytest.approx(256 * 256 * 24 / (16 * 16 * 4 * np.log2(5)))
+
+
+# ------------------------------------------------------------------ the chunk denoiser and its backend
+def test_a_steer_updates_the_objects_it_names_and_keeps_the_others():
+    from generator.builtin.backend_v3 import scene_objects
+
+    first = scene_objects("a red circle moving right and a blue square moving down")
+    assert [(o["colour"], o["shape"], o["direction"], o["steer"]) for o in first] == [
+        ("red", "circle", "right", False), ("blue", "square", "down", False)]
+    turned = scene_objects("now the red circle moves up", first)
+    assert [(o["colour"], o["direction"], o["steer"]) for o in turned] == [("red", "up", True), ("blue", "down", False)]
+    stopped = scene_objects("the blue square stops", turned)
+    assert [(o["colour"], o["stopped"], o["steer"]) for o in stopped] == [("red", False, False), ("blue", True, True)]
+    faster = scene_objects("the red circle speeds up", stopped)
+    assert faster[0]["fast"] and faster[0]["steer"] and faster[1]["stopped"] and not faster[1]["steer"]
+    around = scene_objects("the red circle turns around", faster)
+    assert around[0]["direction"] == "down" and around[0]["steer"]
+    same = scene_objects("now the red circle moves down", around)
+    assert not same[0]["steer"]  # nothing it asks changed
+
+
+@pytest.fixture(scope="module")
+def tiny_v3(tmp_path_factory):
+    from generator.builtin.backend_v3 import BuiltinV3Backend, CausalPipeline
+    from generator.builtin.causal import ChunkDenoiser
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("v3")
+    CausalPipeline(tiny_tokenizer(), ChunkDenoiser(latent_channels=4, dim=32, layers=1, heads=2)).save_pretrained(folder)
+    backend = BuiltinV3Backend(str(folder))
+    backend.load()
+    return backend
+
+
+def test_v3_makes_text_image_and_video_to_video_clips_chunk_after_chunk(tiny_v3):
+    from generator.interface import GenerationRequest
+
+    def generate(**kw):
+        return tiny_v3.generate(GenerationRequest(prompt="a red circle moving left", seed=3, **kw)).frames
+
+    clip = generate(num_frames=10)
+    assert clip.shape == (10, 256, 256, 3) and clip.dtype == np.uint8
+    assert np.array_equal(generate(num_frames=10), clip)  # the seed decides
+    assert generate(num_frames=6, width=128, height=64).shape == (6, 64, 128, 3)
+    from_image = generate(num_frames=6, image=clip[0])
+    assert from_image.shape == (6, 256, 256, 3)
+    continued = generate(num_frames=8, start_frames=clip[-3:])
+    assert continued.shape == (8, 256, 256, 3)
+    assert np.array_equal(generate(num_frames=10, video=clip, strength=0.0), clip)
+    assert generate(num_frames=10, video=clip, strength=0.5).shape == (10, 256, 256, 3)
+
+
+def test_v3_live_chunks_read_the_prompt_before_each_chunk_and_never_end_by_themselves(tiny_v3):
+    from generator.interface import GenerationRequest
+
+    asked = []
+
+    def prompt_at(index):
+        asked.append(index)
+        return "a red circle moving left" if index < 2 else "now the red circle moves up"
+
+    chunks = tiny_v3.live_chunks(GenerationRequest(prompt="a red circle moving left", seed=1), prompt_at)
+    frames = [next(chunks) for _ in range(5)]
+    chunks.close()
+    assert [f.shape for f in frames] == [(4, 256, 256, 3)] * 5
+    assert asked == [0, 1, 2, 3, 4]
+
+
+def test_the_chunk_denoiser_attends_to_its_context_and_its_objects(tiny_v3):
+    from generator.builtin.causal import object_ids
+
+    model = tiny_v3.pipe.denoiser
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+        noisy = torch.randn(1, 4, 4, 16, 16)
+        ids, mask = object_ids([{"colour": "red", "shape": "circle", "direction": "left"}], 3)
+        other, _ = object_ids([{"colour": "blue", "shape": "circle", "direction": "left"}], 3)
+        context = torch.randn(1, 4, 4, 16, 16)
+        given = torch.tensor([[False, False, True, True]])
+        base = model(noisy, torch.tensor([0.5]), ids[None], mask[None], context, given)
+        assert (model(noisy, torch.tensor([0.5]), other[None], mask[None], context, given) - base).abs().max() > 1e-5
+        moved = context.clone()
+        moved[:, :, 3] += 1
+        assert (model(noisy, torch.tensor([0.5]), ids[None], mask[None], moved, given) - base).abs().max() > 1e-5
+        hidden = context.clone()
+        hidden[:, :, :2] += 1  # frames marked as not given are not read (a float-noise bound: 0 in exact math)
+        assert torch.allclose(model(noisy, torch.tensor([0.5]), ids[None], mask[None], hidden, given), base, atol=1e-6)

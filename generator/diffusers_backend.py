@@ -29,7 +29,7 @@ import logging
 import math
 import os
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -303,6 +303,8 @@ class DiffusersBackend(Backend):
         a start image -> i2v; nothing -> t2v. Raises GenerationError when this model cannot."""
         tasks, name = self.config.tasks, self.config.name
         if req.video is not None:
+            if "v2v" not in tasks and "condition" in tasks and self.family.continues_video:
+                return "condition"
             if "v2v" not in tasks:
                 raise GenerationError(f"model {name} cannot take a source video (video-to-video); "
                                       f"its pipelines: {', '.join(self.config.kinds)}")
@@ -320,6 +322,11 @@ class DiffusersBackend(Backend):
         return "t2v"
 
     # ------------------------------------------------------------------ generation
+    @staticmethod
+    def call_parameters(pipe) -> set:
+        """The argument names a pipeline's call takes."""
+        return set(inspect.signature(pipe.__call__).parameters)
+
     def pipe_for(self, task: str):
         """The loaded pipeline of the configured kind serving `task` (loads the model when needed)."""
         if not self.pipes:
@@ -351,14 +358,17 @@ class DiffusersBackend(Backend):
                                     seed=int(req.seed), native_size=(req.height, req.width))
         pipe = self.pipe_for(task)
         call = self.adapter.task_inputs(pipe, task, req)
-        made = self.adapter.one_clip(task, call, req)
-        result = self.run(pipe, task, req, call, progress, should_cancel, num_frames=made)
-        result.frames = result.frames[-req.num_frames:]
+        clip = self.adapter.one_clip(task, call, req)
+        result = self.run(pipe, task, req, call, progress, should_cancel, total_steps=clip.steps,
+                          num_frames=clip.frames)
+        result.frames = result.frames[clip.keep]
         return result
 
     def run(self, pipe, task: str, req: GenerationRequest, call: dict, progress, should_cancel,
-            total_steps: Optional[int] = None, num_frames: Optional[int] = None) -> GenerationResult:
-        """One pipeline call: the common arguments, the configured ones, then `call` (the task's)."""
+            total_steps: Optional[int] = None, num_frames: Optional[int] = None,
+            on_latents: Optional[Callable] = None) -> GenerationResult:
+        """One pipeline call: the common arguments, the configured ones, then `call` (the task's).
+        `on_latents` sees the latents after every step (the last: the clip's final latents)."""
         cfg = self.config
         if not self._preview_ready and progress is not None:
             self._calibrate_preview(pipe)
@@ -370,6 +380,8 @@ class DiffusersBackend(Backend):
             if should_cancel is not None and should_cancel():
                 raise Cancelled()
             steps_done[0] += 1
+            if on_latents is not None:
+                on_latents(kwargs["latents"])
             if progress is not None:
                 latents = kwargs.get("latents")
                 preview = None if latents is None else self._preview(p, latents, req)

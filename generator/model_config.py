@@ -309,7 +309,7 @@ class ModelConfig:
             name=self.name,
             description=self.description or f"{fam.description}: {' + '.join(self.kinds)} from {self.path}",
             supports_image="i2v" in tasks,
-            supports_video="v2v" in tasks,
+            supports_video="v2v" in tasks or ("condition" in tasks and fam.continues_video),
             has_audio=fam.audio,
             native_size=(height, width),
             default_frames=d.frames or fam.default_frames,
@@ -332,6 +332,7 @@ class ModelConfig:
                 "family": self.family,
                 "pipelines": list(self.kinds),
                 "tasks": sorted(tasks, key=TASKS.index),
+                "task_inputs": fam.task_needs(sorted(tasks, key=TASKS.index)),
                 "requires_image": "t2v" not in tasks,
                 "live": fam.live,  # "native": made chunk by chunk with the model's own history
                 "upsampler": self.upsampler is not None,

@@ -40,6 +40,9 @@ MODELS = {
     "tiny-wan22-a14b": ("wan2.2-a14b", ["wan", "wan-v2v"], {}),
     "tiny-vace": ("wan-vace", "wan-vace", {}),
     "tiny-skyreels": ("skyreels-v2", ["skyreels-v2", "skyreels-v2-i2v", "skyreels-v2-v2v"], {}),
+    "tiny-helios": ("helios", "helios", {"pipeline_kwargs": {"num_latent_frames_per_chunk": 3}}),  # 9-frame chunks
+    # three resolution stages: sizes are multiples of 64
+    "tiny-helios-pyramid": ("helios-pyramid", "helios-pyramid", {"defaults": {**DEFAULTS, "width": 64, "height": 64}}),
 }
 # (model, task, pipeline class it runs, frames, steps, strength)
 CASES = [
@@ -63,6 +66,13 @@ CASES = [
     ("tiny-skyreels", "t2v", "SkyReelsV2DiffusionForcingPipeline", 9, 2, None),
     ("tiny-skyreels", "i2v", "SkyReelsV2DiffusionForcingImageToVideoPipeline", 9, 2, None),
     ("tiny-skyreels", "condition", "SkyReelsV2DiffusionForcingVideoToVideoPipeline", 17, 2, None),
+    ("tiny-helios", "t2v", "HeliosPipeline", 9, 2, None),
+    ("tiny-helios", "i2v", "HeliosPipeline", 9, 2, None),
+    ("tiny-helios", "condition", "HeliosPipeline", 9, 2, None),
+    ("tiny-helios", "t2v", "HeliosPipeline", 21, 2, None),  # three chunks of 9 frames, cut to 21
+    ("tiny-helios-pyramid", "t2v", "HeliosPyramidPipeline", 9, 3, None),  # one step per stage
+    ("tiny-helios-pyramid", "i2v", "HeliosPyramidPipeline", 9, 3, None),
+    ("tiny-helios-pyramid", "condition", "HeliosPyramidPipeline", 9, 3, None),
 ]
 
 
@@ -100,13 +110,13 @@ def pattern(seed: int, frames: int = 9, size: int = 32) -> np.ndarray:
     return out[0] if frames == 0 else out
 
 
-def inputs(task: str, frames: int, seed: int, strength) -> dict:
+def inputs(task: str, frames: int, seed: int, strength, size: int = 32) -> dict:
     if task == "i2v":
-        return {"image": pattern(seed, 0)}
+        return {"image": pattern(seed, 0, size)}
     if task == "condition":
-        return {"start_frames": pattern(seed, 9)}
+        return {"start_frames": pattern(seed, 9, size)}
     if task == "v2v":
-        return {"video": pattern(seed, frames), "strength": strength}
+        return {"video": pattern(seed, frames, size), "strength": strength}
     return {}
 
 
@@ -115,18 +125,20 @@ def inputs(task: str, frames: int, seed: int, strength) -> dict:
 def test_family_task_generates_through_the_backend(backends, name, task, cls, frames, steps, strength):
     backend = backends(name)
     assert task in backend.info.extra["tasks"]
+    size = backend.info.default_width
     calls = []
     req = GenerationRequest("a red ball moving right", num_frames=frames, steps=steps, seed=3,
-                            **inputs(task, frames, 1, strength))
+                            **inputs(task, frames, 1, strength, size))
     result = backend.generate(req, progress=lambda s, t, p: calls.append((s, t, p)))
-    assert result.frames.shape == (frames, 32, 32, 3) and result.frames.dtype == np.uint8
+    assert result.frames.shape == (frames, size, size, 3) and result.frames.dtype == np.uint8
     assert backend.calls[-1] == (cls, task)
     expected_steps = int(steps * strength) if task == "v2v" and name != "tiny-vace" else steps
+    expected_steps *= -(-frames // 9) if name == "tiny-helios" else 1  # one pipeline call: its chunks' steps
     assert [(s, t) for s, t, _ in calls] == [(i, expected_steps) for i in range(1, expected_steps + 1)]
     assert all(p is not None and p.dtype == np.uint8 and p.shape[-1] == 3 for _, _, p in calls)
     if task != "t2v":  # the input decides the result: another one, another video; the same, the same
         other = backend.generate(GenerationRequest(req.prompt, num_frames=frames, steps=steps, seed=3,
-                                                   **inputs(task, frames, 2, strength)))
+                                                   **inputs(task, frames, 2, strength, size)))
         # by whole grey levels on average: float noise (CPU rounding) moves a few pixels by one level
         assert np.abs(other.frames.astype(np.int16) - result.frames).mean() > 1.0
         assert np.array_equal(backend.generate(req).frames, result.frames)
@@ -141,7 +153,8 @@ def test_cancel_interrupts_between_steps_and_the_backend_serves_on(backends, nam
     with pytest.raises(Cancelled):
         backend.generate(req, progress=lambda s, t, p: steps.append(s), should_cancel=lambda: len(steps) >= 1)
     assert steps == [1]
-    assert backend.generate(req).frames.shape == (9, 32, 32, 3)
+    size = backend.info.default_width
+    assert backend.generate(req).frames.shape == (9, size, size, 3)
 
 
 def test_model_info_follows_the_family(configs):
@@ -305,3 +318,66 @@ def test_a_new_family_is_one_description(monkeypatch):
     assert info.extra["live"] == "continuation"
     with pytest.raises(ValueError, match="32 frames break its own rule"):
         check_family(mc.Family(**{**fam.__dict__, "default_frames": 32}))
+
+
+# ------------------------------------------------------------------ live: Helios chunk by chunk
+def test_helios_live_chunks_follow_the_prompt_in_force(backends):
+    """Each chunk is yielded as soon as it is made (before the next chunk's prompt is asked), and is made
+    with the embeddings of the prompt in force when it starts: a steer after chunk 1 changes what the
+    transformer is given from chunk 2 on, and only from there."""
+    backend = backends("tiny-helios")
+    assert backend.live_mode == "native" and backend.info.extra["live"] == "native"
+    backend.load()
+    pipe = backend.pipes["helios"]
+    seen = []  # the prompt embeddings of every transformer pass (no guidance: one pass per step)
+    hook = pipe.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["encoder_hidden_states"].clone()), with_kwargs=True)
+    asked = []
+
+    def prompt_at(i):
+        asked.append(i)
+        return "a red ball moving right" if i < 2 else "a blue cat moving up"
+
+    req = GenerationRequest("a red ball moving right", steps=2, seed=3, guidance_scale=1.0)
+    try:
+        chunks = backend.live_chunks(req, prompt_at)
+        frames = []
+        for i in range(4):
+            frames.append(next(chunks))
+            assert max(asked) == i  # chunk i came out before chunk i + 1 was started
+        chunks.close()
+    finally:
+        hook.remove()
+    assert all(f.shape == (9, 32, 32, 3) and f.dtype == np.uint8 for f in frames)
+    assert len(seen) == 4 * 2
+    per_chunk = seen[::2]
+    filled = backend.checked(req)
+    red, blue = (backend.adapter.encode(pipe, p, filled)["prompt_embeds"] for p in ("a red ball moving right",
+                                                                                    "a blue cat moving up"))
+    assert torch.equal(per_chunk[0], red) and torch.equal(per_chunk[1], red)
+    assert torch.equal(per_chunk[2], blue) and torch.equal(per_chunk[3], blue)
+    assert not torch.allclose(red, blue)
+    # chunk 0 is what generate() makes for the same request: one pipeline call per chunk changes nothing
+    assert np.array_equal(frames[0], backend.generate(req).frames)
+
+
+def test_helios_live_chunks_continue_their_own_history(backends):
+    """Chunk 1 is made from chunk 0's latents: with the same prompt and seed, another chunk 0 (made under
+    another prompt) gives another chunk 1; a start image leads the first chunk."""
+    backend = backends("tiny-helios")
+    req = GenerationRequest("a red ball moving right", steps=2, seed=3, guidance_scale=1.0)
+
+    def two_chunks(first_prompt, **extra):
+        chunks = backend.live_chunks(GenerationRequest(**{**req.__dict__, **extra}),
+                                     lambda i: first_prompt if i == 0 else req.prompt)
+        made = [next(chunks), next(chunks)]
+        chunks.close()
+        return made
+
+    same = two_chunks(req.prompt)
+    other = two_chunks("a blue cat moving up")
+    assert np.abs(other[0].astype(np.int16) - same[0]).mean() > 1.0
+    assert np.abs(other[1].astype(np.int16) - same[1]).mean() > 1.0
+    image_a, image_b = two_chunks(req.prompt, image=pattern(1, 0)), two_chunks(req.prompt, image=pattern(2, 0))
+    assert np.abs(image_a[0].astype(np.int16) - image_b[0]).mean() > 1.0
+    assert np.abs(image_a[1].astype(np.int16) - image_b[1]).mean() > 1.0

@@ -1,5 +1,6 @@
-"""Today's model families through the whole service, on CPU: LTX-2 with its sound track, the Wan 2.2
-TI2V-5B text- and image-to-video pair, and Wan video-to-video (Wan 2.2 A14B's two-expert layout).
+"""Model families through the whole service, on CPU: LTX-2 with its sound track, the Wan 2.2 TI2V-5B
+text- and image-to-video pair, Wan video-to-video (Wan 2.2 A14B's two-expert layout), and Helios (base
+and pyramid: text-to-video, image-to-video, and its video-to-video, which continues a source video).
 
 The checkpoints are tiny random instances of the real diffusers / transformers classes saved as
 pipeline folders (tests/tiny_checkpoints.py), named in this stack's models.json like an operator's;
@@ -29,6 +30,8 @@ MODELS = {  # name -> (checkpoint builder, pipeline kinds)
     "tiny-ltx2": ("ltx2", ["ltx2", "ltx2-i2v"]),
     "tiny-wan22": ("wan2.2-ti2v", ["wan2.2", "wan2.2-i2v"]),
     "tiny-wan-v2v": ("wan2.2-a14b", ["wan", "wan-v2v"]),
+    "tiny-helios": ("helios", "helios"),
+    "tiny-helios-pyramid": ("helios-pyramid", "helios-pyramid"),
 }
 QUEUE = "tiny-families"
 JOB = {"num_frames": 17, "width": 32, "height": 32, "steps": 2, "fps": 8, "seed": 4}
@@ -44,7 +47,8 @@ def stack(tmp_path_factory):
     for name, (builder, kinds) in MODELS.items():
         save_tiny_checkpoint(builder, str(tmp / "checkpoints" / name))
         models[name] = {"path": f"checkpoints/{name}", "pipeline": kinds, "dtype": "float32", "limits": SMALL,
-                        "defaults": {"steps": 2, "width": 32, "height": 32, "frames": 17, "fps": 8},
+                        "defaults": {"steps": 2, "width": 32, "height": 32, "frames": 17, "fps": 8,
+                                     **({"width": 64, "height": 64} if builder == "helios-pyramid" else {})},
                         "max_sequence_length": 16, "queue": QUEUE}
     print(f"tiny checkpoints built in {time.monotonic() - t0:.1f} s")
     svc = Stack(tmp, models=models)
@@ -83,10 +87,10 @@ def fetch_video(svc, done: dict) -> bytes:
     return body
 
 
-def png_b64(seed: int) -> str:
+def png_b64(seed: int, size: int = 32) -> str:
     rng = np.random.default_rng(seed)
     buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buf, format="PNG")
+    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buf, format="PNG")
     return base64.b64encode(buf.getvalue()).decode()
 
 
@@ -177,3 +181,42 @@ def test_cancel_a_running_family_job(stack):
     events = run(scenario())
     assert events[-1]["type"] == "cancelled", events[-1]
     assert max(m["step"] for m in events if m["type"] == "progress") < 1000
+
+
+def distance(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a.astype(int) - b.astype(int)).mean())
+
+
+def test_models_describe_what_each_task_needs_and_how_they_go_live(stack):
+    status, _, body = http("GET", stack.base + "/api/models")
+    models = {m["name"]: m for m in json.loads(body)["models"]}
+    helios = models["tiny-helios"]
+    assert helios["extra"]["tasks"] == ["t2v", "i2v", "condition"] and helios["supports_video"] is True
+    assert helios["extra"]["live"] == "native" and models["tiny-wan22"]["extra"]["live"] == "continuation"
+    assert "continues" in helios["extra"]["task_inputs"]["condition"]
+    assert "start image" in models["tiny-wan22"]["extra"]["task_inputs"]["i2v"]
+    assert "strength" in models["tiny-wan-v2v"]["extra"]["task_inputs"]["v2v"]
+
+
+@pytest.mark.parametrize("model, size", [("tiny-helios", 32), ("tiny-helios-pyramid", 64)])
+def test_helios_text_image_and_video_continuation_jobs(stack, model, size):
+    """Helios's three tasks as jobs: text, a start image (two images, two videos), and its video-to-video:
+    a source video (a finished job's) continued: another source, another continuation."""
+    job = {"model": model, "width": size, "height": size, "steps": 3}
+    first = watch(stack, {"t2v": {**job}, "t2v-other": {**job, "prompt": "a blue cat moving up"}})
+    sources = {key: completed(events) for key, events in first.items()}
+    out = watch(stack, {
+        "i2v": {**job, "image": png_b64(1, size)},
+        "i2v-other": {**job, "image": png_b64(2, size)},
+        "continue": {**job, "source_job_id": sources["t2v"]["job_id"]},
+        "continue-other": {**job, "source_job_id": sources["t2v-other"]["job_id"]},
+    })
+    videos = {key: decode_video(fetch_video(stack, done))[0] for key, done in sources.items()}
+    for key, events in out.items():
+        done = completed(events)
+        videos[key] = decode_video(fetch_video(stack, done))[0]
+        assert videos[key].shape == (17, size, size, 3)
+    assert started(out["i2v"])["params"]["image"] is True
+    assert distance(videos["i2v"], videos["i2v-other"]) > 1.0  # by whole grey levels, not float noise
+    assert distance(videos["continue"], videos["continue-other"]) > 1.0
+    assert distance(videos["continue"], videos["t2v"]) > 1.0  # the frames that follow, not the source again

@@ -287,6 +287,43 @@ def skyreels_v2_pipeline():
                                               **_text_components(umt5=True))
 
 
+# ------------------------------------------------------------------ Helios (chunk-causal, history latents)
+def _helios_components(stages: int):
+    from diffusers import HeliosScheduler, HeliosTransformer3DModel
+
+    torch.manual_seed(0)
+    transformer = HeliosTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
+        text_dim=TEXT_DIM, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+        rope_dim=(4, 4, 4), has_multi_term_memory_patch=True, guidance_cross_attn=True, zero_history_timestep=True,
+        is_amplify_history=False)
+    # At its default init the history (the earlier chunks' latents, seen only through self-attention) moved
+    # the next chunk by ~0.3 grey levels: the history patch embeddings and the self-attention's values and
+    # output are scaled 8x so that what a chunk continues from decides its frames by whole grey levels.
+    with torch.no_grad():
+        for name, weight in transformer.named_parameters():
+            if name.startswith(("patch_short", "patch_mid", "patch_long")) or (
+                    ".attn1.to_v." in name or ".attn1.to_out.") and name.endswith("weight"):
+                weight.mul_(8.0)
+    scheduler = HeliosScheduler(stages=stages, stage_range=[i / stages for i in range(stages + 1)],
+                                use_dynamic_shifting=True)
+    return dict(transformer=transformer, vae=_wan_vae(), scheduler=scheduler, **_text_components(umt5=True))
+
+
+def helios_pipeline():
+    """HeliosPipeline (Helios-Base's layout): Wan's VAE, a UMT5 prompt encoder, one denoising stage."""
+    from diffusers import HeliosPipeline
+
+    return HeliosPipeline(**_helios_components(stages=1))
+
+
+def helios_pyramid_pipeline():
+    """HeliosPyramidPipeline (Helios-Mid / Distilled's layout): three resolution stages per chunk."""
+    from diffusers import HeliosPyramidPipeline
+
+    return HeliosPyramidPipeline(**_helios_components(stages=3))
+
+
 # ------------------------------------------------------------------ HunyuanVideo 1.5
 # Qwen2's chat layout, which HunyuanVideo 1.5 formats its prompts with (apply_chat_template)
 QWEN_CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -370,6 +407,8 @@ BUILDERS = {
     "hunyuanvideo1.5": hunyuan15_pipeline,
     "hunyuanvideo1.5-i2v": lambda: hunyuan15_pipeline(image_to_video=True),
     "cogvideox": cogvideox_pipeline,
+    "helios": helios_pipeline,
+    "helios-pyramid": helios_pyramid_pipeline,
 }
 
 

@@ -3,7 +3,7 @@
 Every change of a job's state is a method here, each one a guarded UPDATE so that concurrent
 parties (web processes, workers, reapers) cannot undo each other (docs/architecture.md):
 
-  Job.objects.submit(...)      create (caps checked) + enqueue        -> queued
+  Job.objects.submit(...)      create (caps checked), files, a turn   -> queued
   job.claim(worker, pid, host) a worker takes it, with a fresh lease  queued (or lost) -> running
   job.beat() / job.check_held() heartbeat / still ours? cancel asked?  running
   job.succeed(**result)        store the outcome                      running -> succeeded
@@ -47,6 +47,15 @@ def image_path(job: "Job", filename: str) -> str:
 
 def input_video_path(job: "Job", filename: str) -> str:
     return f"inputs/{job.created_at:%Y/%m}/{job.id}.mp4"
+
+
+def _delete_quietly(name: str) -> None:
+    from django.core.files.storage import default_storage
+
+    try:
+        default_storage.delete(name)
+    except Exception:  # the storage that failed the write may fail this too: the file is logged, not lost track of
+        log.exception("could not remove %s", name)
 
 
 class LeaseLost(Exception):
@@ -103,19 +112,26 @@ class JobQuerySet(models.QuerySet):
 
     def submit(self, submitter: Submitter, files: dict | None = None, **fields) -> "Job":
         """Create a job with its input files ({field: (name, bytes)}) and enqueue it, after the
-        submission rate limit and the queue caps."""
-        from django.core.files.base import ContentFile
-
+        submission rate limit and the queue caps. All or nothing: the row and its files are
+        committed together, and removed again when its turn cannot be sent (`unavailable`, 503)."""
         from videoservice import limits
 
         limits.check_submission(submitter.owner)
         self.check_caps(submitter)
         queue = bus.DESCRIBE_QUEUE if fields.get("kind") == Job.Kind.DESCRIBE else bus.queue_of_model(fields["model"])
-        job = self.create(owner=submitter.owner, user=submitter.user, client_address=submitter.address, queue=queue,
-                          **fields)
-        for name, (filename, data) in (files or {}).items():
-            getattr(job, name).save(filename, ContentFile(data), save=True)
-        job.enqueue()
+        with transaction.atomic():
+            job = self.create(owner=submitter.owner, user=submitter.user, client_address=submitter.address,
+                              queue=queue, **fields)
+            job.store_inputs(files or {})
+        # the turn goes after the commit (a worker taking it earlier would find no row); a web process
+        # lost in between leaves a queued row without a turn, which the reapers' top-up gives one
+        try:
+            bus.send_turns(queue)
+        except Exception:
+            log.exception("could not enqueue %s job %s", job.kind, job.pk)
+            job.discard()
+            raise RequestError(UNAVAILABLE, "the job queue is unavailable; try again later", status=503,
+                               retry_after=5) from None
         return job
 
     def dispatch_order(self, queue: str) -> list:
@@ -363,17 +379,30 @@ class Job(models.Model):
     def _guarded(self, **conditions):
         return Job.objects.filter(pk=self.pk, **conditions)
 
-    def enqueue(self) -> None:
-        """Give the job's queue a turn (videoservice/dispatch.py); with the broker down the job fails
-        and the caller gets `unavailable` (503)."""
+    def store_inputs(self, files: dict) -> None:
+        """Store the input files ({field: (name, bytes)}); when the storage refuses one (full, read-only,
+        unreachable), every file written so far, a partial one too, is removed: `unavailable` (503)."""
+        from django.core.files.base import ContentFile
+
+        written = []
         try:
-            bus.send_turns(self.queue)
-        except Exception as exc:
-            log.exception("could not enqueue %s job %s", self.kind, self.pk)
-            self._guarded(status=Job.Status.QUEUED).update(
-                status=Job.Status.FAILED, error=f"could not be queued: {exc}"[:2000], finished_at=timezone.now())
-            raise RequestError(UNAVAILABLE, "the job queue is unavailable; try again later", status=503,
-                               retry_after=5) from None
+            for name, (filename, data) in files.items():
+                field = getattr(self, name)
+                written.append(field.field.generate_filename(self, filename))
+                field.save(filename, ContentFile(data), save=True)
+        except Exception:
+            log.exception("could not store the input files of job %s", self.pk)
+            for path in written:
+                _delete_quietly(path)
+            raise RequestError(UNAVAILABLE, "the media storage cannot take the upload now; try again later",
+                               status=503, retry_after=30) from None
+
+    def discard(self) -> None:
+        """Remove a queued job that was never announced, with its files."""
+        for field in (self.input_image, self.input_video):
+            if field:
+                _delete_quietly(field.name)
+        Job.objects.filter(pk=self.pk, status=Job.Status.QUEUED).delete()
 
     def position(self) -> int:
         """How many jobs of its queue will run before this one: the running ones, and the waiting

@@ -9,7 +9,7 @@ only inside the adapter's methods: the web process reads the descriptions and ne
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
@@ -21,6 +21,24 @@ TASKS = ("t2v", "i2v", "v2v", "condition")
 # how a live job runs on the family: "native" (the adapter's live_chunks drives the pipeline chunk by
 # chunk with its own history) or "continuation" (each chunk continues the last frames, generator.live)
 LIVE_MODES = ("native", "continuation")
+# what a job must carry for each task (GET /api/models, extra.task_inputs); an adapter may say more
+TASK_NEEDS = {
+    "t2v": "a prompt",
+    "i2v": "a prompt and a start image (`image`)",
+    "v2v": "a prompt, a source video (`video` or `source_job_id`) and `strength` (0 returns the source, "
+           "1 ignores it)",
+    "condition": "given frames at the clip's start: long videos continue each chunk from the previous one",
+}
+
+
+@dataclass(frozen=True)
+class Clip:
+    """What one pipeline call for a clip returns: `frames` frames, of which `keep` are the request's;
+    `steps` denoising steps in all (None: the pipeline's own count)."""
+
+    frames: int
+    keep: slice = field(default_factory=lambda: slice(None))
+    steps: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +84,14 @@ class Family:
     def live(self) -> str:
         return (self.adapter or FamilyAdapter).live
 
+    @property
+    def continues_video(self) -> bool:
+        """A job's source video is continued (the condition task), not edited (there is no v2v)."""
+        return (self.adapter or FamilyAdapter).continues_video
+
+    def task_needs(self, tasks) -> dict:
+        return {task: {**TASK_NEEDS, **(self.adapter or FamilyAdapter).task_needs}[task] for task in tasks}
+
 
 def check_family(fam: Family) -> Family:
     """A family description is code, but a wrong one would only fail on a GPU host: check it here."""
@@ -103,6 +129,8 @@ class FamilyAdapter:
     DiffusersBackend running it (config, loaded pipes, `run`)."""
 
     live = "continuation"
+    continues_video = False  # True: a source video goes to the condition task (continued, not edited)
+    task_needs: dict = {}  # task -> what a job must carry, where it differs from TASK_NEEDS
 
     def __init__(self, backend):
         self.backend = backend
@@ -142,9 +170,9 @@ class FamilyAdapter:
         """Arguments of every call beyond the common ones (prompt, size, frames, steps, guidance...)."""
         return {}
 
-    def one_clip(self, task: str, call: dict, req) -> int:
-        """Adjust `call` for one clip of req.num_frames; returns how many frames the pipeline returns."""
-        return req.num_frames
+    def one_clip(self, task: str, call: dict, req) -> Clip:
+        """Adjust `call` for one clip of req.num_frames; says what the pipeline will return."""
+        return Clip(req.num_frames)
 
     # ---------------------------------------------------------------- latents (previews)
     def normalised_latents(self, pipe, z):

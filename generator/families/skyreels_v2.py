@@ -3,7 +3,7 @@ itself (`generate_long`: one call conditions each chunk on the last latents); it
 given clip (the "condition" task). 960x544, 97 frames, 24 fps."""
 from __future__ import annotations
 
-from generator.families.base import Family, FamilyAdapter, PipelineKind, pil
+from generator.families.base import Clip, Family, FamilyAdapter, PipelineKind, pil
 
 ADDNOISE = 20  # noise on the history frames of long videos (its documented value)
 
@@ -32,11 +32,11 @@ class SkyReelsV2Adapter(FamilyAdapter):
     def call_arguments(self, req) -> dict:
         return {"fps": int(round(req.fps))}  # embedded by the transformer
 
-    def one_clip(self, task: str, call: dict, req) -> int:
+    def one_clip(self, task: str, call: dict, req) -> Clip:
         if "overlap_history" in call:  # V2V: the given clip, then the clip it made
-            return req.num_frames + len(call["video"])
+            return Clip(req.num_frames + len(call["video"]), keep=slice(-req.num_frames, None))
         call["base_num_frames"] = req.num_frames  # one chunk: the pipeline's own chunking stays off
-        return req.num_frames
+        return Clip(req.num_frames)
 
     def generate_long(self, request, num_chunks: int, shared: int, progress=None, should_cancel=None):
         """`num_chunks` chunks of the request's num_frames sharing `shared` frames, made by the

@@ -254,9 +254,11 @@ class Stack:
         return dict(row)
 
     # ------------------------------------------------------------------ web
-    def start_web(self, name: str = "web", env: dict | None = None, port: int | None = None) -> Proc:
+    def start_web(self, name: str = "web", env: dict | None = None, port: int | None = None,
+                  launcher: tuple = ()) -> Proc:
+        """`launcher` goes in front of the daphne command (test_storage_faults: a full media folder)."""
         port = port or free_port()
-        proc = Proc(self._name(name), [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port),
+        proc = Proc(self._name(name), [*launcher, str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port),
                                        "--websocket-max-message-size", str(WS_MAX_MESSAGE_BYTES),
                                        # browsers send a message as one frame; daphne's frame cap is 1 MiB too
                                        "--websocket-max-frame-size", str(WS_MAX_MESSAGE_BYTES),

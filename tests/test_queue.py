@@ -5,15 +5,18 @@ the front, webhooks to a real HTTP receiver (signed, in order, retried), /metric
 prometheus-client's parser, and JSON logs with the job's fields."""
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
+import socketserver
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from standardwebhooks import Webhook
 
 from tests.support.client import Client, run
 from tests.support.stack import Stack, http, wait_for
@@ -21,7 +24,7 @@ from tests.support.stack import Stack, http, wait_for
 FAKE = {"backend": "tests.fault_backends:fake_faults", "pipeline": "ltx", "queue": "fakes",
         "defaults": {"steps": 4, "width": 64, "height": 64, "frames": 9, "fps": 8},
         "limits": {"min_size": 32, "max_size": 128, "max_steps": 1000}}
-ENV = {"WEBHOOK_ALLOW_PRIVATE": "1", "LOG_FORMAT": "json", "JOB_HEARTBEAT_S": "0.5", "JOB_HEARTBEAT_TIMEOUT_S": "4",
+ENV = {"WEBHOOK_ALLOW_PRIVATE": "1", "WEBHOOK_TIMEOUT_S": "2", "LOG_FORMAT": "json", "JOB_HEARTBEAT_S": "0.5", "JOB_HEARTBEAT_TIMEOUT_S": "4",
        "JOB_REAPER_INTERVAL_S": "1", "MAX_QUEUED_PER_OWNER": "50", "MAX_QUEUED_PER_ADDRESS": "100",
        "SUBMISSIONS_PER_MINUTE": "1000"}
 USERS = """
@@ -185,6 +188,9 @@ def test_webhooks_are_signed_ordered_and_retried(queue):
         stamp, digest = (part.split("=", 1)[1] for part in headers["X-Videoservice-Signature"].split(","))
         expected = hmac.new(secret.encode(), f"{stamp}.".encode() + body, hashlib.sha256).hexdigest()
         assert hmac.compare_digest(digest, expected) and abs(time.time() - int(stamp)) < 300
+        # the Standard Webhooks headers, checked by its reference verifier (secret: whsec_ + base64)
+        verified = Webhook("whsec_" + base64.b64encode(secret.encode()).decode()).verify(body, headers)
+        assert verified == json.loads(body) and headers["webhook-id"] == headers["X-Videoservice-Delivery"]
         if status == 200:
             accepted.append((headers["X-Videoservice-Delivery"], json.loads(body)))
     first_status, first_headers, first_body = receiver.posts[0]
@@ -194,6 +200,99 @@ def test_webhooks_are_signed_ordered_and_retried(queue):
     assert events[0] == "start" and events[-1] == "completed" and set(events[1:-1]) <= {"progress"}, events
     assert accepted[-1][1]["job"]["status"] == "succeeded" and accepted[-1][1]["job_id"] == job["id"]
     assert "video" not in accepted[-1][1]["data"]
+
+
+class Recorder(BaseHTTPRequestHandler):
+    """An "internal" server that records every request it gets (none must come)."""
+    seen: list = []
+
+    def do_GET(self):
+        Recorder.seen.append(("GET", self.path, dict(self.headers)))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_POST = do_GET
+
+    def log_message(self, *args):
+        pass
+
+
+class Redirector(BaseHTTPRequestHandler):
+    """A receiver on an allowed address that bounces every POST to the internal one."""
+    target = ""
+    posts: list = []
+
+    def do_POST(self):
+        Redirector.posts.append(self.rfile.read(int(self.headers["Content-Length"])))
+        self.send_response(302)
+        self.send_header("Location", Redirector.target)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+class Dribbler(socketserver.BaseRequestHandler):
+    """Reads the request, then sends the status line and one header byte every 0.3 s, for a minute."""
+    def handle(self):
+        self.request.recv(65536)
+        try:
+            self.request.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+            for _ in range(200):
+                time.sleep(0.3)
+                self.request.sendall(b"a")
+        except OSError:
+            pass
+
+
+def serve(server) -> str:
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}"
+
+
+DELIVERIES = """
+import json
+from videoservice.models import WebhookDelivery
+print(json.dumps([[str(d.job_id), d.attempts, d.last_error, d.delivered_at is not None]
+                  for d in WebhookDelivery.objects.filter(job_id__in={jobs}).order_by("created_at")]))
+"""
+
+
+def deliveries(stack, *job_ids) -> dict:
+    """job id -> [attempts, last error, delivered] of its one delivery (absent: not written yet)."""
+    rows = json.loads(stack.manage("shell", "-c", DELIVERIES.replace("{jobs}", repr(list(job_ids))))
+                      .strip().splitlines()[-1])
+    return {row[0].replace("-", ""): row[1:] for row in rows}
+
+
+def test_a_webhook_redirect_is_not_followed_and_a_dribbling_receiver_is_cut_off(queue):
+    """The signed POST is never bounced to an internal address by a 302 (urllib followed it, as a GET
+    with the signature headers, and counted it delivered); a receiver that sends its headers a byte at
+    a time cannot hold a delivery past WEBHOOK_TIMEOUT_S (2 s here; urllib's time-out was per read)."""
+    servers = [ThreadingHTTPServer(("127.0.0.1", 0), Recorder), ThreadingHTTPServer(("127.0.0.1", 0), Redirector),
+               socketserver.ThreadingTCPServer(("127.0.0.1", 0), Dribbler)]
+    internal, redirector, dribbler = (serve(server) for server in servers)
+    Redirector.target = internal + "/latest/meta-data/"
+    try:
+        bounced = submit(queue, "ann", webhook=redirector + "/hook", webhook_events=["completed"])
+        slow = submit(queue, "ann", webhook=dribbler + "/hook", webhook_events=["completed"])
+        for job in (bounced, slow):
+            queue.wait_job(job["id"], headers=auth(queue, "ann"))
+        ids = [job["id"].replace("-", "") for job in (bounced, slow)]
+        tried = {}
+        wait_for(lambda: len(tried.update(deliveries(queue, *ids)) or tried) == 2
+                 and all(attempts >= 1 for attempts, _, _ in tried.values()), 60, "the first tries of both webhooks")
+        attempts, error, delivered = tried[ids[0]]
+        assert not delivered and error == "HTTP 302 (redirects are not followed)", (attempts, error)
+        attempts, error, delivered = tried[ids[1]]
+        assert not delivered and error == "TimeoutError: no answer within 2 s", (attempts, error)
+        assert Recorder.seen == []  # nothing reached the internal address
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
 
 
 def test_a_webhook_to_a_private_address_is_refused(live_service):

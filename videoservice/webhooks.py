@@ -8,24 +8,35 @@ status, a refused connection, a time-out) is retried with back-off (1, 2, 4 ... 
 WEBHOOK_MAX_ATTEMPTS tries) before the job's next event is sent, so a receiver sees them in order.
 
 The body is JSON: {"event": "completed", "job_id", "data": the event as the websocket has it
-(without base64 payloads), "job": the job as GET /api/jobs/<id> has it, "sent_at"}. Signature
-(like Stripe's): the header `X-Videoservice-Signature: t=<unix seconds>,v1=<hex>` where hex is
-HMAC-SHA256 of `<t>.<body bytes>` with the user's secret (`manage.py webhook_secret USER`, or
-GET /api/account/webhook-secret); receivers recompute it and reject old `t` values. Also sent:
-`X-Videoservice-Event`, `X-Videoservice-Delivery` (a delivery's id, the same on every retry).
+(without base64 payloads), "job": the job as GET /api/jobs/<id> has it, "sent_at"}. Signatures,
+both with the user's secret (`manage.py webhook_secret USER`, or GET /api/account/webhook-secret):
+- Standard Webhooks (https://www.standardwebhooks.com, which stock verifiers check): `webhook-id`
+  (the delivery's id, the same on every retry), `webhook-timestamp` (unix seconds) and
+  `webhook-signature: v1,<base64 HMAC-SHA256 of "<id>.<timestamp>.<body>">`; the key is the
+  secret's UTF-8 bytes, i.e. a verifier's secret is `whsec_` + base64 of it;
+- (like Stripe's) `X-Videoservice-Signature: t=<unix seconds>,v1=<hex>` where hex is HMAC-SHA256
+  of `<t>.<body bytes>`; receivers recompute it and reject old `t` values. Also sent:
+  `X-Videoservice-Event`, `X-Videoservice-Delivery` (= webhook-id).
 
 Only http and https; a host that resolves to a loopback, private, link-local or reserved address
 is refused (at submission, and again when delivering) unless WEBHOOK_ALLOW_PRIVATE=1: a webhook
-must not reach into the operator's network.
+must not reach into the operator's network. A delivery connects to the very address it checked
+(no second lookup for a rebinding DNS to answer differently), never follows a redirect (a 3xx is a
+failed try: a receiver cannot bounce the signed POST elsewhere), uses no proxy, reads only the
+status and headers, and gives up after WEBHOOK_TIMEOUT_S in all (a receiver that dribbles bytes
+cannot hold a delivery thread).
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
+import http.client
 import ipaddress
 import json
 import logging
 import socket
+import threading
 import time
 from datetime import timedelta
 from urllib.parse import urlsplit
@@ -41,29 +52,43 @@ FROM_EVENT = {"started": "start", "progress": "progress", "generation_complete":
               "description_complete": "completed", "generation_failed": "failed", "description_failed": "failed",
               "cancelled": "cancelled"}
 BULKY = ("video", "preview", "init", "data")
-TIMEOUT_S = 10.0
 QUEUE = "webhooks"
 DELIVER_TASK = "worker.tasks.deliver_webhooks"
 
 
+class Refused(OSError):
+    """A webhook URL that may not be delivered to (its message says why)."""
+
+
 def url_problem(url: str) -> str | None:
     """Why this URL may not be a webhook (None when it may)."""
+    try:
+        _checked_address(url, resolve=not settings.WEBHOOK_ALLOW_PRIVATE)
+    except Refused as exc:
+        return str(exc)
+    return None
+
+
+def _checked_address(url: str, resolve: bool = True) -> str | None:
+    """The address to connect to for this URL (resolved once), after the checks; Refused when it may not
+    be used. Without `resolve` (a submission with WEBHOOK_ALLOW_PRIVATE), only the form is checked."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        return "webhook must be an http:// or https:// URL"
-    if settings.WEBHOOK_ALLOW_PRIVATE:
+        raise Refused("webhook must be an http:// or https:// URL")
+    if not resolve:
         return None
     try:
         infos = socket.getaddrinfo(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80),
                                    proto=socket.IPPROTO_TCP)
     except (socket.gaierror, UnicodeError, ValueError):
-        return f"webhook host {parts.hostname!r} does not resolve"
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0].split("%")[0])
-        if not address.is_global:
-            return (f"webhook host {parts.hostname!r} is a private or local address ({address}); refused "
-                    "(WEBHOOK_ALLOW_PRIVATE=1 allows it)")
-    return None
+        raise Refused(f"webhook host {parts.hostname!r} does not resolve") from None
+    addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+    if not settings.WEBHOOK_ALLOW_PRIVATE:
+        for address in addresses:
+            if not address.is_global:
+                raise Refused(f"webhook host {parts.hostname!r} is a private or local address ({address}); "
+                              "refused (WEBHOOK_ALLOW_PRIVATE=1 allows it)")
+    return str(addresses[0])
 
 
 def signature(secret: str, timestamp: int, body: bytes) -> str:
@@ -93,21 +118,47 @@ def backoff(attempts: int) -> float:
 
 
 def post(url: str, body: bytes, headers: dict) -> int:
-    """POST and return the status (raises OSError on a connection failure or time-out)."""
-    import urllib.error
-    import urllib.request
+    """POST to the address checked just now and return the status, without following a redirect
+    (raises OSError on a refused URL, a connection failure or WEBHOOK_TIMEOUT_S passing)."""
+    address = _checked_address(url)  # again: the name may resolve elsewhere by now
+    parts = urlsplit(url)
+    kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    # the Host header and TLS (SNI, certificate) use the URL's name; the socket goes to `address`
+    connection = kind(parts.hostname, parts.port, timeout=settings.WEBHOOK_TIMEOUT_S)
+    connection._create_connection = lambda where, *args: socket.create_connection((address, where[1]), *args)
+    timed_out = threading.Event()
 
-    problem = url_problem(url)  # again: the name may resolve elsewhere by now
-    if problem:
-        raise OSError(problem)
-    request = urllib.request.Request(url, data=body, method="POST",
-                                     headers={"Content-Type": "application/json", "User-Agent": "videoservice",
-                                              **headers})
+    def abort():  # socket time-outs count per read: wake a read that a dribbling receiver keeps alive
+        timed_out.set()
+        if connection.sock is not None:
+            try:
+                connection.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+    deadline = threading.Timer(settings.WEBHOOK_TIMEOUT_S, abort)
+    deadline.start()
     try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
-            return response.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
+        connection.request("POST", (parts.path or "/") + ("?" + parts.query if parts.query else ""), body=body,
+                           headers={"Content-Type": "application/json", "User-Agent": "videoservice", **headers})
+        status = connection.getresponse().status  # its body is never read
+    except http.client.HTTPException as exc:
+        if not timed_out.is_set():
+            raise OSError(f"{type(exc).__name__}: {exc}") from None
+    except OSError:
+        if not timed_out.is_set():
+            raise
+    finally:
+        deadline.cancel()
+        connection.close()
+    if timed_out.is_set():  # (an aborted read can also look like the end of the headers)
+        raise TimeoutError(f"no answer within {settings.WEBHOOK_TIMEOUT_S:g} s")
+    return status
+
+
+def standard_signature(secret: str, delivery_id: str, timestamp: int, body: bytes) -> str:
+    """The Standard Webhooks `webhook-signature` value (key: the secret's UTF-8 bytes)."""
+    digest = hmac.new(secret.encode(), f"{delivery_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
 
 
 def deliver(job_id: str) -> float | None:
@@ -125,11 +176,14 @@ def deliver(job_id: str) -> float | None:
             return (delivery.next_try_at - now).total_seconds()
         body = delivery.body.encode()
         stamp = int(time.time())
-        headers = {"X-Videoservice-Signature": f"t={stamp},v1={signature(secret, stamp, body)}",
+        headers = {"webhook-id": str(delivery.pk), "webhook-timestamp": str(stamp),
+                   "webhook-signature": standard_signature(secret, str(delivery.pk), stamp, body),
+                   "X-Videoservice-Signature": f"t={stamp},v1={signature(secret, stamp, body)}",
                    "X-Videoservice-Event": delivery.event, "X-Videoservice-Delivery": str(delivery.pk)}
         try:
             status = post(job.webhook, body, headers)
-            error = "" if 200 <= status < 300 else f"HTTP {status}"
+            error = "" if 200 <= status < 300 else f"HTTP {status}" + (
+                " (redirects are not followed)" if 300 <= status < 400 else "")
         except OSError as exc:
             error = f"{type(exc).__name__}: {exc}"
         delivery.attempts += 1

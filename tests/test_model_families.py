@@ -381,3 +381,28 @@ def test_helios_live_chunks_continue_their_own_history(backends):
     image_a, image_b = two_chunks(req.prompt, image=pattern(1, 0)), two_chunks(req.prompt, image=pattern(2, 0))
     assert np.abs(image_a[0].astype(np.int16) - image_b[0]).mean() > 1.0
     assert np.abs(image_a[1].astype(np.int16) - image_b[1]).mean() > 1.0
+
+
+# ------------------------------------------------------------------ live: every other family continues
+@pytest.mark.parametrize("name, continued_with", [("tiny-ltx", "LTXImageToVideoPipeline"),
+                                                  ("tiny-wan22-a14b", "WanPipeline")])
+def test_a_family_without_native_chunks_runs_live_by_continuation(backends, name, continued_with):
+    """generator.live.LiveVideo: chunk i > 0 starts from the previous chunk's last frames when the
+    family can be conditioned on them (LTX with a live overlap of 2: the last frame, image-to-video;
+    its condition pipeline wants whole latent frames), else is cross-faded (Wan T2V);
+    each chunk runs under the prompt in force when it starts."""
+    from generator.live import LiveVideo
+
+    backend = backends(name)
+    prompts = ["a red ball moving right", "a red ball moving right", "a blue cat"]
+    video = LiveVideo(backend, GenerationRequest("unused", num_frames=9, steps=2, seed=3), lambda i: prompts[i])
+    chunks = []
+    for chunk in video:
+        chunks.append(chunk)
+        if len(chunks) == 3:
+            break
+    assert [c.prompt for c in chunks] == prompts
+    assert backend.calls[-1][0] == continued_with
+    assert [c.first_frame for c in chunks] == [0, 9 - video.shared, 2 * (9 - video.shared)]
+    frames = np.concatenate([c.frames for c in chunks] + [video.tail()])
+    assert frames.shape == (3 * 9 - 2 * video.shared, 32, 32, 3) and frames.dtype == np.uint8

@@ -220,3 +220,30 @@ def test_helios_text_image_and_video_continuation_jobs(stack, model, size):
     assert distance(videos["i2v"], videos["i2v-other"]) > 1.0  # by whole grey levels, not float noise
     assert distance(videos["continue"], videos["continue-other"]) > 1.0
     assert distance(videos["continue"], videos["t2v"]) > 1.0  # the frames that follow, not the source again
+
+
+def test_a_live_helios_job_streams_its_chunks_and_is_steered(stack):
+    """Helios runs live natively (its live_chunks: one pipeline chunk per call, with its history):
+    chunks stream before the job ends, a steer is taken at the next chunk, stop keeps them all."""
+    async def scenario():
+        async with Client(stack) as c:
+            queued = await c.submit(prompt="a red ball moving right", model="tiny-helios", live=True,
+                                    **{k: v for k, v in JOB.items() if k != "num_frames"})
+            job_id = queued["job_id"]
+            is_chunk = lambda m: m.get("job_id") == job_id and m["type"] == "video_chunk"  # noqa: E731
+            await c.until(is_chunk, 240)
+            await c.send({"type": "steer", "job_id": job_id, "prompt": "a blue cat", "request_id": "s"})
+            assert (await c.until(lambda m: m.get("request_id") == "s", 30))["type"] == "steering"
+            steered = await c.until(lambda m: m.get("job_id") == job_id and m["type"] == "steered", 120)
+            await c.until(lambda m: is_chunk(m) and m["first_frame"] >= steered["from_frame"], 120, since=0)
+            before_end = sum(map(is_chunk, c.seen))
+            await c.send({"type": "stop", "job_id": job_id, "request_id": "x"})
+            return steered, before_end, await c.terminal(job_id, 120), c.seen
+
+    steered, before_end, done, seen = run(scenario())
+    assert done["type"] == "generation_complete", done
+    assert before_end >= 2 and steered["from_frame"] > 0
+    assert done["timeline"] == [{"from_frame": 0, "prompt": "a red ball moving right"},
+                                {"from_frame": steered["from_frame"], "prompt": "a blue cat"}]
+    frames, _ = decode_video(base64.b64decode(done["video"]))
+    assert len(frames) == done["num_frames"] > steered["from_frame"]

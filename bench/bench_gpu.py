@@ -34,6 +34,15 @@ FLOPs per step) and through the service's backend + MP4 (with LTX-2's sound trac
 encoders are stand-ins of the width the model reads (LTX-2: a narrow 48-layer Gemma 3 with hidden
 3840, whose 49 hidden states its connectors take; Wan: a 1-layer UMT5 of width 4096).
 
+Helios-Distilled row (variant `helios-distilled`): HeliosPyramidPipeline with diffusers' default
+HeliosTransformer3DModel (Helios 14B: 40 blocks of 40 x 128 heads) on Wan's VAE, the DMD scheduler,
+`is_distilled`, 2 + 2 + 2 steps per 33-frame chunk (9 latent frames), guidance 1, first chunk
+amplified, at 640x384 (its published setting: 19.5 FPS on one H100). Measured bare (one pipeline call
+making N chunks: frames per second) and through the service's backend (`live_chunks`, one call per
+chunk with the history latents: seconds to the first chunk's frames, frames per second over N chunks).
+The backend is given the in-memory pipeline (saving 28 GB of random weights to load them back would
+measure the disk).
+
 Without CUDA it says so and runs the same code path on a tiny config on CPU (smoke test), exit 0.
 Never prints made-up numbers.
 """
@@ -55,7 +64,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # In the order they run: the most telling first, so a run cut short still answers the main questions.
 VARIANTS = ("bf16", "steps20", "service", "cache", "fp16", "cudnn", "tiling", "offload", "compile", "ltx2",
-            "wan2.2-ti2v")
+            "wan2.2-ti2v", "helios-distilled")
 DENSE_BF16_TFLOPS = 989  # NVIDIA's H100 SXM / H200 spec sheet, dense (no sparsity)
 PUBLISHED = "LTX-Video: 768x512, 121 frames (5 s at 24 fps) in about 2 s on one H100 (published claim)"
 
@@ -164,6 +173,85 @@ def build_family(arch: str, tiny: bool, device: str, dtype: torch.dtype):
         pipe.vae.to(torch.float32)  # as its model card loads it
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+HELIOS_DISTILLED = {"width": 640, "height": 384, "chunk_frames": 33, "chunks": 8, "stage_steps": [2, 2, 2],
+                    "published": "Helios-Distilled: 19.5 FPS on one H100 at 640x384 in 33-frame chunks (its card)"}
+
+
+def build_helios_distilled(tiny: bool, device: str, dtype: torch.dtype):
+    """HeliosPyramidPipeline, distilled (DMD scheduler), with Helios 14B's architecture (tiny: the test
+    suite's tiny transformer and VAE), random weights."""
+    import diffusers
+
+    if tiny:
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+        import tiny_checkpoints
+
+        parts = tiny_checkpoints._helios_components(stages=3)
+    else:
+        from transformers import UMT5Config, UMT5EncoderModel
+
+        tok = tokenizer()
+        torch.manual_seed(0)
+        with torch.device(device):
+            parts = dict(transformer=diffusers.HeliosTransformer3DModel(), vae=diffusers.AutoencoderKLWan(),
+                         text_encoder=UMT5EncoderModel(UMT5Config(vocab_size=len(tok), d_model=4096, d_kv=64,
+                                                                  d_ff=256, num_layers=1, num_heads=64)).eval(),
+                         tokenizer=tok)
+    parts["scheduler"] = diffusers.HeliosDMDScheduler(use_dynamic_shifting=True)
+    pipe = diffusers.HeliosPyramidPipeline(**parts, is_distilled=True).to(device=device, dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def helios_rows(pipe, tiny: bool, device: str) -> list:
+    """Bare: one call making N chunks. Service backend: live_chunks, one call per chunk."""
+    from generator.diffusers_backend import DiffusersBackend
+    from generator.interface import GenerationRequest
+    from generator.model_config import parse_entry
+
+    spec = dict(HELIOS_DISTILLED, **({"width": 64, "height": 64, "chunk_frames": 9, "chunks": 3} if tiny else {}))
+    latent_frames = (spec["chunk_frames"] - 1) // 4 + 1
+    call = dict(prompt="a cat walking over the city at night, camera slowly flying", width=spec["width"],
+                height=spec["height"], guidance_scale=1.0, num_latent_frames_per_chunk=latent_frames,
+                pyramid_num_inference_steps_list=spec["stage_steps"], is_amplify_first_chunk=True,
+                max_sequence_length=128, output_type="np")
+    setting = {k: v for k, v in call.items() if k not in ("prompt", "output_type")}
+    timed_call(pipe, dict(call, num_frames=spec["chunk_frames"], generator=torch.Generator(device).manual_seed(0)),
+               [])  # warm-up
+    steps = []
+    out, total = timed_call(pipe, dict(call, num_frames=spec["chunks"] * spec["chunk_frames"],
+                                       generator=torch.Generator(device).manual_seed(0)), steps)
+    frames = len(out.frames[0])
+    bare = {"variant": "helios-distilled", "total_s": total, "frames": frames, "fps": frames / total,
+            "s_per_step": float(statistics.median(np.diff(steps)[1:])),
+            "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
+            "setting": setting, "published": spec["published"]}
+    config = parse_entry("bench-helios", {
+        "path": "in-memory", "pipeline": "helios-pyramid", "dtype": "bfloat16", "max_sequence_length": 128,
+        "defaults": {"steps": sum(spec["stage_steps"]), "guidance": 1.0, "width": spec["width"],
+                     "height": spec["height"], "frames": spec["chunk_frames"], "fps": 24},
+        "limits": {"min_size": 32, "max_guidance": 1.0},
+        "pipeline_kwargs": {"pyramid_num_inference_steps_list": spec["stage_steps"], "is_amplify_first_chunk": True,
+                            "num_latent_frames_per_chunk": latent_frames}})
+    backend = DiffusersBackend(config)
+    backend.pipes, backend.primary = {"helios-pyramid": pipe}, pipe  # the weights in memory, not from disk
+    sync()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    chunks = backend.live_chunks(GenerationRequest(call["prompt"], seed=0), lambda i: call["prompt"])
+    made, first_s = 0, None
+    for _ in range(spec["chunks"]):
+        made += len(next(chunks))
+        first_s = first_s or time.perf_counter() - t0
+    chunks.close()
+    live_s = time.perf_counter() - t0
+    service = {"variant": "helios-distilled live_chunks", "first_chunk_s": first_s, "total_s": live_s, "frames": made,
+               "fps": made / live_s, "overhead_ratio": (live_s / made) / (total / frames),
+               "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None}
+    return [bare, service]
 
 
 def sync():
@@ -406,6 +494,17 @@ def main(argv=None) -> int:
             record(service)
 
     for label in variants:
+        if label == "helios-distilled":
+            pipe = None
+            try:
+                pipe = build_helios_distilled(tiny, device, torch.bfloat16)
+                record(*helios_rows(pipe, tiny, device))
+            except Exception as exc:
+                record({"variant": label, "error": f"{type(exc).__name__}: {exc}"[:500]})
+            finally:
+                del pipe
+                free_memory()
+            continue
         if label in FAMILY_ARCHS:
             try:
                 family_variant(label)
@@ -432,7 +531,7 @@ def main(argv=None) -> int:
             print(f"{row['variant']:18} {'skipped' if 'skipped' in row else 'FAILED'}: {row.get('skipped') or row['error']}")
             continue
         sps, peak, total = row.get("s_per_step"), row.get("peak_gpu_gib"), row["total_s"]
-        ltx = row["variant"].split()[0] not in FAMILY_ARCHS  # speed-ups are over LTX's bf16 row
+        ltx = row["variant"].split()[0] not in (*FAMILY_ARCHS, "helios-distilled")  # speed-ups are over LTX's bf16 row
         step_x = f"{base['s_per_step'] / sps:.2f}" if base and sps and ltx else "-"  # (>1 is faster)
         total_x = f"{base['total_s'] / total:.2f}" if base and ltx and row["variant"] != "steps20" else "-"
         print(f"{row['variant']:18} {'-' if sps is None else f'{sps:.3f}':>8} {step_x:>7} {total:8.2f} {total_x:>8} "
@@ -445,7 +544,13 @@ def main(argv=None) -> int:
             if row.get("variant") in ("compile", "service", "service-compile") and row.get("s_per_step"):
                 achieved = base["tflop_per_step"] / row["s_per_step"]
                 print(f"{row['variant']}: {achieved:.0f} TFLOP/s = {achieved / DENSE_BF16_TFLOPS:.0%} of spec")
+    for row in rows:
+        if row.get("variant", "").startswith("helios-distilled") and "fps" in row:
+            first = f", first chunk after {row['first_chunk_s']:.2f} s" if row.get("first_chunk_s") else ""
+            print(f"{row['variant']}: {row['fps']:.1f} frames/s over {row['frames']} frames{first}")
     print(f"\nreference: {PUBLISHED}")
+    if "helios-distilled" in variants:
+        print(f"reference: {HELIOS_DISTILLED['published']}")
     for arch in FAMILY_ARCHS:
         if arch in variants:
             print(f"reference: {FAMILY_ARCHS[arch]['published']}")

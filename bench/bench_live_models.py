@@ -11,6 +11,8 @@ alternating between the models. Printed per model (median over rounds):
   * the default clip (16 frames, `generate`), seconds;
   * steer: a prompt change ("now the red circle moves up") issued before chunk 2; frames from the
     first frame made under it until the circle's motion reads "up" frame to frame.
+Also v3's tokenizer: compression ratio, PSNR and edge sharpness against the renderer at 256x256
+(held-out scenes, `train_tokenizer.quality`), and streaming decode milliseconds per frame.
 With --drift-minutes (v3 only): that long a live video, a window of 16 frames every 10 s read by
 the evaluator (`track_colours`): the share of windows holding exactly the asked objects in the
 asked colours and shapes.
@@ -124,6 +126,24 @@ def drift(backend, minutes: float, seed: int) -> float:
     return good / max(total, 1)
 
 
+def tokenizer_figures(tokenizer, frames: int = 16) -> dict:
+    import torch
+
+    from generator.builtin.tokenizer import DecoderCache
+    from generator.builtin.train_tokenizer import quality
+
+    measured = quality(tokenizer, seed=777, count=16, num_frames=8)
+    latents = torch.zeros(1, tokenizer.config.latent_channels, frames, 16, 16)
+    with torch.no_grad():
+        cache = DecoderCache()
+        tokenizer.decode(latents[:, :, :1], cache)  # warm-up
+        started = time.perf_counter()
+        for i in range(frames):
+            tokenizer.decode(latents[:, :, i:i + 1], cache)
+        per_frame = (time.perf_counter() - started) / frames
+    return measured | {"compression": tokenizer.compression_ratio(), "decode_ms_per_frame": per_frame * 1000}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=8.0, help="seconds of video per live run")
@@ -167,6 +187,10 @@ def main(argv=None) -> None:
     print(f"| default clip, 16 frames 256x256 (s, p50 of {args.clips}) | {v2:.3f} | {v3:.3f} | {v3 / v2:.3f} |")
     print(f"| real-time factor (frames made per second / {FPS:g}) | {median('v2', 'fps') / FPS:.2f} | "
           f"{median('v3', 'fps') / FPS:.2f} | |")
+    figures = tokenizer_figures(backends["v3"].pipe.tokenizer)
+    print(f"\nv3 tokenizer: compression {figures['compression']:.0f}x (uint8 RGB 256x256 over the latent's bits), "
+          f"PSNR {figures['psnr']:.2f} dB, edge sharpness {figures['sharpness_ratio']:.2f}x the renderer's at 256, "
+          f"streaming decode {figures['decode_ms_per_frame']:.1f} ms/frame")
     if args.drift_minutes:
         share = drift(backends["v3"], args.drift_minutes, seed=11)
         print(f"\nv3, {args.drift_minutes:g} min live: windows with exactly the asked objects {share:.3f}")

@@ -369,6 +369,7 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--prompt-file", help="more prompts with what they ask (see prompt_file_items), e.g. "
                                               "tests/data/heldout_phrasings.txt")
+    parser.add_argument("--model", default="builtin", choices=("builtin", "builtin-v3"))
     parser.add_argument("--model-path", help="a built-in pipeline folder (default: the shipped weights)")
     parser.add_argument("--steps", type=int)
     parser.add_argument("--guidance", type=float)
@@ -381,11 +382,19 @@ def main(argv=None) -> None:
                         help="instead: per timestep, how often the x0 predicted from noised training clips "
                              "keeps its shape")
     args = parser.parse_args(argv)
-    from generator.builtin.backend import BuiltinBackend
+    if args.model == "builtin-v3":
+        from generator.builtin.backend_v3 import BuiltinV3Backend
 
-    backend = BuiltinBackend(args.model_path)
-    backend.load()
-    backend.pipe.unet.to(args.device)
+        backend = BuiltinV3Backend(args.model_path)
+        backend.load()
+        backend.pipe.denoiser.to(args.device)
+        backend.pipe.tokenizer.to(args.device)
+    else:
+        from generator.builtin.backend import BuiltinBackend
+
+        backend = BuiltinBackend(args.model_path)
+        backend.load()
+        backend.pipe.unet.to(args.device)
     if args.noise_probe:
         scores = noise_probe(backend.pipe, seed=args.seed)
         timesteps = sorted({t for _, t in scores})

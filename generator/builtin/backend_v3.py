@@ -84,7 +84,7 @@ class CausalPipeline:
         """T x H x W x 3 uint8 -> C x T x 16 x 16 latents."""
         video = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2).float().div(127.5).sub(1.0)
         video = F.interpolate(video.transpose(0, 1), size=(ENCODER_SIZE, ENCODER_SIZE), mode="area").transpose(0, 1)
-        return self.tokenizer.encode(video[None])[0]
+        return self.tokenizer.encode(video[None].to(self.tokenizer.device))[0]
 
     @torch.no_grad()
     def chunks(self, objects_at: Callable[[int], list], steps: int, generator: torch.Generator,
@@ -93,22 +93,26 @@ class CausalPipeline:
         """Endless: yields decoded 256x256 uint8 frames, chunk after chunk (the `given` latents'
         frames first). `objects_at(i)` is chunk i's objects (`scene_objects`); `source` (C x T x
         16 x 16) is redrawn from `strength` (video-to-video) while it lasts."""
-        cfg, tok = self.denoiser.config, self.tokenizer
+        cfg, tok, device = self.denoiser.config, self.tokenizer, self.denoiser.device
         cache = DecoderCache()
-        history = torch.zeros(1, cfg.latent_channels, 0, cfg.latent_size, cfg.latent_size)
+        history = torch.zeros(1, cfg.latent_channels, 0, cfg.latent_size, cfg.latent_size, device=device)
+        if source is not None:
+            source = source.to(device)
         if given is not None and given.shape[1]:
-            history = given[None]
+            history = given[None].to(device)
             yield self._decode(history, cache)
         index = 0
         while True:
             if should_cancel is not None and should_cancel():
                 raise Cancelled()
-            ids, mask = object_ids(objects_at(index), cfg.max_objects)
+            ids, mask = (x.to(device) for x in object_ids(objects_at(index), cfg.max_objects))
             context = history[:, :, -cfg.context:]
             k = context.shape[2]
             context = F.pad(context, (0, 0, 0, 0, cfg.context - k, 0))
-            context_mask = torch.arange(cfg.context) >= cfg.context - k
-            noise = torch.randn(1, cfg.latent_channels, cfg.chunk, cfg.latent_size, cfg.latent_size, generator=generator)
+            context_mask = torch.arange(cfg.context, device=device) >= cfg.context - k
+            # noise drawn on the CPU so a seed gives the same video on every device
+            noise = torch.randn(1, cfg.latent_channels, cfg.chunk, cfg.latent_size, cfg.latent_size,
+                                generator=generator).to(device)
             levels = sample_levels(steps)
             start = index * cfg.chunk + (0 if given is None else given.shape[1])
             x = noise
@@ -119,7 +123,7 @@ class CausalPipeline:
                 levels = [strength * level for level in levels]
                 x = (1 - levels[0]) * piece[None] + levels[0] * noise
             for i, level in enumerate(levels):
-                x0 = self.denoiser(x, torch.tensor([level]), ids[None], mask[None], context, context_mask[None])
+                x0 = self.denoiser(x, torch.tensor([level], device=device), ids[None], mask[None], context, context_mask[None])
                 following = levels[i + 1] if i + 1 < len(levels) else 0.0
                 eps = (x - (1 - level) * x0) / max(level, 1e-6)
                 x = (1 - following) * x0 + following * eps
@@ -129,8 +133,8 @@ class CausalPipeline:
             index += 1
 
     def _decode(self, latents: torch.Tensor, cache: DecoderCache) -> np.ndarray:
-        video = self.tokenizer.decode(latents, cache)[0].clamp(-1, 1)
-        return ((video.permute(1, 2, 3, 0) + 1.0) * 127.5).round().to(torch.uint8).numpy()
+        video = self.tokenizer.decode(latents.to(self.tokenizer.device), cache)[0].clamp(-1, 1)
+        return ((video.permute(1, 2, 3, 0) + 1.0) * 127.5).round().to(torch.uint8).cpu().numpy()
 
 
 class BuiltinV3Backend(Backend):

@@ -79,16 +79,21 @@ def batch(rng: random.Random, size: int, tokenizer: CausalVideoTokenizer, chunk:
     length = max(item["start"] for item in items) + chunk
     clips = world.render([item["scene"] for item in items], length, 64, bounce=True,
                          events=[item["events"] for item in items])
+    # the encoder reads each frame alone: encode just the frames each example uses
+    windows = [clips[i, :, item["start"] - item["given"]:item["start"] + chunk] for i, item in enumerate(items)]
     with torch.no_grad():
-        latents = tokenizer.encode(clips)
+        encoded = tokenizer.encode(torch.cat(windows, dim=1)[None])[0]
     targets, contexts, masks, ids, id_masks = [], [], [], [], []
-    for i, item in enumerate(items):
-        s, k = item["start"], item["given"]
-        targets.append(latents[i, :, s:s + chunk])
-        ctx = torch.zeros(latents.shape[1], context, *latents.shape[3:])
+    offset = 0
+    for item in items:
+        k = item["given"]
+        latents = encoded[:, offset:offset + k + chunk]
+        offset += k + chunk
+        targets.append(latents[:, k:])
+        ctx = torch.zeros(latents.shape[0], context, *latents.shape[2:])
         mask = torch.zeros(context, dtype=torch.bool)
         if k:
-            ctx[:, context - k:] = latents[i, :, s - k:s]
+            ctx[:, context - k:] = latents[:, :k]
             mask[context - k:] = True
         contexts.append(ctx)
         masks.append(mask)

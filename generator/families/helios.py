@@ -108,6 +108,8 @@ class HeliosAdapter(FamilyAdapter):
             call = dict(embeds, prompt=None, negative_prompt=None, num_latent_frames_per_chunk=k,
                         image_latents=first, add_noise_to_image_latents=False, video_latents=history,
                         add_noise_to_video_latents=False, **self.stage_steps(pipe, req.steps))
+            if i:  # every call is a "first chunk" to the pipeline: Helios-Distilled's doubled steps only once
+                call["is_amplify_first_chunk"] = False
             result = backend.run(pipe, task, replace(chunk_req, prompt=prompt, seed=req.seed + i), call,
                                  None, should_cancel, on_latents=final.append)
             latents = final[-1].float()

@@ -91,6 +91,9 @@ def test_a_live_job_streams_is_steered_watched_and_stopped(stack):
             is_chunk = lambda m: m.get("job_id") == job_id and m["type"] == "video_chunk"  # noqa: E731
             await owner.until(is_chunk, 120)
             await viewer.until(is_chunk, 30)
+            metrics = http("GET", stack.base + "/metrics")[2].decode()
+            assert 'videoservice_live_jobs{model="builtin"} 1.0' in metrics, [l for l in metrics.splitlines() if "live" in l]
+            assert f'videoservice_live_realtime_factor{{job_id="{job_id}",model="builtin"}}' in metrics
             # (steered at once: the world's objects cross the canvas in about two seconds)
             refused = await stranger.request("steer", job_id=job_id, prompt="a blue square")
             assert refused["type"] == "error" and refused["code"] == "forbidden", refused
@@ -175,6 +178,14 @@ def test_steer_and_stop_refusals(stack):
     for bad in ({"prompt": ""}, {"prompt": UP, "extra": 1}, {}):
         status, _, body = http("POST", f"{stack.base}/api/jobs/{clip}/steer", bad, headers=me)
         assert status == 400, (bad, body)
+    # each live job holds a worker: LIVE_MAX_PER_OWNER (2 here) per owner
+    lives = [http("POST", stack.base + "/api/jobs", {"prompt": RIGHT, "live": True, **SMALL}, headers=me)
+             for _ in range(3)]
+    assert [status for status, _, _ in lives] == [201, 201, 429]
+    assert json.loads(lives[2][2])["code"] == "queue_full"
+    for _, _, body in lives[:2]:
+        status, _, answer = http("POST", f"{stack.base}/api/jobs/{json.loads(body)['job']['id']}/stop", headers=me)
+        assert status in (200, 202) and json.loads(answer)["state"] in ("cancelled", "stopping")
     status, _, body = http("POST", stack.base + "/api/jobs", {"prompt": RIGHT, "live": True, "num_chunks": 2})
     assert status == 400 and json.loads(body)["field"] == "num_chunks"
     status, _, body = http("POST", stack.base + "/api/jobs", {"prompt": RIGHT, "max_duration_s": 5})

@@ -318,7 +318,8 @@ class DiffusersBackend(Backend):
                 return "condition"
             raise GenerationError(f"model {name} is text-to-video only; it cannot take a start image")
         if "t2v" not in tasks:
-            raise GenerationError(f"model {name} is image-to-video: it needs a start image")
+            needs = "image-to-video: it needs a start image" if "i2v" in tasks else "video editing: it needs a source video"
+            raise GenerationError(f"model {name} is {needs}")
         return "t2v"
 
     # ------------------------------------------------------------------ generation

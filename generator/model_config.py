@@ -333,7 +333,8 @@ class ModelConfig:
                 "pipelines": list(self.kinds),
                 "tasks": sorted(tasks, key=TASKS.index),
                 "task_inputs": fam.task_needs(sorted(tasks, key=TASKS.index)),
-                "requires_image": "t2v" not in tasks,
+                "requires_image": "t2v" not in tasks and "i2v" in tasks,
+                "requires_video": not {"t2v", "i2v"} & set(tasks),
                 "live": fam.live,  # "native": made chunk by chunk with the model's own history
                 "upsampler": self.upsampler is not None,
                 "preset": self.preset,

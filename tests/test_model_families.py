@@ -40,6 +40,8 @@ MODELS = {
     "tiny-wan22-a14b": ("wan2.2-a14b", ["wan", "wan-v2v"], {}),
     "tiny-vace": ("wan-vace", "wan-vace", {}),
     "tiny-skyreels": ("skyreels-v2", ["skyreels-v2", "skyreels-v2-i2v", "skyreels-v2-v2v"], {}),
+    "tiny-lucy-edit": ("lucy-edit", "lucy-edit", {}),
+    "tiny-sana-video": ("sana-video", ["sana-video", "sana-video-i2v"], {}),
     "tiny-helios": ("helios", "helios", {"pipeline_kwargs": {"num_latent_frames_per_chunk": 3}}),  # 9-frame chunks
     # three resolution stages: sizes are multiples of 64
     "tiny-helios-pyramid": ("helios-pyramid", "helios-pyramid", {"defaults": {**DEFAULTS, "width": 64, "height": 64}}),
@@ -66,6 +68,9 @@ CASES = [
     ("tiny-skyreels", "t2v", "SkyReelsV2DiffusionForcingPipeline", 9, 2, None),
     ("tiny-skyreels", "i2v", "SkyReelsV2DiffusionForcingImageToVideoPipeline", 9, 2, None),
     ("tiny-skyreels", "condition", "SkyReelsV2DiffusionForcingVideoToVideoPipeline", 17, 2, None),
+    ("tiny-lucy-edit", "v2v", "LucyEditPipeline", 9, 2, 0.5),
+    ("tiny-sana-video", "t2v", "SanaVideoPipeline", 9, 2, None),
+    ("tiny-sana-video", "i2v", "SanaImageToVideoPipeline", 9, 2, None),
     ("tiny-helios", "t2v", "HeliosPipeline", 9, 2, None),
     ("tiny-helios", "i2v", "HeliosPipeline", 9, 2, None),
     ("tiny-helios", "condition", "HeliosPipeline", 9, 2, None),
@@ -132,7 +137,7 @@ def test_family_task_generates_through_the_backend(backends, name, task, cls, fr
     result = backend.generate(req, progress=lambda s, t, p: calls.append((s, t, p)))
     assert result.frames.shape == (frames, size, size, 3) and result.frames.dtype == np.uint8
     assert backend.calls[-1] == (cls, task)
-    expected_steps = int(steps * strength) if task == "v2v" and name != "tiny-vace" else steps
+    expected_steps = int(steps * strength) if task == "v2v" and name not in ("tiny-vace", "tiny-lucy-edit") else steps
     expected_steps *= -(-frames // 9) if name == "tiny-helios" else 1  # one pipeline call: its chunks' steps
     assert [(s, t) for s, t, _ in calls] == [(i, expected_steps) for i in range(1, expected_steps + 1)]
     assert all(p is not None and p.dtype == np.uint8 and p.shape[-1] == 3 for _, _, p in calls)
@@ -147,8 +152,8 @@ def test_family_task_generates_through_the_backend(backends, name, task, cls, fr
 @pytest.mark.parametrize("name", list(MODELS))
 def test_cancel_interrupts_between_steps_and_the_backend_serves_on(backends, name):
     backend = backends(name)
-    req = GenerationRequest("a cat", steps=4, seed=5, **({"image": pattern(4, 0)}
-                                                          if not backend.info.extra["tasks"][0] == "t2v" else {}))
+    first_task = backend.info.extra["tasks"][0]
+    req = GenerationRequest("a cat", steps=4, seed=5, **inputs(first_task, 9, 4, 0.5, backend.info.default_width))
     steps = []
     with pytest.raises(Cancelled):
         backend.generate(req, progress=lambda s, t, p: steps.append(s), should_cancel=lambda: len(steps) >= 1)

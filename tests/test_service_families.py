@@ -1,6 +1,7 @@
 """Model families through the whole service, on CPU: LTX-2 with its sound track, the Wan 2.2 TI2V-5B
-text- and image-to-video pair, Wan video-to-video (Wan 2.2 A14B's two-expert layout), and Helios (base
-and pyramid: text-to-video, image-to-video, and its video-to-video, which continues a source video).
+text- and image-to-video pair, Wan video-to-video (Wan 2.2 A14B's two-expert layout), Helios (base and
+pyramid: text-to-video, image-to-video, and its video-to-video, which continues a source video), Sana
+Video (text- and image-to-video) and Lucy Edit (video editing from a prompt).
 
 The checkpoints are tiny random instances of the real diffusers / transformers classes saved as
 pipeline folders (tests/tiny_checkpoints.py), named in this stack's models.json like an operator's;
@@ -32,6 +33,8 @@ MODELS = {  # name -> (checkpoint builder, pipeline kinds)
     "tiny-wan-v2v": ("wan2.2-a14b", ["wan", "wan-v2v"]),
     "tiny-helios": ("helios", "helios"),
     "tiny-helios-pyramid": ("helios-pyramid", "helios-pyramid"),
+    "tiny-sana-video": ("sana-video", ["sana-video", "sana-video-i2v"]),
+    "tiny-lucy-edit": ("lucy-edit", "lucy-edit"),
 }
 QUEUE = "tiny-families"
 JOB = {"num_frames": 17, "width": 32, "height": 32, "steps": 2, "fps": 8, "seed": 4}
@@ -247,3 +250,18 @@ def test_a_live_helios_job_streams_its_chunks_and_is_steered(stack):
                                 {"from_frame": steered["from_frame"], "prompt": "a blue cat"}]
     frames, _ = decode_video(base64.b64decode(done["video"]))
     assert len(frames) == done["num_frames"] > steered["from_frame"]
+
+
+def test_sana_video_text_and_image_jobs_then_lucy_edits_them(stack):
+    out = watch(stack, {"t2v": {"model": "tiny-sana-video"}, "i2v": {"model": "tiny-sana-video", "image": png_b64(1)},
+                        "i2v-other": {"model": "tiny-sana-video", "image": png_b64(2)}})
+    done = {key: completed(events) for key, events in out.items()}
+    videos = {key: decode_video(fetch_video(stack, d))[0] for key, d in done.items()}
+    assert all(v.shape == (17, 32, 32, 3) for v in videos.values())
+    assert distance(videos["i2v"], videos["i2v-other"]) > 1.0
+    edits = watch(stack, {key: {"model": "tiny-lucy-edit", "source_job_id": done[key]["job_id"],
+                                "prompt": "make the ball a blue cat"} for key in ("t2v", "i2v")})
+    edited = {key: decode_video(fetch_video(stack, completed(events)))[0] for key, events in edits.items()}
+    assert all(v.shape == (17, 32, 32, 3) for v in edited.values())
+    assert distance(edited["t2v"], edited["i2v"]) > 1.0  # another source, another edit
+    assert distance(edited["t2v"], videos["t2v"]) > 1.0  # an edit, not the source again

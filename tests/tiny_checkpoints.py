@@ -269,6 +269,16 @@ def wan22_a14b_pipeline():
                        vae=_wan_vae(), scheduler=scheduler, **_text_components(umt5=True))
 
 
+def lucy_edit_pipeline():
+    """LucyEditPipeline on Wan 2.2 TI2V-5B's layout: the source video's 48 latent channels are appended to
+    the noisy latents' 48 (a 96-channel transformer input)."""
+    from diffusers import LucyEditPipeline, UniPCMultistepScheduler
+
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    return LucyEditPipeline(transformer=_wan_transformer(96, 48), vae=_wan_vae(wan22=True), scheduler=scheduler,
+                            expand_timesteps=True, **_text_components(umt5=True))
+
+
 def wan_vace_pipeline():
     from diffusers import FlowMatchEulerDiscreteScheduler, WanVACEPipeline, WanVACETransformer3DModel
 
@@ -322,6 +332,30 @@ def helios_pyramid_pipeline():
     from diffusers import HeliosPyramidPipeline
 
     return HeliosPyramidPipeline(**_helios_components(stages=3))
+
+
+# ------------------------------------------------------------------ Sana Video
+def sana_video_pipeline(image_to_video: bool = False):
+    """SanaVideoPipeline / SanaImageToVideoPipeline (one checkpoint serves both): Wan's VAE, a Gemma 2
+    prompt encoder, the linear-attention SanaVideoTransformer3DModel."""
+    from diffusers import (FlowMatchEulerDiscreteScheduler, SanaImageToVideoPipeline, SanaVideoPipeline,
+                           SanaVideoTransformer3DModel)
+    from transformers import Gemma2Config, Gemma2Model, GemmaTokenizer
+
+    tokenizer = GemmaTokenizer(vocab=_bpe_vocab(["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"], "\u2581"), merges=[])
+    torch.manual_seed(0)
+    text_encoder = Gemma2Model(Gemma2Config(head_dim=16, hidden_size=8, intermediate_size=64, num_attention_heads=2,
+                                            num_hidden_layers=1, num_key_value_heads=2, vocab_size=len(tokenizer),
+                                            max_position_embeddings=512, attn_implementation="eager")).eval()
+    torch.manual_seed(0)
+    transformer = SanaVideoTransformer3DModel(
+        in_channels=16, out_channels=16, num_attention_heads=2, attention_head_dim=12, num_layers=2,
+        num_cross_attention_heads=2, cross_attention_head_dim=12, cross_attention_dim=24, caption_channels=8,
+        mlp_ratio=2.5, dropout=0.0, attention_bias=False, sample_size=8, patch_size=(1, 2, 2),
+        norm_elementwise_affine=False, norm_eps=1e-6, qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
+    cls = SanaImageToVideoPipeline if image_to_video else SanaVideoPipeline
+    return cls(transformer=transformer, vae=_wan_vae(), scheduler=FlowMatchEulerDiscreteScheduler(),
+               text_encoder=text_encoder, tokenizer=tokenizer)
 
 
 # ------------------------------------------------------------------ HunyuanVideo 1.5
@@ -408,6 +442,8 @@ BUILDERS = {
     "hunyuanvideo1.5-i2v": lambda: hunyuan15_pipeline(image_to_video=True),
     "cogvideox": cogvideox_pipeline,
     "helios": helios_pipeline,
+    "lucy-edit": lucy_edit_pipeline,
+    "sana-video": sana_video_pipeline,
     "helios-pyramid": helios_pyramid_pipeline,
 }
 

@@ -418,7 +418,7 @@ async def _watching(job_id: str, pieces):
     """A live job's /stream: its reader counts as a viewer (LIVE_IDLE_S) while pieces reach it."""
     async for piece in pieces:
         yield piece
-        await bus.note_watched(job_id)
+        await bus.note_watched(job_id, settings.LIVE_IDLE_S)
 
 
 def _unsatisfiable(size: int) -> HttpResponse:

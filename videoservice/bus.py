@@ -162,7 +162,8 @@ async def stream_exists(job_id: str) -> bool:
 # ---------------------------------------------------------------- who watches a live job
 # A live job ends when nobody has received its chunks for LIVE_IDLE_S (worker/live.py): every web
 # process that relays one of its chunks to a client (or serves its /stream) renews a key that
-# expires after that long, at most once a second per process.
+# expires after that long (longer when the model takes longer than that per chunk: the worker says
+# how long with each chunk), at most once a second per process.
 _WATCH_RENEW_S = 1.0
 _watch_renewed: dict = {}  # job id -> monotonic time this process last renewed its key
 _sync_redis = None
@@ -172,7 +173,8 @@ def _watch_key(job_id: str) -> str:
     return f"videoservice:watched:{job_id}"
 
 
-async def note_watched(job_id: str) -> None:
+async def note_watched(job_id: str, ttl_s: float) -> None:
+    """Someone received a chunk of the live job: it counts as watched for `ttl_s` seconds."""
     import time
 
     import redis.asyncio as aioredis
@@ -189,7 +191,7 @@ async def note_watched(job_id: str) -> None:
     if client is None:
         client = _redis[loop] = aioredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=5)
     try:
-        await client.set(_watch_key(job_id), b"1", px=int(settings.LIVE_IDLE_S * 1000))
+        await client.set(_watch_key(job_id), b"1", px=int(ttl_s * 1000))
     except Exception as exc:  # Redis away: the job may end as unwatched, it is not lost
         log.warning("could not note that live job %s is watched: %s", job_id, exc)
 
@@ -306,13 +308,14 @@ def _group_send(group: str, message: dict):
     return send
 
 
-def publish(group: str, event, wait: bool = True, watched: bool = False) -> bool:
+def publish(group: str, event, wait: bool = True, watched: float = 0.0) -> bool:
     """Send one event after the job's earlier ones; with `wait`, until the layer took it (False if it
     could not be sent: logged). Without, it is only queued (a video chunk: the job's completion,
-    sent after it, waits for both). `watched`: consumers that relay it note the job as watched."""
+    sent after it, waits for both). `watched`: consumers that relay it note the job as watched for
+    that many seconds."""
     message = envelope(event)
     if watched:
-        message["watched"] = True
+        message["watched"] = watched
     done = _outbox.put(str(message["job_id"] or group), _group_send(group, message), wait=wait)
     if done is None:
         return True

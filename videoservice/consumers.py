@@ -177,7 +177,7 @@ class LobbyConsumer(AsyncWebsocketConsumer):
         if text is None:  # a large event that expired before this consumer got to it
             return
         if message.get("watched"):  # a live job's chunk reaches a client: the job has a viewer
-            await bus.note_watched(message["job_id"])
+            await bus.note_watched(message["job_id"], message["watched"])
         frame = await fanout.binary_frame(message, text) if self.binary else None
         if frame is None and len(text) < fanout.BIG_MESSAGE_BYTES:
             await self.send(text_data=text)

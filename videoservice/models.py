@@ -450,9 +450,9 @@ class Job(models.Model):
                                   priority=self.priority, webhook=self.webhook, webhook_events=self.webhook_events,
                                   live=self.live, retry_of=self)
 
-    def announce(self, event, wait: bool = True, watched: bool = False) -> None:
+    def announce(self, event, wait: bool = True, watched: float = 0.0) -> None:
         """An event of this job: to its audience, and to its webhook when the job asked for it.
-        `watched`: each process that relays it notes that the live job has viewers (LIVE_IDLE_S)."""
+        `watched`: each process that relays it notes that the live job has viewers for that many seconds."""
         bus.publish(self.audience(), event, wait=wait, watched=watched)
         webhooks.record(self, event)
 

@@ -194,7 +194,7 @@ class PhoenixConsumer(AsyncWebsocketConsumer):
         if text is None:
             return
         if message.get("watched"):  # a live job's chunk reaches a client: the job has a viewer
-            await bus.note_watched(message["job_id"])
+            await bus.note_watched(message["job_id"], message["watched"])
         kind = json.dumps(message.get("event_type") or json.loads(text)["type"])
         for topic in topics:  # the payload's JSON is pasted in as it is: serialized once
             frame = f'[null,null,{json.dumps(topic)},{kind},{text}]'

@@ -123,7 +123,7 @@ class VideoStream:
         self.seq = 0
         self.ended = False
         self.marks: list = []  # (frame, callback) waiting for that frame to be streamed (encoder thread's)
-        self.watched = bool(getattr(run.job, "live", False))  # live: subscribers note that they watch
+        self.watched = 0.0  # live jobs: for how long a subscriber who receives a chunk counts as watching
         self.thread = threading.Thread(target=self._encode, name=f"stream-{self.job_id}", daemon=True)
         self.thread.start()
 

@@ -43,6 +43,8 @@ class LiveSession:
         self.video = None  # the LiveVideo, for the frame count a new prompt starts at
         self.started = time.monotonic()  # generation starts (model loaded)
         self.first_chunk_at = None
+        self.last_chunk_at = None
+        stream.watched = settings.LIVE_IDLE_S
 
     @property
     def prompt(self) -> str:
@@ -67,6 +69,10 @@ class LiveSession:
         now = time.monotonic()
         if self.first_chunk_at is None:
             self.first_chunk_at = now
+        previous, previous_ttl = self.last_chunk_at, self.stream.watched
+        if previous is not None:  # a model slower than LIVE_IDLE_S a chunk is not "unwatched"
+            self.stream.watched = max(settings.LIVE_IDLE_S, 2 * (now - previous))
+        self.last_chunk_at = now
         frames = chunk.first_frame + len(chunk.frames)
         if chunk.index % max(1, settings.LIVE_STATUS_EVERY) == 0:
             rate = frames / self.fps / max(now - self.started, 1e-6)
@@ -76,7 +82,9 @@ class LiveSession:
                              wait=False)
         if self.stop_reason is None and self.job.live_commands()[1]:
             self.stop_reason = "stopped"
-        if self.stop_reason is None and not bus.is_watched(str(self.job.pk)):
+        # whoever received the previous chunk renewed its key for previous_ttl (the start: LIVE_IDLE_S)
+        if self.stop_reason is None and now - (previous or self.started) < previous_ttl \
+                and not bus.is_watched(str(self.job.pk)):
             self.stop_reason = "idle"
         if self.stop_reason is None:
             self.pace(frames)

@@ -93,7 +93,7 @@ class Run:
         self.job.record_progress(step, total)
         return True
 
-    def publish(self, event, wait: bool = True, watched: bool = False) -> None:
+    def publish(self, event, wait: bool = True, watched: float = 0.0) -> None:
         self.job.announce(event, wait=wait, watched=watched)
 
     def publish_progress(self, event) -> None:

@@ -16,8 +16,12 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
+import urllib.parse
+from http.client import HTTPConnection
 
+import av
 import numpy as np
 import pytest
 from PIL import Image
@@ -63,6 +67,7 @@ FAULT_ENV = {
     "MAX_QUEUED_JOBS": "12",
     "MAX_QUEUED_PER_OWNER": "8",
     "SUBMISSIONS_PER_MINUTE": "1000",
+    "STREAM_IDLE_S": "6",
 }
 
 
@@ -351,6 +356,59 @@ def test_redis_restarted_under_load_queued_jobs_survive_and_clients_reconnect(fa
     rows = [faults.job(j) for j in ids]
     assert all(r["status"] == "succeeded" for r in rows), rows
     assert "Connection to broker lost" in faults.workers["w1"].tail(10**7)  # the same worker reconnected
+
+
+class StreamReader(threading.Thread):
+    """GET /api/jobs/<id>/stream on its own thread: when the headers came, the bytes, how it ended."""
+
+    def __init__(self, base: str, job_id: str):
+        super().__init__(daemon=True)
+        self.url = urllib.parse.urlsplit(f"{base}/api/jobs/{job_id}/stream")
+        self.opened, self.status, self.data, self.error, self.ended = time.monotonic(), None, b"", None, None
+        self.start()
+
+    def run(self):
+        connection = HTTPConnection(self.url.hostname, self.url.port, timeout=120)
+        try:
+            connection.request("GET", self.url.path)
+            response = connection.getresponse()
+            self.status, self.headers_after = response.status, time.monotonic() - self.opened
+            while piece := response.read1(65536):
+                self.data += piece
+        except Exception as exc:
+            self.error = exc
+        finally:
+            self.ended = time.monotonic() - self.opened
+            connection.close()
+
+
+def test_stream_readers_get_headers_at_once_and_survive_a_redis_restart(faults):
+    """/stream across a Redis restart: a reader of a running job resumes after the last piece it read
+    and gets the whole video (it ended in a truncated 200); a reader of a job nobody runs gets its
+    headers at once and its end after STREAM_IDLE_S (6 s here; it had no headers, no close, for more
+    than 10 minutes)."""
+    status, _, body = http("POST", f"{faults.base}/api/jobs", {"prompt": "parked", "model": "fake-parked"})
+    parked = json.loads(body)["job"]["id"]
+    status, _, body = http("POST", f"{faults.base}/api/jobs", {
+        "prompt": "a streamed square", "model": "fake-steps", "num_frames": 9, "width": 64, "height": 64,
+        "steps": 12, "num_chunks": 6})
+    assert status == 201, body
+    running = json.loads(body)["job"]["id"]
+    waiting, streamed = StreamReader(faults.base, parked), StreamReader(faults.base, running)
+    wait_for(lambda: waiting.status == 200 and len(streamed.data) > 0, 60, "headers, and the first pieces")
+    assert waiting.headers_after < 3 and faults.job(running)["status"] == "running"
+    faults.kill_redis()
+    time.sleep(1)
+    faults.start_redis()
+    streamed.join(90)
+    waiting.join(30)
+    job = faults.wait_job(running, timeout=60)
+    assert job["status"] == "succeeded", job
+    assert streamed.error is None and waiting.error is None, (streamed.error, waiting.error)
+    frames = sum(1 for _ in av.open(io.BytesIO(streamed.data)).decode(video=0))
+    assert frames == job["num_frames"], (frames, job["num_frames"])  # resumed: nothing missing, nothing twice
+    assert waiting.data == b"" and waiting.ended < 6 + 15, waiting.ended  # the idle limit, Redis restart and all
+    http("POST", f"{faults.base}/api/jobs/{parked}/cancel", {})
 
 
 def test_frozen_worker_taken_for_dead_loses_its_lease_and_stores_nothing(faults):

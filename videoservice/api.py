@@ -34,7 +34,6 @@ from videoservice.origin import http_request_allowed
 log = logging.getLogger(__name__)
 RANGE_RE = re.compile(r"^bytes=(\d{0,18})-(\d{0,18})$")  # longer numbers: malformed, so ignored
 MAX_RANGE_CHUNK = 8 * 1024 * 1024
-STREAM_IDLE_S = 600  # /stream gives up on a job that sends nothing for this long (queued behind others, or lost)
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
 
@@ -407,11 +406,20 @@ async def job_stream(request, job_id: str):
         return await sync_to_async(job_video)(request, str(job.pk))
     if job.status not in (Job.Status.QUEUED, Job.Status.RUNNING):
         raise RequestError(NOT_FOUND, f"job is {job.status}; no video", status=404)
-    pieces = bus.stream_read(str(job.pk), idle_timeout=STREAM_IDLE_S)
-    response = StreamingHttpResponse(_watching(str(job.pk), pieces) if job.live else pieces, content_type="video/mp4")
+    pieces = bus.stream_read(str(job.pk), idle_timeout=settings.STREAM_IDLE_S)
+    response = StreamingHttpResponse(_headers_now(_watching(str(job.pk), pieces) if job.live else pieces),
+                                     content_type="video/mp4")
     response["Cache-Control"] = "no-store"
     response["X-Accel-Buffering"] = "no"  # (a proxy must not hold it back)
     return response
+
+
+async def _headers_now(pieces):
+    """The status and headers go out at once (Daphne writes them with the first body bytes, and a
+    queued job may send none for minutes): an empty first piece."""
+    yield b""
+    async for piece in pieces:
+        yield piece
 
 
 async def _watching(job_id: str, pieces):

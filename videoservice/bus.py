@@ -100,11 +100,17 @@ def _stream_key(job_id: str) -> str:
     return f"videoservice:stream:{job_id}"
 
 
+STREAM_RETRY_S = 20.0  # a piece waits this long for Redis to come back (a restart) before it is dropped
+STREAM_READ_SLICE_S = 5.0  # one blocking read; the socket time-out is longer, so a frozen Redis cannot hold a reader
+
+
 def stream_append(job_id: str, data: bytes = b"", end: bool = False) -> None:
     """Append a piece of a job's fMP4 (or its end) to the job's stream, in order with the job's
-    events, without waiting (a slow Redis never holds the generation up)."""
+    events, without waiting (a slow Redis never holds the generation up). While Redis is away (a
+    restart) the piece is retried for STREAM_RETRY_S, and the job's later sends wait behind it."""
     import redis.asyncio as aioredis
     from django.conf import settings
+    from redis.exceptions import ConnectionError as RedisConnectionError
 
     async def send():
         loop = asyncio.get_running_loop()
@@ -112,33 +118,64 @@ def stream_append(job_id: str, data: bytes = b"", end: bool = False) -> None:
         if client is None:
             client = _redis[loop] = aioredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=5)
         key = _stream_key(job_id)
-        async with client.pipeline(transaction=False) as pipe:
-            pipe.xadd(key, {"end": b"1"} if end else {"data": data})
-            pipe.expire(key, STREAM_TTL_S)
-            await pipe.execute()
+        give_up = loop.time() + STREAM_RETRY_S
+        while True:
+            try:
+                async with client.pipeline(transaction=False) as pipe:
+                    pipe.xadd(key, {"end": b"1"} if end else {"data": data})
+                    pipe.expire(key, STREAM_TTL_S)
+                    await pipe.execute()
+                return
+            except (RedisConnectionError, OSError):
+                if loop.time() > give_up:
+                    raise
+                await asyncio.sleep(0.5)
     _outbox.put(job_id, send, wait=False)
 
 
 async def stream_read(job_id: str, idle_timeout: float = 120.0):
-    """The pieces of a job's fMP4 stream from its start, as they arrive; stops at its end (or when
-    nothing came for `idle_timeout` seconds: a worker lost mid-job)."""
+    """The pieces of a job's fMP4 stream from its start, as they arrive; stops at its end, or when
+    nothing came for `idle_timeout` seconds (a worker lost mid-job), whatever Redis does meanwhile.
+
+    A Redis restart is survived: the reader reconnects and resumes after the last entry it read. What
+    Redis lost cannot be resumed: a stream whose first entry changed (recreated after a restart
+    without persistence) ends the read, logged, rather than splice fragments of two streams."""
     import redis.asyncio as aioredis
     from django.conf import settings
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
 
-    client = aioredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=5)
-    key, last = _stream_key(job_id), "0"
+    loop = asyncio.get_running_loop()
+    key, last, first = _stream_key(job_id), "0", None
+    client = None
+    deadline = loop.time() + idle_timeout
     try:
-        while True:
-            answer = await client.xread({key: last}, block=int(idle_timeout * 1000), count=64)
-            if not answer:
-                return
-            for entry_id, fields in answer[0][1]:
-                last = entry_id
+        while loop.time() < deadline:
+            try:
+                if client is None:
+                    client = aioredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=5,
+                                                     socket_timeout=STREAM_READ_SLICE_S + 5)
+                    if first is not None and [entry_id for entry_id, _ in await client.xrange(key, count=1)] != [first]:
+                        log.warning("the stream of job %s was lost by Redis after %s; ending its /stream", job_id, last)
+                        return
+                block = min(STREAM_READ_SLICE_S, max(deadline - loop.time(), 0.001))
+                answer = await client.xread({key: last}, block=int(block * 1000), count=64)
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                log.info("reading the stream of job %s: %s; reconnecting", job_id, exc)
+                await client.aclose()
+                client = None
+                await asyncio.sleep(0.5)
+                continue
+            for entry_id, fields in answer[0][1] if answer else ():
+                first, last = first or entry_id, entry_id
                 if b"end" in fields:
                     return
+                deadline = loop.time() + idle_timeout
                 yield fields[b"data"]
+        log.warning("the stream of job %s sent nothing for %.0f s; ending its /stream", job_id, idle_timeout)
     finally:
-        await client.aclose()
+        if client is not None:
+            await client.aclose()
 
 
 def stream_collect(job_id: str) -> bytes:

@@ -42,6 +42,7 @@ Environment (defaults in brackets):
   WEBHOOK_ALLOW_PRIVATE [0]  1: webhooks may point at loopback / private addresses (tests, LANs)
   WEBHOOK_MAX_ATTEMPTS  [8]  tries of one webhook delivery (back-off 1, 2, 4 ... 60 s)
   WEBHOOK_TIMEOUT_S     [10]  one delivery, connection to response headers, in all
+  STREAM_IDLE_S         [600]  GET /api/jobs/<id>/stream ends after this long without a piece
   STREAM_VIDEO          [1]  send video_chunk events / fill /api/jobs/<id>/stream while a job runs
                         (0: the video is encoded once its last frame is made, as a plain MP4 job)
   WORKER_WARMUP [1]  load the model of the worker's first queue right after start
@@ -321,6 +322,9 @@ DISPATCH_ORDER = os.environ.get("DISPATCH_ORDER", "fair")  # fair (priority, the
 WEBHOOK_ALLOW_PRIVATE = env_bool("WEBHOOK_ALLOW_PRIVATE", False)
 WEBHOOK_MAX_ATTEMPTS = env_int("WEBHOOK_MAX_ATTEMPTS", 8)
 WEBHOOK_TIMEOUT_S = env_float("WEBHOOK_TIMEOUT_S", 10.0)
+# GET /api/jobs/<id>/stream ends when the job's stream sends nothing for this long (queued behind
+# others, or its worker lost)
+STREAM_IDLE_S = env_float("STREAM_IDLE_S", 600.0)
 JOB_TIME_LIMIT_S = env_int("JOB_TIME_LIMIT_S", 3600)
 JOB_VISIBILITY_TIMEOUT_S = env_int("JOB_VISIBILITY_TIMEOUT_S", 12 * 3600)
 JOB_MAX_ATTEMPTS = env_int("JOB_MAX_ATTEMPTS", 2)

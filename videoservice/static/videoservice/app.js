@@ -10,6 +10,9 @@
   const TERMINAL = new Set(["succeeded", "failed", "cancelled", "error"]);
   const MAX_BACKOFF_MS = 10000;
   const PING_EVERY_MS = 25000;
+  const LIVE_TICK_MS = 250;         // how often a live card's buffered seconds and timeline marker update
+  const LIVE_CATCHUP_S = 6;         // a live player this far behind what it has buffered jumps to the live edge
+  const LIVE_KEEP_PLAYED_S = 20;    // seconds already played that a live player keeps buffered (seek back)
   const STAFF = document.body.dataset.staff === "1";  // the queue controls (the API refuses others anyway)
   // ?protocol=phoenix: speak the reference design's Phoenix Channels protocol instead of /ws/lobby/
   const PHOENIX = new URLSearchParams(location.search).get("protocol") === "phoenix";
@@ -33,6 +36,10 @@
     imageClear: $("#image-clear"),
     imagePreview: $("#image-preview"),
     private: $("#private"),
+    live: $("#live"),
+    liveHint: $("#live-hint"),
+    maxDuration: $("#max_duration_s"),
+    framesLabel: $("#frames-label"),
     evaluate: $("#evaluate"),
     longVideo: $("#long-video"),
     numChunks: $("#num_chunks"),
@@ -60,10 +67,13 @@
     jobs: new Map(),      // job_id -> card element
     pending: new Map(),   // request_id -> card element (sent, not yet queued)
     cancels: new Map(),   // request_id of a cancel -> card element (until refused or done)
+    stops: new Map(),     // request_id of a live job's stop -> card element (until refused or done)
     objectUrls: new Map(), // card -> blob URL (revoked when the card goes)
     previewUrls: new Map(), // card -> blob URL of the latest preview clip
     streams: new Map(), // card -> the MediaSource playing its video_chunk stream
     describing: new Map(), // request_id, then job_id, of a describe job -> the card of the video it describes
+    steers: new Map(),   // request_id of a steer -> {card, prompt, sentAt} (until `steered` shows it)
+    timelines: new Map(), // live card -> [{from_frame, prompt}]
   };
 
   // ---------------------------------------------------------------- helpers
@@ -152,7 +162,8 @@
     const bits = [];
     if (p.model) bits.push(p.model);
     if (p.width && p.height) bits.push(p.width + "\u00d7" + p.height);
-    if (p.num_frames) bits.push(p.num_frames + " frames");
+    if (p.live) bits.push("live" + (p.max_duration_s ? " \u2264 " + p.max_duration_s + " s" : ""));
+    if (p.num_frames) bits.push(p.num_frames + (p.live ? "-frame chunks" : " frames"));
     if (p.steps) bits.push(p.steps + " steps");
     if (p.num_chunks > 1) bits.push(p.num_chunks + " chunks");
     if (p.duration_s) bits.push(p.duration_s + " s");
@@ -262,9 +273,10 @@
 
   function createCard(info) {
     const card = els.template.content.firstElementChild.cloneNode(true);
-    $(".job-prompt", card).textContent = info.prompt || "(someone else\u2019s job)";
+    $(".job-prompt-text", card).textContent = info.prompt || "(someone else\u2019s job)";
     $(".job-meta", card).textContent = describeParams(info.params || info);
     $(".job-cancel", card).addEventListener("click", () => cancelJob(card));
+    $(".job-stop", card).addEventListener("click", () => stopLive(card));
     $(".job-retry", card).addEventListener("click", () => retryJob(card));
     $(".job-front", card).addEventListener("click", () => frontJob(card));
     $(".job-describe", card).addEventListener("click", () => describeJob(card, false));
@@ -294,9 +306,10 @@
       const job = await api("GET", "/api/jobs/" + encodeURIComponent(jobId));
       const j = job && job.job ? job.job : job;
       if (!j) return;
-      if (j.prompt) $(".job-prompt", card).textContent = j.prompt;
+      if (j.prompt) $(".job-prompt-text", card).textContent = j.prompt;
       const params = Object.assign({}, j.params || {}, { model: j.model || (j.params || {}).model });
       $(".job-meta", card).textContent = describeParams(params);
+      markLive(card, j);
     } catch (e) { /* the job may be private or gone; keep the placeholder */ }
   }
 
@@ -309,6 +322,7 @@
     $(".job-front", card).hidden = !(STAFF && status === "queued");
     $(".job-understanding", card).hidden = status !== "succeeded";
     if (done) $(".job-eta", card).textContent = "";
+    if (card.dataset.live === "1") refreshLive(card);
   }
 
   function setProgress(card, percent) {
@@ -363,27 +377,21 @@
   }
 
   /** video_chunk: the video as it is generated, played through Media Source Extensions (the init
-   * segment with seq 0, then the fragments in order); generation_complete swaps in the final MP4. */
+   * segment with seq 0, then the fragments in order); generation_complete swaps in the final MP4.
+   * A live video joined after its start (no seq 0 here) is read from GET /api/jobs/<id>/stream
+   * instead, which serves the whole stream from its first byte while it grows. */
   function appendStream(card, msg) {
     let s = state.streams.get(card);
     if (!s) {
-      if (msg.seq !== 0 || !window.MediaSource || !MediaSource.isTypeSupported(msg.mime)) return;
-      const video = card.querySelector(".job-stream");
-      if (!video) return;
-      const source = new MediaSource();
-      s = { source, buffer: null, queue: [], next: 0, url: URL.createObjectURL(source), video };
-      state.streams.set(card, s);
-      source.addEventListener("sourceopen", () => {
-        s.buffer = source.addSourceBuffer(msg.mime);
-        s.buffer.mode = "sequence";
-        s.buffer.addEventListener("updateend", () => pumpStream(s));
-        pumpStream(s);
-      }, { once: true });
-      video.src = s.url;
-      video.hidden = false;
-      for (const el of card.querySelectorAll(".job-preview, .job-preview-clip, .job-placeholder")) el.hidden = true;
+      if (msg.seq !== 0) {
+        if (card.dataset.live === "1" && card.dataset.jobId) followStream(card, card.dataset.jobId, msg.mime);
+        return;  // otherwise a gap (joined late, or a lost event): wait for the final video
+      }
+      s = openStream(card, msg.mime);
+      if (!s) return;
     }
-    if (msg.seq !== s.next) return;  // a gap (joined late, or a lost event): wait for the final video
+    if (s.http) return;  // the HTTP stream brings the same bytes
+    if (msg.seq !== s.next) return;
     s.next += 1;
     if (msg.init) s.queue.push(base64ToBytes(msg.init));
     s.queue.push(base64ToBytes(msg.data));
@@ -391,12 +399,59 @@
     pumpStream(s);
   }
 
-  function pumpStream(s) {
-    if (!s.buffer || s.buffer.updating || !s.queue.length) return;
+  /** A MediaSource on the card's stream <video>; null where the browser cannot play `mime`. */
+  function openStream(card, mime) {
+    if (!window.MediaSource || !MediaSource.isTypeSupported(mime)) return null;
+    const video = card.querySelector(".job-stream");
+    if (!video) return null;
+    const source = new MediaSource();
+    const s = { source, buffer: null, queue: [], next: 0, url: URL.createObjectURL(source), video, http: false };
+    state.streams.set(card, s);
+    source.addEventListener("sourceopen", () => {
+      s.buffer = source.addSourceBuffer(mime);
+      s.buffer.mode = "sequence";
+      s.buffer.addEventListener("updateend", () => pumpStream(s));
+      pumpStream(s);
+    }, { once: true });
+    video.src = s.url;
+    video.hidden = false;
+    for (const el of card.querySelectorAll(".job-preview, .job-preview-clip, .job-placeholder")) el.hidden = true;
+    return s;
+  }
+
+  async function followStream(card, jobId, mime) {
+    const s = openStream(card, mime);
+    if (!s) return;
+    s.http = true;
+    s.abort = new AbortController();
     try {
-      s.buffer.appendBuffer(s.queue.shift());
-      const play = s.video.play();
-      if (play && play.catch) play.catch(() => {});
+      const resp = await fetch("/api/jobs/" + encodeURIComponent(jobId) + "/stream",
+                               { credentials: "same-origin", signal: s.abort.signal });
+      if (!resp.ok || !resp.body) return;
+      const reader = resp.body.getReader();
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) return;
+        s.queue.push(value);
+        pumpStream(s);
+      }
+    } catch (e) { /* aborted by the final video, or the connection went: the final video still comes */ }
+  }
+
+  function pumpStream(s) {
+    if (!s.buffer || s.buffer.updating) return;
+    try {
+      if (s.queue.length) {
+        s.buffer.appendBuffer(s.queue.shift());
+        const play = s.video.play();
+        if (play && play.catch) play.catch(() => {});
+        return;
+      }
+      // an endless video: drop what was played long ago, or the browser's buffer quota runs out
+      const buffered = s.buffer.buffered, played = s.video.currentTime;
+      if (buffered.length && played - buffered.start(0) > 2 * LIVE_KEEP_PLAYED_S) {
+        s.buffer.remove(buffered.start(0), played - LIVE_KEEP_PLAYED_S);
+      }
     } catch (e) { /* quota or a closed source: the final video still comes */ }
   }
 
@@ -404,6 +459,7 @@
     const s = state.streams.get(card);
     if (!s) return;
     state.streams.delete(card);
+    if (s.abort) s.abort.abort();
     URL.revokeObjectURL(s.url);
   }
 
@@ -458,6 +514,7 @@
     const preview = state.previewUrls.get(card);
     if (preview) { URL.revokeObjectURL(preview); state.previewUrls.delete(card); }
     endStream(card);
+    state.timelines.delete(card);
     if (card.dataset.jobId) state.jobs.delete(card.dataset.jobId);
     if (card.dataset.requestId) state.pending.delete(card.dataset.requestId);
     card.remove();
@@ -481,6 +538,239 @@
         setStatus(card, card.dataset.status);
       }
     }
+  }
+
+
+  // ---------------------------------------------------------------- live videos
+
+  /** A live job's card (`info`: an event with `params`, a job record, or the request): the LIVE
+   * badge, its real-time factor, buffered seconds and steer latency, Stop for its owner, and the
+   * prompt timeline. */
+  function markLive(card, info) {
+    const params = (info && info.params) || {};
+    if (!info || !(params.live || info.live)) return;
+    if (card.dataset.live !== "1") {
+      card.dataset.live = "1";
+      card.classList.add("live");
+      $(".job-live", card).hidden = false;
+      $(".progress", card).hidden = true;  // endless: no total to show progress against
+      const timeline = info.timeline || (info.prompt ? [{ from_frame: 0, prompt: info.prompt }] : []);
+      setTimeline(card, timeline);
+    }
+    const fps = params.fps || info.fps;
+    if (fps) {
+      card.dataset.fps = String(fps);
+      renderTimeline(card);
+    }
+    if (info.mine) card.dataset.mine = "1";
+    refreshLive(card);
+  }
+
+  function refreshLive(card) {
+    const running = !TERMINAL.has(card.dataset.status);
+    $(".live-badge", card).hidden = !running;
+    $(".job-stop", card).hidden = !(running && card.dataset.mine === "1");
+    if (!running) {
+      $(".live-steering", card).textContent = "";
+      $("[data-testid=live-buffered]", card).textContent = "\u2013";
+    }
+    refreshLiveForm();
+  }
+
+  /** This page's own live video that is still queued or running (the newest), or null. */
+  function activeLive() {
+    for (const card of els.queue.children) {
+      if (card.dataset.live === "1" && card.dataset.mine === "1" && !TERMINAL.has(card.dataset.status)) return card;
+    }
+    return null;
+  }
+
+  /** The form in Live mode: no clip-only options, a duration cap, and Steer while a live video of
+   * yours plays. */
+  function refreshLiveForm() {
+    const live = els.live.checked;
+    for (const el of els.form.querySelectorAll(".clip-only")) el.hidden = live;
+    for (const el of els.form.querySelectorAll(".live-only")) el.hidden = !live;
+    els.framesLabel.textContent = live ? "Frames per chunk" : "Frames";
+    const session = live ? activeLive() : null;
+    els.submit.textContent = session ? "Steer" : live ? "Start live" : "Generate";
+    els.form.dataset.mode = session ? "steer" : live ? "live" : "clip";
+    els.liveHint.hidden = !live;
+    els.liveHint.textContent = session
+      ? "Your live video is playing: edit the prompt and press Enter to steer it (from its next chunk)."
+      : "Enter starts it; then edit the prompt and press Enter again to steer it.";
+  }
+
+  async function steerLive(card, prompt) {
+    const jobId = card.dataset.jobId;
+    if (!jobId) { flash("The live video has not been queued yet.", "info"); return; }
+    const requestId = newRequestId();
+    state.steers.set(requestId, { card, prompt, sentAt: performance.now() });
+    $(".live-steering", card).textContent = "steering to \u201c" + prompt + "\u201d\u2026";
+    if (send({ type: "steer", job_id: jobId, prompt, request_id: requestId })) return;
+    try {
+      await api("POST", "/api/jobs/" + encodeURIComponent(jobId) + "/steer", { prompt });
+    } catch (e) {
+      state.steers.delete(requestId);
+      $(".live-steering", card).textContent = "";
+      flash("steer: " + e.message);
+    }
+  }
+
+  /** Seconds from sending the newest steer to `prompt` to its `steered` (null: not steered from here). */
+  function steerLatency(card, prompt) {
+    let newest = null;
+    for (const pending of state.steers.values()) {
+      if (pending.card === card && pending.prompt === prompt && (!newest || pending.sentAt > newest.sentAt)) newest = pending;
+    }
+    if (!newest) return null;
+    for (const [rid, pending] of state.steers) {  // older steers were overtaken by this one
+      if (pending.card === card && pending.sentAt <= newest.sentAt) state.steers.delete(rid);
+    }
+    return (performance.now() - newest.sentAt) / 1000;
+  }
+
+  async function stopLive(card) {
+    const jobId = card.dataset.jobId;
+    if (!jobId) return;
+    $(".job-stop", card).disabled = true;
+    const requestId = newRequestId();
+    state.stops.set(requestId, card);
+    if (send({ type: "stop", job_id: jobId, request_id: requestId })) return;
+    state.stops.delete(requestId);
+    try {
+      await api("POST", "/api/jobs/" + encodeURIComponent(jobId) + "/stop", {});
+      $(".job-status", card).textContent = "stopping";
+    } catch (e) {
+      flash("stop: " + e.message);
+      $(".job-stop", card).disabled = false;
+    }
+  }
+
+  function setTimeline(card, entries) {
+    state.timelines.set(card, entries.slice());
+    renderTimeline(card);
+  }
+
+  function addTimelineEntry(card, entry) {
+    const entries = (state.timelines.get(card) || []).filter((e) => e.from_frame < entry.from_frame);
+    entries.push(entry);
+    setTimeline(card, entries);
+  }
+
+  function clock(seconds) {
+    const tenths = Math.round(seconds * 10);
+    return Math.floor(tenths / 600) + ":" + String(Math.floor(tenths / 10) % 60).padStart(2, "0") + "." + (tenths % 10);
+  }
+
+  function renderTimeline(card) {
+    const list = $(".timeline", card);
+    const fps = Number(card.dataset.fps) || 0;
+    list.innerHTML = "";
+    for (const entry of state.timelines.get(card) || []) {
+      const item = document.createElement("li");
+      item.dataset.fromFrame = String(entry.from_frame);
+      item.setAttribute("data-testid", "timeline-entry");
+      const at = document.createElement("time");
+      at.textContent = fps ? clock(entry.from_frame / fps) : "#" + entry.from_frame;
+      at.title = "from frame " + entry.from_frame;
+      const text = document.createElement("span");
+      text.textContent = entry.prompt;
+      item.append(at, text);
+      list.appendChild(item);
+    }
+    markTimeline(card);
+  }
+
+  /** Highlight the timeline entry of the frame on screen. */
+  function markTimeline(card) {
+    const video = card.querySelector(".job-stream:not([hidden]), [data-testid=job-video]");
+    const fps = Number(card.dataset.fps) || 0;
+    const frame = video && fps ? Math.floor(video.currentTime * fps + 1e-3) : -1;
+    let current = null;
+    for (const item of $(".timeline", card).children) {
+      item.classList.remove("current");
+      if (Number(item.dataset.fromFrame) <= frame) current = item;
+    }
+    if (current) current.classList.add("current");
+  }
+
+  /** Buffered seconds of each playing live stream (what the player holds beyond the frame on
+   * screen); a player left far behind (a hidden tab) jumps to the live edge. */
+  function liveTick() {
+    for (const card of els.queue.querySelectorAll('.job[data-live="1"]')) {
+      markTimeline(card);
+      const s = state.streams.get(card);
+      if (!s || TERMINAL.has(card.dataset.status)) continue;
+      const buffered = s.video.buffered;
+      if (!buffered.length) continue;
+      const end = buffered.end(buffered.length - 1);
+      if (end - s.video.currentTime > LIVE_CATCHUP_S) s.video.currentTime = end - 1;
+      const ahead = Math.max(0, end - s.video.currentTime);
+      card.dataset.buffered = ahead.toFixed(2);
+      const cell = $("[data-testid=live-buffered]", card);
+      cell.textContent = ahead.toFixed(1) + " s";
+      if (card.dataset.lead) cell.title = "the worker last reported " + card.dataset.lead + " s made ahead of real time";
+    }
+  }
+
+  /** A live event (live_status, steering, steered, stopping); true when `msg` was one. */
+  function handleLive(msg) {
+    switch (msg.type) {
+      case "live_status": {
+        const card = cardFor(msg.job_id);
+        markLive(card, { live: true });
+        card.dataset.rtf = String(msg.realtime_factor);
+        card.dataset.lead = Number(msg.lead_s).toFixed(1);
+        const rtf = $("[data-testid=live-rtf]", card);
+        rtf.textContent = Number(msg.realtime_factor).toFixed(2) + "\u00d7";
+        rtf.classList.toggle("slow", msg.realtime_factor < 1);
+        rtf.title = msg.realtime_factor < 1 ? "made slower than it plays: expect stalls" : "seconds of video made per second";
+        $("[data-testid=live-frames]", card).textContent = String(msg.frames);
+        return true;
+      }
+      case "steering": {  // taken; `steered` follows when its first frame streams
+        const card = state.jobs.get(msg.job_id);
+        if (card) $(".live-steering", card).textContent = "next chunk: \u201c" + msg.prompt + "\u201d";
+        return true;
+      }
+      case "steered": {
+        const card = cardFor(msg.job_id);
+        markLive(card, { live: true });
+        addTimelineEntry(card, { from_frame: msg.from_frame, prompt: msg.prompt });
+        $(".job-prompt-text", card).textContent = msg.prompt;
+        const latency = steerLatency(card, msg.prompt);
+        if (latency !== null) {
+          card.dataset.steerLatency = latency.toFixed(3);
+          $("[data-testid=live-steer-latency]", card).textContent = latency.toFixed(2) + " s";
+        }
+        let waiting = false;
+        for (const pending of state.steers.values()) if (pending.card === card) waiting = true;
+        if (!waiting) $(".live-steering", card).textContent = "";
+        return true;
+      }
+      case "stopping": {  // the current chunk is the last; generation_complete follows
+        state.stops.delete(msg.request_id);
+        const card = state.jobs.get(msg.job_id);
+        if (card) $(".job-status", card).textContent = "stopping";
+        return true;
+      }
+      default:
+        return false;
+    }
+  }
+
+  async function loadLiveSessions() {
+    try {
+      const jobs = listFrom(await api("GET", "/api/jobs?status=queued,running&limit=50"), "jobs");
+      for (const j of jobs.reverse()) {  // oldest first: cards are prepended
+        const id = String(j.id || j.job_id);
+        if (!j.live || state.jobs.has(id)) continue;
+        const card = cardFor(id, j);
+        markLive(card, j);
+        setStatus(card, j.status);
+      }
+    } catch (e) { /* the lobby's events bring them when they stream */ }
   }
 
   // ---------------------------------------------------------------- websocket
@@ -604,6 +894,7 @@
       } catch (e) { /* leave it */ }
     }
     loadGallery();
+    loadLiveSessions();
   }
 
   function applyJobRecord(card, j) {
@@ -726,7 +1017,7 @@
   }
 
   function handle(msg) {
-    if (handleDescribe(msg)) return;
+    if (handleDescribe(msg) || handleLive(msg)) return;
     switch (msg.type) {
       case "queued": {
         let card = msg.request_id ? state.pending.get(msg.request_id) : null;
@@ -736,12 +1027,14 @@
         } else {
           card = cardFor(msg.job_id, msg);
         }
+        markLive(card, msg);
         const ahead = Number(msg.position) || 0;  // jobs ahead of this one for the same model
         setStatus(card, "queued", ahead > 0 ? "queued \u00b7 " + ahead + " ahead" : "queued");
         break;
       }
       case "started": {
         const card = cardFor(msg.job_id, msg);
+        markLive(card, msg);
         setStatus(card, "running", "running");
         if (msg.worker) $(".job-eta", card).textContent = "on " + msg.worker;
         break;
@@ -759,12 +1052,16 @@
         break;
       }
       case "video_chunk": {
-        appendStream(cardFor(msg.job_id), msg);
+        const card = cardFor(msg.job_id);
+        appendStream(card, msg);
+        if (card.dataset.live === "1") {
+          $("[data-testid=live-frames]", card).textContent = String(msg.first_frame + msg.num_frames);
+        }
         break;
       }
       case "generation_complete": {
         const card = cardFor(msg.job_id, msg);
-        if (msg.prompt) $(".job-prompt", card).textContent = msg.prompt;
+        if (msg.prompt) $(".job-prompt-text", card).textContent = msg.prompt;
         setStatus(card, "succeeded", "done");
         setProgress(card, 100);
         const bits = [];
@@ -775,6 +1072,10 @@
         if (msg.has_audio) bits.push("\u266a sound");
         $(".job-meta", card).textContent = bits.join(" \u00b7 ");
         showVideo(card, msg);
+        if (msg.timeline) {
+          markLive(card, Object.assign({ live: true }, msg));
+          setTimeline(card, msg.timeline);
+        }
         showEvaluation(card, msg.evaluation);
         loadGallery();
         break;
@@ -809,6 +1110,16 @@
         }
         flash(text);
         markField(msg.field);
+        const steer = msg.request_id ? state.steers.get(msg.request_id) : null;
+        if (steer) {
+          state.steers.delete(msg.request_id);
+          $(".live-steering", steer.card).textContent = "";
+        }
+        const stopped = msg.request_id ? state.stops.get(msg.request_id) : null;
+        if (stopped) {
+          state.stops.delete(msg.request_id);
+          $(".job-stop", stopped).disabled = false;
+        }
         const cancelled = msg.request_id ? state.cancels.get(msg.request_id) : null;
         if (cancelled) {  // a refused cancel leaves the card as it was
           state.cancels.delete(msg.request_id);
@@ -854,10 +1165,15 @@
       private: els.private.checked,
       request_id: newRequestId(),
     };
-    if (els.evaluate.checked) req.evaluate = true;
     if (els.model.value) req.model = els.model.value;
     if (state.imageB64) req.image = state.imageB64;
-    Object.assign(req, longVideoFields());
+    if (els.live.checked) {  // endless: the clip-only options do not apply
+      req.live = true;
+      req.max_duration_s = numOrNull(els.maxDuration);
+    } else {
+      if (els.evaluate.checked) req.evaluate = true;
+      Object.assign(req, longVideoFields());
+    }
     for (const k of Object.keys(req)) if (req[k] === null) delete req[k];
     return req;
   }
@@ -880,6 +1196,13 @@
 
   async function submit(ev) {
     ev.preventDefault();
+    const session = els.live.checked ? activeLive() : null;
+    if (session) {
+      const prompt = els.prompt.value.trim();
+      if (prompt) steerLive(session, prompt);
+      else flash("Type the new prompt first.");
+      return;
+    }
     const req = collect();
     if (!req.prompt) {
       flash("Type a prompt first.");
@@ -888,6 +1211,10 @@
     }
     const card = createCard(req);
     card.dataset.requestId = req.request_id;
+    if (req.live) {
+      card.dataset.mine = "1";
+      markLive(card, req);
+    }
     if (req.image) {
       const img = $(".job-preview", card);
       img.src = imageSrc(req.image);
@@ -1022,15 +1349,24 @@
     }
   });
   els.prompt.addEventListener("keydown", (ev) => {
-    if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) els.form.requestSubmit();
+    if (ev.key !== "Enter" || ev.isComposing) return;
+    // Ctrl-Enter submits; in Live mode a plain Enter starts or steers (Shift-Enter: a new line)
+    if (ev.ctrlKey || ev.metaKey || (els.live.checked && !ev.shiftKey)) {
+      ev.preventDefault();
+      els.form.requestSubmit();
+    }
   });
+  els.live.addEventListener("change", refreshLiveForm);
 
   const dispatchToggle = document.getElementById("dispatch-toggle");
   if (dispatchToggle) dispatchToggle.addEventListener("click", toggleDispatch);
 
   refreshEmpty();
+  refreshLiveForm();
+  setInterval(liveTick, LIVE_TICK_MS);
   loadModels();
   loadGallery();
+  loadLiveSessions();
   showDispatch();
   connect();
 

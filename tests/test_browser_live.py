@@ -1,0 +1,121 @@
+"""The web UI's Live mode in a real headless Chromium against the real stack (redis-server, Daphne,
+a Celery worker): a live video started from the form plays while it grows (Media Source
+Extensions), Enter in the prompt box steers it and the timeline shows the new prompt, Stop ends
+it with the final MP4; a second page opened after it started sees the LIVE card and plays it too
+(read from GET /api/jobs/<id>/stream from its first byte)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.support.stack import Stack, http
+from tests.test_browser import browser, playwright_api  # noqa: F401 (fixtures)
+
+RIGHT, UP = "a red circle moving right", "a red circle moving up"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    env = {"LIVE_MAX_LEAD_S": "1", "LIVE_STATUS_EVERY": "1", "LIVE_IDLE_S": "20"}
+    with Stack(tmp_path_factory.mktemp("browser-live"), env=env) as s:
+        s.start(worker_queues="builtin", worker_name="live")
+        yield s
+
+
+def open_page(browser, url):  # noqa: F811
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.errors = []
+    page.on("pageerror", lambda exc: page.errors.append(str(exc)))
+    page.goto(url + "/")
+    playwright_api.expect(page.get_by_test_id("conn-status")).to_have_attribute("data-state", "open",
+                                                                                timeout=20_000)
+    return page
+
+
+def wait_playing(page, video, min_buffered: float) -> None:
+    """The <video> holds at least `min_buffered` seconds and its playback position moves."""
+    handle = video.element_handle()
+    page.wait_for_function("([v, s]) => v.buffered.length > 0 && v.buffered.end(v.buffered.length - 1) >= s",
+                           arg=[handle, min_buffered], timeout=60_000)
+    start = video.evaluate("v => v.currentTime")
+    page.wait_for_function("([v, t]) => !v.paused && v.currentTime > t + 0.2", arg=[handle, start], timeout=30_000)
+
+
+def test_start_watch_steer_and_stop_a_live_video(stack, browser, tmp_path):  # noqa: F811
+    expect = playwright_api.expect
+    owner = open_page(browser, stack.base)
+    viewer = None
+    try:
+        expect(owner.locator("#model option[value=builtin]")).to_have_count(1, timeout=20_000)
+        owner.check("#live")
+        expect(owner.locator("#long-video")).to_be_hidden()  # clip-only options go away
+        expect(owner.locator("#max_duration_s")).to_be_visible()
+        expect(owner.locator("#submit")).to_have_text("Start live")
+        for field, value in (("width", "64"), ("height", "64"), ("steps", "4"), ("seed", "5"), ("fps", "8")):
+            owner.fill(f"#{field}", value)
+        owner.fill("#prompt", RIGHT)
+        owner.press("#prompt", "Enter")  # Enter starts it in Live mode
+
+        job = owner.get_by_test_id("job").first
+        expect(job).to_have_attribute("data-live", "1")
+        expect(job.get_by_test_id("job-live-badge")).to_be_visible()
+        expect(job).to_have_attribute("data-status", "running", timeout=60_000)
+        job_id = job.get_attribute("data-job-id")
+        stream = job.get_by_test_id("job-stream")
+        expect(stream).to_be_visible(timeout=60_000)
+        wait_playing(owner, stream, 1.0)  # it plays while it is made
+        expect(owner.locator("#submit")).to_have_text("Steer")
+        expect(job.get_by_test_id("live-rtf")).to_have_text(re.compile(r"^\d+\.\d\d\u00d7$"), timeout=30_000)
+        expect(job.get_by_test_id("live-buffered")).to_have_text(re.compile(r"^\d+\.\d s$"))
+        expect(job.get_by_test_id("timeline-entry")).to_have_count(1)
+        expect(job.get_by_test_id("timeline-entry").first).to_contain_text(RIGHT)
+
+        # someone else in the lobby, arriving after it started: the LIVE card, and it plays
+        viewer = open_page(browser, stack.base)
+        seen = viewer.locator(f'[data-testid=job][data-job-id="{job_id}"]')
+        expect(seen.get_by_test_id("job-live-badge")).to_be_visible(timeout=20_000)
+        expect(seen.get_by_test_id("job-stop")).to_be_hidden()  # not theirs to stop
+        wait_playing(viewer, seen.get_by_test_id("job-stream"), 1.0)
+
+        # steer: the prompt box stays editable, Enter sends it; the timeline gets the new prompt
+        owner.fill("#prompt", UP)
+        owner.press("#prompt", "Enter")
+        entries = job.get_by_test_id("timeline-entry")
+        expect(entries).to_have_count(2, timeout=60_000)
+        expect(entries.nth(1)).to_contain_text(UP)
+        latency = float(job.get_attribute("data-steer-latency"))
+        assert 0 < latency < 30, latency
+        expect(job.get_by_test_id("live-steer-latency")).to_have_text(f"{latency:.2f} s")
+        expect(seen.get_by_test_id("timeline-entry")).to_have_count(2, timeout=30_000)  # the audience sees it
+        expect(job.get_by_test_id("job-prompt")).to_have_text(UP)
+        wait_playing(owner, stream, 0)  # still playing after the steer
+        shot = Path(os.environ.get("BROWSER_SCREENSHOT", tmp_path / "live.png"))
+        owner.screenshot(path=str(shot), full_page=True)
+        viewer.screenshot(path=str(shot.with_name(shot.stem + "-viewer.png")), full_page=True)
+
+        job.get_by_test_id("job-stop").click()
+        expect(job).to_have_attribute("data-status", "succeeded", timeout=60_000)
+        video = job.get_by_test_id("job-video")
+        expect(video).to_have_count(1)
+        expect(job.get_by_test_id("job-stream")).to_have_count(0)
+        wait_playing(owner, video, 1.0)
+        assert video.evaluate("v => [v.videoWidth, v.videoHeight]") == [64, 64]
+        expect(job.get_by_test_id("job-live-badge")).to_be_hidden()
+        expect(owner.locator("#submit")).to_have_text("Start live")  # the next Enter starts a new one
+        from_frame = int(entries.nth(1).get_attribute("data-from-frame"))
+        expect(seen).to_have_attribute("data-status", "succeeded", timeout=30_000)
+        expect(seen.get_by_test_id("job-video")).to_have_count(1)
+
+        status, _, body = http("GET", f"{stack.base}/api/jobs/{job_id}")
+        assert status == 200
+        record = json.loads(body)["job"]
+        assert record["timeline"] == [{"from_frame": 0, "prompt": RIGHT}, {"from_frame": from_frame, "prompt": UP}]
+        assert not owner.errors and not viewer.errors, owner.errors + viewer.errors
+    finally:
+        owner.close()
+        if viewer is not None:
+            viewer.close()

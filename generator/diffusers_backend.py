@@ -119,6 +119,10 @@ class DiffusersBackend(Backend):
         if not os.path.isfile(os.path.join(cfg.path, "model_index.json")):
             raise GenerationError(f"model {cfg.name}: {cfg.path} is not a diffusers pipeline folder "
                                   f"(no model_index.json); check 'path' in the model configuration")
+        missing = [cfg.kind_class(k) for k in cfg.kinds if not hasattr(diffusers, cfg.kind_class(k))]
+        if missing:
+            raise GenerationError(f"model {cfg.name}: diffusers {diffusers.__version__} has no pipeline class "
+                                  f"{', '.join(missing)}")
         problems = check_pipeline_kwargs(cfg)
         if problems:
             raise GenerationError("; ".join(problems))
@@ -126,7 +130,7 @@ class DiffusersBackend(Backend):
             log.warning("model %s: float16 on CPU is slow/unsupported, loading float32", cfg.name)
             self.dtype = torch.float32
         first = cfg.kinds[0]
-        cls_name = self.family.kinds[first].cls
+        cls_name = cfg.kind_class(first)
         kwargs = {"dtype": self.dtype, "local_files_only": True}
         if cfg.vae_dtype and TORCH_DTYPES[cfg.vae_dtype] != self.dtype:
             kwargs["vae"] = getattr(diffusers, self.family.vae).from_pretrained(
@@ -137,13 +141,14 @@ class DiffusersBackend(Backend):
         except Exception as exc:
             raise GenerationError(f"model {cfg.name}: cannot load {cls_name} from {cfg.path}: {exc}") from exc
         pipe.set_progress_bar_config(disable=True)
+        self.adapter.check_shared(pipe, first)
         self.pipes[first] = pipe
         self.primary = pipe
         for kind in cfg.kinds[1:]:
             self.adapter.check_shared(pipe, kind)
             # Shares every component. diffusers 0.42's from_pipe casts the shared components to float32
             # unless given a dtype (a bf16 LTX ran 8x slower), so name it and put a separate VAE dtype back.
-            other = getattr(diffusers, self.family.kinds[kind].cls).from_pipe(pipe, dtype=self.dtype)
+            other = getattr(diffusers, cfg.kind_class(kind)).from_pipe(pipe, dtype=self.dtype)
             if cfg.vae_dtype:
                 pipe.vae.to(dtype=TORCH_DTYPES[cfg.vae_dtype])
             other.set_progress_bar_config(disable=True)

@@ -183,6 +183,10 @@ class ModelEntry(_Strict):
     upsampler: Optional[str] = Field(None, min_length=1, description="a latent upsampler pipeline folder")
     preset: Optional[str] = None
     pipeline_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra pipeline call arguments")
+    pipeline_class: Optional[str] = Field(None, pattern=r"^[A-Z]\w*Pipeline$",
+                                          description='the diffusers class of a "generic" entry')
+    tasks: Optional[list[Literal["t2v", "i2v", "v2v"]]] = Field(
+        None, min_length=1, description='what a "generic" entry serves (default ["t2v"])')
 
     @field_validator("pipeline")
     @classmethod
@@ -217,6 +221,14 @@ class ModelEntry(_Strict):
         if self.backend == "diffusers" and self.path is None:
             raise ConfigError("'path' is required (a local diffusers pipeline folder)", field="path")
         fam = FAMILIES[KINDS[self.pipeline[0]]]
+        generic = fam.name == "generic"
+        if generic and self.pipeline_class is None:
+            raise ConfigError("a generic entry names its diffusers class, e.g. \"MotifVideoPipeline\"",
+                              field="pipeline_class")
+        for key in ("pipeline_class", "tasks"):
+            if not generic and getattr(self, key) is not None:
+                raise ConfigError(f"only a \"generic\" entry takes {key!r}; {fam.description} knows its own",
+                                  field=key)
         if self.upsampler is not None and fam.upsampler is None:
             raise ConfigError(f"'upsampler' is set but {fam.description} has no latent upsampler", field="upsampler")
         if self.preset is not None:
@@ -273,6 +285,8 @@ class ModelConfig:
     upsampler: Optional[str] = None  # latent upsampler pipeline folder
     preset: Optional[str] = None
     pipeline_kwargs: dict = field(default_factory=dict)  # the preset's, updated by the entry's
+    pipeline_class: Optional[str] = None  # a generic entry's diffusers class
+    generic_tasks: tuple = ("t2v",)  # what a generic entry serves
     # "diffusers", or "package.module:factory" (a callable taking this ModelConfig and returning a
     # generator.interface.Backend): a plug-in backend; the tests register fault-injecting fakes this way
     backend: str = "diffusers"
@@ -281,10 +295,16 @@ class ModelConfig:
     def family_info(self) -> Family:
         return FAMILIES[self.family]
 
+    def kind_class(self, kind: str) -> str:
+        """The diffusers class a configured kind runs."""
+        return self.pipeline_class or self.family_info.kinds[kind].cls
+
     @property
     def tasks(self) -> dict:
         """task -> the configured kind that serves it; a dedicated pipeline beats an all-round one."""
         fam = self.family_info
+        if self.pipeline_class:
+            return {task: self.kinds[0] for task in self.generic_tasks}
         out = {}
         for kind in sorted(self.kinds, key=lambda k: len(fam.kinds[k].tasks)):
             for task in fam.kinds[kind].tasks:
@@ -395,7 +415,9 @@ def parse_entry(name: str, entry: dict, base_dir: str = REPO_ROOT, check_paths: 
                          defaults=parsed.defaults, limits=parsed.limits, memory=parsed.memory,
                          queue=parsed.queue or name, negative_prompt=parsed.negative_prompt,
                          max_sequence_length=parsed.max_sequence_length, upsampler=upsampler, preset=parsed.preset,
-                         pipeline_kwargs=parsed.merged_kwargs(), backend=parsed.backend)
+                         pipeline_kwargs=parsed.merged_kwargs(), backend=parsed.backend,
+                         pipeline_class=parsed.pipeline_class,
+                         generic_tasks=tuple(sorted(parsed.tasks or ["t2v"], key=TASKS.index)))
     info = config.model_info()
     problems = info.problems(info.default_frames, info.default_width, info.default_height,
                              info.default_steps, info.default_guidance)
@@ -412,13 +434,16 @@ def check_pipeline_kwargs(config: ModelConfig) -> list:
     validator and the backend's load call it, not the web process)."""
     import diffusers
 
-    fam, out = config.family_info, []
+    out = [f"model {config.name!r}: pipeline_class: diffusers {diffusers.__version__} has no {config.kind_class(k)}"
+           for k in config.kinds if not hasattr(diffusers, config.kind_class(k))]
+    if out:
+        return out
     for key in config.pipeline_kwargs:
         takers = [k for k in config.kinds
-                  if key in inspect.signature(getattr(diffusers, fam.kinds[k].cls).__call__).parameters]
+                  if key in inspect.signature(getattr(diffusers, config.kind_class(k)).__call__).parameters]
         if not takers:
             out.append(f"model {config.name!r}: pipeline_kwargs.{key} is not an argument of "
-                       f"{' or '.join(fam.kinds[k].cls for k in config.kinds)}")
+                       f"{' or '.join(config.kind_class(k) for k in config.kinds)}")
     return out
 
 

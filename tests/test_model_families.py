@@ -411,3 +411,41 @@ def test_a_family_without_native_chunks_runs_live_by_continuation(backends, name
     assert [c.first_frame for c in chunks] == [0, 9 - video.shared, 2 * (9 - video.shared)]
     frames = np.concatenate([c.frames for c in chunks] + [video.tail()])
     assert frames.shape == (3 * 9 - 2 * video.shared, 32, 32, 3) and frames.dtype == np.uint8
+
+
+# ------------------------------------------------------------------ the generic kind
+@pytest.mark.parametrize("builder, cls, task", [
+    ("ltx", "LTXPipeline", "t2v"),
+    ("ltx", "LTXImageToVideoPipeline", "i2v"),  # image + frame_rate read from its signature
+    ("wan2.2-a14b", "WanVideoToVideoPipeline", "v2v"),
+    ("sana-video", "SanaImageToVideoPipeline", "i2v"),  # its frame count is `frames`
+])
+def test_generic_kind_maps_a_request_by_the_call_signature(builder, cls, task):
+    cfg = mc.parse_entry("generic", entry(builder, "generic", pipeline_class=cls, tasks=[task],
+                                          **({"pipeline_kwargs": {"use_resolution_binning": False}}
+                                             if builder == "sana-video" else {})))
+    backend = DiffusersBackend(cfg)
+    try:
+        assert backend.info.extra["tasks"] == [task] and backend.info.extra["family"] == "generic"
+        steps, req = [], GenerationRequest("a red ball", steps=2, seed=3, **inputs(task, 9, 1, 0.5))
+        result = backend.generate(req, progress=lambda s, t, p: steps.append(s))
+        assert result.frames.shape == (9, 32, 32, 3) and backend.calls[-1] == (cls, task) and steps[-1] >= 1
+        if task != "t2v":
+            other = backend.generate(GenerationRequest("a red ball", steps=2, seed=3, **inputs(task, 9, 2, 0.5)))
+            assert np.abs(other.frames.astype(np.int16) - result.frames).mean() > 1.0
+    finally:
+        backend.unload()
+
+
+def test_generic_kind_refuses_what_its_pipeline_cannot_take():
+    with pytest.raises(mc.ConfigError, match="pipeline_class"):
+        mc.parse_entry("g", {"path": "/m", "pipeline": "generic"})
+    with pytest.raises(mc.ConfigError, match="only a \"generic\" entry takes 'tasks'"):
+        mc.parse_entry("g", {"path": "/m", "pipeline": "ltx", "tasks": ["t2v"]})
+    backend = DiffusersBackend(mc.parse_entry("g", entry("ltx", "generic", pipeline_class="LTXPipeline",
+                                                         tasks=["t2v", "i2v"])))
+    with pytest.raises(GenerationError, match="LTXPipeline takes none of image, first_frame"):
+        backend.load()
+    backend = DiffusersBackend(mc.parse_entry("g", entry("ltx", "generic", pipeline_class="SoraPipeline")))
+    with pytest.raises(GenerationError, match="has no pipeline class SoraPipeline"):
+        backend.load()

@@ -1,7 +1,8 @@
 """Model families through the whole service, on CPU: LTX-2 with its sound track, the Wan 2.2 TI2V-5B
 text- and image-to-video pair, Wan video-to-video (Wan 2.2 A14B's two-expert layout), Helios (base and
 pyramid: text-to-video, image-to-video, and its video-to-video, which continues a source video), Sana
-Video (text- and image-to-video) and Lucy Edit (video editing from a prompt).
+Video (text- and image-to-video), Lucy Edit (video editing from a prompt) and the generic kind (a
+pipeline class mapped by its call signature).
 
 The checkpoints are tiny random instances of the real diffusers / transformers classes saved as
 pipeline folders (tests/tiny_checkpoints.py), named in this stack's models.json like an operator's;
@@ -35,6 +36,7 @@ MODELS = {  # name -> (checkpoint builder, pipeline kinds)
     "tiny-helios-pyramid": ("helios-pyramid", "helios-pyramid"),
     "tiny-sana-video": ("sana-video", ["sana-video", "sana-video-i2v"]),
     "tiny-lucy-edit": ("lucy-edit", "lucy-edit"),
+    "tiny-generic": ("ltx", "generic"),  # as LTXImageToVideoPipeline, read from its signature
 }
 QUEUE = "tiny-families"
 JOB = {"num_frames": 17, "width": 32, "height": 32, "steps": 2, "fps": 8, "seed": 4}
@@ -52,7 +54,8 @@ def stack(tmp_path_factory):
         models[name] = {"path": f"checkpoints/{name}", "pipeline": kinds, "dtype": "float32", "limits": SMALL,
                         "defaults": {"steps": 2, "width": 32, "height": 32, "frames": 17, "fps": 8,
                                      **({"width": 64, "height": 64} if builder == "helios-pyramid" else {})},
-                        "max_sequence_length": 16, "queue": QUEUE}
+                        "max_sequence_length": 16, "queue": QUEUE,
+                        **({"pipeline_class": "LTXImageToVideoPipeline", "tasks": ["i2v"]} if kinds == "generic" else {})}
     print(f"tiny checkpoints built in {time.monotonic() - t0:.1f} s")
     svc = Stack(tmp, models=models)
     try:
@@ -265,3 +268,10 @@ def test_sana_video_text_and_image_jobs_then_lucy_edits_them(stack):
     assert all(v.shape == (17, 32, 32, 3) for v in edited.values())
     assert distance(edited["t2v"], edited["i2v"]) > 1.0  # another source, another edit
     assert distance(edited["t2v"], videos["t2v"]) > 1.0  # an edit, not the source again
+
+
+def test_a_generic_pipeline_job(stack):
+    out = watch(stack, {"a": {"model": "tiny-generic", "image": png_b64(1)},
+                        "b": {"model": "tiny-generic", "image": png_b64(2)}})
+    videos = {key: decode_video(fetch_video(stack, completed(events)))[0] for key, events in out.items()}
+    assert videos["a"].shape == (17, 32, 32, 3) and distance(videos["a"], videos["b"]) > 1.0

@@ -114,10 +114,29 @@ async def live_run(stack: Stack, clip: dict, seconds: float, steer_at: float | N
         arrivals = [(t, m["num_frames"]) for t, m in chunks]
         out["stalls"], out["stalled"], _ = stalls(arrivals, fps)
         out["intervals"] = [b[0] - a[0] for a, b in zip(chunks, chunks[1:]) if b[1]["first_frame"] > 0]
-        if steer_at is not None:  # frames the viewer played between the steer and the steered frame
-            played_at_steer = (out["steer_sent"] - chunks[0][0]) * fps  # (stalls only delay playback further)
-            out["steer_frames"] = out["steer_from"] - played_at_steer
+        if steer_at is not None:  # frames the viewer plays between the steer and the steered frame
+            out["steer_frames"] = out["steer_from"] - played_by(arrivals, fps, out["steer_sent"])
         return out
+
+
+def played_by(arrivals: list, fps: float, when: float) -> float:
+    """Frames a viewer who starts at the first chunk (and waits out each stall) has played at `when`."""
+    due, played = arrivals[0][0], 0
+    for arrival, frames in arrivals:
+        due = max(due, arrival)
+        if when < due:
+            break
+        played += min(frames, (when - due) * fps)
+        due += frames / fps
+    return played
+
+
+async def warm_up(stack: Stack, clip: dict) -> None:
+    """One short clip, so that the worker has loaded the model before anything is timed."""
+    async with Viewer(stack) as v:
+        await v.send({"type": "generate", "prompt": PROMPT, **clip, "steps": 1})
+        job_id = (await v.until(lambda m: m["type"] == "queued"))[1]["job_id"]
+        await v.until(lambda m: m.get("job_id") == job_id and m["type"] == "generation_complete")
 
 
 async def long_run(stack: Stack, clip: dict, chunks: int) -> dict:
@@ -193,6 +212,7 @@ def main():
         for stack in (unpaced, paced):
             stacks.append(stack)
             stack.start(worker_queues="builtin")
+            asyncio.run(warm_up(stack, clip))
         title = (f"{clip['num_frames']}-frame chunks, {args.size}x{args.size}, {clip['steps']} steps, "
                  f"{clip['fps']:g} fps, built-in model, {os.cpu_count()} cores")
         if "live" in parts:

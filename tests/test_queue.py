@@ -24,8 +24,9 @@ from tests.support.stack import Stack, http, wait_for
 FAKE = {"backend": "tests.fault_backends:fake_faults", "pipeline": "ltx", "queue": "fakes",
         "defaults": {"steps": 4, "width": 64, "height": 64, "frames": 9, "fps": 8},
         "limits": {"min_size": 32, "max_size": 128, "max_steps": 1000}}
-ENV = {"WEBHOOK_ALLOW_PRIVATE": "1", "WEBHOOK_TIMEOUT_S": "2", "LOG_FORMAT": "json", "JOB_HEARTBEAT_S": "0.5", "JOB_HEARTBEAT_TIMEOUT_S": "4",
-       "JOB_REAPER_INTERVAL_S": "1", "MAX_QUEUED_PER_OWNER": "50", "MAX_QUEUED_PER_ADDRESS": "100",
+ENV = {"WEBHOOK_ALLOW_PRIVATE": "1", "WEBHOOK_TIMEOUT_S": "2", "LOG_FORMAT": "json", "JOB_HEARTBEAT_S": "0.5",
+       "JOB_HEARTBEAT_TIMEOUT_S": "4", "JOB_REAPER_INTERVAL_S": "1", "MAX_QUEUED_PER_OWNER": "50",
+       "MAX_QUEUED_PER_ADDRESS": "100",
        "SUBMISSIONS_PER_MINUTE": "1000"}
 USERS = """
 import json

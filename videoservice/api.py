@@ -15,6 +15,7 @@ from typing import Literal, Optional, Union
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
+from django.db import InterfaceError, OperationalError
 from django.http import FileResponse, HttpResponse, HttpResponseRedirect, JsonResponse, StreamingHttpResponse
 from ninja import NinjaAPI, Query, Schema
 from ninja.errors import HttpError, ValidationError as NinjaValidationError
@@ -24,7 +25,7 @@ from pydantic import Field
 from videoservice import bus, dispatch, media
 from videoservice.auth import authenticate_http
 from videoservice.contract import (AUTH_REQUIRED, CSRF_FAILED, FORBIDDEN, INTERNAL_ERROR, INVALID_FIELD, INVALID_JSON,
-                                   METHOD_NOT_ALLOWED, NOT_CANCELLABLE, NOT_FOUND, RATE_LIMITED, TOO_LARGE,
+                                   METHOD_NOT_ALLOWED, NOT_CANCELLABLE, NOT_FOUND, RATE_LIMITED, TOO_LARGE, UNAVAILABLE,
                                    DescribeRequest, GenerateRequest, JobBody, RequestError, SteerBody, parse,
                                    parse_json,
                                    websocket_schema)
@@ -220,6 +221,14 @@ def _http_error(request, exc: HttpError):  # ninja's own refusals (a body that i
 @api.exception_handler(RequestDataTooBig)
 def _too_big(request, exc):
     return error_response(RequestError(TOO_LARGE, "request body too large", status=413))
+
+
+@api.exception_handler(OperationalError)
+@api.exception_handler(InterfaceError)
+def _database_busy(request, exc):  # locked (SQLite) or a broken connection: passing, worth a retry
+    log.warning("API request hit a busy database: %s %s: %s", request.method, request.path, exc)
+    return error_response(RequestError(UNAVAILABLE, "the database is busy; try again shortly", status=503,
+                                       retry_after=5))
 
 
 @api.exception_handler(Exception)

@@ -11,15 +11,23 @@
 from __future__ import annotations
 
 import datetime
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
+from django.contrib.auth import get_user_model
+from django.contrib.auth.backends import ModelBackend
+from django.contrib.auth.forms import AuthenticationForm
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.utils import timezone
 
 from videoservice.contract import AUTH_REQUIRED, RequestError
 
 LAST_USED_RESOLUTION = datetime.timedelta(minutes=1)
+log = logging.getLogger(__name__)
 
 
 def api_token(token: str):
@@ -31,10 +39,68 @@ def api_token(token: str):
     row = ApiToken.objects.select_related("user").filter(digest=ApiToken.hash(token)).first()
     if row is None or not row.user.is_active:
         return None
-    now = timezone.now()
-    if row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION:
-        ApiToken.objects.filter(pk=row.pk).update(last_used_at=now)
+    if row.last_used_at is None or timezone.now() - row.last_used_at > LAST_USED_RESOLUTION:
+        _note_used(row.pk)
     return row
+
+
+# last_used_at is bookkeeping: written on a thread of its own, never on the request's (Channels runs
+# every handshake's database work on one shared thread: a write waiting for a lock held them all)
+_last_used = ThreadPoolExecutor(max_workers=1, thread_name_prefix="token-last-used")
+_last_used_pending: set = set()
+_last_used_lock = threading.Lock()
+
+
+def _note_used(token_pk) -> None:
+    with _last_used_lock:
+        if token_pk in _last_used_pending:
+            return
+        _last_used_pending.add(token_pk)
+    _last_used.submit(_write_last_used, token_pk)
+
+
+def _write_last_used(token_pk) -> None:
+    from django.db import close_old_connections
+
+    from videoservice.models import ApiToken
+
+    try:
+        close_old_connections()
+        ApiToken.objects.filter(pk=token_pk).update(last_used_at=timezone.now())
+    except Exception as exc:  # a locked or unreachable database: the next use writes it
+        log.warning("could not note the use of API token %s: %s", token_pk, exc)
+    finally:
+        with _last_used_lock:
+            _last_used_pending.discard(token_pk)
+
+
+class ThrottledModelBackend(ModelBackend):
+    """Django's password check, refused before the (costly) hash is computed while the account or the
+    client's address has too many recent failures (videoservice.limits.login_throttled); failures are
+    counted and logged. Covers every sign-in form (the login page and the admin's)."""
+
+    def authenticate(self, request, username=None, password=None, **kwargs):
+        from videoservice import limits
+
+        address = (request.META.get("REMOTE_ADDR", "") if request is not None else "")[:64]
+        name = username if username is not None else kwargs.get(get_user_model().USERNAME_FIELD, "")
+        if limits.login_throttled(name or "", address):
+            raise PermissionDenied("too many failed sign-ins")
+        user = super().authenticate(request, username=username, password=password, **kwargs)
+        if user is None and password is not None:
+            limits.note_login_failure(name or "", address)
+        return user
+
+
+class ThrottledLoginForm(AuthenticationForm):
+    """The login page's form: a throttled sign-in says so (and when to come back)."""
+
+    def get_invalid_login_error(self):
+        from videoservice import limits
+
+        reason = limits.login_throttled(self.cleaned_data.get("username") or "",
+                                        (self.request.META.get("REMOTE_ADDR", "") if self.request else "")[:64])
+        return ValidationError(reason, code="throttled") if reason else super().get_invalid_login_error()
 
 
 def user_for_token(token: str):

@@ -19,11 +19,11 @@ from django.conf import settings
 from videoservice import bus, fanout, limits, metrics
 from videoservice.auth import auth_required
 from videoservice.contract import (AUTH_REQUIRED, INTERNAL_ERROR, INVALID_JSON, MISSING_FIELD, RATE_LIMITED,
-                                   TOO_LARGE, UNKNOWN_TYPE, CancellingEvent, CancelledEvent, CancelRequest,
+                                   TOO_LARGE, UNAVAILABLE, UNKNOWN_TYPE, CancellingEvent, CancelledEvent, CancelRequest,
                                    DescribeRequest, ErrorEvent, GenerateRequest, PingRequest, PongEvent,
                                    RequestError, SteeringEvent, SteerRequest, StoppingEvent, StopRequest, parse,
                                    parse_json, request_id_of)
-from videoservice.models import LOBBY_GROUP, Job, Submitter, owner_group
+from videoservice.models import LOBBY_GROUP, TRANSIENT_DB_ERRORS, Job, Submitter, owner_group
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,10 @@ class LobbyConsumer(AsyncWebsocketConsumer):
             await self.handle(data)
         except RequestError as err:
             await self.send_error(err, request_id_of(data))
+        except TRANSIENT_DB_ERRORS as exc:  # locked, or a broken connection: worth a retry
+            log.warning("lobby message hit a busy database: %s", exc)
+            await self.send_error(RequestError(UNAVAILABLE, "the database is busy; try again shortly",
+                                               retry_after=5), request_id_of(data))
         except Exception:
             log.exception("lobby message failed")
             await self.send_error(RequestError(INTERNAL_ERROR, "the server failed to handle this message"),

@@ -1,8 +1,11 @@
-"""Rate limits: accepted submissions per user (shared by every web process, in Redis) and
-messages per websocket connection (in the consumer). Settings: SUBMISSIONS_PER_MINUTE,
-WS_MESSAGES_PER_MINUTE (videoservice/settings.py)."""
+"""Rate limits: accepted submissions per user and failed sign-ins per account and per address
+(shared by every web process, in Redis), and messages per websocket connection (in the consumer).
+Settings: SUBMISSIONS_PER_MINUTE, WS_MESSAGES_PER_MINUTE, LOGIN_FAILURES_PER_ACCOUNT,
+LOGIN_FAILURES_PER_ADDRESS, LOGIN_FAILURE_WINDOW_S (videoservice/settings.py)."""
 from __future__ import annotations
 
+import hashlib
+import logging
 import math
 import time
 import uuid
@@ -25,6 +28,7 @@ return -1
 """
 _client = None
 _script = None
+log = logging.getLogger(__name__)
 
 
 def _redis():
@@ -35,6 +39,50 @@ def _redis():
         _client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
         _script = _client.register_script(_SLIDING_WINDOW)
     return _script
+
+
+def _login_keys(username: str, address: str) -> list:
+    account = hashlib.sha256((username or "").strip().lower().encode()).hexdigest()[:32]
+    return [f"videoservice:login-failures:account:{account}", f"videoservice:login-failures:address:{address}"]
+
+
+def login_throttled(username: str, address: str) -> str | None:
+    """Why a sign-in of this account from this address is refused before its password is checked
+    (None: it may try): LOGIN_FAILURES_PER_ACCOUNT / LOGIN_FAILURES_PER_ADDRESS failures within
+    LOGIN_FAILURE_WINDOW_S. Fails open, logged, while Redis is away (nobody could work then anyway)."""
+    limits = (settings.LOGIN_FAILURES_PER_ACCOUNT, settings.LOGIN_FAILURES_PER_ADDRESS)
+    now_ms = int(time.time() * 1000)
+    try:
+        _redis()
+        with _client.pipeline(transaction=False) as pipe:
+            for key in _login_keys(username, address):
+                pipe.zremrangebyscore(key, "-inf", now_ms - settings.LOGIN_FAILURE_WINDOW_S * 1000)
+                pipe.zcard(key)
+            counts = pipe.execute()[1::2]
+    except Exception as exc:
+        log.warning("login throttle unavailable: %s", exc)
+        return None
+    for what, count, limit in zip(("this account", "your address"), counts, limits):
+        if 0 < limit <= count:
+            log.warning("sign-in refused: %d failures for %s (account %r, address %s) in %d s", count, what,
+                        username[:150], address, settings.LOGIN_FAILURE_WINDOW_S)
+            return (f"too many failed sign-ins for {what}; try again in "
+                    f"{math.ceil(settings.LOGIN_FAILURE_WINDOW_S / 60)} minutes")
+    return None
+
+
+def note_login_failure(username: str, address: str) -> None:
+    log.info("sign-in failed: account %r, address %s", (username or "")[:150], address)
+    now_ms = int(time.time() * 1000)
+    try:
+        _redis()
+        with _client.pipeline(transaction=False) as pipe:
+            for key in _login_keys(username, address):
+                pipe.zadd(key, {uuid.uuid4().hex: now_ms})
+                pipe.pexpire(key, settings.LOGIN_FAILURE_WINDOW_S * 1000 + 1000)
+            pipe.execute()
+    except Exception as exc:
+        log.warning("login throttle unavailable: %s", exc)
 
 
 def check_submission(owner: str) -> None:

@@ -24,7 +24,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import models, transaction
+from django.db import InterfaceError, OperationalError, connections, models, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -47,6 +47,28 @@ def image_path(job: "Job", filename: str) -> str:
 
 def input_video_path(job: "Job", filename: str) -> str:
     return f"inputs/{job.created_at:%Y/%m}/{job.id}.mp4"
+
+
+# A database that is locked (SQLite: a write waited DB_BUSY_TIMEOUT_S) or whose connection broke
+# (PostgreSQL restarted): worth another try, never a reason to fail a job
+TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError)
+
+
+def retry_transient(write, what: str):
+    """`write()`, tried again on transient database errors for DB_RETRY_S (the last one is raised)."""
+    import time
+
+    give_up, wait = time.monotonic() + settings.DB_RETRY_S, 0.5
+    while True:
+        try:
+            return write()
+        except TRANSIENT_DB_ERRORS as exc:
+            if time.monotonic() + wait > give_up:
+                raise
+            log.warning("%s: %s; trying again in %.1f s", what, exc, wait)
+            connections["default"].close_if_unusable_or_obsolete()
+            time.sleep(wait)
+            wait = min(wait * 2, 10.0)
 
 
 def _delete_quietly(name: str) -> None:
@@ -465,19 +487,30 @@ class Job(models.Model):
         return bool(self._guarded(status=Job.Status.RUNNING, lease=self.lease).update(heartbeat_at=timezone.now()))
 
     def check_held(self) -> bool:
-        """Whether a cancel was asked; LeaseLost when the job was handed to another delivery."""
-        row = Job.objects.filter(pk=self.pk).values("cancel_requested", "lease").first()
+        """Whether a cancel was asked; LeaseLost when the job was handed to another delivery. (A
+        database that cannot answer now answers "no cancel": the next check asks again.)"""
+        try:
+            row = Job.objects.filter(pk=self.pk).values("cancel_requested", "lease").first()
+        except TRANSIENT_DB_ERRORS as exc:
+            log.warning("could not check job %s for a cancel: %s", self.pk, exc)
+            return False
         if row is None or row["lease"] != self.lease:
             raise LeaseLost()
         return row["cancel_requested"]
 
     def record_progress(self, step: int, total: int) -> None:
-        self._guarded(status=Job.Status.RUNNING).update(progress=step / max(total, 1), step=step, total_steps=total)
+        """The row's progress, best effort: a locked or unreachable database skips this one (the
+        event still goes out; the next report or the job's end writes the row)."""
+        try:
+            self._guarded(status=Job.Status.RUNNING).update(progress=step / max(total, 1), step=step,
+                                                            total_steps=total)
+        except TRANSIENT_DB_ERRORS as exc:
+            log.warning("progress of job %s not written: %s", self.pk, exc)
 
     def _end(self, status: str, **fields) -> bool:
-        """Running (and still ours) -> a terminal status."""
-        done = bool(self._guarded(status=Job.Status.RUNNING, lease=self.lease).update(
-            status=status, finished_at=timezone.now(), **fields))
+        """Running (and still ours) -> a terminal status (retried while the database is locked or away)."""
+        done = bool(retry_transient(lambda: self._guarded(status=Job.Status.RUNNING, lease=self.lease).update(
+            status=status, finished_at=timezone.now(), **fields), f"ending job {self.pk}"))
         if done:
             self.refresh_from_db()
         return done

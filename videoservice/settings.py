@@ -43,6 +43,11 @@ Environment (defaults in brackets):
   WEBHOOK_MAX_ATTEMPTS  [8]  tries of one webhook delivery (back-off 1, 2, 4 ... 60 s)
   WEBHOOK_TIMEOUT_S     [10]  one delivery, connection to response headers, in all
   STREAM_IDLE_S         [600]  GET /api/jobs/<id>/stream ends after this long without a piece
+  LOGIN_FAILURES_PER_ACCOUNT [10], LOGIN_FAILURES_PER_ADDRESS [50] within LOGIN_FAILURE_WINDOW_S [900]:
+                        failed sign-ins after which the account / the address is refused (logged)
+  DB_BUSY_TIMEOUT_S     [30]  SQLite: how long a write waits for another's lock before it fails
+                        (the API answers 503 + Retry-After; a worker skips a progress write and
+                        retries a job's final write for DB_RETRY_S [300])
   STREAM_VIDEO          [1]  send video_chunk events / fill /api/jobs/<id>/stream while a job runs
                         (0: the video is encoded once its last frame is made, as a plain MP4 job)
   WORKER_WARMUP [1]  load the model of the worker's first queue right after start
@@ -137,7 +142,7 @@ def sqlite_database(path: str) -> dict:
         "NAME": path,
         # web and worker processes write the same file: WAL, wait for locks, take the write lock up front
         "OPTIONS": {
-            "timeout": 30,
+            "timeout": env_float("DB_BUSY_TIMEOUT_S", 30.0),
             "transaction_mode": "IMMEDIATE",
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         },
@@ -325,6 +330,13 @@ WEBHOOK_TIMEOUT_S = env_float("WEBHOOK_TIMEOUT_S", 10.0)
 # GET /api/jobs/<id>/stream ends when the job's stream sends nothing for this long (queued behind
 # others, or its worker lost)
 STREAM_IDLE_S = env_float("STREAM_IDLE_S", 600.0)
+DB_RETRY_S = env_float("DB_RETRY_S", 300.0)
+# sign-in throttling (videoservice/auth.py ThrottledModelBackend): failures counted in Redis per
+# account and per client address within the window; over either, sign-ins are refused unchecked
+AUTHENTICATION_BACKENDS = ["videoservice.auth.ThrottledModelBackend"]
+LOGIN_FAILURES_PER_ACCOUNT = env_int("LOGIN_FAILURES_PER_ACCOUNT", 10)
+LOGIN_FAILURES_PER_ADDRESS = env_int("LOGIN_FAILURES_PER_ADDRESS", 50)
+LOGIN_FAILURE_WINDOW_S = env_int("LOGIN_FAILURE_WINDOW_S", 900)
 JOB_TIME_LIMIT_S = env_int("JOB_TIME_LIMIT_S", 3600)
 JOB_VISIBILITY_TIMEOUT_S = env_int("JOB_VISIBILITY_TIMEOUT_S", 12 * 3600)
 JOB_MAX_ATTEMPTS = env_int("JOB_MAX_ATTEMPTS", 2)

@@ -4,6 +4,7 @@ from django.urls import path
 
 from videoservice import views
 from videoservice.api import api
+from videoservice.auth import ThrottledLoginForm
 from videoservice.metrics import metrics_view
 
 urlpatterns = [
@@ -11,7 +12,7 @@ urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("metrics", metrics_view, name="metrics"),
     path("api/", api.urls),
-    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/login/", auth_views.LoginView.as_view(authentication_form=ThrottledLoginForm), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
 ]

@@ -42,6 +42,7 @@ MODELS = {
     "tiny-skyreels": ("skyreels-v2", ["skyreels-v2", "skyreels-v2-i2v", "skyreels-v2-v2v"], {}),
     "tiny-lucy-edit": ("lucy-edit", "lucy-edit", {}),
     "tiny-sana-video": ("sana-video", ["sana-video", "sana-video-i2v"], {}),
+    "tiny-motif-video": ("motif-video", ["motif-video", "motif-video-i2v"], {}),
     "tiny-helios": ("helios", "helios", {"pipeline_kwargs": {"num_latent_frames_per_chunk": 3}}),  # 9-frame chunks
     # three resolution stages: sizes are multiples of 64
     "tiny-helios-pyramid": ("helios-pyramid", "helios-pyramid", {"defaults": {**DEFAULTS, "width": 64, "height": 64}}),
@@ -71,6 +72,8 @@ CASES = [
     ("tiny-lucy-edit", "v2v", "LucyEditPipeline", 9, 2, 0.5),
     ("tiny-sana-video", "t2v", "SanaVideoPipeline", 9, 2, None),
     ("tiny-sana-video", "i2v", "SanaImageToVideoPipeline", 9, 2, None),
+    ("tiny-motif-video", "t2v", "MotifVideoPipeline", 9, 2, None),
+    ("tiny-motif-video", "i2v", "MotifVideoImage2VideoPipeline", 9, 2, None),
     ("tiny-helios", "t2v", "HeliosPipeline", 9, 2, None),
     ("tiny-helios", "i2v", "HeliosPipeline", 9, 2, None),
     ("tiny-helios", "condition", "HeliosPipeline", 9, 2, None),

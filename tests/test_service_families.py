@@ -1,7 +1,7 @@
 """Model families through the whole service, on CPU: LTX-2 with its sound track, the Wan 2.2 TI2V-5B
 text- and image-to-video pair, Wan video-to-video (Wan 2.2 A14B's two-expert layout), Helios (base and
 pyramid: text-to-video, image-to-video, and its video-to-video, which continues a source video), Sana
-Video (text- and image-to-video), Lucy Edit (video editing from a prompt) and the generic kind (a
+Video and Motif-Video (text- and image-to-video), Lucy Edit (video editing from a prompt) and the generic kind (a
 pipeline class mapped by its call signature).
 
 The checkpoints are tiny random instances of the real diffusers / transformers classes saved as
@@ -36,6 +36,7 @@ MODELS = {  # name -> (checkpoint builder, pipeline kinds)
     "tiny-helios-pyramid": ("helios-pyramid", "helios-pyramid"),
     "tiny-sana-video": ("sana-video", ["sana-video", "sana-video-i2v"]),
     "tiny-lucy-edit": ("lucy-edit", "lucy-edit"),
+    "tiny-motif-video": ("motif-video", ["motif-video", "motif-video-i2v"]),
     "tiny-generic": ("ltx", "generic"),  # as LTXImageToVideoPipeline, read from its signature
 }
 QUEUE = "tiny-families"
@@ -255,9 +256,10 @@ def test_a_live_helios_job_streams_its_chunks_and_is_steered(stack):
     assert len(frames) == done["num_frames"] > steered["from_frame"]
 
 
-def test_sana_video_text_and_image_jobs_then_lucy_edits_them(stack):
-    out = watch(stack, {"t2v": {"model": "tiny-sana-video"}, "i2v": {"model": "tiny-sana-video", "image": png_b64(1)},
-                        "i2v-other": {"model": "tiny-sana-video", "image": png_b64(2)}})
+@pytest.mark.parametrize("model", ["tiny-sana-video", "tiny-motif-video"])
+def test_text_and_image_jobs_then_lucy_edits_them(stack, model):
+    out = watch(stack, {"t2v": {"model": model}, "i2v": {"model": model, "image": png_b64(1)},
+                        "i2v-other": {"model": model, "image": png_b64(2)}})
     done = {key: completed(events) for key, events in out.items()}
     videos = {key: decode_video(fetch_video(stack, d))[0] for key, d in done.items()}
     assert all(v.shape == (17, 32, 32, 3) for v in videos.values())

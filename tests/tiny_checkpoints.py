@@ -358,6 +358,35 @@ def sana_video_pipeline(image_to_video: bool = False):
                text_encoder=text_encoder, tokenizer=tokenizer)
 
 
+# ------------------------------------------------------------------ Motif-Video
+def motif_video_pipeline():
+    """MotifVideoPipeline (its I2V pipeline shares the checkpoint): Wan's VAE, a T5Gemma 2 encoder with a
+    SigLIP vision tower, a 33-channel transformer input (latents + image latents + mask)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, MotifVideoPipeline
+    from diffusers.guiders import AdaptiveProjectedGuidance
+    from diffusers.models.transformers.transformer_motif_video import MotifVideoTransformer3DModel
+    from transformers import (SiglipImageProcessor, SiglipVisionConfig, T5Gemma2Encoder, T5Gemma2EncoderConfig,
+                              T5Gemma2TextConfig)
+
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(0)
+    text_encoder = T5Gemma2Encoder(T5Gemma2EncoderConfig(
+        text_config=T5Gemma2TextConfig(hidden_size=TEXT_DIM, num_hidden_layers=1, num_attention_heads=2,
+                                       intermediate_size=64, vocab_size=len(tokenizer), max_position_embeddings=128,
+                                       head_dim=16, num_key_value_heads=2, dropout_rate=0.0),
+        vision_config=SiglipVisionConfig(hidden_size=4, num_hidden_layers=1, num_attention_heads=2,
+                                         intermediate_size=64, image_size=16, patch_size=4, num_channels=3))).eval()
+    feature_extractor = SiglipImageProcessor(image_mean=[0.5] * 3, image_std=[0.5] * 3, size={"height": 16, "width": 16})
+    torch.manual_seed(0)
+    transformer = MotifVideoTransformer3DModel(
+        in_channels=33, out_channels=16, num_attention_heads=2, attention_head_dim=12, num_layers=1, num_single_layers=1,
+        mlp_ratio=4.0, patch_size=1, patch_size_t=1, qk_norm="rms_norm", text_embed_dim=TEXT_DIM, image_embed_dim=4,
+        rope_axes_dim=(4, 4, 4))
+    return MotifVideoPipeline(transformer=transformer, vae=_wan_vae(), scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
+                              text_encoder=text_encoder, tokenizer=tokenizer, guider=AdaptiveProjectedGuidance(),
+                              feature_extractor=feature_extractor)
+
+
 # ------------------------------------------------------------------ HunyuanVideo 1.5
 # Qwen2's chat layout, which HunyuanVideo 1.5 formats its prompts with (apply_chat_template)
 QWEN_CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -444,6 +473,7 @@ BUILDERS = {
     "helios": helios_pipeline,
     "lucy-edit": lucy_edit_pipeline,
     "sana-video": sana_video_pipeline,
+    "motif-video": motif_video_pipeline,
     "helios-pyramid": helios_pyramid_pipeline,
 }
 

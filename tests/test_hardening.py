@@ -7,13 +7,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
+import socket
+import sys
+import time
 import urllib.request
 
 import pytest
 import websockets
 
 from tests.support.client import Client, run, session_cookie
-from tests.support.stack import http
+from tests.support.stack import ROOT, http
 from tests.test_auth import login
 
 SLOW = {"num_frames": 8, "width": 64, "height": 64, "steps": 100, "num_chunks": 4}
@@ -132,3 +136,59 @@ def test_big_messages_do_not_stall_other_connections(live_service, content):
                   f"(max {latencies[-1] * 1000:.0f} ms)")
             assert latencies[-1] < 2.0
     run(scenario())
+
+
+PUBLISH_BIG_EVENTS = """
+import base64, os, time
+from videoservice import bus
+from videoservice.models import LOBBY_GROUP
+video = base64.b64encode(os.urandom(1536 * 1024)).decode()
+for n in range(3):
+    bus.publish(LOBBY_GROUP, {"type": "generation_complete", "job_id": f"probe-{n}", "prompt": repr(time.time()),
+                              "video": video, "mime": "video/mp4"})
+    time.sleep(1.5)
+"""
+
+
+def silent_websocket(base: str) -> socket.socket:
+    """A lobby websocket whose client never reads a byte after the handshake (a 4 KB receive buffer)."""
+    host, port = base.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((host, int(port)))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(f"GET /ws/lobby/ HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nOrigin: {base}\r\n\r\n".encode())
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += sock.recv(1)
+    assert answer.startswith(b"HTTP/1.1 101"), answer
+    return sock
+
+
+def test_clients_that_do_not_read_do_not_hold_up_a_healthy_viewer(live_service):
+    """32 subscribers that never read, joined first, and three 2 MB events: the healthy viewer gets
+    each within moments (the 16 shared send slots were held through each non-reader's 5 s wait for
+    its buffer to drain: 5-9 s late)."""
+    silent = [silent_websocket(live_service.base) for _ in range(32)]
+
+    async def scenario():
+        lags = []
+        async with websockets.connect(live_service.ws, origin=live_service.origin, max_size=None) as healthy:
+            await asyncio.sleep(0.5)  # every subscriber has joined the lobby
+            publisher = await asyncio.create_subprocess_exec(
+                sys.executable, "manage.py", "shell", "-c", PUBLISH_BIG_EVENTS, cwd=ROOT, env=live_service.env)
+            while len(lags) < 3:
+                event = json.loads(await asyncio.wait_for(healthy.recv(), 60))
+                if event.get("job_id", "").startswith("probe-"):
+                    lags.append(time.time() - float(event["prompt"]))
+            assert await publisher.wait() == 0
+        return lags
+
+    try:
+        lags = run(scenario())
+    finally:
+        for sock in silent:
+            sock.close()
+    print(f"healthy viewer's lag behind 32 non-readers: {', '.join(f'{lag:.2f}' for lag in lags)} s")
+    assert max(lags) < 2.5, lags

@@ -183,6 +183,7 @@ class LobbyConsumer(AsyncWebsocketConsumer):
         if message.get("watched"):  # a live job's chunk reaches a client: the job has a viewer
             await bus.note_watched(message["job_id"], message["watched"])
         frame = await fanout.binary_frame(message, text) if self.binary else None
+        await fanout.drained(self)  # (outside the shared slots below: a client that does not read waits alone)
         if frame is None and len(text) < fanout.BIG_MESSAGE_BYTES:
             await self.send(text_data=text)
             return

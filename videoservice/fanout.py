@@ -6,11 +6,14 @@
   and the layer carries only its key: each Daphne process fetches it once (`text_of`), whatever
   its number of subscribers, and forgets it a little later.
 - Bounded memory: a send can only hand bytes to the connection's transport; a client that does
-  not read keeps them there. `install_backpressure` (called by asgi.py under Daphne) makes a
-  websocket send wait until the connection's buffer has drained below LOW_WATER_BYTES, and drops
-  (closes, code 1013) a client that has not read it after SLOW_CLIENT_S; consumers send large
-  messages through `big_sends()`, so at most MAX_BIG_SENDS of them are in flight per process and
-  a process holds a few large messages at a time, not one per subscriber.
+  not read keeps them there. `install_backpressure` (called by asgi.py under Daphne) lets a
+  consumer wait (`drained`) until its connection's buffer is below LOW_WATER_BYTES before it
+  relays the next event, and drops (closes, code 1013) a client that has not read for
+  SLOW_CLIENT_S; so a connection holds at most one unread event beyond the low-water mark.
+  Consumers hand large messages to the transport inside `big_sends()` (at most MAX_BIG_SENDS at
+  once per process: Daphne builds a copy per subscriber on its path). The wait for a slow client
+  is outside those slots: a client that does not read holds up itself only (32 of them held all
+  16 slots for 5 s each, and a healthy viewer's completion came 5-9 s late).
 - Binary frames (`?binary=1`): `binary_frame` gives the bytes once per process per event.
 - Framed once: Daphne encodes a text again for every subscriber and autobahn joins a frame
   header to it: per subscriber, fresh multi-MB buffers whose page faults made these copies most
@@ -37,11 +40,13 @@ MAX_BIG_SENDS = 16
 LOW_WATER_BYTES = 256 * 1024
 SLOW_CLIENT_S = 5.0  # a client that has not read a message this long after it was sent is dropped
 BINARY_FIELDS = {"video_chunk": ("init", "data"), "generation_complete": ("video",)}
+DRAIN = "videoservice.drain"  # a message to Daphne's send that only waits for the connection to drain
 
 _local: dict = {}  # key -> Future of the text (per process, per event loop)
 _frames: dict = {}  # id(payload) -> (payload, its whole websocket frame): shared events, framed once per process
 _big_sends: dict = {}  # event loop -> Semaphore
 _redis: dict = {}  # event loop -> redis client
+_backpressure = False  # install_backpressure() patched Daphne in this process
 
 
 def big_sends() -> asyncio.Semaphore:
@@ -165,8 +170,27 @@ def _write_frame(protocol, message: dict) -> bool:
     return True
 
 
+async def drained(consumer) -> None:
+    """Wait until the consumer's connection has read what it was sent (below LOW_WATER_BYTES; a
+    client that does not read for SLOW_CLIENT_S is dropped). Nothing to wait for off Daphne."""
+    if _backpressure:
+        await consumer.base_send({"type": DRAIN})
+
+
+async def _wait_drained(protocol) -> None:
+    waited = 0.0
+    while _pending(protocol) > LOW_WATER_BYTES:
+        if waited >= SLOW_CLIENT_S:
+            log.warning("dropping a websocket client that does not read (%d bytes pending)", _pending(protocol))
+            protocol.serverClose(code=1013)  # try again later
+            return
+        await asyncio.sleep(0.005)
+        waited += 0.005
+
+
 def install_backpressure() -> bool:
-    """Make Daphne's websocket sends wait for the client to read (see the module's docstring)."""
+    """Teach Daphne's send the DRAIN message and the prebuilt frames (see the module's docstring)."""
+    global _backpressure
     try:
         from daphne.server import Server
     except ImportError:
@@ -176,21 +200,15 @@ def install_backpressure() -> bool:
     original = Server.handle_reply
 
     async def handle_reply(self, protocol, message):
+        if message.get("type") == DRAIN:
+            if protocol in self.connections and not self.connections[protocol].get("disconnected"):
+                await _wait_drained(protocol)
+            return
         sent = (message.get("type") == "websocket.send" and protocol in self.connections
                 and not self.connections[protocol].get("disconnected") and _write_frame(protocol, message))
         if not sent:
             await original(self, protocol, message)
-        if message.get("type") != "websocket.send" or _pending(protocol) <= LOW_WATER_BYTES:
-            return
-        waited = 0.0
-        while _pending(protocol) > LOW_WATER_BYTES:
-            if waited >= SLOW_CLIENT_S:
-                log.warning("dropping a websocket client that does not read (%d bytes pending)", _pending(protocol))
-                protocol.serverClose(code=1013)  # try again later
-                return
-            await asyncio.sleep(0.005)
-            waited += 0.005
 
-    handle_reply.backpressure = True
+    handle_reply.backpressure = _backpressure = True
     Server.handle_reply = handle_reply
     return True

@@ -43,6 +43,11 @@ chunk with the history latents: seconds to the first chunk's frames, frames per 
 The backend is given the in-memory pipeline (saving 28 GB of random weights to load them back would
 measure the disk).
 
+Rows `sana-video`, `motif-video`, `lucy-edit`: diffusers' constructor defaults for their transformers
+(Sana-Video 2B; Motif-Video; Lucy Edit = Wan 2.2 TI2V-5B's transformer with 96 input channels) on
+their VAEs, one-layer prompt encoders of the width they read, at their published settings; Lucy Edit
+edits a synthetic source video of that size.
+
 Without CUDA it says so and runs the same code path on a tiny config on CPU (smoke test), exit 0.
 Never prints made-up numbers.
 """
@@ -64,7 +69,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # In the order they run: the most telling first, so a run cut short still answers the main questions.
 VARIANTS = ("bf16", "steps20", "service", "cache", "fp16", "cudnn", "tiling", "offload", "compile", "ltx2",
-            "wan2.2-ti2v", "helios-distilled")
+            "wan2.2-ti2v", "helios-distilled", "sana-video", "motif-video", "lucy-edit")
 DENSE_BF16_TFLOPS = 989  # NVIDIA's H100 SXM / H200 spec sheet, dense (no sparsity)
 PUBLISHED = "LTX-Video: 768x512, 121 frames (5 s at 24 fps) in about 2 s on one H100 (published claim)"
 
@@ -79,7 +84,22 @@ FAMILY_ARCHS = {
                     "call": dict(width=1280, height=704, num_frames=121, num_inference_steps=50, guidance_scale=5.0),
                     "published": "Wan 2.2 TI2V-5B (its README): a 5 s 720P video in under 9 minutes on one "
                                  "consumer GPU (RTX 4090)"},
+    # diffusers' constructor defaults: Sana-Video 2B (20 blocks of 20 x 112, linear attention) on Wan 2.1's VAE
+    "sana-video": {"kinds": ["sana-video", "sana-video-i2v"], "fps": 16, "frames_arg": "frames",
+                   "call": dict(width=832, height=480, num_frames=81, num_inference_steps=50, guidance_scale=6.0,
+                                use_resolution_binning=False),
+                   "published": "Sana-Video 2B (its card): 832x480, 81 frames, 50 steps; no speed figure used here"},
+    # MotifVideoTransformer3DModel's defaults (20 dual-stream + 40 single-stream blocks of 24 x 128), text-to-video
+    "motif-video": {"kinds": ["motif-video"], "fps": 24,
+                    "call": dict(width=1280, height=736, num_frames=121, num_inference_steps=50),
+                    "published": "Motif-Video (its pipeline's defaults): 1280x736, 121 frames, 50 steps"},
+    # Lucy Edit Dev: Wan 2.2 TI2V-5B's transformer with the source video's 48 channels appended (96 in)
+    "lucy-edit": {"kinds": ["lucy-edit"], "fps": 24, "source_video": True,
+                  "call": dict(width=832, height=480, num_frames=81, num_inference_steps=50, guidance_scale=5.0),
+                  "published": "Lucy Edit Dev (its card): 832x480, 81 frames, 50 steps, guidance 5"},
 }
+TINY_FAMILY_BUILDERS = {"ltx2": "ltx2", "wan2.2-ti2v": "wan2.2-ti2v", "sana-video": "sana-video",
+                        "motif-video": "motif-video", "lucy-edit": "lucy-edit"}  # tests/tiny_checkpoints.py
 
 TINY = {  # the same classes, CPU-sized (smoke run)
     "transformer": dict(in_channels=8, out_channels=8, num_attention_heads=2, attention_head_dim=8,
@@ -126,8 +146,12 @@ def build_family(arch: str, tiny: bool, device: str, dtype: torch.dtype):
         sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
         import tiny_checkpoints
 
-        pipe = {"ltx2": tiny_checkpoints.ltx2_pipeline, "wan2.2-ti2v": tiny_checkpoints.wan22_ti2v_pipeline}[arch]()
-        return pipe.to(device=device, dtype=dtype)
+        pipe = tiny_checkpoints.BUILDERS[TINY_FAMILY_BUILDERS[arch]]().to(device=device, dtype=dtype)
+        if arch in ("sana-video", "motif-video", "lucy-edit"):
+            pipe.vae.to(torch.float32)  # as the families' vae_dtype loads it (Lucy encodes float32 frames)
+        return pipe
+    if arch in ("sana-video", "motif-video", "lucy-edit"):
+        return build_new_family(arch, device, dtype)
     import diffusers
     from transformers import UMT5Config, UMT5EncoderModel
 
@@ -254,6 +278,71 @@ def helios_rows(pipe, tiny: bool, device: str) -> list:
     return [bare, service]
 
 
+def build_new_family(arch: str, device: str, dtype: torch.dtype):
+    """Sana-Video, Motif-Video or Lucy Edit at their published width, random weights; prompt encoders are
+    one-layer stand-ins of the width the transformer reads."""
+    import diffusers
+
+    torch.manual_seed(0)
+    scheduler = {  # schedulers keep their tables on the CPU: made outside the device scope
+        "sana-video": diffusers.FlowMatchEulerDiscreteScheduler(),
+        "motif-video": diffusers.FlowMatchEulerDiscreteScheduler(shift=7.0),
+        "lucy-edit": diffusers.UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                                       flow_shift=5.0)}[arch]
+    words = {t: i for i, t in enumerate(["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"] + [
+        "\u2581" + w for w in "a the red blue cat dog sea sky city night walking flying over under".split()])}
+    with torch.device(device):
+        if arch == "sana-video":
+            from transformers import Gemma2Config, Gemma2Model, GemmaTokenizer
+
+            tok = GemmaTokenizer(vocab=words, merges=[])
+            text = Gemma2Model(Gemma2Config(vocab_size=len(tok), hidden_size=2304, intermediate_size=256,
+                                            num_hidden_layers=1, num_attention_heads=8, num_key_value_heads=4,
+                                            head_dim=256)).eval()
+            pipe = diffusers.SanaVideoPipeline(transformer=diffusers.SanaVideoTransformer3DModel(),
+                                               vae=diffusers.AutoencoderKLWan(), text_encoder=text, tokenizer=tok,
+                                               scheduler=scheduler)
+        elif arch == "motif-video":
+            from diffusers.guiders import AdaptiveProjectedGuidance
+            from diffusers.models.transformers.transformer_motif_video import MotifVideoTransformer3DModel
+            from transformers import SiglipVisionConfig, T5Gemma2Encoder, T5Gemma2EncoderConfig, T5Gemma2TextConfig
+
+            tok = tokenizer()
+            text = T5Gemma2Encoder(T5Gemma2EncoderConfig(
+                text_config=T5Gemma2TextConfig(hidden_size=4096, num_hidden_layers=1, num_attention_heads=16,
+                                               intermediate_size=256, vocab_size=len(tok), head_dim=256,
+                                               num_key_value_heads=8, dropout_rate=0.0),
+                vision_config=SiglipVisionConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                                 intermediate_size=32, image_size=16, patch_size=8))).eval()
+            pipe = diffusers.MotifVideoPipeline(transformer=MotifVideoTransformer3DModel(),
+                                                vae=diffusers.AutoencoderKLWan(), text_encoder=text, tokenizer=tok,
+                                                scheduler=scheduler, guider=AdaptiveProjectedGuidance())
+        else:
+            from transformers import UMT5Config, UMT5EncoderModel
+
+            tok = tokenizer()
+            vae = diffusers.AutoencoderKLWan(base_dim=160, decoder_base_dim=256, z_dim=48, in_channels=12,
+                                             out_channels=12, is_residual=True, patch_size=2, scale_factor_spatial=16,
+                                             latents_mean=[0.0] * 48, latents_std=[1.0] * 48)
+            transformer = diffusers.WanTransformer3DModel(num_attention_heads=24, attention_head_dim=128,
+                                                          in_channels=96, out_channels=48, ffn_dim=14336,
+                                                          num_layers=30)
+            text = UMT5EncoderModel(UMT5Config(vocab_size=len(tok), d_model=4096, d_kv=64, d_ff=256, num_layers=1,
+                                               num_heads=64)).eval()
+            pipe = diffusers.LucyEditPipeline(transformer=transformer, vae=vae, text_encoder=text, tokenizer=tok,
+                                              expand_timesteps=True, scheduler=scheduler)
+    pipe = pipe.to(dtype=dtype)
+    pipe.vae.to(torch.float32)  # Wan's VAE runs in float32 (the families' vae_dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def source_frames(call) -> np.ndarray:
+    """A smooth moving colour field, frames x height x width x 3 uint8: the video an editing row edits."""
+    t, y, x = np.mgrid[0:call["num_frames"], 0:call["height"], 0:call["width"]]
+    return np.stack([(x + 4 * t) % 256, (y + 2 * t) % 256, (x + y) % 256], axis=-1).astype(np.uint8)
+
+
 def sync():
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -318,7 +407,8 @@ def measure(pipe, args, label):
     return row
 
 
-def service_row(path, args, workdir, label="service", memory=None, kinds=("ltx", "ltx-i2v"), name="bench-ltx"):
+def service_row(path, args, workdir, label="service", memory=None, kinds=("ltx", "ltx-i2v"), name="bench-ltx",
+                video=None):
     """Configure the saved bf16 checkpoint at `path` and run it through registry -> backend -> MP4."""
     from generator import interface
     from generator.encode import encode_video
@@ -338,9 +428,10 @@ def service_row(path, args, workdir, label="service", memory=None, kinds=("ltx",
     t0 = time.perf_counter()
     backend = interface.get_backend(name)
     load_s = time.perf_counter() - t0
-    request = GenerationRequest(args["prompt"], seed=0)
+    request = GenerationRequest(args["prompt"], seed=0, video=video)
     previews = []
-    backend.generate(GenerationRequest(args["prompt"], seed=0, steps=2), progress=lambda s, t, p: None)  # warm-up
+    backend.generate(GenerationRequest(args["prompt"], seed=0, steps=2, video=video),
+                     progress=lambda s, t, p: None)  # warm-up
     sync()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -476,10 +567,20 @@ def main(argv=None) -> int:
         call = dict(args, **spec["call"]) if not tiny else dict(args)
         if arch != "ltx2":
             call.pop("frame_rate", None)
+        if tiny and arch == "sana-video":
+            call["use_resolution_binning"] = False
+        video = source_frames(call) if spec.get("source_video") else None
+        bare = dict(call)  # the pipeline's own argument names
+        if spec.get("frames_arg"):
+            bare[spec["frames_arg"]] = bare.pop("num_frames")
+        if video is not None:
+            from PIL import Image
+
+            bare["video"] = [Image.fromarray(f) for f in video]
         with tempfile.TemporaryDirectory() as workdir:
             pipe = build_family(arch, tiny, device, torch.bfloat16)
-            row = measure(pipe, dict(call, generator=torch.Generator(device).manual_seed(0)), arch)
-            row["tflop_per_step"] = flops_per_step(pipe, dict(call, generator=torch.Generator(device).manual_seed(0)))
+            row = measure(pipe, dict(bare, generator=torch.Generator(device).manual_seed(0)), arch)
+            row["tflop_per_step"] = flops_per_step(pipe, dict(bare, generator=torch.Generator(device).manual_seed(0)))
             row["tflop_per_step"] /= 1e12
             row["achieved_tflops"] = row["tflop_per_step"] / row["s_per_step"]
             row["setting"] = {k: v for k, v in call.items() if k not in ("generator", "prompt", "output_type")}
@@ -489,7 +590,8 @@ def main(argv=None) -> int:
             pipe.save_pretrained(path)
             del pipe
             free_memory()
-            service = service_row(path, call, workdir, f"{arch} service", kinds=spec["kinds"], name=f"bench-{arch}")
+            service = service_row(path, call, workdir, f"{arch} service", kinds=spec["kinds"], name=f"bench-{arch}",
+                                  video=video)
             service["overhead_ratio"] = service["total_s"] / row["total_s"]
             record(service)
 

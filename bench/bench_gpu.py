@@ -153,7 +153,6 @@ def build_family(arch: str, tiny: bool, device: str, dtype: torch.dtype):
     if arch in ("sana-video", "motif-video", "lucy-edit"):
         return build_new_family(arch, device, dtype)
     import diffusers
-    from transformers import UMT5Config, UMT5EncoderModel
 
     torch.manual_seed(0)
     if arch == "ltx2":  # schedulers keep their tables on the CPU: made outside the device scope
@@ -181,17 +180,7 @@ def build_family(arch: str, tiny: bool, device: str, dtype: torch.dtype):
                 audio_vae=diffusers.AutoencoderKLLTX2Audio(), vocoder=LTX2Vocoder(), connectors=LTX2TextConnectors(),
                 scheduler=scheduler, text_encoder=text_encoder.eval(), tokenizer=tok)
         else:
-            tok = tokenizer()
-            vae = diffusers.AutoencoderKLWan(base_dim=160, decoder_base_dim=256, z_dim=48, in_channels=12,
-                                             out_channels=12, is_residual=True, patch_size=2, scale_factor_spatial=16,
-                                             latents_mean=[0.0] * 48, latents_std=[1.0] * 48)
-            transformer = diffusers.WanTransformer3DModel(num_attention_heads=24, attention_head_dim=128,
-                                                          in_channels=48, out_channels=48, ffn_dim=14336,
-                                                          num_layers=30)
-            text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(tok), d_model=4096, d_kv=64, d_ff=256,
-                                                       num_layers=1, num_heads=64))
-            pipe = diffusers.WanPipeline(transformer=transformer, vae=vae, text_encoder=text_encoder.eval(),
-                                         tokenizer=tok, expand_timesteps=True, scheduler=scheduler)
+            pipe = diffusers.WanPipeline(**wan22_ti2v_parts(in_channels=48), expand_timesteps=True, scheduler=scheduler)
     pipe = pipe.to(dtype=dtype)
     if arch == "wan2.2-ti2v":
         pipe.vae.to(torch.float32)  # as its model card loads it
@@ -214,15 +203,10 @@ def build_helios_distilled(tiny: bool, device: str, dtype: torch.dtype):
 
         parts = tiny_checkpoints._helios_components(stages=3)
     else:
-        from transformers import UMT5Config, UMT5EncoderModel
-
-        tok = tokenizer()
         torch.manual_seed(0)
         with torch.device(device):
             parts = dict(transformer=diffusers.HeliosTransformer3DModel(), vae=diffusers.AutoencoderKLWan(),
-                         text_encoder=UMT5EncoderModel(UMT5Config(vocab_size=len(tok), d_model=4096, d_kv=64,
-                                                                  d_ff=256, num_layers=1, num_heads=64)).eval(),
-                         tokenizer=tok)
+                         **umt5_stand_in())
     parts["scheduler"] = diffusers.HeliosDMDScheduler(use_dynamic_shifting=True)
     pipe = diffusers.HeliosPyramidPipeline(**parts, is_distilled=True).to(device=device, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
@@ -278,6 +262,30 @@ def helios_rows(pipe, tiny: bool, device: str) -> list:
     return [bare, service]
 
 
+def wan22_ti2v_parts(in_channels: int) -> dict:
+    """Wan 2.2 TI2V-5B's transformer (30 blocks of 24 x 128; `in_channels` 48, or 96 for Lucy Edit's appended
+    source latents) on its 48-channel 16x VAE, with a 1-layer UMT5 of width 4096."""
+    import diffusers
+
+    return dict(
+        vae=diffusers.AutoencoderKLWan(base_dim=160, decoder_base_dim=256, z_dim=48, in_channels=12, out_channels=12,
+                                       is_residual=True, patch_size=2, scale_factor_spatial=16,
+                                       latents_mean=[0.0] * 48, latents_std=[1.0] * 48),
+        transformer=diffusers.WanTransformer3DModel(num_attention_heads=24, attention_head_dim=128,
+                                                    in_channels=in_channels, out_channels=48, ffn_dim=14336,
+                                                    num_layers=30),
+        **umt5_stand_in())
+
+
+def umt5_stand_in() -> dict:
+    """A one-layer UMT5 of width 4096 (what Wan-based transformers read from umt5-xxl) + a small tokenizer."""
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    tok = tokenizer()
+    return dict(text_encoder=UMT5EncoderModel(UMT5Config(vocab_size=len(tok), d_model=4096, d_kv=64, d_ff=256,
+                                                         num_layers=1, num_heads=64)).eval(), tokenizer=tok)
+
+
 def build_new_family(arch: str, device: str, dtype: torch.dtype):
     """Sana-Video, Motif-Video or Lucy Edit at their published width, random weights; prompt encoders are
     one-layer stand-ins of the width the transformer reads."""
@@ -318,19 +326,8 @@ def build_new_family(arch: str, device: str, dtype: torch.dtype):
                                                 vae=diffusers.AutoencoderKLWan(), text_encoder=text, tokenizer=tok,
                                                 scheduler=scheduler, guider=AdaptiveProjectedGuidance())
         else:
-            from transformers import UMT5Config, UMT5EncoderModel
-
-            tok = tokenizer()
-            vae = diffusers.AutoencoderKLWan(base_dim=160, decoder_base_dim=256, z_dim=48, in_channels=12,
-                                             out_channels=12, is_residual=True, patch_size=2, scale_factor_spatial=16,
-                                             latents_mean=[0.0] * 48, latents_std=[1.0] * 48)
-            transformer = diffusers.WanTransformer3DModel(num_attention_heads=24, attention_head_dim=128,
-                                                          in_channels=96, out_channels=48, ffn_dim=14336,
-                                                          num_layers=30)
-            text = UMT5EncoderModel(UMT5Config(vocab_size=len(tok), d_model=4096, d_kv=64, d_ff=256, num_layers=1,
-                                               num_heads=64)).eval()
-            pipe = diffusers.LucyEditPipeline(transformer=transformer, vae=vae, text_encoder=text, tokenizer=tok,
-                                              expand_timesteps=True, scheduler=scheduler)
+            pipe = diffusers.LucyEditPipeline(**wan22_ti2v_parts(in_channels=96), expand_timesteps=True,
+                                              scheduler=scheduler)
     pipe = pipe.to(dtype=dtype)
     pipe.vae.to(torch.float32)  # Wan's VAE runs in float32 (the families' vae_dtype)
     pipe.set_progress_bar_config(disable=True)

@@ -194,6 +194,8 @@ def test_corrupt_start_image_fails_the_job_and_the_worker_serves_the_next(faults
             failed = await c.terminal(queued["job_id"])
             assert failed["type"] == "generation_failed", failed
             assert failed["error"].startswith("the start image could not be read"), failed
+            # the file is named, not where the server keeps it (users and the lobby see this text)
+            assert f"{queued['job_id']}.png" in failed["error"] and str(faults.tmp) not in failed["error"], failed
             nxt = await c.submit(prompt="a red square moving left", image=png_b64(), **SMALL)
             assert (await c.terminal(nxt["job_id"]))["type"] == "generation_complete"
             assert faults.pool_pids("w1") == pools

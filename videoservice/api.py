@@ -357,9 +357,9 @@ VIDEO_RESPONSES = {"responses": {
     "416": {"description": "the range is not satisfiable (Content-Range: bytes */size)"}}}
 
 
-@api.get("/jobs/{job_id}/video", response={**errors(401, 404)}, openapi_extra=VIDEO_RESPONSES,
+@api.get("/jobs/{job_id}/video", response={**errors(401, 404, 410)}, openapi_extra=VIDEO_RESPONSES,
          summary="The finished MP4, with single-range `Range` support")
-@api.api_operation(["HEAD"], "/jobs/{job_id}/video", response={**errors(401, 404)}, openapi_extra=VIDEO_RESPONSES,
+@api.api_operation(["HEAD"], "/jobs/{job_id}/video", response={**errors(401, 404, 410)}, openapi_extra=VIDEO_RESPONSES,
                    operation_id="job_video_head", summary="The finished MP4's headers")
 def job_video(request, job_id: str):
     viewer = viewer_of(request, create=False)
@@ -369,6 +369,23 @@ def job_video(request, job_id: str):
     name = job.output.name
     if settings.S3_DOWNLOADS == "redirect" and (url := media.presigned_url(name)):
         return HttpResponseRedirect(url)  # the client fetches (and seeks in) the object from the bucket
+    try:
+        resp = _video_response(request, name, job)
+    except Exception as exc:
+        if not media.is_missing(exc):
+            raise
+        log.warning("the video of job %s is missing from the storage", job.pk)
+        raise RequestError(NOT_FOUND, "the video of this job is no longer stored", status=410) from None
+    if resp.status_code == 416:
+        return resp
+    resp["Accept-Ranges"] = "bytes"
+    resp["Cache-Control"] = "private, max-age=3600"
+    resp["Content-Disposition"] = f'inline; filename="{job.id}.mp4"'
+    return resp
+
+
+def _video_response(request, name: str, job: Job) -> HttpResponse:
+    """The stored MP4, whole or the asked single range (FileNotFoundError and the like when it is gone)."""
     size = job.size_bytes if job.size_bytes is not None else media.size(name)
     mime = job.mime or "video/mp4"
     range_header = request.headers.get("Range", "").strip()
@@ -392,9 +409,6 @@ def job_video(request, job_id: str):
         resp = HttpResponse(data, status=206, content_type=mime)
         resp["Content-Range"] = f"bytes {start}-{start + len(data) - 1}/{size}"
         resp["Content-Length"] = str(len(data))
-    resp["Accept-Ranges"] = "bytes"
-    resp["Cache-Control"] = "private, max-age=3600"
-    resp["Content-Disposition"] = f'inline; filename="{job.id}.mp4"'
     return resp
 
 
@@ -404,7 +418,7 @@ STREAM_RESPONSES = {"responses": {
             "content": {"video/mp4": {"schema": {"type": "string", "format": "binary"}}}}}}
 
 
-@api.get("/jobs/{job_id}/stream", response={**errors(401, 404)}, openapi_extra=STREAM_RESPONSES,
+@api.get("/jobs/{job_id}/stream", response={**errors(401, 404, 410)}, openapi_extra=STREAM_RESPONSES,
          summary="The video while it is generated (plays in <video>, ffmpeg, PyAV)")
 async def job_stream(request, job_id: str):
     from asgiref.sync import sync_to_async

@@ -49,3 +49,12 @@ def presigned_url(name: str) -> str | None:
     if getattr(default_storage, "bucket", None) is None:
         return None
     return default_storage.url(name)
+
+
+def is_missing(exc: Exception) -> bool:
+    """Whether a storage error says the file is not there (removed by hand, a lost volume, a
+    lifecycle rule on the bucket)."""
+    if isinstance(exc, FileNotFoundError):
+        return True
+    response = getattr(exc, "response", None)  # botocore's ClientError
+    return isinstance(response, dict) and response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound")

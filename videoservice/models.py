@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import re
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
@@ -69,6 +70,32 @@ def retry_transient(write, what: str):
             connections["default"].close_if_unusable_or_obsolete()
             time.sleep(wait)
             wait = min(wait * 2, 10.0)
+
+
+# an absolute server path (not a URL's path): users and the lobby see only its last part
+_SERVER_PATH = re.compile(r"(?<![\w:/.~-])/(?:[^\s/'\"<>():,;]+/)+([^\s/'\"<>():,;]*)")
+
+
+def public_error(message: str) -> str:
+    """A failure's text as users see it: /srv/media/inputs/2026/12/<id>.png -> <id>.png."""
+    return _SERVER_PATH.sub(lambda match: match.group(1) or "...", message)
+
+
+def store_video(job: "Job", data: bytes) -> str:
+    """Store a job's finished MP4; the stored name. A storage that refuses it (full, read-only) leaves
+    no partial file: GenerationError, fit for the user."""
+    from django.core.files.base import ContentFile
+
+    from generator.interface import GenerationError
+
+    name = job.output.field.generate_filename(job, "video.mp4")
+    try:
+        return job.output.storage.save(name, ContentFile(data))
+    except Exception as exc:
+        log.exception("could not store the video of job %s", job.pk)
+        _delete_quietly(name)
+        raise GenerationError(f"the video could not be stored ({type(exc).__name__}: {public_error(str(exc))}); "
+                              "the media storage may be full or read-only") from None
 
 
 def _delete_quietly(name: str) -> None:
@@ -519,6 +546,8 @@ class Job(models.Model):
         return self._end(Job.Status.SUCCEEDED, progress=1.0, **fields)
 
     def fail(self, message: str, retriable: bool = False) -> bool:
+        """Running -> failed, with `message` told to the job's audience (server paths cut to file names)."""
+        message = public_error(message)
         if not self._end(Job.Status.FAILED, error=message[:2000]):
             return False
         self.announce(FailedEvent(type=self.failed_event, job_id=str(self.pk), error=message, retriable=retriable))
@@ -625,8 +654,7 @@ class Job(models.Model):
     def _end_lost_live(self, reason: str, held) -> str | None:
         """A live job is not run again when its worker vanished (a new run would be a new video): it
         ends with the frames it streamed (kept in its Redis stream), or fails if it streamed none."""
-        from django.core.files.base import ContentFile
-
+        from generator.interface import GenerationError
         from generator.stream import faststart_mp4
 
         try:
@@ -635,13 +663,17 @@ class Job(models.Model):
             log.warning("live job %s: no streamed video to keep (%s)", self.pk, exc)
             data, frames = b"", 0
         now = timezone.now()
-        if not frames:
-            message = f"{reason}; the live video had streamed no frame"
+        stored, message = None, f"{reason}; the live video had streamed no frame"
+        if frames:
+            try:
+                stored = store_video(self, data)
+            except GenerationError as exc:
+                message = f"{reason}; {exc}"
+        if stored is None:
             if not held.update(status=Job.Status.FAILED, error=message[:2000], finished_at=now, lease=""):
                 return None
             self.announce(FailedEvent(type=self.failed_event, job_id=str(self.pk), error=message, retriable=True))
             return "failed"
-        stored = self.output.storage.save(self.output.field.generate_filename(self, "video.mp4"), ContentFile(data))
         p = self.params
         fields = dict(output=stored, mime="video/mp4", size_bytes=len(data), fps=float(p["fps"]), num_frames=frames,
                       width=p["width"] - p["width"] % 2, height=p["height"] - p["height"] % 2, seed=p["seed"],

@@ -18,12 +18,11 @@ from typing import Optional
 
 import numpy as np
 from django.conf import settings
-from django.core.files.base import ContentFile
 
 from videoservice import bus
 from videoservice.contract import (GenerationCompleteEvent, GenerationParams, ProgressEvent, StartedEvent,
                                    VideoChunkEvent)
-from videoservice.models import Job
+from videoservice.models import Job, store_video
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +89,7 @@ def complete(run, data: bytes, num_frames: int, height: int, width: int, fps: fl
     """Store the finished MP4, mark the job succeeded and send `generation_complete` (base64 + URL)."""
     job: Job = run.job
     height, width = height - height % 2, width - width % 2  # the encoder crops odd sizes
-    stored = job.output.storage.save(job.output.field.generate_filename(job, "video.mp4"), ContentFile(data))
+    stored = store_video(job, data)
     if not job.succeed(output=stored, mime="video/mp4", size_bytes=len(data), fps=float(fps),
                        num_frames=int(num_frames), width=int(width), height=int(height), seed=int(seed),
                        elapsed_s=round(time.monotonic() - run.started, 3), result=evaluation or {},

@@ -105,3 +105,16 @@ def test_the_readme_example_runs_as_written(stack):
     assert names["clip"].ndim == 4 and names["clip"].dtype == np.uint8
     assert [e["prompt"] for e in names["live"].timeline] == [RIGHT, UP]
     assert decode(names["video"]).shape[0] >= 48
+
+
+def test_a_token_clients_private_clip_is_its_own(stack):
+    token = stack.manage("create_api_token", "client-user", "--create-user").strip().splitlines()[-1]
+    owner = Client(stack.base, token=token)
+    job = owner.generate(RIGHT, num_frames=8, steps=1, private=True, **SMALL)
+    assert owner.job(job.id).download() == job.download()  # over HTTP with the token
+    with pytest.raises(VideoServiceError) as hidden:
+        Client(stack.base).job(job.id)  # anyone else: no such job
+    assert hidden.value.code == "not_found"
+    with pytest.raises(VideoServiceError) as refused:
+        Client(stack.base, token="vs_not-a-token").generate(RIGHT)
+    assert refused.value.code == "auth_required", refused.value

@@ -202,11 +202,25 @@ class Client:
         return message
 
     @staticmethod
-    def _submit(ws: ClientConnection, message: dict) -> dict:
+    def _receive(ws: ClientConnection, timeout: float) -> dict:
+        """The next message; VideoServiceError for an `error` not about another request (the
+        service says why before it closes a connection, e.g. auth_required) or a closed connection."""
+        try:
+            msg = json.loads(ws.recv(timeout=timeout))
+        except ConnectionClosed as exc:
+            raise VideoServiceError("closed", f"the service closed the connection ({exc})") from None
+        if msg.get("type") == "error" and msg.get("request_id") is None:
+            raise VideoServiceError.of(msg)
+        return msg
+
+    def _submit(self, ws: ClientConnection, message: dict) -> dict:
         """Send a request; its `queued` answer (VideoServiceError for its `error`)."""
-        ws.send(json.dumps(message))
+        try:
+            ws.send(json.dumps(message))
+        except ConnectionClosed:
+            pass  # closed on us: what the service said before that is read below
         while True:
-            msg = json.loads(ws.recv(timeout=ACK_TIMEOUT_S))
+            msg = self._receive(ws, ACK_TIMEOUT_S)
             if msg.get("request_id") == message["request_id"]:
                 if msg["type"] == "error":
                     raise VideoServiceError.of(msg)
@@ -219,7 +233,7 @@ class Client:
         with self._connect() as ws:
             job_id = self._submit(ws, message)["job_id"]
             while True:
-                msg = json.loads(ws.recv(timeout=self.timeout))
+                msg = self._receive(ws, self.timeout)
                 if msg.get("job_id") == job_id and msg["type"] in TERMINAL:
                     return self._ended(msg)
 

@@ -201,14 +201,15 @@ def build_helios_distilled(tiny: bool, device: str, dtype: torch.dtype):
         sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
         import tiny_checkpoints
 
-        parts = tiny_checkpoints._helios_components(stages=3)
+        pipe = tiny_checkpoints.helios_distilled_pipeline()
     else:
         torch.manual_seed(0)
         with torch.device(device):
             parts = dict(transformer=diffusers.HeliosTransformer3DModel(), vae=diffusers.AutoencoderKLWan(),
                          **umt5_stand_in())
-    parts["scheduler"] = diffusers.HeliosDMDScheduler(use_dynamic_shifting=True)
-    pipe = diffusers.HeliosPyramidPipeline(**parts, is_distilled=True).to(device=device, dtype=dtype)
+        pipe = diffusers.HeliosPyramidPipeline(**parts, scheduler=diffusers.HeliosDMDScheduler(use_dynamic_shifting=True),
+                                               is_distilled=True)
+    pipe = pipe.to(device=device, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -237,12 +238,10 @@ def helios_rows(pipe, tiny: bool, device: str) -> list:
             "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
             "setting": setting, "published": spec["published"]}
     config = parse_entry("bench-helios", {
-        "path": "in-memory", "pipeline": "helios-pyramid", "dtype": "bfloat16", "max_sequence_length": 128,
-        "defaults": {"steps": sum(spec["stage_steps"]), "guidance": 1.0, "width": spec["width"],
-                     "height": spec["height"], "frames": spec["chunk_frames"], "fps": 24},
-        "limits": {"min_size": 32, "max_guidance": 1.0},
-        "pipeline_kwargs": {"pyramid_num_inference_steps_list": spec["stage_steps"], "is_amplify_first_chunk": True,
-                            "num_latent_frames_per_chunk": latent_frames}})
+        "path": "in-memory", "pipeline": "helios-pyramid", "preset": "helios-distilled", "dtype": "bfloat16",
+        "max_sequence_length": 128, "limits": {"min_size": 32},
+        "defaults": {"width": spec["width"], "height": spec["height"], "frames": spec["chunk_frames"], "fps": 24},
+        "pipeline_kwargs": {"num_latent_frames_per_chunk": latent_frames}})
     backend = DiffusersBackend(config)
     backend.pipes, backend.primary = {"helios-pyramid": pipe}, pipe  # the weights in memory, not from disk
     sync()

@@ -93,6 +93,11 @@ PRESETS = {p.name: p for p in (
                             "stg_scale": 0.0, "modality_scale": 1.0, "guidance_rescale": 0.0,
                             "audio_guidance_scale": 1.0, "audio_stg_scale": 0.0, "audio_modality_scale": 1.0,
                             "audio_guidance_rescale": 0.0}),
+    # Helios-Distilled: its card's 2 + 2 + 2 steps over the pyramid's three stages, no guidance, the first
+    # chunk's steps doubled (its DMD scheduler and is_distilled come with the checkpoint)
+    Preset("helios-distilled", "helios-pyramid", "Helios-Distilled: 2 + 2 + 2 steps per chunk, no guidance",
+           steps=6, guidance=1.0, kinds=("helios-pyramid",),
+           pipeline_kwargs={"pyramid_num_inference_steps_list": [2, 2, 2], "is_amplify_first_chunk": True}),
 )}
 
 # what the backend passes itself: pipeline_kwargs may not set these

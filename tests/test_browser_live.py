@@ -79,6 +79,7 @@ def test_start_watch_steer_and_stop_a_live_video(stack, browser, tmp_path):  # n
         seen = viewer.locator(f'[data-testid=job][data-job-id="{job_id}"]')
         expect(seen.get_by_test_id("job-live-badge")).to_be_visible(timeout=20_000)
         expect(seen.get_by_test_id("job-stop")).to_be_hidden()  # not theirs to stop
+        expect(seen.get_by_test_id("job-cancel")).to_be_hidden()
         wait_playing(viewer, seen.get_by_test_id("job-stream"), 1.0)
 
         # steer: the prompt box stays editable, Enter sends it; the timeline gets the new prompt
@@ -110,6 +111,7 @@ def test_start_watch_steer_and_stop_a_live_video(stack, browser, tmp_path):  # n
         from_frame = int(entries.nth(1).get_attribute("data-from-frame"))
         expect(seen).to_have_attribute("data-status", "succeeded", timeout=30_000)
         expect(seen.get_by_test_id("job-video")).to_have_count(1)
+        owner.screenshot(path=str(shot.with_name(shot.stem + "-stopped.png")), full_page=True)
 
         status, _, body = http("GET", f"{stack.base}/api/jobs/{job_id}")
         assert status == 200
@@ -120,3 +122,31 @@ def test_start_watch_steer_and_stop_a_live_video(stack, browser, tmp_path):  # n
         owner.close()
         if viewer is not None:
             viewer.close()
+
+
+def test_live_mode_over_the_phoenix_protocol(stack, browser):  # noqa: F811
+    """?protocol=phoenix: the page starts, steers and stops a live video over /socket/websocket."""
+    expect = playwright_api.expect
+    page = browser.new_page()
+    page.errors = []
+    page.on("pageerror", lambda exc: page.errors.append(str(exc)))
+    try:
+        page.goto(stack.base + "/?protocol=phoenix")
+        expect(page.get_by_test_id("conn-status")).to_have_attribute("data-state", "open", timeout=20_000)
+        page.check("#live")
+        for field, value in (("width", "64"), ("height", "64"), ("steps", "4"), ("seed", "9"), ("fps", "8")):
+            page.fill(f"#{field}", value)
+        page.fill("#prompt", "a blue square moving left")
+        page.press("#prompt", "Enter")
+        job = page.get_by_test_id("job").first
+        wait_playing(page, job.get_by_test_id("job-stream"), 0.5)
+        page.fill("#prompt", "a blue square moving down")
+        page.press("#prompt", "Enter")
+        expect(job.get_by_test_id("timeline-entry")).to_have_count(2, timeout=60_000)
+        expect(job.get_by_test_id("live-steer-latency")).to_have_text(re.compile(r"^\d+\.\d\d s$"))
+        job.get_by_test_id("job-stop").click()
+        expect(job).to_have_attribute("data-status", "succeeded", timeout=60_000)
+        expect(job.get_by_test_id("timeline-entry").nth(1)).to_contain_text("a blue square moving down")
+        assert not page.errors, page.errors
+    finally:
+        page.close()

@@ -280,6 +280,8 @@ def test_ltx_distilled_preset_runs_its_schedule_without_guidance(tmp_path):
     ({"pipeline": ["hunyuanvideo1.5", "hunyuanvideo1.5-i2v"]}, "own entry"),
     ({"pipeline": ["ltx2", "ltx2-condition"]}, None),
     ({"pipeline": "ltx+ltx-i2v"}, None),
+    ({"pipeline": "helios-pyramid", "preset": "helios-distilled"}, None),
+    ({"pipeline": "helios", "preset": "helios-distilled"}, "is for Helios pyramid"),
 ])
 def test_configuration_errors_name_the_model_and_key(changes, words):
     raw = {"path": "/models/x", "pipeline": "ltx", **changes}
@@ -367,6 +369,32 @@ def test_helios_live_chunks_follow_the_prompt_in_force(backends):
     assert not torch.allclose(red, blue)
     # chunk 0 is what generate() makes for the same request: one pipeline call per chunk changes nothing
     assert np.array_equal(frames[0], backend.generate(req).frames)
+
+
+def test_helios_distilled_preset_runs_its_stage_steps_and_amplifies_only_the_first_live_chunk():
+    cfg = mc.parse_entry("helios-fast", entry("helios-distilled", "helios-pyramid", preset="helios-distilled",
+                                              defaults={"width": 64, "height": 64, "frames": 9, "fps": 8}))
+    info = cfg.model_info()
+    assert (info.default_steps, info.default_guidance, info.max_guidance) == (6, 1.0, 1.0)
+    backend = DiffusersBackend(cfg)
+    try:
+        steps = []
+        backend.generate(GenerationRequest("a ball", seed=1), progress=lambda s, t, p: steps.append((s, t)))
+        assert steps[-1] == (12, 12) and {t for _, t in steps} == {12}  # 2 + 2 + 2, doubled: a first chunk
+        pipe, passes, per_chunk = backend.pipes["helios-pyramid"], [], []
+        hook = pipe.transformer.register_forward_pre_hook(lambda *a: passes.append(1))
+        chunks = backend.live_chunks(GenerationRequest("a ball", seed=1), lambda i: "a ball")
+        try:
+            for _ in range(3):
+                before = len(passes)
+                next(chunks)
+                per_chunk.append(len(passes) - before)  # one transformer pass per step (no guidance)
+        finally:
+            hook.remove()
+            chunks.close()
+        assert per_chunk == [12, 6, 6]
+    finally:
+        backend.unload()
 
 
 def test_helios_live_chunks_continue_their_own_history(backends):

@@ -334,6 +334,15 @@ def helios_pyramid_pipeline():
     return HeliosPyramidPipeline(**_helios_components(stages=3))
 
 
+def helios_distilled_pipeline():
+    """HeliosPyramidPipeline as Helios-Distilled ships: `is_distilled` and the DMD scheduler."""
+    from diffusers import HeliosDMDScheduler, HeliosPyramidPipeline
+
+    parts = _helios_components(stages=3)
+    parts["scheduler"] = HeliosDMDScheduler(use_dynamic_shifting=True)
+    return HeliosPyramidPipeline(**parts, is_distilled=True)
+
+
 # ------------------------------------------------------------------ Sana Video
 def sana_video_pipeline(image_to_video: bool = False):
     """SanaVideoPipeline / SanaImageToVideoPipeline (one checkpoint serves both): Wan's VAE, a Gemma 2
@@ -475,6 +484,7 @@ BUILDERS = {
     "sana-video": sana_video_pipeline,
     "motif-video": motif_video_pipeline,
     "helios-pyramid": helios_pyramid_pipeline,
+    "helios-distilled": helios_distilled_pipeline,
 }
 
 

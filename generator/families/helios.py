@@ -63,7 +63,9 @@ class HeliosAdapter(FamilyAdapter):
         window = (k - 1) * t + 1
         chunks = -(-req.num_frames // window)
         made = (chunks * window - 1) // t * t + 1  # each chunk decodes to `window` frames; trimmed to tk+1
-        return Clip(made, keep=slice(0, req.num_frames), steps=chunks * self.steps_per_chunk(call, req.steps))
+        per_chunk = self.steps_per_chunk(call, req.steps)
+        amplified = self.config.pipeline_kwargs.get("is_amplify_first_chunk") and pipe.config.get("is_distilled")
+        return Clip(made, keep=slice(0, req.num_frames), steps=(chunks + bool(amplified)) * per_chunk)
 
     def stage_steps(self, pipe, steps: int) -> dict:
         """The pyramid pipeline takes its steps per resolution stage: `steps` spread over its stages

@@ -568,8 +568,10 @@
 
   function refreshLive(card) {
     const running = !TERMINAL.has(card.dataset.status);
+    const mine = card.dataset.mine === "1";
     $(".live-badge", card).hidden = !running;
-    $(".job-stop", card).hidden = !(running && card.dataset.mine === "1");
+    $(".job-stop", card).hidden = !(running && mine);
+    $(".job-cancel", card).hidden = !(running && mine);  // someone else's live video is theirs to end
     if (!running) {
       $(".live-steering", card).textContent = "";
       $("[data-testid=live-buffered]", card).textContent = "\u2013";

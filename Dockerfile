@@ -26,10 +26,10 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 
 # runtime requirements only: no test or benchmark packages in the image
-COPY requirements.txt requirements-nodeps.txt ./
+COPY requirements.txt requirements-nodeps.txt constraints.txt ./
 RUN pip install --index-url "$TORCH_INDEX_URL" "torch==${TORCH_VERSION}" \
- && pip install -r requirements.txt \
- && pip install --no-deps -r requirements-nodeps.txt
+ && pip install -r requirements.txt -c constraints.txt \
+ && pip install --no-deps -r requirements-nodeps.txt -c constraints.txt
 
 COPY . .
 
@@ -39,4 +39,4 @@ RUN mkdir -p /data/media /data/db \
 USER app
 
 EXPOSE 8000 5555
-CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "--websocket-max-message-size", "67108864", "--websocket-max-frame-size", "67108864", "--proxy-headers", "videoservice.asgi:application"]
+CMD ["python", "-m", "videoservice.launch", "web"]

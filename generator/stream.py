@@ -157,10 +157,6 @@ class FragmentedMP4:
             self.close()
         return faststart_mp4(bytes(self.sink.buffer), audio, sample_rate, self.fps)[0]
 
-    def stream_bytes(self) -> bytes:
-        """Init segment + every fragment handed out so far (what a viewer has received)."""
-        return bytes(self.sink.buffer[:self.sent])
-
 
 def faststart_mp4(stream: bytes, audio: Optional[np.ndarray] = None, sample_rate: Optional[int] = None,
                   fps: Optional[Fraction] = None) -> tuple:

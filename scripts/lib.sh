@@ -52,16 +52,16 @@ ensure_venv() {  # ensure_venv [requirements file] (default requirements.txt; -r
   fi
   local stamp="$VENV/.${reqs%.txt}.sha256"
   local want
-  want="$(cat "$ROOT"/requirements*.txt 2>/dev/null | sha256sum | cut -d' ' -f1)"
+  want="$(cat "$ROOT"/requirements*.txt "$ROOT"/constraints.txt 2>/dev/null | sha256sum | cut -d' ' -f1)"
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     return 0
   fi
   log "installing Python requirements from $reqs (first run takes a few minutes)"
   local t0=$SECONDS
   pip_run install -q --upgrade pip || true
-  pip_run install -q -r "$ROOT/$reqs" || die "pip install -r $reqs failed"
+  pip_run install -q -r "$ROOT/$reqs" -c "$ROOT/constraints.txt" || die "pip install -r $reqs failed"
   if [ -f "$ROOT/requirements-nodeps.txt" ]; then
-    pip_run install -q --no-deps -r "$ROOT/requirements-nodeps.txt" \
+    pip_run install -q --no-deps -r "$ROOT/requirements-nodeps.txt" -c "$ROOT/constraints.txt" \
       || die "pip install --no-deps -r requirements-nodeps.txt failed"
   fi
   echo "$want" > "$stamp"

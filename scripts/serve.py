@@ -1,4 +1,5 @@
-"""Run the whole service in the foreground and supervise it (started by scripts/serve.sh).
+"""Run the whole service in the foreground and supervise it (`python -m scripts.serve`, started by
+scripts/serve.sh; the command lines come from videoservice/launch.py).
 
 Children, each in its own process group, their output prefixed with a tag:
   redis   redis-server with AOF persistence under var/redis (skipped when REDIS_URL answers)
@@ -14,10 +15,8 @@ at once and Redis last: SIGTERM to each process group, then SIGKILL after a grac
 serve.py itself is killed (SIGKILL), the kernel kills its children (PR_SET_PDEATHSIG; Celery's
 pool processes die with their parent the same way): no orphan stack is left to hold jobs.
 
-Environment: HOST (127.0.0.1), PORT (8000), FLOWER_PORT (5555), REDIS_URL
-(redis://127.0.0.1:6379/0), WORKER_QUEUES (builtin,describe,celery), WORKER_CONCURRENCY (1),
-WEBSOCKET_MAX_MESSAGE_BYTES (64 MiB), READY_TIMEOUT (180 s), REDIS_DIR (var/redis),
-FLOWER_BASIC_AUTH (user:password[,user2:password2]).
+Environment: videoservice/environment.py, `ServeEnvironment` (typed; the table in README.md,
+"Configuration", is generated from it).
 
 SERVE_ROLE (all): which part of a fleet this host runs (docs/deploy.md, "A fleet"):
   all     everything above (one machine)
@@ -33,7 +32,8 @@ auth (FLOWER_BASIC_AUTH; Flower reads it from the environment, so it is not on t
 With REQUIRE_AUTH=1 on loopback Flower is behind basic auth too: FLOWER_BASIC_AUTH, or a generated
 password shown in the start-up banner.
 
-The worker's node name is `<first queue>-<PORT>@<host>` (`<first queue>-<PORT>-gpu<N>@<host>` per GPU), so two stacks on one host (different
+The worker's node name is `<first queue>-<PORT>@<host>` (`<first queue>-<PORT>-gpu<N>@<host>` per
+GPU), so two stacks on one host (different
 PORTs, one Redis) show up as two workers; which jobs a worker may take over does not depend on it
 (worker/reaper.py).
 """
@@ -54,8 +54,9 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
+from videoservice.launch import BIN, celery_worker_argv, daphne_argv, flower_argv, is_loopback
+
 ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 COLOURS = {"redis": "31", "web": "32", "worker": "33", "hooks": "34", "flower": "35", "serve": "36"}
 WORKER_STOP_GRACE_S = 20.0  # a warm Celery shutdown finishes the current denoising step
 ROLES = ("all", "web", "worker")
@@ -186,24 +187,12 @@ def wait_until(check, timeout: float, children: list, what: str) -> None:
     raise SystemExit(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def is_loopback(host: str) -> bool:
-    import ipaddress
-
-    host = host.strip().strip("[]")
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def auth_required(host: str, env: dict) -> bool:
     """As the settings decide it: off loopback always, on loopback when REQUIRE_AUTH is on."""
     return not is_loopback(host) or env.get("REQUIRE_AUTH", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def flower_argv(host: str, port: int, env: dict) -> tuple:
+def flower_command(host: str, port: int, env: dict) -> tuple:
     """(Flower's command line, the generated password or None). Whenever the service requires
     authentication, Flower does too: FLOWER_BASIC_AUTH (user:password) from `env` (required off
     loopback), else, on loopback, a generated one put into `env`."""
@@ -217,9 +206,8 @@ def flower_argv(host: str, port: int, env: dict) -> tuple:
     if not auth and auth_required(host, env):
         generated = secrets.token_urlsafe(16)
         env["FLOWER_BASIC_AUTH"] = f"flower:{generated}"
-    argv = [str(BIN / "celery"), "-A", "worker", "flower", f"--address={host}", f"--port={port}",
-            "--read_only=True", "--persistent=False"]
-    return argv, generated  # with FLOWER_BASIC_AUTH in its environment Flower asks for that user and password
+    # with FLOWER_BASIC_AUTH in its environment Flower asks for that user and password
+    return flower_argv(host, port), generated
 
 
 def visible_gpus(env: dict) -> list:
@@ -245,13 +233,10 @@ def visible_gpus(env: dict) -> list:
     return [g for g in listed if g in pinned] if pinned else listed
 
 
-def worker_children(queues: str, concurrency: str, port: int, env: dict) -> list:
+def worker_children(queues: str, concurrency: int, port: int, env: dict) -> list:
     """One Celery worker, or one per GPU with that GPU alone visible to it."""
     def worker(tag: str, node: str, worker_env: dict) -> Child:
-        return Child(tag, [
-            str(BIN / "celery"), "-A", "worker", "worker", "-P", "prefork", "-c", concurrency, "-E",
-            "-Q", queues, "-n", node, "--loglevel", "INFO", "--without-mingle", "--without-gossip",
-        ], worker_env, is_worker=True)
+        return Child(tag, celery_worker_argv(queues, node, concurrency), worker_env, is_worker=True)
 
     name = f"{queues.split(',')[0]}-{port}"
     gpus = visible_gpus(env)
@@ -271,16 +256,16 @@ def healthz(url: str):
 
 
 def main() -> int:
-    host = os.environ.get("HOST", "127.0.0.1")
-    port = int(os.environ.get("PORT", "8000"))
-    flower_port = int(os.environ.get("FLOWER_PORT", "5555"))
-    redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-    queues = os.environ.get("WORKER_QUEUES", "builtin,describe,celery")
-    concurrency = os.environ.get("WORKER_CONCURRENCY", "1")
-    role = os.environ.get("SERVE_ROLE", "all")
-    max_msg = os.environ.get("WEBSOCKET_MAX_MESSAGE_BYTES") or os.environ.get("WEBSOCKET_MAX_MESSAGE_SIZE") \
-        or str(64 * 1024 * 1024)  # Daphne's cap also applies to what it sends: base64 completions
-    ready_timeout = float(os.environ.get("READY_TIMEOUT", "180"))
+    # the handlers first: a SIGTERM during start-up must stop it cleanly, and the import below
+    # (pydantic) takes a second on a busy host
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    from videoservice.environment import ServeEnvironment, load
+
+    config = load(ServeEnvironment)
+    host, port, flower_port, redis_url = config.HOST, config.PORT, config.FLOWER_PORT, config.REDIS_URL
+    queues, concurrency, role = config.WORKER_QUEUES, config.WORKER_CONCURRENCY, config.SERVE_ROLE
+    ready_timeout = config.READY_TIMEOUT
     if role not in ROLES:
         say("serve", f"refusing to start: SERVE_ROLE={role!r} is not one of {', '.join(ROLES)}")
         return 1
@@ -293,7 +278,7 @@ def main() -> int:
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env["BIND_ADDRESS"] = host  # the settings require authentication off loopback
     try:
-        flower_cmd, flower_password = flower_argv(host, flower_port, env) if serves_web else (None, None)
+        flower_cmd, flower_password = flower_command(host, flower_port, env) if serves_web else (None, None)
         workers = worker_children(queues, concurrency, port, env) if role in ("all", "worker") else []
     except SystemExit as exc:
         say("serve", f"refusing to start: {exc}")
@@ -303,8 +288,6 @@ def main() -> int:
         if not port_free(host, p):
             raise SystemExit(f"{name}={p} is already in use on {host}: stop the other server or choose another {name}")
 
-    signal.signal(signal.SIGINT, _on_signal)
-    signal.signal(signal.SIGTERM, _on_signal)
     children: list = []
     t0 = time.monotonic()
     try:
@@ -320,7 +303,7 @@ def main() -> int:
             if role == "worker" or parsed.hostname not in ("127.0.0.1", "localhost", "::1"):
                 raise SystemExit(f"REDIS_URL={redis_url} does not answer (only a local Redis is started, "
                                  "and only with SERVE_ROLE=all or web)")
-            data_dir = Path(os.environ.get("REDIS_DIR", ROOT / "var" / "redis"))
+            data_dir = ROOT / config.REDIS_DIR  # (an absolute REDIS_DIR stays as it is)
             data_dir.mkdir(parents=True, exist_ok=True)
             redis = Child("redis", [
                 "redis-server", "--bind", "127.0.0.1", "--port", str(parsed.port or 6379),
@@ -332,19 +315,13 @@ def main() -> int:
             wait_until(lambda: redis_reachable(redis_url), 30, children, "redis")
 
         if serves_web:
-            children.append(Child("web", [
-                str(BIN / "daphne"), "-b", host, "-p", str(port),
-                # many clients (Python websockets) send a message as one frame: the 1 MiB frame cap must go too
-                "--websocket-max-message-size", max_msg, "--websocket-max-frame-size", max_msg, "--proxy-headers",
-                "videoservice.asgi:application",
-            ], env))
+            web = daphne_argv(host, port, config.WEBSOCKET_MAX_MESSAGE_BYTES, proxy_headers=True)
+            children.append(Child("web", web, env))
         children.extend(workers)
         if serves_web:
             # webhook deliveries: threads of their own, so that a slow receiver never holds a generation up
-            children.append(Child("hooks", [
-                str(BIN / "celery"), "-A", "worker", "worker", "-P", "threads", "-c", "4", "-E", "-Q", "webhooks",
-                "-n", f"webhooks-{port}@%h", "--loglevel", "INFO", "--without-mingle", "--without-gossip",
-            ], env))
+            children.append(Child("hooks", celery_worker_argv("webhooks", f"webhooks-{port}@%h", 4, pool="threads"),
+                                  env))
             children.append(Child("flower", flower_cmd, env))
         for child in children:
             if not child.proc:

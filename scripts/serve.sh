@@ -13,4 +13,4 @@ case "${REDIS_URL:-}" in
 esac
 ensure_venv
 
-exec "$PY" "$ROOT/scripts/serve.py" "$@"
+exec "$PY" -m scripts.serve "$@"

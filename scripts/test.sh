@@ -1,9 +1,18 @@
 #!/usr/bin/env bash
-# Run the whole test suite against real parts (redis-server, Celery worker, Daphne, headless
-# Chromium). Installs what is missing first. Extra arguments go to pytest.
+# The test ladder. Installs what is missing first; extra arguments go to pytest.
+#   ./scripts/test.sh quick        in-process tests only (no e2e, no model marker): under 90 s
+#   ./scripts/test.sh              everything, against real parts (redis-server, Celery workers,
+#                                  Daphne, PostgreSQL, headless Chromium): what CI runs
+#   ./scripts/test.sh tests/x.py   a chosen part (pytest arguments; --lf reruns the last failures)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
+
+if [ "${1:-}" = quick ]; then
+  shift
+  ensure_venv requirements-test.txt
+  exec "$PY" -m pytest -q -n "${TEST_WORKERS:-2}" --dist loadfile -m "not e2e and not model" tests "$@"  # (tests/conftest.py: QUICK)
+fi
 
 ensure_tool redis-server redis-server
 ensure_tool chromium chromium

@@ -6,10 +6,14 @@ kill parts of it; `strict_service` adds a second Daphne configured as off loopba
 """
 from __future__ import annotations
 
+import functools
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -27,6 +31,68 @@ TINY_LTX_ENTRY = {
     "limits": {"min_size": 32, "max_size": 128, "max_frames": 25, "max_steps": 1000},
     "max_sequence_length": 16, "queue": TINY_LTX_QUEUE,
 }
+
+
+# The test ladder (markers in pyproject.toml): `./scripts/test.sh quick` runs what is neither.
+# A module is e2e when it starts the service's own processes (a Stack, serve.py, manage.py,
+# Chromium), else model when it runs real models or pipelines in-process (torch: seconds a test);
+# a test that uses a shared stack or the browser is e2e wherever it is. Read from the source, so
+# that a new test module is sorted without a list to keep up to date.
+E2E_SIGNS = re.compile(r"\b(Stack|FaultStack|Served|Proc|playwright_api|live_service|strict_service)\b"
+                       r"|manage\.py")
+MODEL_SIGNS = re.compile(r"^\s*(import (torch|diffusers|tiny_checkpoints|tiny_vlm)\b|from (diffusers|tiny_checkpoints|"
+                         r"tiny_vlm)\b|from generator\.(builtin|understanding|diffusers_backend|families|longvideo|"
+                         r"metrics|evaluate|model_config)\b|from generator import (longvideo|metrics|evaluate)\b)",
+                         re.M)
+E2E_FIXTURES = {"live_service", "strict_service", "browser"}
+QUICK = "not e2e and not model"
+
+
+@functools.cache
+def tier_of(path: Path) -> str | None:
+    source = path.read_text()
+    return "e2e" if E2E_SIGNS.search(source) else "model" if MODEL_SIGNS.search(source) else None
+
+
+def pytest_ignore_collect(collection_path, config):
+    """The quick tier does not even import the modules it would leave out (torch, Playwright)."""
+    if config.getoption("markexpr") == QUICK and collection_path.name.startswith("test_") \
+            and collection_path.suffix == ".py" and tier_of(collection_path) is not None:
+        return True
+    return None
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        tier = tier_of(Path(item.module.__file__))
+        if tier == "e2e" or E2E_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.e2e)
+        elif tier == "model":
+            item.add_marker(pytest.mark.model)
+
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run", "--disable-dev-shm-usage", "--autoplay-policy=no-user-gesture-required",
+]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """A headless Chromium (Debian's, driven by Playwright) for a module's tests; each test opens its
+    own context. Not one per session: Playwright's sync API holds an event loop while it runs, and
+    the asyncio tests that share the test process need it gone."""
+    from playwright import sync_api
+
+    if not Path(CHROMIUM).exists():  # scripts/test.sh installs it: a missing browser is a failure, not a skip
+        pytest.fail(f"{CHROMIUM} not installed (apt-get install chromium)")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
 
 
 @pytest.fixture(scope="session")

@@ -20,8 +20,9 @@ import pytest
 import websockets
 
 from tests.support.client import Client, run
-from tests.support.stack import BIN, ROOT, Proc, free_port, http
+from tests.support.stack import ROOT, Proc, free_port, http
 from tests.test_service import SMALL
+from videoservice.launch import BIN, daphne_argv
 
 SLOW = {**SMALL, "steps": 60}  # long enough to be cancelled while queued or running
 
@@ -254,23 +255,20 @@ def test_create_api_token_command_and_token_storage(strict_service):
 def test_flower_needs_basic_auth_off_loopback(live_service):
     env = {**live_service.env, "HOST": "0.0.0.0", "PORT": str(free_port()), "FLOWER_PORT": str(free_port())}
     env.pop("FLOWER_BASIC_AUTH", None)
-    out = subprocess.run([sys.executable, "scripts/serve.py"], cwd=ROOT, env=env, capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "scripts.serve"], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 1 and "FLOWER_BASIC_AUTH" in out.stdout, out.stdout
 
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import serve
-    finally:
-        sys.path.pop(0)
+    from scripts import serve
+
     with pytest.raises(SystemExit):
-        serve.flower_argv("10.1.2.3", 5555, {"FLOWER_BASIC_AUTH": "admin:"})
-    assert "--address=10.1.2.3" in serve.flower_argv("10.1.2.3", 5555, {"FLOWER_BASIC_AUTH": "admin:pw"})[0]
+        serve.flower_command("10.1.2.3", 5555, {"FLOWER_BASIC_AUTH": "admin:"})
+    assert "--address=10.1.2.3" in serve.flower_command("10.1.2.3", 5555, {"FLOWER_BASIC_AUTH": "admin:pw"})[0]
 
     # and the Flower that serve.py starts (same argv, FLOWER_BASIC_AUTH in its environment) asks for it
     port = free_port()
     fenv = {**live_service.env, "FLOWER_BASIC_AUTH": "admin:s3cret"}
-    flower = Proc("flower-auth", serve.flower_argv("127.0.0.1", port, fenv)[0], fenv, live_service.tmp)
+    flower = Proc("flower-auth", serve.flower_command("127.0.0.1", port, fenv)[0], fenv, live_service.tmp)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -315,8 +313,7 @@ def test_daphne_on_a_public_address_without_bind_address_still_requires_auth(liv
         return
     port = free_port()
     env = {k: v for k, v in live_service.env.items() if k not in ("BIND_ADDRESS", "REQUIRE_AUTH")}
-    web = Proc("web-public", [str(BIN / "daphne"), "-b", address, "-p", str(port), "videoservice.asgi:application"],
-               env, live_service.tmp)
+    web = Proc("web-public", daphne_argv(address, port), env, live_service.tmp)
     base = f"http://{address}:{port}"
     spoof = {"Host": f"127.0.0.1:{port}"}
     try:

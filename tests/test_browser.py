@@ -23,11 +23,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run", "--disable-dev-shm-usage", "--autoplay-policy=no-user-gesture-required",
-]
 
 from playwright import sync_api as playwright_api  # noqa: E402
 
@@ -66,7 +61,7 @@ def service(tmp_path_factory):
     log_path = tmp / "serve.log"
     log = open(log_path, "wb")
     t0 = time.monotonic()
-    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "serve.py")], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "scripts.serve"], cwd=ROOT, env=env,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -89,18 +84,6 @@ def service(tmp_path_factory):
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         log.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():  # scripts/test.sh installs it: a missing browser is a failure, not a skip
-        pytest.fail(f"{CHROMIUM} not installed (apt-get install chromium)")
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 def test_submit_from_page_watch_progress_and_play_video(service, browser, tmp_path):
@@ -186,8 +169,8 @@ def test_reconnect_start_image_progress_and_cancel(service, browser):
         page.wait_for_function("el => el.readyState >= 2 && el.videoWidth > 0",
                                arg=job.get_by_test_id("job-preview-clip").element_handle(), timeout=30_000)
         page.wait_for_function(
-            "el => Number(el.getAttribute('aria-valuenow')) > 0", arg=job.get_by_test_id("job-progress").element_handle(),
-            timeout=60_000)
+            "el => Number(el.getAttribute('aria-valuenow')) > 0",
+            arg=job.get_by_test_id("job-progress").element_handle(), timeout=60_000)
         expect(job.get_by_test_id("job-eta")).to_contain_text("step", timeout=10_000)
         job.get_by_test_id("job-cancel").click()
         expect(job).to_have_attribute("data-status", "cancelled", timeout=60_000)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import time
 
-from tests.test_browser import browser, playwright_api  # noqa: F401  (fixture)
+from tests.test_browser import playwright_api
 
 BLOCK_WEBSOCKET = """
 window.WebSocket = class { constructor() { throw new Error("websocket blocked by the test"); } };

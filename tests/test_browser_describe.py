@@ -8,7 +8,7 @@ import os
 import re
 from pathlib import Path
 
-from tests.test_browser import browser, playwright_api, service  # noqa: F401 (fixtures)
+from tests.test_browser import playwright_api, service  # noqa: F401 (fixture)
 
 
 def test_evaluate_describe_and_edit_and_regenerate(service, browser, tmp_path):  # noqa: F811

@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.test_browser import browser, playwright_api  # noqa: F401  (fixture)
+from tests.test_browser import playwright_api
 
 SLOW = {"num_frames": 8, "width": 64, "height": 64, "steps": 100}
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.stack import Stack, http
-from tests.test_browser import browser, playwright_api  # noqa: F401 (fixtures)
+from tests.test_browser import playwright_api
 
 RIGHT, UP = "a red circle moving right", "a red circle moving up"
 

@@ -94,7 +94,8 @@ async def test_message_rate_and_size_caps(settings):
 
 
 async def test_handshakes_without_our_origin_are_refused():
-    for headers in ([(b"host", b"127.0.0.1:8000")], [(b"origin", b"http://127.0.0.1:8001"), (b"host", b"127.0.0.1:8000")],
+    for headers in ([(b"host", b"127.0.0.1:8000")],
+                    [(b"origin", b"http://127.0.0.1:8001"), (b"host", b"127.0.0.1:8000")],
                     [(b"origin", b"http://evil.example:8000"), (b"host", b"evil.example:8000")]):
         comm, connected, _ = await connect(headers)
         assert not connected, headers

@@ -2,21 +2,20 @@
 refusal from the websocket, the HTTP API and the CLI; the worker reads a stored job's params back
 through the same model; /api/openapi.json is valid OpenAPI 3 and Schemathesis (a client nobody here
 wrote) finds no server error and no response that breaks the schema; every event of a real job
-matches the websocket JSON Schema; and the three packages import one way only."""
+matches the websocket JSON Schema (the import rules: tests/test_imports.py)."""
 from __future__ import annotations
 
-import ast
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import jsonschema
 import pytest
 
 from tests.support.client import Client, run
-from tests.support.stack import BIN, ROOT, http
+from tests.support.stack import ROOT, http
+from videoservice.launch import BIN
 
 SMALL = {"num_frames": 8, "width": 64, "height": 64, "steps": 2}
 # (request fields, the CLI's arguments for them); each is refused the same way everywhere
@@ -43,7 +42,8 @@ def test_the_same_invalid_values_get_the_same_refusal_everywhere(live_service):
             return [await c.submit(prompt="a red circle moving left", **fields) for fields, _ in INVALID]
     ws_answers = run(websocket())
     for (fields, args), ws in zip(INVALID, ws_answers):
-        status, _, body = http("POST", live_service.base + "/api/jobs", {"prompt": "a red circle moving left", **fields})
+        status, _, body = http("POST", live_service.base + "/api/jobs",
+                               {"prompt": "a red circle moving left", **fields})
         refusal = json.loads(body)
         assert ws["type"] == "error" and status == 400, (fields, ws, refusal)
         assert (ws["code"], ws.get("field"), ws["message"]) == (refusal["code"], refusal.get("field"),
@@ -147,40 +147,6 @@ def test_every_event_of_a_real_job_matches_the_websocket_schema(live_service):
     for msg in seen:
         errors = [e.message for e in server.iter_errors(msg)]
         assert not errors, (msg["type"], errors[:3])
-
-
-def _imports(path: Path) -> set:
-    tree = ast.parse(path.read_text())
-    names = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module.split(".")[0])
-    return names
-
-
-def test_packages_import_one_way_only():
-    """generator imports neither service tier; videoservice never imports worker (it names tasks)."""
-    forbidden = {"generator": {"videoservice", "worker", "django", "channels", "celery"},
-                 "videoservice": {"worker"}, "worker": set()}
-    for package, banned in forbidden.items():
-        for path in (ROOT / package).rglob("*.py"):
-            bad = _imports(path) & banned
-            assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
-    assert "videoservice" in set().union(*(_imports(p) for p in (ROOT / "worker").rglob("*.py")))
-
-
-def test_architecture_doc_follows_a_job_through_at_most_eight_files():
-    doc = (ROOT / "docs" / "architecture.md").read_text()
-    path_section = doc.split("## One job", 1)[1].split("\n## ", 1)[0]
-    files = {line.split("`")[1] for line in path_section.splitlines() if line.lstrip().startswith(("1", "2", "3", "4",
-                                                                                                  "5", "6", "7", "8",
-                                                                                                  "9"))
-             and "`" in line}
-    assert 0 < len(files) <= 8, files
-    for name in files:
-        assert (ROOT / name).exists(), name
 
 
 @pytest.mark.parametrize("name", ["requirements.txt", "requirements-test.txt", "requirements-bench.txt"])

@@ -27,7 +27,7 @@ import pytest
 from PIL import Image
 
 from tests.support.client import TERMINAL, Client, run
-from tests.support.stack import Proc, Stack, http, wait_for
+from tests.support.stack import Proc, Stack, http, postgres_wanted, wait_for
 
 SMALL = {"num_frames": 8, "width": 64, "height": 64, "steps": 3}
 FAULT_QUEUE = "faults"
@@ -205,12 +205,13 @@ def test_corrupt_start_image_fails_the_job_and_the_worker_serves_the_next(faults
 # ---------------------------------------------------------------- whole workers SIGKILLed mid-job
 KILL_JOB = {"model": "fake-steps", "num_frames": 9, "width": 64, "height": 64, "steps": 30}  # 1.5 s
 # kills per job, 20 in all: a job killed once is re-queued and completes; one killed twice
-# (JOB_MAX_ATTEMPTS=2) fails with a reason and retriable: true
-KILL_PLAN = [1, 2, 1, 1, 2, 1, 1, 2, 1, 1, 2, 1, 1, 2, 1]
+# (JOB_MAX_ATTEMPTS=2) fails with a reason and retriable: true. The PostgreSQL pass (scripts/test.sh)
+# repeats both cases on that database with 4 kills: the 20 are about repetition, shown by the SQLite pass.
+KILL_PLAN = [1, 2, 1] if postgres_wanted() else [1, 2, 1, 1, 2, 1, 1, 2, 1, 1, 2, 1, 1, 2, 1]
 
 
 def test_worker_sigkilled_mid_job_20_times_on_a_stand_in_model_every_job_settles_and_subscribers_are_told(faults):
-    assert sum(KILL_PLAN) == 20
+    assert sum(KILL_PLAN) == (4 if postgres_wanted() else 20)
     kills = []
 
     async def scenario():
@@ -240,7 +241,7 @@ def test_worker_sigkilled_mid_job_20_times_on_a_stand_in_model_every_job_settles
             return c, watcher, jobs
 
     c, watcher, jobs = run(scenario())
-    assert len(kills) == 20
+    assert len(kills) == sum(KILL_PLAN)
     for job_id, times in zip(jobs, KILL_PLAN):
         kinds = c.events(job_id)
         assert kinds.count("requeued") == 1, kinds  # a second loss fails the job instead
@@ -487,7 +488,8 @@ def test_queue_caps_answer_queue_full_and_free_up_when_jobs_leave(faults):
             again = await submit(b)  # a place came free
             assert again["type"] == "queued", again
             await cancel_all([(a, m) for m in mine[1:]] + [(b, m) for m in others + [again]])
-        status, _, body = http("GET", f"{faults.base}/api/jobs?limit=200", headers={"Authorization": f"Bearer {tokens[0]}"})
+        status, _, body = http("GET", f"{faults.base}/api/jobs?limit=200",
+                               headers={"Authorization": f"Bearer {tokens[0]}"})
         assert not [j for j in json.loads(body)["jobs"] if j["status"] == "queued"]
     run(scenario())
 

@@ -10,6 +10,7 @@ import base64
 import io
 import json
 import math
+import string
 from pathlib import Path
 
 import numpy as np
@@ -59,8 +60,7 @@ def mutated_png(draw) -> str:
 
 
 image_values = (json_values | st.binary(max_size=200).map(lambda b: base64.b64encode(b).decode()) | mutated_png()
-                | st.just(png_b64()) | st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=",
-                                               max_size=100))
+                | st.just(png_b64()) | st.text(alphabet=string.ascii_letters + string.digits + "+/=", max_size=100))
 field_values = {name: (near_limits | json_values) for name in GENERATE_FIELDS - {"type", "prompt", "image", "model",
                                                                                "private", "request_id"}}
 field_values.update({

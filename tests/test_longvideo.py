@@ -7,19 +7,16 @@ from __future__ import annotations
 
 import os
 import random
-import sys
 
 import numpy as np
 import pytest
-import torch
 
 from generator import longvideo as lv
 from generator import shape
 from generator.builtin import world
 from generator.interface import Backend, Cancelled, GenerationRequest, GenerationResult, ModelInfo
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from tiny_checkpoints import one_torch_thread  # noqa: E402,F401  (the fixture)
+from tiny_checkpoints import one_torch_thread  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -256,7 +253,8 @@ def test_run_job_all_three(backend):
 
 # ------------------------------------------------------------------ options
 def test_final_shape_multiplies_the_base_chunk():
-    shape_ = shape.final_shape(lv.LongVideoOptions(num_chunks=3, overlap=2, interpolate=4, upscale=2), 16, 256, 128, 8.0)
+    options = lv.LongVideoOptions(num_chunks=3, overlap=2, interpolate=4, upscale=2)
+    shape_ = shape.final_shape(options, 16, 256, 128, 8.0)
     assert shape_ == {"num_chunks": 3, "num_frames": (3 * 16 - 2 * 2 - 1) * 4 + 1, "width": 512, "height": 256,
                       "fps": 32.0}
     assert shape.final_shape(lv.LongVideoOptions(duration_s=3.0), 16, 64, 64, 8.0)["num_frames"] == 24
@@ -287,7 +285,7 @@ def test_extend_and_run_job_on_a_tiny_ltx_backend(tmp_path):
     b.unload()
 
 
-# ------------------------------------------------------------------ model-native long videos (tiny diffusers checkpoints)
+# ------------------------------------------------------------------ model-native long videos (tiny checkpoints)
 def _tiny_backend(name, builder, kinds, **extra):
     import tiny_checkpoints
     from generator.diffusers_backend import DiffusersBackend
@@ -325,8 +323,7 @@ def test_extension_continues_through_the_condition_pipeline(ltx_condition):
 
 
 def test_seam_check_of_the_benchmark_runs_on_the_conditioning_family(ltx_condition):
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
-    import bench_longvideo
+    from bench import bench_longvideo
 
     ltx_condition.calls.clear()
     rows = bench_longvideo.seam_check(ltx_condition, ["a red ball moving right"], chunks=2, frames=17, overlap=4,

@@ -38,7 +38,8 @@ def test_the_npm_phoenix_client_works_unchanged(live_service, tmp_path):
         frames, _ = decode_video(str(tmp_path / name))
         assert frames.shape == (complete["num_frames"], 64, 64, 3)
     bad = result["bad_reply"]
-    assert bad["status"] == "error" and bad["response"]["code"] == "invalid_field" and bad["response"]["field"] == "prompt"
+    assert bad["status"] == "error"
+    assert bad["response"]["code"] == "invalid_field" and bad["response"]["field"] == "prompt"
     assert result["unknown_reply"]["response"]["code"] == "unknown_type"
     assert result["heartbeats"]["connected"] and result["heartbeats"]["replies"] >= 4
     job_topic = result["job_topic"]

@@ -153,7 +153,8 @@ def test_worker_role_starts_one_pinned_worker_per_gpu_of_a_fake_nvidia_smi(tmp_p
         subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, check=True,
                        env={**os.environ, **shared}, timeout=180)
         served = Served(tmp_path, "gpus", shared, {"SERVE_ROLE": "worker", "WORKER_QUEUES": "fakes",
-                                                   "PATH": f"{bin_dir}:{os.environ['PATH']}", "CUDA_VISIBLE_DEVICES": ""})
+                                                   "PATH": f"{bin_dir}:{os.environ['PATH']}",
+                                                   "CUDA_VISIBLE_DEVICES": ""})
         served.wait_ready()
         out = served.output()
         pids = served.child_pids()
@@ -162,7 +163,8 @@ def test_worker_role_starts_one_pinned_worker_per_gpu_of_a_fake_nvidia_smi(tmp_p
             environ = dict(item.split("=", 1) for item in
                            (Path("/proc") / str(pids[f"gpu{gpu}"]) / "environ").read_text().split("\0") if "=" in item)
             assert environ["CUDA_VISIBLE_DEVICES"] == gpu
-            assert re.search(rf"^  Worker +fakes-{served.port}-gpu{gpu}@\S+ +\(CUDA_VISIBLE_DEVICES={gpu}\)$", out, re.M), out
+            line = rf"^  Worker +fakes-{served.port}-gpu{gpu}@\S+ +\(CUDA_VISIBLE_DEVICES={gpu}\)$"
+            assert re.search(line, out, re.M), out
         assert "migrating" not in out and "Web UI" not in out
     finally:
         if served is not None:
@@ -172,6 +174,6 @@ def test_worker_role_starts_one_pinned_worker_per_gpu_of_a_fake_nvidia_smi(tmp_p
 
 
 def test_serve_refuses_an_unknown_role(tmp_path, shared):
-    out = subprocess.run([sys.executable, "scripts/serve.py"], cwd=ROOT, env={**os.environ, **shared,
+    out = subprocess.run([sys.executable, "-m", "scripts.serve"], cwd=ROOT, env={**os.environ, **shared,
                          "SERVE_ROLE": "everything"}, capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "SERVE_ROLE='everything' is not one of all, web, worker" in out.stdout

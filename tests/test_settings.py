@@ -106,7 +106,7 @@ def test_media_storage_is_the_local_disk_or_the_bucket(tmp_path):
     assert bucket["OPTIONS"]["location"] == "media" and bucket["OPTIONS"]["default_acl"] is None
     out = subprocess.run([sys.executable, "-c", code], cwd=BASE_DIR, capture_output=True, text=True, timeout=60,
                          env=settings_env(tmp_path, S3_DOWNLOADS="sideways"))
-    assert out.returncode != 0 and "S3_DOWNLOADS must be proxy or redirect" in out.stderr
+    assert out.returncode != 0 and "S3_DOWNLOADS='sideways': Input should be 'proxy' or 'redirect'" in out.stderr
 
 
 def test_compose_fleet_profile_wires_postgres_and_minio():
@@ -117,9 +117,10 @@ def test_compose_fleet_profile_wires_postgres_and_minio():
     for name in ("postgres", "minio", "minio-bucket"):
         assert "fleet" in services[name]["profiles"], name
     app_env = compose["x-app-env"]
-    assert {"S3_BUCKET", "S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "DATABASE_URL"} <= set(app_env)
+    wanted = {"S3_BUCKET", "S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "DATABASE_URL"}
+    assert wanted <= set(app_env)
     worker = services["worker"]
-    assert worker["command"] == ["python", "scripts/serve.py"] and worker["environment"]["SERVE_ROLE"] == "worker"
+    assert worker["command"] == ["python", "-m", "scripts.serve"] and worker["environment"]["SERVE_ROLE"] == "worker"
     fleet_env = dict(line.split("=", 1) for line in (BASE_DIR / "deploy" / "fleet.env").read_text().splitlines()
                      if line and not line.startswith("#"))
     assert fleet_env["DATABASE_URL"].startswith("postgres://") and "@postgres:" in fleet_env["DATABASE_URL"]

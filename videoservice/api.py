@@ -22,14 +22,14 @@ from ninja.errors import HttpError, ValidationError as NinjaValidationError
 from ninja.security.base import AuthBase
 from pydantic import Field
 
-from videoservice import bus, dispatch, media
-from videoservice.auth import authenticate_http
+from videoservice import bus, media
+from videoservice.auth import authenticate_http, owner_key
 from videoservice.contract import (AUTH_REQUIRED, CSRF_FAILED, FORBIDDEN, INTERNAL_ERROR, INVALID_FIELD, INVALID_JSON,
                                    METHOD_NOT_ALLOWED, NOT_CANCELLABLE, NOT_FOUND, RATE_LIMITED, TOO_LARGE, UNAVAILABLE,
                                    DescribeRequest, GenerateRequest, JobBody, RequestError, SteerBody, parse,
                                    parse_json,
                                    websocket_schema)
-from videoservice.models import Job, Submitter
+from videoservice.models import DispatchPause, Job, Submitter
 from videoservice.origin import http_request_allowed
 
 log = logging.getLogger(__name__)
@@ -125,14 +125,12 @@ def viewer_of(request, create: bool = True) -> str | None:
     cookie do not create one)."""
     import time
 
-    if request.user.is_authenticated:
-        return f"u:{request.user.pk}"
-    if not request.session.session_key:
-        if not create:
-            return None
+    owner = owner_key(request.user, request.session.session_key)
+    if owner is None and create:
         request.session["created"] = int(time.time())
         request.session.save()
-    return f"s:{request.session.session_key}"
+        owner = owner_key(request.user, request.session.session_key)
+    return owner
 
 
 def submitter_of(request) -> Submitter:
@@ -510,7 +508,7 @@ def front_job(request, job_id: str):
 
 @api.get("/dispatch", response={200: DispatchState, **errors(401)}, summary="Which models are paused")
 def dispatch_state(request):
-    return {"paused": sorted(dispatch.paused_models())}
+    return {"paused": sorted(DispatchPause.paused())}
 
 
 @api.post("/dispatch/pause", response={200: DispatchState, **errors(400, 401, 403)},
@@ -518,7 +516,7 @@ def dispatch_state(request):
 def dispatch_pause(request, body: PauseRequest):
     staff_only(request)
     Job.objects.pause(body.model, by=request.user)
-    return {"paused": sorted(dispatch.paused_models())}
+    return {"paused": sorted(DispatchPause.paused())}
 
 
 @api.post("/dispatch/resume", response={200: DispatchState, **errors(400, 401, 403)},
@@ -526,7 +524,7 @@ def dispatch_pause(request, body: PauseRequest):
 def dispatch_resume(request, body: PauseRequest):
     staff_only(request)
     sent = Job.objects.resume(body.model)
-    return {"paused": sorted(dispatch.paused_models()), "turns_sent": sent}
+    return {"paused": sorted(DispatchPause.paused()), "turns_sent": sent}
 
 
 @api.get("/account/webhook-secret", response={200: SecretOut, **errors(401, 403)},

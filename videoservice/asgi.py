@@ -1,6 +1,5 @@
 """ASGI entry point for Daphne: HTTP (Django views + static files) and the websocket lobby.
-
-    daphne -b 127.0.0.1 -p 8000 --websocket-max-message-size 67108864 videoservice.asgi:application
+Daphne's command line: videoservice/launch.py (`daphne_argv`).
 """
 import os
 import threading

@@ -103,12 +103,6 @@ class ThrottledLoginForm(AuthenticationForm):
         return ValidationError(reason, code="throttled") if reason else super().get_invalid_login_error()
 
 
-def user_for_token(token: str):
-    """The active user an API token belongs to, or None."""
-    row = api_token(token)
-    return row.user if row is not None else None
-
-
 def bearer(value: Optional[str]) -> Optional[str]:
     """The token of an `Authorization: Bearer <token>` header value (None when there is none)."""
     if not value:
@@ -117,7 +111,9 @@ def bearer(value: Optional[str]) -> Optional[str]:
     return token.strip() if scheme.lower() == "bearer" else None
 
 
-def owner_for(user, session_key: Optional[str]) -> Optional[str]:
+def owner_key(user, session_key: Optional[str]) -> Optional[str]:
+    """Who owns a job: `u:<id>` for a signed-in user (every session and token of theirs), else
+    `s:<session key>` for an anonymous browser session; None without either."""
     if user is not None and getattr(user, "is_authenticated", False):
         return f"u:{user.pk}"
     return f"s:{session_key}" if session_key else None
@@ -129,7 +125,7 @@ def auth_required(server) -> bool:
     address. `server` is the ASGI scope's (host, port) of the listening side."""
     from django.conf import settings
 
-    from videoservice.settings import is_loopback
+    from videoservice.launch import is_loopback
 
     if settings.REQUIRE_AUTH:
         return True

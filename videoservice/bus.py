@@ -2,7 +2,8 @@
 their subscribers (the Channels layer). Light on imports: the Celery app is loaded from here.
 
 Tasks: the web tier never imports the worker's code. It names the task (`worker.tasks.run_next`,
-a turn on a queue: videoservice/dispatch.py says why turns rather than jobs) and the queue. The same app object, configured from the CELERY_* settings, is what
+a turn on a queue: videoservice/dispatch.py says why turns rather than jobs) and the queue. The
+same app object, configured from the CELERY_* settings, is what
 `celery -A worker` runs (worker/celery.py). A generation goes to its model's queue (its
 configuration entry's `queue`, by default the model's name: GPU hosts run `-Q ltx-video`, CPU
 hosts `-Q builtin`); describe jobs go to the `describe` queue.
@@ -185,15 +186,6 @@ def stream_collect(job_id: str) -> bytes:
     return b"".join(fields.get(b"data", b"") for _, fields in entries)
 
 
-async def stream_exists(job_id: str) -> bool:
-    import redis.asyncio as aioredis
-    from django.conf import settings
-
-    client = aioredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=5)
-    try:
-        return bool(await client.exists(_stream_key(job_id)))
-    finally:
-        await client.aclose()
 
 
 # ---------------------------------------------------------------- who watches a live job

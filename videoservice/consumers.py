@@ -17,7 +17,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from videoservice import bus, fanout, limits, metrics
-from videoservice.auth import auth_required
+from videoservice.auth import auth_required, owner_key
 from videoservice.contract import (AUTH_REQUIRED, INTERNAL_ERROR, INVALID_JSON, MISSING_FIELD, RATE_LIMITED,
                                    TOO_LARGE, UNAVAILABLE, UNKNOWN_TYPE, CancellingEvent, CancelledEvent, CancelRequest,
                                    DescribeRequest, ErrorEvent, GenerateRequest, PingRequest, PongEvent,
@@ -32,12 +32,10 @@ MESSAGE_TYPES = ("generate", "describe", "cancel", "steer", "stop", "ping")
 
 
 def owner_of(scope) -> str:
-    user = scope.get("user")
-    if user is not None and getattr(user, "is_authenticated", False):
-        return f"u:{user.pk}"  # every session and token of this user
+    """The connection's owner key (videoservice/auth.py), or one of its own without a session."""
     session = scope.get("session")
     key = getattr(session, "session_key", None) if session is not None else None
-    return f"s:{key}" if key else f"c:{uuid.uuid4().hex}"
+    return owner_key(scope.get("user"), key) or f"c:{uuid.uuid4().hex}"
 
 
 def over_byte_cap(text: str, cap: int) -> bool:

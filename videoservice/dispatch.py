@@ -54,11 +54,5 @@ def dispatch_order(jobs: list, last_start: dict, fifo: bool = False) -> list:
     return sorted(jobs, key=key)
 
 
-def paused_models() -> set:
-    from videoservice.models import DispatchPause
-
-    return set(DispatchPause.objects.values_list("model", flat=True))
-
-
 def is_paused(model: str, paused: set) -> bool:
     return ALL_MODELS in paused or model in paused

@@ -188,8 +188,40 @@ async def _wait_drained(protocol) -> None:
         waited += 0.005
 
 
+def missing_internals() -> list:
+    """What this module reaches into and the installed Daphne / Twisted / autobahn lack (constraints.txt
+    pins the versions CI tested): the reply handler it wraps, the transport's write buffer it reads,
+    the protocol state it checks before writing a frame itself."""
+    import inspect
+
+    from autobahn.websocket.protocol import WebSocketProtocol
+    from daphne.server import Server
+    from daphne.ws_protocol import WebSocketProtocol as DaphneProtocol
+    from twisted.internet.abstract import FileDescriptor
+
+    missing = []
+    handle = getattr(Server, "handle_reply", None)
+    if handle is None or list(inspect.signature(handle).parameters) != ["self", "protocol", "message"] \
+            or not inspect.iscoroutinefunction(getattr(handle, "__wrapped__", handle)):
+        missing.append("daphne.server.Server.handle_reply(self, protocol, message), a coroutine")
+    if "self.connections" not in inspect.getsource(Server):
+        missing.append("daphne.server.Server.connections")
+    buffer_code = inspect.getsource(FileDescriptor)
+    missing += [f"twisted FileDescriptor.{name}" for name in ("dataBuffer", "offset", "_tempDataLen")
+                if f"self.{name}" not in buffer_code]
+    protocol_code = inspect.getsource(WebSocketProtocol)
+    missing += [f"autobahn WebSocketProtocol.{name}" for name in ("state", "_perMessageCompress", "autoFragmentSize",
+                                                                 "logFrames", "maxMessagePayloadSize")
+                if f"self.{name}" not in protocol_code]
+    missing += [f"daphne WebSocketProtocol.{name}" for name in ("STATE_OPEN", "serverClose")
+                if not hasattr(DaphneProtocol, name)]
+    return missing
+
+
 def install_backpressure() -> bool:
-    """Teach Daphne's send the DRAIN message and the prebuilt frames (see the module's docstring)."""
+    """Teach Daphne's send the DRAIN message and the prebuilt frames (see the module's docstring).
+    Refuses (RuntimeError, so Daphne does not start) when the installed versions lack an internal
+    it needs: backpressure must not switch itself off silently."""
     global _backpressure
     try:
         from daphne.server import Server
@@ -197,6 +229,10 @@ def install_backpressure() -> bool:
         return False
     if getattr(Server.handle_reply, "backpressure", False):
         return True
+    missing = missing_internals()
+    if missing:
+        raise RuntimeError("videoservice/fanout.py cannot patch this Daphne / Twisted / autobahn (install the "
+                           "versions in constraints.txt): missing " + "; ".join(missing))
     original = Server.handle_reply
 
     async def handle_reply(self, protocol, message):

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from django.core.files.storage import default_storage
 
-CHUNK_BYTES = 1024 * 1024
-
 
 def _s3_object(name: str):
     """The boto3 Object behind a stored name, or None when the storage is not a bucket."""

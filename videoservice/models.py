@@ -31,9 +31,8 @@ from django.utils import timezone
 
 from videoservice import bus, dispatch, webhooks
 from videoservice.contract import (FORBIDDEN, INVALID_FIELD, NOT_CANCELLABLE, NOT_FOUND, NOT_LIVE, QUEUE_FULL,
-                                   UNAVAILABLE,
-                                   CancelledEvent, DescribeRequest, FailedEvent, GenerateRequest, GenerationCompleteEvent, JobBody,
-                                   QueuedEvent, RequeuedEvent, RequestError)
+                                   UNAVAILABLE, CancelledEvent, DescribeRequest, FailedEvent, GenerateRequest,
+                                   GenerationCompleteEvent, JobBody, QueuedEvent, RequeuedEvent, RequestError)
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +196,7 @@ class JobQuerySet(models.QuerySet):
     def claim_next(self, queue: str, worker: str, pid: int, host: str) -> "Job | None":
         """A worker's turn on `queue`: claim the first waiting job in dispatch order whose model is
         not paused (None: nothing to run now)."""
-        paused = dispatch.paused_models()
+        paused = DispatchPause.paused()
         for candidate in self.dispatch_order(queue):
             if dispatch.is_paused(candidate.model, paused):
                 continue
@@ -226,7 +225,7 @@ class JobQuerySet(models.QuerySet):
         waiting = self.filter(status=Job.Status.QUEUED)
         if queues is not None:
             waiting = waiting.filter(queue__in=list(queues))
-        paused = dispatch.paused_models()
+        paused = DispatchPause.paused()
         counts = defaultdict(int)
         for queue, model in waiting.values_list("queue", "model"):
             if not dispatch.is_paused(model, paused):
@@ -324,7 +323,9 @@ class Job(models.Model):
     retry_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="retries")
     webhook = models.URLField(max_length=2000, blank=True, help_text="POSTed the job's JSON on its events")
     webhook_events = models.JSONField(default=list, blank=True)
-    input_video = models.FileField(upload_to=input_video_path, blank=True, help_text="describe: the video to describe; generate: the source of a video-to-video job")
+    input_video = models.FileField(upload_to=input_video_path, blank=True,
+                                   help_text="describe: the video to describe; generate: the source of a "
+                                             "video-to-video job")
     result = models.JSONField(default=dict, blank=True,
                               help_text="describe: caption, answer, agreement; generate with evaluate: metrics")
 
@@ -373,10 +374,6 @@ class Job(models.Model):
 
     def __str__(self) -> str:
         return f"{self.id} {self.status} {self.prompt[:40]!r}"
-
-    @property
-    def is_terminal(self) -> bool:
-        return self.status in self.TERMINAL
 
     @property
     def url(self) -> str | None:
@@ -640,7 +637,8 @@ class Job(models.Model):
                 return None
             self.announce(FailedEvent(type=self.failed_event, job_id=str(self.pk), error=message, retriable=True))
             return "failed"
-        if not held.update(status=Job.Status.QUEUED, lease="", worker_pid=None, heartbeat_at=None, progress=0.0, step=0):
+        if not held.update(status=Job.Status.QUEUED, lease="", worker_pid=None, heartbeat_at=None, progress=0.0,
+                           step=0):
             return None
         self.status = Job.Status.QUEUED
         try:
@@ -723,6 +721,11 @@ class DispatchPause(models.Model):
 
     def __str__(self) -> str:
         return f"paused: {self.model}"
+
+    @classmethod
+    def paused(cls) -> set:
+        """The paused models' names (with "*" when everything is paused)."""
+        return set(cls.objects.values_list("model", flat=True))
 
 
 class WebhookDelivery(models.Model):

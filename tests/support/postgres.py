@@ -4,8 +4,8 @@ One cluster per test process, in a temporary folder, on a free port, started on 
 stopped at exit; every `Stack` gets a database of its own in it (`new_database_url`). The server
 refuses to run as root, so as root its files belong to the `postgres` user the package creates.
 
-TEST_DATABASE=postgres makes every `Stack` use it (scripts/test.sh runs the service, faults and
-describe suites that way after the whole suite on SQLite).
+TEST_DATABASE=postgres makes every `Stack` use it, each database a copy of one migrated template
+(scripts/test.sh runs the faults and queue suites that way after the whole suite on SQLite).
 """
 from __future__ import annotations
 
@@ -61,6 +61,10 @@ class PostgresServer:
             raise RuntimeError(f"{tool} failed ({out.returncode}): {out.stdout[-2000:]} {out.stderr[-2000:]}")
         return out.stdout
 
+    def sql(self, statement: str) -> str:
+        return self._run("psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", "postgres",
+                         "-v", "ON_ERROR_STOP=1", "-q", "-c", statement)
+
     def url(self, name: str) -> str:
         return f"postgres://postgres@127.0.0.1:{self.port}/{name}"
 
@@ -89,3 +93,20 @@ def server() -> PostgresServer:
 def new_database_url() -> str:
     """A fresh, empty database on this process's server."""
     return server().create_database()
+
+
+_template: str | None = None
+
+
+def copy_of_template(url: str, migrate) -> None:
+    """Replace the empty database at `url` (from new_database_url) with a copy of this process's
+    migrated template, made on first use with `migrate(template_url)`."""
+    global _template
+    pg = server()
+    if _template is None:
+        template_url = pg.create_database()
+        migrate(template_url)
+        _template = template_url.rsplit("/", 1)[1]
+    name = url.rsplit("/", 1)[1]
+    pg.sql(f'DROP DATABASE "{name}"')
+    pg.sql(f'CREATE DATABASE "{name}" TEMPLATE "{_template}"')

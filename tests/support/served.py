@@ -44,7 +44,8 @@ class Served:
                     **(env or {})}
         self.env.pop("FLOWER_BASIC_AUTH", None)
         self.launcher = launcher
-        self.proc = subprocess.Popen([*launcher, sys.executable, str(ROOT / "scripts" / "serve.py")], cwd=cwd,
+        self.env["PYTHONPATH"] = str(ROOT)  # (`cwd` may be another host's folder)
+        self.proc = subprocess.Popen([*launcher, sys.executable, "-m", "scripts.serve"], cwd=cwd,
                                      env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         self.base = f"http://127.0.0.1:{self.port}"
 

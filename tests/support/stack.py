@@ -11,20 +11,25 @@ workers added (the auth and diffusers suites do).
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
 
+from videoservice.launch import celery_worker_argv, daphne_argv
+
 ROOT = Path(__file__).resolve().parent.parent.parent
-BIN = Path(sys.executable).parent
 WS_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
@@ -117,6 +122,23 @@ def wait_for(check, timeout: float, what: str, procs=()) -> None:
             logs = "\n".join(f"--- {p.name}:\n{p.tail()}" for p in procs)
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{logs}")
         time.sleep(0.2)
+
+
+_sqlite_template: Path | None = None
+
+
+def _migrated_sqlite_template(migrate) -> Path:
+    """This process's migrated SQLite database (made on first use with `migrate(url)`)."""
+    global _sqlite_template
+    if _sqlite_template is None:
+        folder = Path(tempfile.mkdtemp(prefix="videoservice-db-template-"))
+        atexit.register(shutil.rmtree, folder, True)
+        path = folder / "migrated.sqlite3"
+        migrate(f"sqlite:///{path}")
+        with sqlite3.connect(path) as db:  # (WAL mode: the schema must be in the main file to copy it)
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        _sqlite_template = path
+    return _sqlite_template
 
 
 class Stack:
@@ -228,7 +250,21 @@ class Stack:
 
     # ------------------------------------------------------------------ database
     def migrate(self) -> None:
-        self.manage("migrate", "--noinput", "-v", "0")
+        """The schema, copied from this test process's migrated template (`manage.py migrate` runs
+        once per process and database kind, not once per stack: ~4 s each on a busy machine)."""
+        url = self.env["DATABASE_URL"]
+        if url.startswith("postgres"):
+            from tests.support.postgres import copy_of_template
+
+            copy_of_template(url, lambda template_url: self._migrate_into(template_url))
+        else:
+            template = _migrated_sqlite_template(self._migrate_into)
+            shutil.copyfile(template, url.removeprefix("sqlite:///"))
+
+    def _migrate_into(self, database_url: str) -> None:
+        env = {key: value for key, value in self.env.items() if key != "VIDEO_MODELS_CONFIG"}
+        subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, check=True,
+                       timeout=180, capture_output=True, env={**env, "DATABASE_URL": database_url})
 
     def manage(self, *args, env: dict | None = None) -> str:
         out = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env={**self.env, **(env or {})},
@@ -237,8 +273,6 @@ class Stack:
 
     def row(self, job_id: str) -> dict:
         """The job's row straight from the database (fields the API does not show: attempts, lease)."""
-        import sqlite3
-
         if self.env["DATABASE_URL"].startswith("postgres"):
             import psycopg
             from psycopg.rows import dict_row
@@ -258,11 +292,8 @@ class Stack:
                   launcher: tuple = ()) -> Proc:
         """`launcher` goes in front of the daphne command (test_storage_faults: a full media folder)."""
         port = port or free_port()
-        proc = Proc(self._name(name), [*launcher, str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port),
-                                       "--websocket-max-message-size", str(WS_MAX_MESSAGE_BYTES),
-                                       # browsers send a message as one frame; daphne's frame cap is 1 MiB too
-                                       "--websocket-max-frame-size", str(WS_MAX_MESSAGE_BYTES),
-                                       "videoservice.asgi:application"], {**self.env, **(env or {})}, self.tmp)
+        proc = Proc(self._name(name), [*launcher, *daphne_argv("127.0.0.1", port, WS_MAX_MESSAGE_BYTES)],
+                    {**self.env, **(env or {})}, self.tmp)
         self.webs[name] = (proc, port)
         return proc
 
@@ -288,10 +319,8 @@ class Stack:
         """`launcher` goes in front of the celery command (the fleet suite's other "host"); a `cwd`
         other than the repository finds the code through PYTHONPATH."""
         node = node or f"{name}@%h"
-        proc = Proc(self._name(f"worker-{name}"), [
-            *launcher, str(BIN / "celery"), "-A", "worker", "worker", "-P", pool, "-c", str(concurrency), "-Q", queues,
-            "-E", "-n", node, "--without-mingle", "--without-gossip", "--loglevel", "INFO"],
-            {**self.env, "PYTHONPATH": str(ROOT), **(env or {})}, self.tmp, cwd=cwd)
+        proc = Proc(self._name(f"worker-{name}"), [*launcher, *celery_worker_argv(queues, node, concurrency, pool)],
+                    {**self.env, "PYTHONPATH": str(ROOT), **(env or {})}, self.tmp, cwd=cwd)
         proc.node = node.replace("%h", socket.gethostname())
         self.workers[name] = proc
         if wait:

@@ -98,13 +98,16 @@ def text(max_chars: Optional[int] = None, *, setting: Optional[str] = None, requ
     return Annotated[str if required else Optional[str], schema, BeforeValidator(check)]
 
 
-def base64_text(what: str, description: Optional[str] = None):
-    """An optional non-empty string holding base64 (decoded later: videoservice/contract/media.py)."""
+def base64_text(what: str, description: Optional[str] = None, media_type: Optional[str] = None):
+    """An optional non-empty string holding base64 (decoded later: videoservice/contract/media.py);
+    the schema says so (contentEncoding, contentMediaType: JSON Schema's annotations for it)."""
     def check(value, info: ValidationInfo):
         if value is not None and (not isinstance(value, str) or not value):
             raise refuse(INVALID_FIELD, info.field_name, f"{info.field_name} must be a base64 string ({what})")
         return value
-    return Annotated[Optional[str], _schema(description, min_length=1), BeforeValidator(check)]
+    content = {"contentEncoding": "base64", **({"contentMediaType": media_type} if media_type else {})}
+    return Annotated[Optional[str], _schema(description, min_length=1, json_schema_extra=content),
+                     BeforeValidator(check)]
 
 
 def _job_id(value, info: ValidationInfo):

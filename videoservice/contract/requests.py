@@ -148,16 +148,19 @@ class GenerateRequest(_Submission):
     guidance_scale: number(0.0, MAX_GUIDANCE) = None
     seed: integer(0, MAX_SEED, description="random when absent") = None
     fps: number(MIN_FPS, MAX_FPS) = None
-    image: base64_text("PNG or JPEG", "start frame: base64 PNG/JPEG or a data: URL (image-to-video models only)") = None
+    image: base64_text("PNG or JPEG", "start frame: base64 PNG/JPEG or a data: URL (image-to-video models only)",
+                       "image/*") = None
     video: base64_text(MP4_TEXT, "video-to-video: the source clip, base64 MP4/WebM or a data: URL (models with "
-                                 "supports_video)") = None
+                                 "supports_video; frames capped by MAX_INPUT_FRAME_PIXELS and MAX_INPUT_VIDEO_PIXELS)",
+                       "video/*") = None
     source_job_id: job_reference("video-to-video: a finished job's video as the source (instead of `video`)") = None
     strength: number(0.0, 1.0, description="video-to-video: 0 returns the source, 1 ignores it "
                                            f"(default {DEFAULT_STRENGTH})") = None
     evaluate: flag("attach quality metrics to the finished job") = None
     num_chunks: integer(1, shape.MAX_CHUNKS, description="long video: chunks, each continuing the previous one") = None
     duration_s: number(0.0, shape.MAX_DURATION_S, low_open=True, unit=" seconds",
-                       description="long video: seconds wanted (instead of num_chunks)") = None
+                       description="long video: seconds wanted (instead of num_chunks); at most what 8 chunks of "
+                                   "num_frames at fps make (docs/protocol.md, rules across fields)") = None
     overlap: integer(1, shape.MAX_OVERLAP, description="frames shared by consecutive chunks (below num_frames)") = None
     interpolate: integer(allowed=shape.INTERPOLATE_FACTORS,
                          description="optical-flow frame interpolation factor (fps multiplies)") = None
@@ -327,7 +330,7 @@ class DescribeRequest(_Submission):
 
     type: Literal["describe"] = "describe"
     job_id: job_reference("a finished generation you can see (or give `video`)") = None
-    video: base64_text(MP4_TEXT, "base64 of a video file, or a data: URL (or give `job_id`)") = None
+    video: base64_text(MP4_TEXT, "base64 of a video file, or a data: URL (or give `job_id`)", "video/*") = None
     question: text(MAX_QUESTION_CHARS, description="ask this instead of asking for a caption") = None
     model: Annotated[Optional[str], Field(validate_default=True, description="a describer (default: builtin)"),
                      BeforeValidator(_describer)] = None

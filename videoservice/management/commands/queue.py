@@ -12,7 +12,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from videoservice import dispatch
 from videoservice.contract import RequestError
-from videoservice.models import Job, Submitter
+from videoservice.models import DispatchPause, Job, Submitter
 
 
 class Command(BaseCommand):
@@ -29,7 +29,7 @@ class Command(BaseCommand):
             raise CommandError(err.message) from None
 
     def status(self, target):
-        paused = sorted(dispatch.paused_models())
+        paused = sorted(DispatchPause.paused())
         self.stdout.write(f"paused: {', '.join(paused) if paused else 'nothing'}")
         queues = Job.objects.filter(status=Job.Status.QUEUED).values_list("queue", flat=True).distinct()
         for queue in sorted(set(queues)):

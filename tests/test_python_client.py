@@ -10,7 +10,7 @@ import threading
 
 import numpy as np
 import pytest
-from videoservice_client import Client, VideoServiceError, decode, messages
+from videoservice_client import Client, JobFailed, VideoServiceError, decode, messages
 
 from tests.support.stack import ROOT, Stack
 from tests.test_live import red_centre
@@ -118,3 +118,13 @@ def test_a_token_clients_private_clip_is_its_own(stack):
     with pytest.raises(VideoServiceError) as refused:
         Client(stack.base, token="vs_not-a-token").generate(RIGHT)
     assert refused.value.code == "auth_required", refused.value
+
+
+def test_a_cancelled_live_session_says_so(stack):
+    """Cancelled before its first chunk (a slow one: 60 steps): frames() raises JobFailed rather than
+    a demuxer error, and nothing hangs."""
+    session = Client(stack.base).live(RIGHT, steps=60, **SMALL)
+    session.cancel(timeout=60)
+    with pytest.raises(JobFailed) as failed:
+        next(session.frames())
+    assert failed.value.job.status == "cancelled" and failed.value.job.id == session.job_id

@@ -22,6 +22,7 @@ import io
 import json
 import queue
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -392,8 +393,14 @@ class LiveSession:
             raise RuntimeError("frames() of a live session can be iterated once")
         self._frames_taken = True
         # no probing beyond the init segment: frames come out as their fragments arrive
-        with av.open(_Pieces(self._pieces), mode="r", format="mp4",
-                     options={"probesize": "32", "analyzeduration": "0"}) as container:
+        try:
+            container = av.open(_Pieces(self._pieces), mode="r", format="mp4",
+                                options={"probesize": "32", "analyzeduration": "0"})
+        except av.FFmpegError:
+            if self._next_seq == 0:  # it ended before its first chunk: say why (JobFailed, lost)
+                self.result()
+            raise
+        with container:
             for frame in container.decode(video=0):
                 yield frame.to_ndarray(format="rgb24")
 
@@ -410,6 +417,27 @@ class LiveSession:
             raise TimeoutError(f"live job {self.job_id} did not end")
         self.close()
         return self.result()
+
+    def cancel(self, timeout: Optional[float] = None) -> None:
+        """End the video and discard it (stop() keeps it)."""
+        # answered by `cancelling` while it runs, by its `cancelled` alone while queued, `error` if refused
+        rid = uuid.uuid4().hex
+        waiting = [threading.Event(), None]
+        with self._lock:
+            self._answers[rid] = waiting
+        try:
+            if not self._ended.is_set():
+                self._ws.send(json.dumps({"type": "cancel", "job_id": self.job_id, "request_id": rid}))
+            deadline = time.monotonic() + (self.client.timeout if timeout is None else timeout)
+            while not self._ended.wait(0.1):
+                if waiting[1] is not None and waiting[1]["type"] == "error":
+                    raise VideoServiceError.of(waiting[1])
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"live job {self.job_id} did not end")
+        finally:
+            with self._lock:
+                self._answers.pop(rid, None)
+        self.close()
 
     def result(self) -> Job:
         """The ended job (JobFailed if it failed or was cancelled)."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import sys
-import textwrap
 
 SCALARS = {"string": "str", "integer": "int", "number": "float", "boolean": "bool", "null": "None",
            "object": "dict[str, Any]"}
@@ -42,19 +41,13 @@ def annotation(schema: dict) -> str:
 
 
 def typed_dict(name: str, schema: dict) -> str:
+    """The class of one message: its fields, their types and which are required (the schema's
+    descriptions stay in docs/protocol.md and the schema, so rewording one needs no regeneration)."""
     lines = [f"class {name}(TypedDict):"]
-    if schema.get("description"):
-        doc = textwrap.indent(textwrap.fill(" ".join(schema["description"].split()), 96), "    ").strip()
-        lines.append(f'    """{doc}"""')
     required = set(schema.get("required", ()))
     for field, spec in schema.get("properties", {}).items():
         text = annotation(spec)
-        if field not in required:
-            text = f"NotRequired[{text}]"
-        comment = " ".join(spec.get("description", "").split())
-        if comment:
-            lines.append(textwrap.indent(textwrap.fill(comment, 96), "    # "))
-        lines.append(f"    {field}: {text}")
+        lines.append(f"    {field}: {text if field in required else f'NotRequired[{text}]'}")
     return "\n".join(lines)
 
 

@@ -4,9 +4,7 @@ from typing import Any, Literal, NotRequired, TypedDict, Union
 
 
 class CancelRequest(TypedDict):
-    # the job to cancel
     job_id: str | None
-    # echoed in the answer (`queued` / `error`)
     request_id: NotRequired[str | int | None]
     type: NotRequired[Literal['cancel']]
 
@@ -23,26 +21,15 @@ class CancellingEvent(TypedDict):
 
 
 class DescribeRequest(TypedDict):
-    """A `describe` message, the body of `POST /api/describe`: caption a video (a finished job's or an
-    uploaded one) or answer a question about it."""
-    # a finished generation you can see (or give `video`)
     job_id: NotRequired[str | None]
-    # a describer (default: builtin)
     model: NotRequired[str | None]
-    # higher runs first (default 0); above 0 for staff and API tokens allowed to
     priority: NotRequired[int | None]
-    # events go only to the submitter
     private: NotRequired[bool | None]
-    # ask this instead of asking for a caption
     question: NotRequired[str | None]
-    # echoed in the answer (`queued` / `error`)
     request_id: NotRequired[str | int | None]
     type: NotRequired[Literal['describe']]
-    # base64 of a video file, or a data: URL (or give `job_id`)
     video: NotRequired[str | None]
-    # POSTed the job's JSON on its events, signed (signed-in users)
     webhook: NotRequired[str | None]
-    # which events (default: all but progress)
     webhook_events: NotRequired[list[Literal['start', 'progress', 'completed', 'failed', 'cancelled']] | None]
 
 
@@ -60,7 +47,6 @@ class DescriptionCompleteEvent(TypedDict):
 
 
 class ErrorEvent(TypedDict):
-    # a stable code (docs/protocol.md)
     code: str
     field: NotRequired[str | None]
     message: str
@@ -76,60 +62,32 @@ class FailedEvent(TypedDict):
 
 
 class GenerateRequest(TypedDict):
-    """A `generate` message, the body of `POST /api/jobs`, the arguments of `manage.py generate`.
-    Absent fields take the model's defaults; the model's limits are in `GET /api/models`."""
-    # long video: seconds wanted (instead of num_chunks)
     duration_s: NotRequired[float | None]
-    # attach quality metrics to the finished job
     evaluate: NotRequired[bool | None]
     fps: NotRequired[float | None]
     guidance_scale: NotRequired[float | None]
-    # a multiple of size_multiple
     height: NotRequired[int | None]
-    # start frame: base64 PNG/JPEG or a data: URL (image-to-video models only)
     image: NotRequired[str | None]
-    # optical-flow frame interpolation factor (fps multiplies)
     interpolate: NotRequired[Literal[1, 2, 3, 4, 6] | None]
-    # live video: generated chunk after chunk while it streams, until `stop`, max_duration_s, a cancel
-    # or LIVE_IDLE_S without viewers; its owner steers it with `steer`
     live: NotRequired[bool | None]
-    # live video: seconds of video at most (default LIVE_DEFAULT_DURATION_S)
     max_duration_s: NotRequired[float | None]
-    # a name from GET /api/models (default: the built-in model)
     model: NotRequired[str | None]
-    # long video: chunks, each continuing the previous one
     num_chunks: NotRequired[int | None]
-    # the model's frame rule
     num_frames: NotRequired[int | None]
-    # frames shared by consecutive chunks (below num_frames)
     overlap: NotRequired[int | None]
-    # higher runs first (default 0); above 0 for staff and API tokens allowed to
     priority: NotRequired[int | None]
-    # events go only to the submitter
     private: NotRequired[bool | None]
-    # what the video shows (at most MAX_PROMPT_CHARS characters)
     prompt: str
-    # echoed in the answer (`queued` / `error`)
     request_id: NotRequired[str | int | None]
-    # random when absent
     seed: NotRequired[int | None]
-    # video-to-video: a finished job's video as the source (instead of `video`)
     source_job_id: NotRequired[str | None]
-    # denoising steps, 1..max_steps
     steps: NotRequired[int | None]
-    # video-to-video: 0 returns the source, 1 ignores it (default 0.6)
     strength: NotRequired[float | None]
-    # websocket messages carry it; optional over HTTP
     type: NotRequired[Literal['generate']]
-    # per-frame super-resolution factor
     upscale: NotRequired[Literal[1, 2, 4] | None]
-    # video-to-video: the source clip, base64 MP4/WebM or a data: URL (models with supports_video)
     video: NotRequired[str | None]
-    # POSTed the job's JSON on its events, signed (signed-in users)
     webhook: NotRequired[str | None]
-    # which events (default: all but progress)
     webhook_events: NotRequired[list[Literal['start', 'progress', 'completed', 'failed', 'cancelled']] | None]
-    # a multiple of size_multiple
     width: NotRequired[int | None]
 
 
@@ -142,7 +100,6 @@ class GenerationCompleteEvent(TypedDict):
     elapsed_s: float
     evaluation: NotRequired[dict[str, Any] | None]
     fps: float
-    # the MP4 carries a sound track (models with has_audio)
     has_audio: NotRequired[bool]
     height: int
     job_id: str
@@ -153,30 +110,23 @@ class GenerationCompleteEvent(TypedDict):
     prompt: str
     seed: int
     size_bytes: int
-    # live jobs: the prompt in force from each frame on
     timeline: NotRequired[list[TimelineEntry] | None]
     type: NotRequired[Literal['generation_complete']]
     url: str
-    # base64 MP4; null when larger than INLINE_VIDEO_MAX_BYTES
     video: str | None
     width: int
 
 
 class LiveStatusEvent(TypedDict):
-    """A live job's pace, every LIVE_STATUS_EVERY chunks."""
-    # frames streamed so far
     frames: int
     job_id: str
-    # seconds of video made ahead of real-time playback from the first chunk
     lead_s: float
     prompt: str
-    # seconds of video made per wall-clock second since it started
     realtime_factor: float
     type: NotRequired[Literal['live_status']]
 
 
 class PingRequest(TypedDict):
-    # echoed in the answer (`queued` / `error`)
     request_id: NotRequired[str | int | None]
     type: NotRequired[Literal['ping']]
 
@@ -191,7 +141,6 @@ class ProgressEvent(TypedDict):
     job_id: str
     kind: NotRequired[Literal['generate', 'describe']]
     percent: float
-    # base64 image of the current estimate
     preview: NotRequired[str | None]
     preview_mime: NotRequired[str | None]
     step: int
@@ -200,12 +149,10 @@ class ProgressEvent(TypedDict):
 
 
 class QueuedEvent(TypedDict):
-    """To the submitting connection, once the job is saved and on the queue."""
     job_id: str
     kind: NotRequired[Literal['generate', 'describe']]
     model: str
     params: NotRequired[dict[str, Any] | None]
-    # jobs for the same model ahead of this one (queued or running)
     position: int
     private: bool
     prompt: NotRequired[str | None]
@@ -237,18 +184,13 @@ class StartedEvent(TypedDict):
 
 
 class SteerRequest(TypedDict):
-    # the live job to steer
     job_id: str | None
-    # the prompt from the next chunk on
     prompt: str
-    # echoed in the answer (`queued` / `error`)
     request_id: NotRequired[str | int | None]
     type: NotRequired[Literal['steer']]
 
 
 class SteeredEvent(TypedDict):
-    """To the job's audience, when the first frame made under a new prompt is streamed."""
-    # the first frame made under it (frame numbers of video_chunk)
     from_frame: int
     job_id: str
     prompt: str
@@ -256,7 +198,6 @@ class SteeredEvent(TypedDict):
 
 
 class SteeringEvent(TypedDict):
-    """To the steering connection: the new prompt is taken (it shows with `steered`)."""
     job_id: str
     prompt: str
     request_id: NotRequired[str | int | None]
@@ -264,35 +205,24 @@ class SteeringEvent(TypedDict):
 
 
 class StopRequest(TypedDict):
-    """End a live job gracefully: the frames made so far become its video (cancel discards them)."""
-    # the live job to stop
     job_id: str | None
-    # echoed in the answer (`queued` / `error`)
     request_id: NotRequired[str | int | None]
     type: NotRequired[Literal['stop']]
 
 
 class StoppingEvent(TypedDict):
-    """To the stopping connection: the live job ends after its current chunk (generation_complete
-    follows)."""
     job_id: str
     request_id: NotRequired[str | int | None]
     type: NotRequired[Literal['stopping']]
 
 
 class VideoChunkEvent(TypedDict):
-    """Frames of the video that no later step can change, as fragmented MP4: the init segment (seq 0
-    only) followed by every chunk's data, in order, is a playable MP4 of exactly the final frames."""
-    # base64 fragments (moof + mdat per frame)
     data: str
     first_frame: int
-    # base64 init segment (ftyp + moov), on seq 0 only
     init: NotRequired[str | None]
     job_id: str
-    # for Media Source Extensions, e.g. video/mp4; codecs="avc1.64001F"
     mime: str
     num_frames: int
-    # 0, 1, 2 ... in order
     seq: int
     type: NotRequired[Literal['video_chunk']]
 

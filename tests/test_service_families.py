@@ -24,6 +24,7 @@ from PIL import Image
 
 from generator.encode import decode_audio, decode_video
 from tests.support.client import Client, run
+from tests.support.frames import level_difference
 from tests.support.stack import Stack, http
 from tests.tiny_checkpoints import save_tiny_checkpoint
 
@@ -147,7 +148,10 @@ def test_wan22_text_and_image_to_video_pair(stack):
         assert started(events)["params"]["image"] is (key != "t2v")
         videos[key], _ = decode_video(fetch_video(stack, done))
         assert videos[key].shape == (17, 32, 32, 3)
-    assert not np.array_equal(videos["i2v"], videos["t2v"]) and not np.array_equal(videos["i2v"], videos["i2v-other"])
+    # the start image decides the video by whole grey levels (through H.264), not by float noise
+    # (measured: 36 levels from text-to-video, 25 from another image)
+    differences = (level_difference(videos["i2v"], videos["t2v"]), level_difference(videos["i2v"], videos["i2v-other"]))
+    assert min(differences) > 1.0, differences
 
 
 def test_video_to_video_from_a_finished_job_and_an_upload(stack):

@@ -16,7 +16,8 @@ Three strategies (MISSION.md, "Further capabilities"), composed by `run_job`:
    latent upsampler, below), then `interpolate`.
 
 Options multiply the request: the request's num_frames/width/height/fps describe one base chunk,
-`upscale` multiplies the size and `interpolate` the fps (frames: (T - 1) * k + 1).
+`upscale` multiplies the size and `interpolate` the fps (frames: (T - 1) * k + 1); the caps on
+these options and that arithmetic are in generator/shape.py (no OpenCV: the web tier validates with it).
 
 Model-native versions. A backend may offer, as optional attributes (checked with getattr; the
 diffusers backend sets them when its configuration allows, see docs/models.md):

@@ -8,9 +8,10 @@ CSRF_TRUSTED_ORIGINS (exact origins, e.g. https://video.example.org behind a TLS
 
 - Websocket (`OriginValidator`, around the whole websocket stack): a handshake without an Origin,
   or with another one, is refused (HTTP 403).
-- HTTP (`check_http`, in the API wrapper): a state-changing request that carries a session cookie
-  and no API token must come from the same origin (an `Origin` or `Sec-Fetch-Site` header that says
-  otherwise is refused with `csrf_failed`); scripts without cookies are not affected.
+- HTTP (`http_request_allowed`, called by the API's auth wrapper in api.py): a state-changing
+  request that carries a session cookie and no API token must come from the same origin (an
+  `Origin` or `Sec-Fetch-Site` header that says otherwise is refused with `csrf_failed`); scripts
+  without cookies are not affected.
 """
 from __future__ import annotations
 

@@ -36,6 +36,8 @@ from collections import deque
 from celery import Celery
 from channels.layers import get_channel_layer
 
+from videoservice import redis_clients
+
 log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------- jobs -> workers
@@ -94,7 +96,6 @@ def ping_workers(timeout: float) -> list:
 
 # ---------------------------------------------------------------- video streams (Redis streams)
 STREAM_TTL_S = 600
-_redis: dict = {}  # event loop -> client
 
 
 def _stream_key(job_id: str) -> str:
@@ -109,15 +110,11 @@ def stream_append(job_id: str, data: bytes = b"", end: bool = False) -> None:
     """Append a piece of a job's fMP4 (or its end) to the job's stream, in order with the job's
     events, without waiting (a slow Redis never holds the generation up). While Redis is away (a
     restart) the piece is retried for STREAM_RETRY_S, and the job's later sends wait behind it."""
-    import redis.asyncio as aioredis
-    from django.conf import settings
     from redis.exceptions import ConnectionError as RedisConnectionError
 
     async def send():
         loop = asyncio.get_running_loop()
-        client = _redis.get(loop)
-        if client is None:
-            client = _redis[loop] = aioredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=5)
+        client = redis_clients.for_loop()
         key = _stream_key(job_id)
         give_up = loop.time() + STREAM_RETRY_S
         while True:
@@ -141,8 +138,6 @@ async def stream_read(job_id: str, idle_timeout: float = 120.0):
     A Redis restart is survived: the reader reconnects and resumes after the last entry it read. What
     Redis lost cannot be resumed: a stream whose first entry changed (recreated after a restart
     without persistence) ends the read, logged, rather than splice fragments of two streams."""
-    import redis.asyncio as aioredis
-    from django.conf import settings
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -154,8 +149,7 @@ async def stream_read(job_id: str, idle_timeout: float = 120.0):
         while loop.time() < deadline:
             try:
                 if client is None:
-                    client = aioredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=5,
-                                                     socket_timeout=STREAM_READ_SLICE_S + 5)
+                    client = redis_clients.new_async(socket_timeout=STREAM_READ_SLICE_S + 5)
                     if first is not None and [entry_id for entry_id, _ in await client.xrange(key, count=1)] != [first]:
                         log.warning("the stream of job %s was lost by Redis after %s; ending its /stream", job_id, last)
                         return
@@ -195,7 +189,6 @@ def stream_collect(job_id: str) -> bytes:
 # how long with each chunk), at most once a second per process.
 _WATCH_RENEW_S = 1.0
 _watch_renewed: dict = {}  # job id -> monotonic time this process last renewed its key
-_sync_redis = None
 
 
 def _watch_key(job_id: str) -> str:
@@ -206,19 +199,13 @@ async def note_watched(job_id: str, ttl_s: float) -> None:
     """Someone received a chunk of the live job: it counts as watched for `ttl_s` seconds."""
     import time
 
-    import redis.asyncio as aioredis
-    from django.conf import settings
-
     now = time.monotonic()
     if now - _watch_renewed.get(job_id, -1e9) < _WATCH_RENEW_S:
         return
     _watch_renewed[job_id] = now
     if len(_watch_renewed) > 10000:  # jobs long gone
         _watch_renewed.clear()
-    loop = asyncio.get_running_loop()
-    client = _redis.get(loop)
-    if client is None:
-        client = _redis[loop] = aioredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=5)
+    client = redis_clients.for_loop()
     try:
         await client.set(_watch_key(job_id), b"1", px=int(ttl_s * 1000))
     except Exception as exc:  # Redis away: the job may end as unwatched, it is not lost
@@ -226,13 +213,7 @@ async def note_watched(job_id: str, ttl_s: float) -> None:
 
 
 def _sync_client():
-    global _sync_redis
-    if _sync_redis is None:
-        import redis
-        from django.conf import settings
-
-        _sync_redis = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=5, socket_timeout=5)
-    return _sync_redis
+    return redis_clients.shared()
 
 
 def start_watching(job_id: str) -> None:

@@ -30,6 +30,8 @@ import json
 import logging
 import struct
 
+from videoservice import redis_clients
+
 log = logging.getLogger(__name__)
 
 SHARED_MIN_BYTES = 64 * 1024
@@ -45,7 +47,6 @@ DRAIN = "videoservice.drain"  # a message to Daphne's send that only waits for t
 _local: dict = {}  # key -> Future of the text (per process, per event loop)
 _frames: dict = {}  # id(payload) -> (payload, its whole websocket frame): shared events, framed once per process
 _big_sends: dict = {}  # event loop -> Semaphore
-_redis: dict = {}  # event loop -> redis client
 _backpressure = False  # install_backpressure() patched Daphne in this process
 
 
@@ -57,13 +58,7 @@ def big_sends() -> asyncio.Semaphore:
 
 
 def _client():
-    import redis.asyncio as aioredis
-    from django.conf import settings
-
-    loop = asyncio.get_running_loop()
-    if loop not in _redis:
-        _redis[loop] = aioredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=5)
-    return _redis[loop]
+    return redis_clients.for_loop()
 
 
 async def store(text: str) -> str:

@@ -12,6 +12,7 @@ import uuid
 
 from django.conf import settings
 
+from videoservice import redis_clients
 from videoservice.contract import RATE_LIMITED, UNAVAILABLE, RequestError
 
 # sliding 60 s window: a sorted set of submission times per owner
@@ -34,9 +35,7 @@ log = logging.getLogger(__name__)
 def _redis():
     global _client, _script
     if _client is None:
-        import redis
-
-        _client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
+        _client = redis_clients.shared()
         _script = _client.register_script(_SLIDING_WINDOW)
     return _script
 

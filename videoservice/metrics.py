@@ -18,6 +18,8 @@ from django.db.models.functions import Cast
 from django.utils import timezone
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
+from videoservice import redis_clients
+
 JOB_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 CONNECTIONS_KEY = "videoservice:ws-connections:"
@@ -102,10 +104,7 @@ class ServiceCollector:
 
 
 def _redis():
-    import redis
-    from django.conf import settings
-
-    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+    return redis_clients.new(timeout=2)
 
 
 def websocket_connections() -> int:
@@ -144,10 +143,7 @@ def _process_key() -> str:
 
 
 async def _write_count() -> None:
-    import redis.asyncio as aioredis
-    from django.conf import settings
-
-    client = aioredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2)
+    client = redis_clients.new_async(connect_timeout=2)
     try:
         await client.set(_process_key(), _connections["count"], ex=CONNECTIONS_TTL_S)
     finally:

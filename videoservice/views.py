@@ -9,6 +9,7 @@ from django.shortcuts import render
 from django.views.decorators.csrf import ensure_csrf_cookie
 
 from generator.interface import config_errors
+from videoservice import redis_clients
 from videoservice import bus
 from videoservice.api import error_response, viewer_of
 from videoservice.auth import auth_required
@@ -36,9 +37,7 @@ def _check_db() -> str:
 
 
 def _check_redis() -> str:
-    import redis
-
-    client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
+    client = redis_clients.new(timeout=1)
     try:
         client.ping()
     finally:

@@ -92,10 +92,10 @@ def test_the_http_job_body_and_the_webhook_body_are_one_schema():
 
 
 def test_the_web_tier_imports_neither_torch_nor_opencv():
-    """Daphne's process: the ASGI application and the model registry (imported in the background at
-    start-up) validate requests without torch or OpenCV (both load seconds and hundreds of MB)."""
-    probe = ("import sys, threading; import videoservice.asgi; "
-             "[t.join() for t in threading.enumerate() if t.name == 'import-models']; "
+    """Daphne's process: the ASGI application and the model registry (registered at start-up,
+    AppConfig.ready) validate requests without torch or OpenCV (both load seconds and hundreds of MB)."""
+    probe = ("import sys; import videoservice.asgi; from generator.interface import _infos; "
+             "assert 'builtin' in _infos; "
              "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'cv2', 'diffusers'}))")
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120,
                          env={"DJANGO_SETTINGS_MODULE": "videoservice.settings", "PATH": "/usr/bin:/bin"})

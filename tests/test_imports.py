@@ -11,8 +11,9 @@ PACKAGES = ("videoservice", "worker", "generator")
 # Imports that still close a cycle, each inside a function (so not at start-up). Each is debt, named
 # with the way out; the test fails when one disappears, so that the list only shrinks.
 CYCLE_EDGES = {
-    # the registry loads the backends on first use; the backends import the registry's types. Way out:
-    # register at start-up (AppConfig.ready, worker_process_init, the CLIs) and drop the lazy import
+    # the registry registers the backends on first use; they import its types. Django processes now
+    # register at start-up (AppConfig.ready); the lazy import stays for callers without Django (bench/,
+    # python -m generator...). Way out: those call registry_setup themselves, and the import goes
     ("generator.interface", "generator.registry_setup"),
     # the describer registry builds its describers lazily; they import its base. Way out: as above
     ("generator.understanding.registry", "generator.understanding.builtin"),

@@ -5,3 +5,11 @@ class VideoServiceConfig(AppConfig):
     name = "videoservice"
     verbose_name = "Video generation"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self):
+        """Register the models now, in every process (web, worker, manage.py): requests are validated
+        against their limits, and a broken models.json is reported at start-up, naming entry and field.
+        Registering loads no torch (a backend is built on its first job)."""
+        from generator.interface import list_models
+
+        list_models()

@@ -2,7 +2,6 @@
 Daphne's command line: videoservice/launch.py (`daphne_argv`).
 """
 import os
-import threading
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "videoservice.settings")
 
@@ -22,19 +21,6 @@ from videoservice.origin import OriginValidator  # noqa: E402
 from videoservice.routing import websocket_urlpatterns  # noqa: E402
 
 
-def _import_model_registry():
-    """Validation asks the generator registry for model limits; importing it pulls in torch (seconds).
-    Do that now in the background rather than in the first request (Python's import lock makes an
-    early request wait for it)."""
-    try:
-        from generator.interface import list_models
-
-        list_models()
-    except Exception:  # reported again, with a clear error, on the first request that needs it
-        pass
-
-
-threading.Thread(target=_import_model_registry, name="import-models", daemon=True).start()
 fanout.install_backpressure()  # under Daphne: websocket sends wait for slow readers (videoservice/fanout.py)
 
 

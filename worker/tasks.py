@@ -167,14 +167,6 @@ def _free_memory() -> None:
         pass
 
 
-@worker_ready.connect
-def _validate_model_config(**kwargs):
-    """Read models.json when the worker starts: a broken entry is logged now, naming entry and field."""
-    from generator.interface import list_models
-
-    list_models()
-
-
 # ---------------------------------------------------------------- the reaper (worker main process)
 _reaper = None
 

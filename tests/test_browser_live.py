@@ -125,7 +125,8 @@ def test_start_watch_steer_and_stop_a_live_video(stack, browser, tmp_path):  # n
 
 
 def test_live_mode_over_the_phoenix_protocol(stack, browser):  # noqa: F811
-    """?protocol=phoenix: the page starts, steers and stops a live video over /socket/websocket."""
+    """?protocol=phoenix: the page starts, steers and stops a live video over /socket/websocket; its
+    player, slowed down until it is far behind, jumps to the live edge."""
     expect = playwright_api.expect
     page = browser.new_page()
     page.errors = []
@@ -139,7 +140,13 @@ def test_live_mode_over_the_phoenix_protocol(stack, browser):  # noqa: F811
         page.fill("#prompt", "a blue square moving left")
         page.press("#prompt", "Enter")
         job = page.get_by_test_id("job").first
-        wait_playing(page, job.get_by_test_id("job-stream"), 0.5)
+        stream = job.get_by_test_id("job-stream")
+        wait_playing(page, stream, 0.5)
+        # a player that falls behind (here: played at a tenth of the speed) jumps to the live edge
+        stream.evaluate("v => { v.playbackRate = 0.1; }")
+        expect(job).to_have_attribute("data-caught-up", re.compile(r"^[1-9]"), timeout=60_000)
+        assert stream.evaluate("v => v.buffered.end(v.buffered.length - 1) - v.currentTime") < 6
+        stream.evaluate("v => { v.playbackRate = 1; }")
         page.fill("#prompt", "a blue square moving down")
         page.press("#prompt", "Enter")
         expect(job.get_by_test_id("timeline-entry")).to_have_count(2, timeout=60_000)

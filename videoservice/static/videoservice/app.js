@@ -698,7 +698,8 @@
   }
 
   /** Buffered seconds of each playing live stream (what the player holds beyond the frame on
-   * screen); a player left far behind (a hidden tab) jumps to the live edge. */
+   * screen); a playing player left far behind (a background tab, a slow machine) jumps to the live
+   * edge. */
   function liveTick() {
     for (const card of els.queue.querySelectorAll('.job[data-live="1"]')) {
       markTimeline(card);
@@ -707,7 +708,10 @@
       const buffered = s.video.buffered;
       if (!buffered.length) continue;
       const end = buffered.end(buffered.length - 1);
-      if (end - s.video.currentTime > LIVE_CATCHUP_S) s.video.currentTime = end - 1;
+      if (!s.video.paused && end - s.video.currentTime > LIVE_CATCHUP_S) {  // (paused: the user looks at a frame)
+        s.video.currentTime = end - 1;
+        card.dataset.caughtUp = String((Number(card.dataset.caughtUp) || 0) + 1);
+      }
       const ahead = Math.max(0, end - s.video.currentTime);
       card.dataset.buffered = ahead.toFixed(2);
       const cell = $("[data-testid=live-buffered]", card);

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support.client import TERMINAL, Client, run
+from tests.support.client import TERMINAL, Client, run, session_cookie
 from tests.support.stack import Proc, Stack, http, postgres_wanted, wait_for
 
 SMALL = {"num_frames": 8, "width": 64, "height": 64, "steps": 3}
@@ -390,7 +390,8 @@ def test_stream_readers_get_headers_at_once_and_survive_a_redis_restart(faults):
     and gets the whole video (it ended in a truncated 200); a reader of a job nobody runs gets its
     headers at once and its end after STREAM_IDLE_S (6 s here; it had no headers, no close, for more
     than 10 minutes)."""
-    status, _, body = http("POST", f"{faults.base}/api/jobs", {"prompt": "parked", "model": "fake-parked"})
+    me = {"Cookie": session_cookie(faults.base)}  # (to cancel the parked job at the end)
+    status, _, body = http("POST", f"{faults.base}/api/jobs", {"prompt": "parked", "model": "fake-parked"}, me)
     parked = json.loads(body)["job"]["id"]
     status, _, body = http("POST", f"{faults.base}/api/jobs", {
         "prompt": "a streamed square", "model": "fake-steps", "num_frames": 9, "width": 64, "height": 64,
@@ -411,7 +412,7 @@ def test_stream_readers_get_headers_at_once_and_survive_a_redis_restart(faults):
     frames = sum(1 for _ in av.open(io.BytesIO(streamed.data)).decode(video=0))
     assert frames == job["num_frames"], (frames, job["num_frames"])  # resumed: nothing missing, nothing twice
     assert waiting.data == b"" and waiting.ended < 6 + 15, waiting.ended  # the idle limit, Redis restart and all
-    http("POST", f"{faults.base}/api/jobs/{parked}/cancel", {})
+    assert http("POST", f"{faults.base}/api/jobs/{parked}/cancel", {}, me)[0] == 200
 
 
 def test_frozen_worker_taken_for_dead_loses_its_lease_and_stores_nothing(faults):

@@ -277,6 +277,7 @@ def test_periodic_reaper_of_another_worker_requeues_the_job_of_a_vanished_worker
                 requeued = await c.until(lambda m: m.get("job_id") == job_id and m["type"] == "requeued", 30)
                 waited = time.monotonic() - t_kill
                 assert started["worker"] in requeued["reason"], requeued
+                assert "its process ended mid-job, killed" in requeued["reason"], requeued  # not just "lost"
                 assert waited < 4, waited  # the pid is provably gone: no need to wait for the heartbeat timeout
                 again = await c.until(lambda m: m.get("job_id") == job_id and m["type"] == "started"
                                       and m is not started, 30)

@@ -136,12 +136,22 @@ def reap(provably_gone_only: bool = False) -> dict:
             continue
         if holder_alive(job, now):
             continue
-        outcome = job.settle_lost(f"the worker running this job ({job.worker or 'unknown'}) was lost")
+        outcome = job.settle_lost(lost_reason(job))
         if outcome:
             log.warning("job %s %s: its worker %s was lost (attempt %d of %d done)", job.pk, outcome, job.worker,
                         job.attempts, settings.JOB_MAX_ATTEMPTS)
             done[str(job.pk)] = outcome
     return done
+
+
+def lost_reason(job: Job) -> str:
+    """Why a running job's holder is taken for gone, as its users read it."""
+    reason = f"the worker running this job ({job.worker or 'unknown'}) was lost"
+    if job.worker_host == HOST_ID and job.worker_pid and not pid_alive(job.worker_pid):
+        # a process that ends mid-job without a word was killed: most often by the kernel's
+        # out-of-memory killer (inputs are capped: MAX_INPUT_*; sizes: the model's limits)
+        return f"{reason}: its process ended mid-job, killed (running out of memory is the usual cause)"
+    return f"{reason}: no heartbeat for {settings.JOB_HEARTBEAT_TIMEOUT_S:g} s"
 
 
 # Held by a reaper pass and around every fork of this process: a pool process is never forked while

@@ -13,8 +13,8 @@ first one after a steer changed it (`steer`): an object moving against its asked
 bounced off an edge and keeps going, unless it was just told to turn.
 
 Flow-matching noise: x_s = (1 - s) x0 + s noise, s in [0, 1]; the network predicts x0. A pre-norm
-transformer over [object tokens, context tokens, chunk tokens]; latents are folded 2x2 into
-tokens (16x16 -> 8x8 per frame).
+transformer over [object tokens, context tokens, chunk tokens]; latents are folded `patch` x `patch`
+into tokens (4: 16x16 -> 4x4 tokens per frame, 128 tokens for 8 frames, few enough for a CPU).
 """
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ class Block(nn.Module):
 
 class ChunkDenoiser(ModelMixin, ConfigMixin):
     @register_to_config
-    def __init__(self, latent_channels: int = 6, latent_size: int = 16, patch: int = 2, dim: int = 128,
+    def __init__(self, latent_channels: int = 6, latent_size: int = 16, patch: int = 4, dim: int = 160,
                  layers: int = 4, heads: int = 4, chunk: int = 4, context: int = 4, max_objects: int = 3):
         super().__init__()
         tokens_per_frame = (latent_size // patch) ** 2

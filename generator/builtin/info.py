@@ -26,4 +26,5 @@ INFO_V3 = ModelInfo(
     default_width=256, default_height=256, size_multiple=16, min_size=64, max_size=512,
     default_steps=2, max_steps=4, default_guidance=1.0, default_fps=8.0,
     supports_video=True,
+    extra={"queue": "builtin"},
 )

@@ -13,6 +13,12 @@ denoiser's context frames need. Streaming keeps
 each causal convolution's last (kernel - 1) inputs (`DecoderCache`): a new latent step is
 decoded once, in the time of one frame.
 
+The last `colour_channels` latent channels are not learned: they are each latent position's mean
+colour (the 4x4 pixels of the 64 canvas it covers), and the decoder's output is that colour
+spread smoothly over the output (bilinear) plus what the network draws. Learned channels and a
+plain decoder drew every shape grey or white after 1000 CPU steps, even given the mean colour
+(docs/builtin.md); with it as the decoder's base the network only sharpens the outlines.
+
 Lookup-free quantization (LFQ): each latent channel is clipped to [-1, 1] and rounded to
 `levels` evenly spaced values, the gradient passing straight through the rounding. The
 latent of one frame is then 16 x 16 x `latent_channels` symbols of log2(levels) bits.
@@ -105,7 +111,7 @@ class DecoderCache:
 class CausalVideoTokenizer(ModelMixin, ConfigMixin):
     @register_to_config
     def __init__(self, latent_channels: int = 6, levels: int = 5, channels: tuple = (24, 48, 64),
-                 head_channels: int = 32):
+                 head_channels: int = 32, colour_channels: int = 3):
         super().__init__()
         c0, c1, c2 = channels
         # encoder 64 -> 32 -> 16
@@ -116,7 +122,7 @@ class CausalVideoTokenizer(ModelMixin, ConfigMixin):
         self.enc_down1 = nn.Conv2d(c1, c2, 3, stride=2, padding=1)
         self.enc_block2 = CausalResBlock(c2, temporal=False)
         self.enc_norm = FrameNorm(c2)
-        self.enc_out = CausalConv3d(c2, latent_channels, (1, 1, 1))
+        self.enc_out = CausalConv3d(c2, latent_channels - colour_channels, (1, 1, 1))
         # decoder 16 -> 32 -> 64 (-> 256 by the head)
         self.dec_in = CausalConv3d(latent_channels, c2, (3, 3, 3))
         self.dec_block2 = CausalResBlock(c2)
@@ -150,6 +156,9 @@ class CausalVideoTokenizer(ModelMixin, ConfigMixin):
         x, _ = self.enc_block2(x)
         z, _ = self.enc_out(F.silu(self.enc_norm(x)))
         z = torch.tanh(z)
+        if self.config.colour_channels:  # each position's mean colour, 4x4 pixels of the 64 canvas
+            pooled = _frames(lambda f: F.avg_pool2d(f, SPATIAL_DOWN), video)
+            z = torch.cat([z, pooled.clamp(-1.0, 1.0)], dim=1)
         return quantize(z, self.config.levels) if quantized else z
 
     def decode(self, latents: torch.Tensor, cache: Optional[DecoderCache] = None) -> torch.Tensor:
@@ -173,7 +182,12 @@ class CausalVideoTokenizer(ModelMixin, ConfigMixin):
             detail = self.head_out(F.silu(self.head(f)))
             return F.pixel_shuffle(detail, OUTPUT_SCALE)
 
-        return _frames(head, x)
+        out = _frames(head, x)
+        if self.config.colour_channels:  # the mean colour, spread smoothly, plus what the network draws
+            colour = latents[:, -self.config.colour_channels:]
+            out = out + _frames(lambda f: F.interpolate(f, scale_factor=SPATIAL_DOWN * OUTPUT_SCALE, mode="bilinear",
+                                                        align_corners=False), colour)
+        return out
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(video))

@@ -82,7 +82,7 @@ def batch(rng: random.Random, size: int, tokenizer: CausalVideoTokenizer, chunk:
     # the encoder reads each frame alone: encode just the frames each example uses
     windows = [clips[i, :, item["start"] - item["given"]:item["start"] + chunk] for i, item in enumerate(items)]
     with torch.no_grad():
-        encoded = tokenizer.encode(torch.cat(windows, dim=1)[None])[0]
+        encoded = tokenizer.encode(torch.cat(windows, dim=1)[None].to(tokenizer.device))[0].cpu()
     targets, contexts, masks, ids, id_masks = [], [], [], [], []
     offset = 0
     for item in items:
@@ -130,7 +130,8 @@ def train(args) -> dict:
     tokenizer = CausalVideoTokenizer.from_pretrained(args.tokenizer).eval().requires_grad_(False).to(device)
     checkpoint_path = os.path.join(args.out, "checkpoint.pt")
     state = {"step": 0, "losses": [], "seconds": 0.0}
-    model = ChunkDenoiser(latent_channels=tokenizer.config.latent_channels, dim=args.dim, layers=args.layers,
+    model = ChunkDenoiser(latent_channels=tokenizer.config.latent_channels, patch=args.patch, dim=args.dim,
+                          layers=args.layers,
                           heads=args.heads, chunk=args.chunk, context=args.context)
     saved = None
     if args.resume and os.path.exists(checkpoint_path):
@@ -156,7 +157,13 @@ def train(args) -> dict:
         os.replace(checkpoint_path + ".tmp", checkpoint_path)
         pipeline_dir = os.path.join(args.out, "pipeline")
         ema.save_pretrained(os.path.join(pipeline_dir, "denoiser"))
-        tokenizer.save_pretrained(os.path.join(pipeline_dir, "tokenizer"))
+        shipped = tokenizer
+        if args.decoder:  # a decoder trained on since (train_tokenizer --freeze-encoder): same encoder
+            shipped = CausalVideoTokenizer.from_pretrained(args.decoder)
+            ours = dict(tokenizer.named_parameters())
+            if not all(torch.equal(p.cpu(), ours[n].cpu()) for n, p in shipped.named_parameters() if n.startswith("enc_")):
+                raise SystemExit(f"{args.decoder} has another encoder than {args.tokenizer}")
+        shipped.save_pretrained(os.path.join(pipeline_dir, "tokenizer"))
         line = {"step": state["step"], "seconds": round(state["seconds"], 1),
                 "loss": float(np.mean(state["losses"][-100:]))}
         if args.quality_every and state["step"] % args.quality_every == 0:
@@ -207,10 +214,13 @@ def train(args) -> dict:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokenizer", required=True, help="a trained tokenizer folder (save_pretrained)")
+    parser.add_argument("--decoder", help="a tokenizer folder with the same encoder whose (newer) decoder the "
+                                           "pipeline gets, read again at every checkpoint")
     parser.add_argument("--out", default="runs/causal")
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--patch", type=int, default=4, help="latent positions folded into a token, per side")
+    parser.add_argument("--dim", type=int, default=160)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--chunk", type=int, default=4)

@@ -72,7 +72,13 @@ def train(args) -> dict:
     checkpoint_path = os.path.join(args.out, "checkpoint.pt")
     state = {"step": 0, "losses": [], "seconds": 0.0}
     model = CausalVideoTokenizer(latent_channels=args.latent_channels, levels=args.levels,
-                                 channels=tuple(args.channels))
+                                 channels=tuple(args.channels), colour_channels=args.colour_channels)
+    if args.init_from:  # every weight whose shape still fits (a changed latent: the others start fresh)
+        own = model.state_dict()
+        from safetensors.torch import load_file
+
+        given = load_file(os.path.join(args.init_from, "diffusion_pytorch_model.safetensors"))
+        model.load_state_dict({k: v for k, v in given.items() if k in own and own[k].shape == v.shape}, strict=False)
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     if args.resume and os.path.exists(checkpoint_path):
@@ -157,6 +163,8 @@ def parse_args(argv=None):
     parser.add_argument("--frames", type=int, default=4)
     parser.add_argument("--latent-channels", type=int, default=6)
     parser.add_argument("--levels", type=int, default=5)
+    parser.add_argument("--colour-channels", type=int, default=3, help="latent channels holding the mean colour")
+    parser.add_argument("--init-from", help="a tokenizer folder to start from (weights whose shapes fit)")
     parser.add_argument("--channels", type=int, nargs=3, default=[24, 48, 64])
     parser.add_argument("--crop", type=int, default=8, help="decode a crop of this many latent positions "
                         "(x 16 output pixels) per step; 0: whole frames")

@@ -2,7 +2,7 @@
 model named in the operator's model configuration (`VIDEO_MODELS_CONFIG`, default `models.json`)."""
 import logging
 
-from generator.builtin.info import INFO as BUILTIN_INFO
+from generator.builtin.info import INFO as BUILTIN_INFO, INFO_V3 as BUILTIN_V3_INFO
 from generator.interface import register
 
 log = logging.getLogger(__name__)
@@ -14,7 +14,14 @@ def _builtin_backend():
     return BuiltinBackend()
 
 
+def _builtin_v3_backend():
+    from generator.builtin.backend_v3 import BuiltinV3Backend
+
+    return BuiltinV3Backend()
+
+
 register(BUILTIN_INFO, _builtin_backend)
+register(BUILTIN_V3_INFO, _builtin_v3_backend)  # served by the built-in model's workers (its queue)
 
 
 # the broken entries of the model configuration found at start-up ([ConfigError]), shown by GET /healthz

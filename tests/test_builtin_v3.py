@@ -47,6 +47,25 @@ def test_objects_are_split_by_their_colour_and_shape_mentions(prompt, objects):
         assert phrases == [f"a {c} {s} moving {d}" for c, s, d in objects]
 
 
+def test_the_held_out_phrasings_are_read_by_the_evaluator_and_not_by_the_splitter():
+    import inspect
+    import os
+
+    from generator.builtin import text
+    from generator.evaluate import prompt_file_items
+
+    path = os.path.join(os.path.dirname(__file__), "data", "heldout_phrasings.txt")
+    items = prompt_file_items(path, seed=1)
+    counts = [len(item.get("objects", [item])) for item in items]
+    assert len(items) == 39 and counts.count(2) == 24 and counts.count(3) == 8
+    rng = random.Random(0)
+    training = {world.caption(world.sample_scene(rng, 16, two_shapes_prob=0.5), rng) for _ in range(3000)}
+    source = inspect.getsource(text)
+    assert "heldout" not in source
+    assert not {item["prompt"] for item in items} & training
+    assert not any(item["prompt"] in source for item in items)
+
+
 def test_every_caption_of_the_world_splits_into_its_objects_with_their_own_attributes():
     rng = random.Random(4)
     for i in range(300):
@@ -278,3 +297,22 @@ def test_chunk_denoiser_training_resumes_and_writes_a_loadable_pipeline(tmp_path
     backend = BuiltinV3Backend(str(tmp_path / "run" / "pipeline"))
     assert backend.generate(GenerationRequest(prompt="a red circle moving up", num_frames=4)).frames.shape == (
         4, 256, 256, 3)
+
+
+def test_v3_is_a_second_selectable_model_served_by_the_built_in_workers_and_v2_stays_the_default():
+    import os
+
+    from generator.builtin.backend_v3 import WEIGHTS_V3
+    from generator.interface import DEFAULT_MODEL, GenerationRequest, get_backend, get_info
+    from videoservice.bus import models_of_queue, queue_of_model
+
+    assert DEFAULT_MODEL == "builtin"
+    assert queue_of_model("builtin-v3") == "builtin" and {"builtin", "builtin-v3"} <= set(models_of_queue("builtin"))
+    info = get_info("builtin-v3")
+    assert info.supports_video and info.max_steps == 4
+    sizes = [os.path.getsize(os.path.join(folder, name)) for folder, _, names in os.walk(os.path.dirname(WEIGHTS_V3))
+             for name in names]
+    assert sum(sizes) < 40e6  # every built-in model's weights in the repository
+    frames = get_backend("builtin-v3").generate(GenerationRequest(prompt="a red circle moving up", num_frames=4,
+                                                                  seed=0)).frames
+    assert frames.shape == (4, 256, 256, 3)

@@ -316,3 +316,29 @@ def test_v3_is_a_second_selectable_model_served_by_the_built_in_workers_and_v2_s
     frames = get_backend("builtin-v3").generate(GenerationRequest(prompt="a red circle moving up", num_frames=4,
                                                                   seed=0)).frames
     assert frames.shape == (4, 256, 256, 3)
+
+
+def test_the_live_driver_uses_v3_natively_and_a_steer_reaches_the_next_chunk(tiny_v3):
+    import itertools
+
+    from generator.interface import GenerationRequest
+    from generator.live import LiveVideo
+
+    seen = []
+    original = tiny_v3.pipe.denoiser.forward
+
+    def spy(noisy, level, objects, *args, **kwargs):
+        seen.append(objects[0, 0, 2].item())  # the first object's direction id
+        return original(noisy, level, objects, *args, **kwargs)
+
+    tiny_v3.pipe.denoiser.forward = spy
+    try:
+        live = LiveVideo(tiny_v3, GenerationRequest(prompt="a red circle moving left", seed=2, steps=1),
+                         lambda i: "a red circle moving left" if i < 2 else "now the red circle moves up")
+        chunks = list(itertools.islice(live, 3))
+    finally:
+        tiny_v3.pipe.denoiser.forward = original
+    from generator.builtin.causal import DIRECTION_IDS
+
+    assert [c.first_frame for c in chunks] == [0, 4, 8] and [len(c.frames) for c in chunks] == [4, 4, 4]
+    assert seen == [DIRECTION_IDS["left"], DIRECTION_IDS["left"], DIRECTION_IDS["up"]]

@@ -467,11 +467,25 @@ async def cancel_all(pairs) -> None:
         await c.until(lambda m: m.get("job_id") == q["job_id"] and m["type"] == "cancelled", 10)
 
 
+def drained(svc: Stack, timeout: float = 180) -> None:
+    """Wait until the jobs of earlier tests have left the queue (a loaded machine runs them late):
+    the caps tests count every waiting job."""
+    def queued() -> list:
+        out = svc.manage("shell", "-c", "from videoservice.models import Job\n"
+                         "print(list(Job.objects.filter(status='queued').values_list('model', 'prompt')))")
+        return out.strip().splitlines()[-1]
+    deadline = time.monotonic() + timeout
+    while (left := queued()) != "[]":
+        assert time.monotonic() < deadline, f"earlier tests left jobs queued: {left}"
+        time.sleep(1)
+
+
 def test_queue_caps_answer_queue_full_and_free_up_when_jobs_leave(faults):
     """MAX_QUEUED_PER_OWNER=8, MAX_QUEUED_JOBS=12 (fixture env); jobs for a queue no worker serves
     stay queued, so the caps are reached and held. Two signed-in users (API tokens): the cap per
     anonymous address does not apply to them."""
     submit = submit_parked
+    drained(faults)
     tokens = [faults.manage("create_api_token", user, "--create-user").strip() for user in ("ann", "ben")]
 
     async def scenario():
@@ -499,6 +513,8 @@ def test_queue_caps_answer_queue_full_and_free_up_when_jobs_leave(faults):
 def test_six_cookieless_connections_of_one_client_hold_at_most_the_per_owner_cap(faults):
     """Each cookieless connection is an owner of its own (c:<uuid>), but they come from one address:
     together they hold at most MAX_QUEUED_PER_OWNER (8) queued jobs; nobody else is crowded out."""
+    drained(faults)
+
     async def scenario():
         clients = [Client(faults) for _ in range(6)]
         for c in clients:
@@ -524,6 +540,7 @@ def test_six_cookieless_connections_of_one_client_hold_at_most_the_per_owner_cap
 
 def test_per_owner_caps_hold_on_the_phoenix_endpoint(faults):
     """MAX_QUEUED_PER_OWNER=8: a signed-in Phoenix socket's ninth parked job is refused with queue_full."""
+    drained(faults)
     from tests.test_phoenix import PhoenixFrames
 
     token = faults.manage("create_api_token", "phoebe", "--create-user").strip()

@@ -19,6 +19,7 @@ whole video: memory stays flat however long the session runs.
 from __future__ import annotations
 
 import itertools
+import time
 from dataclasses import dataclass, replace
 from typing import Callable, Iterator, Optional
 
@@ -54,10 +55,16 @@ class LiveVideo:
         self.emitted = 0  # frames handed out
         self.held: Optional[np.ndarray] = None  # the last chunk's frames the next one blends
         self.prompts: list = []  # the prompt each chunk started under
+        self.last_chunk_s = 0.0  # seconds the backend took to make the last chunk
 
     def __iter__(self) -> Iterator[LiveChunk]:
         chunks = self._native() if self.native else self._continued()
-        for index, frames in enumerate(chunks):
+        for index in itertools.count():
+            started = time.perf_counter()
+            frames = next(chunks, None)
+            if frames is None:
+                return
+            self.last_chunk_s = time.perf_counter() - started
             chunk = LiveChunk(frames=frames, first_frame=self.emitted, prompt=self.prompts[index], index=index)
             self.emitted += len(frames)
             yield chunk

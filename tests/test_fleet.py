@@ -198,6 +198,7 @@ time.sleep(max(0.0, float(os.environ["RACE_START_AT"]) - time.time()))  # all ra
 taken = []
 while (job := Job.objects.claim_next("race", "racer", os.getpid(), "race-host")) is not None:
     taken.append(str(job.pk))
+    job.succeed()  # (a claimed job left running without a heartbeat is re-queued by the fleet's reapers)
 print(json.dumps(taken))
 """
 

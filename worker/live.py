@@ -78,8 +78,8 @@ class LiveSession:
             rate = frames / self.fps / max(now - self.started, 1e-6)
             metrics.record_live_rate(str(self.job.pk), self.job.model, rate)
             self.run.publish(LiveStatusEvent(job_id=str(self.job.pk), realtime_factor=round(rate, 3),
-                                             lead_s=round(self.lead(frames), 3), frames=frames, prompt=self.prompt),
-                             wait=False)
+                                             lead_s=round(self.lead(frames), 3), frames=frames, prompt=self.prompt,
+                                             chunk_s=round(self.video.last_chunk_s, 3)), wait=False)
         if self.stop_reason is None and self.job.live_commands()[1]:
             self.stop_reason = "stopped"
         # whoever received the previous chunk renewed its key for previous_ttl (the start: LIVE_IDLE_S)

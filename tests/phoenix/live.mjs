@@ -18,7 +18,8 @@ const push = (event, payload) => new Promise((resolve) => {
 });
 
 const result = { chunks: 0 };
-const started = await push("generate", { prompt: "a red circle moving right", live: true, width: 64, height: 64 });
+const started = await push("generate", { prompt: "a red circle moving right", live: true, width: 64, height: 64,
+                                     num_frames: 8, steps: 4 });
 result.start = started;
 const jobId = started.response.job_id;
 const done = new Promise((resolve) => lobby.on("generation_complete", (m) => { if (m.job_id === jobId) resolve(m); }));

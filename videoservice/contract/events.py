@@ -133,6 +133,7 @@ class LiveStatusEvent(JobEvent):
     realtime_factor: float = Field(description="seconds of video made per wall-clock second since it started")
     lead_s: float = Field(description="seconds of video made ahead of real-time playback from the first chunk")
     frames: int = Field(description="frames streamed so far")
+    chunk_s: Optional[float] = Field(None, description="seconds the model took to make the last chunk")
     prompt: str
 
 

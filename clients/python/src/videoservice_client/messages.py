@@ -118,6 +118,7 @@ class GenerationCompleteEvent(TypedDict):
 
 
 class LiveStatusEvent(TypedDict):
+    chunk_s: NotRequired[float | None]
     frames: int
     job_id: str
     lead_s: float

@@ -358,18 +358,22 @@ class DescribeRequest(_Submission):
         return DescribeParams(question=self.question, source_job_id=source_job_id)
 
 
-class CancelRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", title="CancelRequest", regex_engine="python-re")
-
-    type: Literal["cancel"] = "cancel"
-    job_id: job_reference("the job to cancel")
-    request_id: RequestId = None
+class _JobCommand(BaseModel):
+    """A message about one job (cancel, steer, stop): its job_id is required."""
 
     @model_validator(mode="after")
     def _given(self):
         if self.job_id is None:
             raise refuse(MISSING_FIELD, "job_id", "job_id is required")
         return self
+
+
+class CancelRequest(_JobCommand):
+    model_config = ConfigDict(extra="forbid", title="CancelRequest", regex_engine="python-re")
+
+    type: Literal["cancel"] = "cancel"
+    job_id: job_reference("the job to cancel")
+    request_id: RequestId = None
 
 
 class SteerBody(BaseModel):
@@ -380,18 +384,12 @@ class SteerBody(BaseModel):
     prompt: text(setting="MAX_PROMPT_CHARS", required=True, description="the prompt from the next chunk on")
 
 
-class SteerRequest(SteerBody):
+class SteerRequest(SteerBody, _JobCommand):
     model_config = ConfigDict(extra="forbid", title="SteerRequest", regex_engine="python-re")
 
     type: Literal["steer"] = "steer"
     job_id: job_reference("the live job to steer")
     request_id: RequestId = None
-
-    @model_validator(mode="after")
-    def _given(self):
-        if self.job_id is None:
-            raise refuse(MISSING_FIELD, "job_id", "job_id is required")
-        return self
 
 
 class StopRequest(CancelRequest):

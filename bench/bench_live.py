@@ -14,7 +14,10 @@ Builds its own services on the shared harness (tests/support/stack.py) and print
     factor, stalls (it cannot be steered).
   * overhead per chunk: the same chunks made in this process by generator.live.LiveVideo (the
     model alone) against the service's chunk interval with pacing off, measured what a warm
-    websocket client sees (the time between consecutive video_chunk arrivals).
+    websocket client sees (the time between consecutive video_chunk arrivals); alternated for
+    `--rounds` rounds so that a change in the machine's load hits both. Both sides run torch with
+    `--threads` threads (default: one per core, as `./scripts/serve.sh` does): the test harness's
+    OMP_NUM_THREADS=1 made the worker's model 1.3x slower than the same model here.
   * soak: the RSS of the worker (main + pool process) and of Daphne at 1, 5 and 10 minutes of one
     paced live session (no growth per chunk).
 
@@ -152,11 +155,14 @@ async def long_run(stack: Stack, clip: dict, chunks: int) -> dict:
                 "stalled": stalled}
 
 
-def bare_chunk_times(clip: dict, chunks: int) -> list:
+def bare_chunk_times(clip: dict, chunks: int, threads: int) -> list:
     """The model alone, in this process: seconds per chunk of generator.live.LiveVideo."""
+    import torch
+
     from generator.interface import GenerationRequest, get_backend
     from generator.live import LiveVideo
 
+    torch.set_num_threads(threads)
     req = GenerationRequest(PROMPT, seed=1, **{k: v for k, v in clip.items()})
     video = LiveVideo(get_backend("builtin"), req, prompt_at=lambda i: PROMPT)
     times, t = [], time.perf_counter()
@@ -200,6 +206,8 @@ def main():
     ap.add_argument("--size", type=int, default=INFO.default_width)
     ap.add_argument("--chunks", type=int, default=8, help="long video: chunks; overhead: chunks timed")
     ap.add_argument("--only", default="live,overhead,soak")
+    ap.add_argument("--rounds", type=int, default=3, help="overhead: rounds of model alone / service, alternated")
+    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads, here and in the worker")
     args = ap.parse_args()
     parts = set(args.only.split(","))
     if shutil.which("redis-server") is None:
@@ -209,8 +217,9 @@ def main():
     tmp = Path(tempfile.mkdtemp(prefix="bench-live-"))
     stacks = []
     try:
-        unpaced = Stack(tmp / "unpaced", env={**ROOMY, "LIVE_MAX_LEAD_S": "100000", "LIVE_STATUS_EVERY": "1"})
-        paced = Stack(tmp / "paced", env=ROOMY)
+        roomy = {**ROOMY, "OMP_NUM_THREADS": str(args.threads)}
+        unpaced = Stack(tmp / "unpaced", env={**roomy, "LIVE_MAX_LEAD_S": "100000", "LIVE_STATUS_EVERY": "1"})
+        paced = Stack(tmp / "paced", env=roomy)
         for stack in (unpaced, paced):
             stacks.append(stack)
             stack.start(worker_queues="builtin")
@@ -235,11 +244,15 @@ def main():
                   flush=True)
         if "overhead" in parts:
             os.environ.update({k: unpaced.env[k] for k in ("DJANGO_SETTINGS_MODULE", "REDIS_URL", "DATABASE_URL")})
-            bare = bare_chunk_times(clip, args.chunks)
-            served = asyncio.run(live_run(unpaced, clip, args.chunks * statistics.median(bare) * 1.2, None))
-            b, s = statistics.median(bare), statistics.median(served["intervals"])
-            w = statistics.median(served["worker_chunk_s"])
-            print(f"\n### Overhead per live chunk ({title}; median of {len(bare)} / {len(served['intervals'])} chunks)\n")
+            bare, intervals, in_worker = [], [], []
+            for _ in range(args.rounds):
+                bare += bare_chunk_times(clip, args.chunks, args.threads)
+                served = asyncio.run(live_run(unpaced, clip, args.chunks * statistics.median(bare) * 1.2, None))
+                intervals += served["intervals"]
+                in_worker += served["worker_chunk_s"]
+            b, s, w = statistics.median(bare), statistics.median(intervals), statistics.median(in_worker)
+            print(f"\n### Overhead per live chunk ({title}, {args.threads} torch threads; median of {len(bare)} / "
+                  f"{len(intervals)} chunks in {args.rounds} alternated rounds)\n")
             print("| path | s per chunk | ratio |\n|---|---:|---:|")
             print(f"| model alone (generator.live.LiveVideo in this process) | {b:.3f} | 1.00 |")
             print(f"| model inside the worker (live_status chunk_s) | {w:.3f} | {w / b:.3f} |")

@@ -100,9 +100,12 @@ async def overhead_times(stack, args):
     """Direct and service runs interleaved (direct, service, direct, ...) so background load hits both.
     The service is measured as a client sees it: one warm websocket connection (opened once, as the
     web UI's), the time from sending `generate` to `queued`, `started` and `generation_complete`."""
+    import torch
+
     from generator.encode import encode_video
     from generator.interface import GenerationRequest, get_backend
 
+    torch.set_num_threads(args.threads)  # as many as the worker's (OMP_NUM_THREADS below)
     clip = {"num_frames": 16, "width": 128, "height": 128, "steps": 10, "fps": 8}
     backend = get_backend("builtin")
     req = GenerationRequest(prompt="a red circle moving to the right", seed=1, **clip)
@@ -211,6 +214,8 @@ def main():
     ap.add_argument("--chunks", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--only", default="overhead,streaming,fanout,memory")
+    ap.add_argument("--threads", type=int, default=os.cpu_count(),
+                    help="torch threads, in the direct runs and in the worker (the test harness uses 1)")
     args = ap.parse_args()
     parts = set(args.only.split(","))
     if shutil.which("redis-server") is None:
@@ -218,7 +223,8 @@ def main():
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-service-"))
     roomy = {"MAX_QUEUED_PER_OWNER": "1000", "MAX_QUEUED_PER_ADDRESS": "1000", "SUBMISSIONS_PER_MINUTE": "0",
-             "WS_MESSAGES_PER_MINUTE": "0", "LOG_LEVEL": "WARNING", "CHANNEL_CAPACITY": "5000"}
+             "WS_MESSAGES_PER_MINUTE": "0", "LOG_LEVEL": "WARNING", "CHANNEL_CAPACITY": "5000",
+             "OMP_NUM_THREADS": str(args.threads)}
     stack = Stack(tmp / "a", env=roomy)
     plain = None
     try:

@@ -46,6 +46,9 @@ MODELS = {
     "tiny-helios": ("helios", "helios", {"pipeline_kwargs": {"num_latent_frames_per_chunk": 3}}),  # 9-frame chunks
     # three resolution stages: sizes are multiples of 64
     "tiny-helios-pyramid": ("helios-pyramid", "helios-pyramid", {"defaults": {**DEFAULTS, "width": 64, "height": 64}}),
+    "tiny-framepack": ("framepack", "framepack", {}),
+    # sections of 2 latent frames (8 frames): a 17-frame clip takes two
+    "tiny-framepack-f1": ("framepack", "framepack-f1", {"pipeline_kwargs": {"latent_window_size": 2}}),
 }
 # (model, task, pipeline class it runs, frames, steps, strength)
 CASES = [
@@ -81,6 +84,8 @@ CASES = [
     ("tiny-helios-pyramid", "t2v", "HeliosPyramidPipeline", 9, 3, None),  # one step per stage
     ("tiny-helios-pyramid", "i2v", "HeliosPyramidPipeline", 9, 3, None),
     ("tiny-helios-pyramid", "condition", "HeliosPyramidPipeline", 9, 3, None),
+    ("tiny-framepack", "i2v", "HunyuanVideoFramepackPipeline", 9, 2, None),
+    ("tiny-framepack-f1", "i2v", "HunyuanVideoFramepackPipeline", 17, 2, None),  # two sections
 ]
 
 
@@ -141,7 +146,8 @@ def test_family_task_generates_through_the_backend(backends, name, task, cls, fr
     assert result.frames.shape == (frames, size, size, 3) and result.frames.dtype == np.uint8
     assert backend.calls[-1] == (cls, task)
     expected_steps = int(steps * strength) if task == "v2v" and name not in ("tiny-vace", "tiny-lucy-edit") else steps
-    expected_steps *= -(-frames // 9) if name == "tiny-helios" else 1  # one pipeline call: its chunks' steps
+    # one pipeline call: its chunks' (sections') steps
+    expected_steps *= {"tiny-helios": -(-frames // 9), "tiny-framepack-f1": -(-(frames - 1) // 8)}.get(name, 1)
     assert [(s, t) for s, t, _ in calls] == [(i, expected_steps) for i in range(1, expected_steps + 1)]
     assert all(p is not None and p.dtype == np.uint8 and p.shape[-1] == 3 for _, _, p in calls)
     if task != "t2v":  # the input decides the result: another one, another video; the same, the same

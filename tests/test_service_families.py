@@ -1,8 +1,8 @@
 """Model families through the whole service, on CPU: LTX-2 with its sound track, the Wan 2.2 TI2V-5B
 text- and image-to-video pair, Wan video-to-video (Wan 2.2 A14B's two-expert layout), Helios (base and
 pyramid: text-to-video, image-to-video, and its video-to-video, which continues a source video), Sana
-Video and Motif-Video (text- and image-to-video), Lucy Edit (video editing from a prompt) and the generic kind (a
-pipeline class mapped by its call signature).
+Video and Motif-Video (text- and image-to-video), Lucy Edit (video editing from a prompt), FramePack
+(image-to-video in sections) and the generic kind (a pipeline class mapped by its call signature).
 
 The checkpoints are tiny random instances of the real diffusers / transformers classes saved as
 pipeline folders (tests/tiny_checkpoints.py), named in this stack's models.json like an operator's;
@@ -39,6 +39,7 @@ MODELS = {  # name -> (checkpoint builder, pipeline kinds)
     "tiny-lucy-edit": ("lucy-edit", "lucy-edit"),
     "tiny-motif-video": ("motif-video", ["motif-video", "motif-video-i2v"]),
     "tiny-generic": ("ltx", "generic"),  # as LTXImageToVideoPipeline, read from its signature
+    "tiny-framepack": ("framepack", "framepack"),
 }
 QUEUE = "tiny-families"
 JOB = {"num_frames": 17, "width": 32, "height": 32, "steps": 2, "fps": 8, "seed": 4}
@@ -281,3 +282,18 @@ def test_a_generic_pipeline_job(stack):
                         "b": {"model": "tiny-generic", "image": png_b64(2)}})
     videos = {key: decode_video(fetch_video(stack, completed(events)))[0] for key, events in out.items()}
     assert videos["a"].shape == (17, 32, 32, 3) and distance(videos["a"], videos["b"]) > 1.0
+
+
+def test_framepack_image_to_video_jobs(stack):
+    """FramePack makes its clip in sections from a start image: another image, another video; a job without
+    one fails saying so (the model is image-to-video only)."""
+    out = watch(stack, {"a": {"model": "tiny-framepack", "image": png_b64(1)},
+                        "b": {"model": "tiny-framepack", "image": png_b64(2)},
+                        "none": {"model": "tiny-framepack"}})
+    videos = {key: decode_video(fetch_video(stack, completed(out[key])))[0] for key in ("a", "b")}
+    assert videos["a"].shape == (17, 32, 32, 3) and distance(videos["a"], videos["b"]) > 1.0
+    failed = out["none"][-1]
+    assert failed["type"] == "generation_failed" and "needs a start image" in failed["error"], failed
+    status, _, body = http("GET", stack.base + "/api/models")
+    framepack = next(m for m in json.loads(body)["models"] if m["name"] == "tiny-framepack")["extra"]
+    assert (framepack["tasks"], framepack["requires_image"], framepack["live"]) == (["i2v"], True, "continuation")

@@ -445,6 +445,48 @@ def hunyuan15_pipeline(image_to_video: bool = False):
     return HunyuanVideo15ImageToVideoPipeline(image_encoder=image_encoder, feature_extractor=feature_extractor, **parts)
 
 
+# ------------------------------------------------------------------ FramePack (HunyuanVideo, sections)
+def framepack_pipeline():
+    """HunyuanVideoFramepackPipeline (FramePackI2V_HY's and F1's layout: one checkpoint, the sampling order is
+    a call argument): HunyuanVideo's VAE (8x space, 4x time), the FramePack transformer with its history
+    embedder and SigLIP image projection, a Llama prompt encoder and CLIP's pooled one. The tokenizers are
+    letter-level (no merges): the Llama prompt template is longer than its crop there, so in this tiny
+    checkpoint the prompt reaches the transformer through CLIP's pooled embedding."""
+    from diffusers import (AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, HunyuanVideoFramepackPipeline,
+                           HunyuanVideoFramepackTransformer3DModel)
+    from transformers import (CLIPTextConfig, CLIPTextModel, CLIPTokenizer, LlamaConfig, LlamaModel, LlamaTokenizerFast,
+                              SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel)
+
+    torch.manual_seed(0)
+    transformer = HunyuanVideoFramepackTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=10, num_layers=1, num_single_layers=1,
+        num_refiner_layers=1, patch_size=2, patch_size_t=1, text_embed_dim=16, pooled_projection_dim=8,
+        rope_axes_dim=(2, 4, 4), has_image_proj=True, image_proj_dim=12, has_clean_x_embedder=True)
+    torch.manual_seed(0)
+    vae = responsive(AutoencoderKLHunyuanVideo(
+        latent_channels=4, block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4))
+    tokenizer = LlamaTokenizerFast(vocab=_bpe_vocab(["<unk>", "<s>", "</s>", "<pad>"], "\u2581"), merges=[],
+                                   pad_token="<pad>")
+    torch.manual_seed(0)
+    text_encoder = LlamaModel(LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=37,
+                                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                          head_dim=4, max_position_embeddings=256)).eval()
+    letters = "abcdefghijklmnopqrstuvwxyz"  # CLIP's BPE marks a word's last letter with </w>
+    tokenizer_2 = CLIPTokenizer(vocab={piece: i for i, piece in enumerate(
+        ["<|startoftext|>", "<|endoftext|>", *letters, *(c + "</w>" for c in letters)])}, merges=[])
+    torch.manual_seed(0)
+    text_encoder_2 = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer_2), hidden_size=8, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=77, projection_dim=8, bos_token_id=0, eos_token_id=1, pad_token_id=1)).eval()
+    torch.manual_seed(0)
+    image_encoder = SiglipVisionModel(SiglipVisionConfig(hidden_size=12, intermediate_size=16, num_hidden_layers=1,
+                                                         num_attention_heads=2, image_size=32, patch_size=8)).eval()
+    return HunyuanVideoFramepackPipeline(
+        transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(), text_encoder=text_encoder,
+        tokenizer=tokenizer, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, image_encoder=image_encoder,
+        feature_extractor=SiglipImageProcessor(size={"height": 32, "width": 32}))
+
+
 def cogvideox_pipeline():
     from diffusers import (AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline,
                            CogVideoXTransformer3DModel)
@@ -485,6 +527,7 @@ BUILDERS = {
     "motif-video": motif_video_pipeline,
     "helios-pyramid": helios_pyramid_pipeline,
     "helios-distilled": helios_distilled_pipeline,
+    "framepack": framepack_pipeline,
 }
 
 

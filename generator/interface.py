@@ -1,4 +1,5 @@
-"""The contract every video backend honours, and the registry that names them.
+"""The contract every video backend honours, and the registry that names them (filled at start-up by
+generator.registry_setup.register_models).
 
 A backend turns a `GenerationRequest` into a `GenerationResult` (uint8 frames,
 T x H x W x 3, plus fps). While it runs it reports each denoising step through a
@@ -179,32 +180,18 @@ def register(info: ModelInfo, factory: BackendFactory) -> None:
     _infos[info.name] = info
 
 
-def _ensure_registered() -> None:
-    if DEFAULT_MODEL not in _factories:
-        from generator import registry_setup  # noqa: F401  (registers the backends)
-
-
 def list_models() -> list:
-    _ensure_registered()
     return list(_infos.values())
 
 
 def get_info(name: str) -> Optional[ModelInfo]:
-    _ensure_registered()
     return _infos.get(name)
-
-
-def config_errors() -> list:
-    """The model configuration's broken entries, as {model, field, message} (skipped at start-up)."""
-    _ensure_registered()
-    from generator.registry_setup import CONFIG_ERRORS
-
-    return [exc.as_dict() for exc in CONFIG_ERRORS]
 
 
 def get_backend(name: str = DEFAULT_MODEL) -> Backend:
     """The loaded backend for `name`; loading a different model frees the resident one first."""
-    _ensure_registered()
+    if not _factories:
+        raise KeyError("no models are registered: call generator.registry_setup.register_models() at start-up")
     if name not in _factories:
         raise KeyError(f"unknown model {name!r}; known: {', '.join(sorted(_factories))}")
     with _lock:

@@ -12,6 +12,8 @@ from typing import Callable, Optional
 import numpy as np
 from PIL import Image, ImageFilter
 
+from generator.understanding.base import DescribeError, sample_frames
+
 FrameFn = Callable[[np.ndarray], np.ndarray]
 
 
@@ -56,8 +58,6 @@ def source_clip(data: bytes, num_frames: int, size: tuple, max_frame_pixels: Opt
     video-to-video generation (GenerationRequest.video). A shorter source repeats frames. Frames are
     scaled while decoding, never held at the file's size (caps: understanding.sample_frames).
     Raises ValueError when the file cannot be read or exceeds the caps."""
-    from generator.understanding import DescribeError, sample_frames
-
     try:
         frames = sample_frames(data, num_frames, size=size, max_frame_pixels=max_frame_pixels,
                                max_total_pixels=max_total_pixels)

@@ -10,6 +10,6 @@ class VideoServiceConfig(AppConfig):
         """Register the models now, in every process (web, worker, manage.py): requests are validated
         against their limits, and a broken models.json is reported at start-up, naming entry and field.
         Registering loads no torch (a backend is built on its first job)."""
-        from generator.interface import list_models
+        from generator.registry_setup import register_models
 
-        list_models()
+        register_models()

@@ -23,6 +23,7 @@ import re
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
+from datetime import timedelta
 
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connections, models, transaction
@@ -500,11 +501,11 @@ class Job(models.Model):
         """An event of this job: to its audience, and to its webhook when the job asked for it.
         `watched`: each process that relays it notes that the live job has viewers for that many seconds."""
         bus.publish(self.audience(), event, wait=wait, watched=watched)
-        webhooks.record(self, event)
+        WebhookDelivery.record(self, event)
 
     def announce_progress(self, event) -> None:
         bus.publish_progress(self.audience(), event)
-        webhooks.record(self, event)
+        WebhookDelivery.record(self, event)
 
     def beat(self) -> bool:
         """Heartbeat of the process holding it."""
@@ -729,7 +730,7 @@ class DispatchPause(models.Model):
 
 
 class WebhookDelivery(models.Model):
-    """One event of a job for its webhook, until delivered (videoservice/webhooks.py)."""
+    """One event of a job for its webhook, until delivered (how: videoservice/webhooks.py)."""
 
     job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="webhook_deliveries")
     event = models.CharField(max_length=20)
@@ -743,6 +744,49 @@ class WebhookDelivery(models.Model):
 
     class Meta:
         ordering = ["id"]
+
+    @classmethod
+    def record(cls, job: Job, event) -> None:
+        """A job's event: written for its webhook (when it asked for this one) and handed to delivery."""
+        found = webhooks.event_body(job, event)
+        if found is None:
+            return
+        cls.objects.create(job=job, event=found[0], body=found[1])
+        try:
+            bus.app.send_task(webhooks.DELIVER_TASK, args=[str(job.pk)], queue=webhooks.QUEUE, ignore_result=True)
+        except Exception:  # the row waits; the next event or the reaper's sweep sends it
+            log.exception("could not hand the webhook delivery of job %s over", job.pk)
+
+    @classmethod
+    def deliver_pending(cls, job_id: str) -> float | None:
+        """POST the job's pending deliveries in order. Returns seconds after which to try again (a
+        delivery failed and has tries left), or None when there is nothing left to send now."""
+        job = Job.objects.select_related("user").filter(pk=job_id).first()
+        if job is None or not job.webhook or job.user is None:
+            return None
+        secret = WebhookSecret.of(job.user)
+        for delivery in cls.objects.filter(job=job, delivered_at__isnull=True, gave_up=False):
+            now = timezone.now()
+            if delivery.next_try_at and delivery.next_try_at > now:
+                return (delivery.next_try_at - now).total_seconds()
+            error = webhooks.send(job.webhook, secret, str(delivery.pk), delivery.event, delivery.body)
+            delivery.attempts += 1
+            if not error:
+                delivery.delivered_at = timezone.now()
+                delivery.save(update_fields=["attempts", "delivered_at"])
+                continue
+            delivery.last_error = error[:500]
+            if delivery.attempts >= settings.WEBHOOK_MAX_ATTEMPTS:
+                log.warning("webhook of job %s: giving up on %s after %d tries (%s)", job.pk, delivery.event,
+                            delivery.attempts, error)
+                delivery.gave_up = True
+                delivery.save(update_fields=["attempts", "last_error", "gave_up"])
+                continue
+            wait = webhooks.backoff(delivery.attempts)
+            delivery.next_try_at = timezone.now() + timedelta(seconds=wait)
+            delivery.save(update_fields=["attempts", "last_error", "next_try_at"])
+            return wait
+        return None
 
 
 class WebhookSecret(models.Model):

@@ -8,7 +8,7 @@ from django.http import JsonResponse
 from django.shortcuts import render
 from django.views.decorators.csrf import ensure_csrf_cookie
 
-from generator.interface import config_errors
+from generator.registry_setup import config_errors
 from videoservice import redis_clients
 from videoservice import bus
 from videoservice.api import error_response, viewer_of

@@ -6,6 +6,8 @@ the Celery task `worker.tasks.deliver_webhooks(job_id)` (queue `webhooks`, a wor
 delivery never blocks a generation) POSTs the rows of that job in order: a failure (an error
 status, a refused connection, a time-out) is retried with back-off (1, 2, 4 ... 60 s,
 WEBHOOK_MAX_ATTEMPTS tries) before the job's next event is sent, so a receiver sees them in order.
+This module holds the rules, the body and the transport; the rows' bookkeeping is the model's
+(videoservice/models.py: WebhookDelivery.record, WebhookDelivery.deliver_pending).
 
 The body is JSON: {"event": "completed", "job_id", "data": the event as the websocket has it
 (without base64 payloads), "job": the job as GET /api/jobs/<id> has it, "sent_at"}. Signatures,
@@ -38,7 +40,6 @@ import logging
 import socket
 import threading
 import time
-from datetime import timedelta
 from urllib.parse import urlsplit
 
 from django.conf import settings
@@ -95,22 +96,16 @@ def signature(secret: str, timestamp: int, body: bytes) -> str:
     return hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
 
 
-def record(job, event) -> None:
-    """A job's event: written for its webhook (when it asked for this one) and handed to delivery."""
+def event_body(job, event) -> tuple | None:
+    """(the webhook's event name, the JSON body to POST) for this event of a job (a Job row), or None when
+    the job asked for no webhook of it (the rows are written by models.WebhookDelivery.record)."""
     payload = event if isinstance(event, dict) else event.payload()
     name = FROM_EVENT.get(payload["type"])
     if not job.webhook or name not in (job.webhook_events or ()):
-        return
-    from videoservice import bus
-    from videoservice.models import WebhookDelivery
-
+        return None
     body = {"event": name, "job_id": str(job.pk), "data": {k: v for k, v in payload.items() if k not in BULKY},
             "job": job.as_dict(job.owner), "sent_at": timezone.now().isoformat()}
-    WebhookDelivery.objects.create(job=job, event=name, body=json.dumps(body, separators=(",", ":")))
-    try:
-        bus.app.send_task(DELIVER_TASK, args=[str(job.pk)], queue=QUEUE, ignore_result=True)
-    except Exception:  # the row waits; the next event or the reaper's sweep sends it
-        log.exception("could not hand the webhook delivery of job %s over", job.pk)
+    return name, json.dumps(body, separators=(",", ":"))
 
 
 def backoff(attempts: int) -> float:
@@ -161,45 +156,18 @@ def standard_signature(secret: str, delivery_id: str, timestamp: int, body: byte
     return "v1," + base64.b64encode(digest).decode()
 
 
-def deliver(job_id: str) -> float | None:
-    """POST the job's pending deliveries in order. Returns seconds after which to try again (a
-    delivery failed and has tries left), or None when there is nothing left to send now."""
-    from videoservice.models import Job, WebhookDelivery, WebhookSecret
-
-    job = Job.objects.select_related("user").filter(pk=job_id).first()
-    if job is None or not job.webhook or job.user is None:
-        return None
-    secret = WebhookSecret.of(job.user)
-    for delivery in WebhookDelivery.objects.filter(job=job, delivered_at__isnull=True, gave_up=False):
-        now = timezone.now()
-        if delivery.next_try_at and delivery.next_try_at > now:
-            return (delivery.next_try_at - now).total_seconds()
-        body = delivery.body.encode()
-        stamp = int(time.time())
-        headers = {"webhook-id": str(delivery.pk), "webhook-timestamp": str(stamp),
-                   "webhook-signature": standard_signature(secret, str(delivery.pk), stamp, body),
-                   "X-Videoservice-Signature": f"t={stamp},v1={signature(secret, stamp, body)}",
-                   "X-Videoservice-Event": delivery.event, "X-Videoservice-Delivery": str(delivery.pk)}
-        try:
-            status = post(job.webhook, body, headers)
-            error = "" if 200 <= status < 300 else f"HTTP {status}" + (
-                " (redirects are not followed)" if 300 <= status < 400 else "")
-        except OSError as exc:
-            error = f"{type(exc).__name__}: {exc}"
-        delivery.attempts += 1
-        if not error:
-            delivery.delivered_at = timezone.now()
-            delivery.save(update_fields=["attempts", "delivered_at"])
-            continue
-        delivery.last_error = error[:500]
-        if delivery.attempts >= settings.WEBHOOK_MAX_ATTEMPTS:
-            log.warning("webhook of job %s: giving up on %s after %d tries (%s)", job.pk, delivery.event,
-                        delivery.attempts, error)
-            delivery.gave_up = True
-            delivery.save(update_fields=["attempts", "last_error", "gave_up"])
-            continue
-        wait = backoff(delivery.attempts)
-        delivery.next_try_at = timezone.now() + timedelta(seconds=wait)
-        delivery.save(update_fields=["attempts", "last_error", "next_try_at"])
-        return wait
-    return None
+def send(url: str, secret: str, delivery_id: str, event: str, body: str) -> str:
+    """One try at POSTing a delivery, signed both ways: "" when the receiver took it, else what went wrong."""
+    data = body.encode()
+    stamp = int(time.time())
+    headers = {"webhook-id": delivery_id, "webhook-timestamp": str(stamp),
+               "webhook-signature": standard_signature(secret, delivery_id, stamp, data),
+               "X-Videoservice-Signature": f"t={stamp},v1={signature(secret, stamp, data)}",
+               "X-Videoservice-Event": event, "X-Videoservice-Delivery": delivery_id}
+    try:
+        status = post(url, data, headers)
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    if 200 <= status < 300:
+        return ""
+    return f"HTTP {status}" + (" (redirects are not followed)" if 300 <= status < 400 else "")

@@ -25,7 +25,7 @@ from django.conf import settings
 from django.db import close_old_connections
 
 from videoservice import bus, logs, webhooks
-from videoservice.models import Job, LeaseLost
+from videoservice.models import Job, LeaseLost, WebhookDelivery
 from worker import reaper
 from worker.celery import app
 
@@ -57,7 +57,7 @@ def deliver_webhooks(self, job_id: str) -> None:
         self.apply_async(args=[job_id], countdown=1, queue=webhooks.QUEUE)  # (the holder may just be finishing)
         return
     try:
-        wait = webhooks.deliver(job_id)
+        wait = WebhookDelivery.deliver_pending(job_id)
     finally:
         client.delete(lock)
         close_old_connections()

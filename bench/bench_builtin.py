@@ -1,7 +1,7 @@
 """Benchmark of the built-in model and of video encoding on this machine.
 
-    python bench/bench_builtin.py [--clips N] [--threads T]
-    python bench/bench_builtin.py --folder-training 40 1000
+    python -m bench.bench_builtin [--clips N] [--threads T]
+    python -m bench.bench_builtin --folder-training 40 1000
 
 Prints markdown tables:
   * seconds per clip at default settings (p50 over N clips, after one warm-up clip),
@@ -28,15 +28,14 @@ import sys
 import tempfile
 import time
 
+import generator  # noqa: F401  (first: the OpenMP wait policy the service runs with)
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_flop_count
+
+from generator.builtin.sample import GUIDANCE_MIN_TIMESTEP
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import generator  # noqa: E402,F401  (first: the OpenMP wait policy the service runs with)
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_flop_count  # noqa: E402
-
-from generator.builtin.sample import GUIDANCE_MIN_TIMESTEP  # noqa: E402
 
 PROMPT = "a red circle moving to the left"
 TWO_OBJECT_PROMPT = "a red circle moving to the left and a blue square moving up"
@@ -407,11 +406,13 @@ def main(argv=None) -> None:
         paths = [args.model_path] + args.compare
         steps = [info.default_steps] + [args.compare_steps or info.default_steps] * len(args.compare)
         print(f"## Default clips timed alternately (p50 of {args.clips})\n\n"
-              f"| pipeline | steps | one object: {PROMPT!r} | two objects: {TWO_OBJECT_PROMPT!r} | one object / first row's |"
+              f"| pipeline | steps | one object: {PROMPT!r} | two objects: {TWO_OBJECT_PROMPT!r} "
+              f"| one object / first row's |"
               f"\n|---|---|---|---|---|")
         timed = alternating_clip_seconds(paths, args.clips, steps)
         for path, folder_steps, (one, two) in zip(paths, steps, timed):
-            print(f"| {path or 'shipped weights'} | {folder_steps} | {one:.2f} s | {two:.2f} s | {one / timed[0][0]:.2f}x |")
+            print(f"| {path or 'shipped weights'} | {folder_steps} | {one:.2f} s | {two:.2f} s "
+                  f"| {one / timed[0][0]:.2f}x |")
         print(flush=True)
 
     if args.skip_encode:

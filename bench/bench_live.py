@@ -1,6 +1,6 @@
 """Live benchmark: a live job on the built-in model against today's long-video path, side by side.
 
-    python bench/bench_live.py [--seconds 60] [--soak-minutes 10] [--size 256] [--chunks 8]
+    python -m bench.bench_live [--seconds 60] [--soak-minutes 10] [--size 256] [--chunks 8]
                                [--only live,overhead,soak]
 
 Builds its own services on the shared harness (tests/support/stack.py) and prints markdown tables:
@@ -33,19 +33,15 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import websockets
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bench.bench_service import rss_kib, stalls  # noqa: E402
-from generator.builtin.info import INFO  # noqa: E402  (torch-free)
-from tests.support.stack import Stack  # noqa: E402
+from bench.bench_service import rss_kib, stalls
+from generator.builtin.info import INFO  # (torch-free)
+from tests.support.stack import Stack
 
 PROMPT, STEERED = "a red circle moving right", "a red circle moving up"
 ROOMY = {"MAX_QUEUED_PER_OWNER": "1000", "SUBMISSIONS_PER_MINUTE": "0", "WS_MESSAGES_PER_MINUTE": "0",
@@ -161,7 +157,9 @@ def bare_chunk_times(clip: dict, chunks: int, threads: int) -> list:
 
     from generator.interface import GenerationRequest, get_backend
     from generator.live import LiveVideo
+    from generator.registry_setup import register_models
 
+    register_models()
     torch.set_num_threads(threads)
     req = GenerationRequest(PROMPT, seed=1, **{k: v for k, v in clip.items()})
     video = LiveVideo(get_backend("builtin"), req, prompt_at=lambda i: PROMPT)

@@ -1,6 +1,6 @@
 """Live video on this machine: the built-in model v2 and v3 side by side in one run (issue 27).
 
-    python bench/bench_live_models.py [--seconds 8] [--rounds 2] [--drift-minutes 5]
+    python -m bench.bench_live_models [--seconds 8] [--rounds 2] [--drift-minutes 5]
 
 Each model makes an endless 256x256 video at 8 fps through `generator.live.LiveVideo` (v3: its
 native `live_chunks`; v2: continuation from its last frames) for `--seconds` of video, rounds
@@ -20,19 +20,14 @@ asked colours and shapes.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import generator  # noqa: F401  (first: the OpenMP wait policy the service runs with)
+import numpy as np
 
-import generator  # noqa: E402,F401  (first: the OpenMP wait policy the service runs with)
-import numpy as np  # noqa: E402
-
-from generator.evaluate import foreground, track_colours  # noqa: E402
-from generator.interface import GenerationRequest  # noqa: E402
+from generator.evaluate import foreground, track_colours
+from generator.interface import GenerationRequest
 
 PROMPT = "a red circle moving right and a blue square moving down"
 STEER = "now the red circle moves up"

@@ -1,6 +1,6 @@
 """Load benchmark: N websocket clients submitting jobs against 1 and 2 Celery workers.
 
-    .venv/bin/python bench/bench_load.py            # rows for 10, 50, 100 clients x 1 and 2 workers
+    .venv/bin/python -m bench.bench_load            # rows for 10, 50, 100 clients x 1 and 2 workers
 
     options: [--clients 10,50,100] [--workers 1,2] [--jobs-per-client 2] [--frames 8 --size 64 --steps 2]
              [--public] [--json out.json]
@@ -37,10 +37,7 @@ from pathlib import Path
 
 import websockets
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tests.support.stack import Stack  # noqa: E402
+from tests.support.stack import Stack
 
 TERMINAL = {"generation_complete", "generation_failed", "cancelled"}
 

@@ -1,7 +1,7 @@
 """Long videos, measured: seams of extended videos, flow interpolation vs blending, post-processing speed.
 
-    .venv/bin/python bench/bench_longvideo.py [--steps 6] [--chunks 3] [--workers N] [--quick]
-    .venv/bin/python bench/bench_longvideo.py --model ltx-video --frames 17 --size 512   # a configured model
+    .venv/bin/python -m bench.bench_longvideo [--steps 6] [--chunks 3] [--workers N] [--quick]
+    .venv/bin/python -m bench.bench_longvideo --model ltx-video --frames 17 --size 512   # a configured model
 
 1. Seams: the built-in model (or --model, one of VIDEO_MODELS_CONFIG's, e.g. a conditioning family)
    extended over --chunks chunks (8 frames each at 64x64, overlap 3), blended vs a hard cut (no
@@ -20,17 +20,14 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import sys
 import time
 from typing import Optional
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from generator import longvideo as lv  # noqa: E402
-from generator.builtin import world  # noqa: E402
-from generator.interface import GenerationRequest  # noqa: E402
+from generator import longvideo as lv
+from generator.builtin import world
+from generator.interface import GenerationRequest
 
 PROMPTS = ["a red square moving right", "a blue circle moving down", "a yellow triangle moving left",
            "a green square moving up"]
@@ -72,7 +69,9 @@ def seam_check(backend, prompts, chunks: int, frames: int, overlap: int, steps: 
 def seams(args, rows):
     if args.model:
         from generator.interface import get_backend
+        from generator.registry_setup import register_models
 
+        register_models()
         backend, name = get_backend(args.model), args.model
     else:
         from generator.builtin.backend import WEIGHTS, BuiltinBackend

@@ -1,6 +1,6 @@
 """Service benchmark: what the queue + broadcast path costs on top of the model, streaming, and fan-out.
 
-    python bench/bench_service.py [--jobs 10] [--subscribers 1,10,100] [--video-mb 2]
+    python -m bench.bench_service [--jobs 10] [--subscribers 1,10,100] [--video-mb 2]
                                   [--memory-subscribers 200 --memory-video-mb 5] [--chunks 8] [--rounds 3]
                                   [--only overhead,streaming,fanout,memory]
 
@@ -33,7 +33,6 @@ import json
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 import uuid
@@ -41,11 +40,8 @@ from pathlib import Path
 
 import websockets
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from generator.builtin.info import INFO  # noqa: E402  (torch-free)
-from tests.support.stack import Stack  # noqa: E402
+from generator.builtin.info import INFO  # (torch-free)
+from tests.support.stack import Stack
 
 # the built-in model's default clip, spelled out so every job of a comparison asks for the same
 DEFAULT_CLIP = {"num_frames": INFO.default_frames, "width": INFO.default_width, "height": INFO.default_height,
@@ -240,7 +236,8 @@ def main():
             print(f"\n### Service overhead ({args.jobs} jobs, 128x128, 16 frames, 10 steps, builtin, interleaved; "
                   "a warm websocket client)\n")
             print("| path | p50 ms | p95 ms | p50 / direct |\n|---|---:|---:|---:|")
-            print(f"| direct (generate + encode in one process) | {d50:.0f} | {pct(rows['direct'], 95) * 1e3:.0f} | 1.00 |")
+            print(f"| direct (generate + encode in one process) | {d50:.0f} | {pct(rows['direct'], 95) * 1e3:.0f} "
+                  "| 1.00 |")
             for key, what in (("queued", "`generate` -> `queued`"), ("started", "`generate` -> `started`"),
                               ("complete", "`generate` -> `generation_complete` (decoded base64 MP4)")):
                 p50 = pct(rows[key], 50) * 1e3

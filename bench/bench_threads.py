@@ -1,7 +1,7 @@
 """Why the generator sets OMP_WAIT_POLICY=PASSIVE: the built-in model with and without a
 competing CPU-bound process, OpenMP threads spinning (libgomp's default) or sleeping.
 
-    python bench/bench_threads.py [--clips N] [--threads T]
+    python -m bench.bench_threads [--clips N] [--threads T]
 
 Each cell runs in a fresh process (the policy is read when torch starts its OpenMP threads);
 "unset" is libgomp's default (spin a while, then sleep), ACTIVE spins for ever (a core stays
@@ -24,7 +24,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def child(clips: int, threads: int) -> None:
-    sys.path.insert(0, ROOT)
     import torch
 
     # start the OpenMP pool under this process's policy before `generator` (which sets a default) loads
@@ -53,8 +52,9 @@ def measure(policy: str, busy: bool, clips: int, threads: int) -> float:
         env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
         if policy != "unset":
             env["OMP_WAIT_POLICY"] = policy
-        out = subprocess.run([sys.executable, __file__, "--child", "--clips", str(clips), "--threads", str(threads)],
-                             env=env, capture_output=True, text=True, check=True, cwd=ROOT)
+        command = [sys.executable, "-m", "bench.bench_threads", "--child", "--clips", str(clips),
+                   "--threads", str(threads)]
+        out = subprocess.run(command, env=env, capture_output=True, text=True, check=True, cwd=ROOT)
         return json.loads(out.stdout.strip().splitlines()[-1])
     finally:
         if competitor is not None:

@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import tiny_checkpoints  # noqa: E402
-
-from generator import interface, model_config  # noqa: E402
-from generator.interface import Cancelled, GenerationError, GenerationRequest  # noqa: E402
-from generator.model_config import ConfigError, load_config, parse_entry  # noqa: E402
-from tests.support.frames import level_difference  # noqa: E402
+from generator import interface, model_config, registry_setup
+from generator.interface import Cancelled, GenerationError, GenerationRequest
+from generator.model_config import ConfigError, load_config, parse_entry
+from tests.support.frames import level_difference
+import tiny_checkpoints  # tests/ is on pytest's pythonpath (pyproject.toml)
 
 NAMES = ("tiny-ltx", "tiny-ltx-bf16", "tiny-wan", "tiny-wan-i2v", "tiny-cogvideox")
 
@@ -57,10 +54,7 @@ def models(tmp_path_factory):
     old = os.environ.get("VIDEO_MODELS_CONFIG")
     os.environ["VIDEO_MODELS_CONFIG"] = str(config_file)
     try:
-        interface.list_models()  # the built-in registration first, as in the service
-        from generator import registry_setup
-
-        assert sorted(registry_setup.register_configured_models(strict=True)) == sorted(NAMES)
+        assert sorted(registry_setup.register_models(strict=True)) == sorted(NAMES)  # as the service starts
         yield config_file
     finally:
         for name in NAMES:
@@ -126,8 +120,10 @@ def test_configured_dtypes_hold_for_a_text_and_image_pair(models):
     backend = interface.get_backend("tiny-ltx-bf16")
     backend.load()
     for kind, pipe in backend.pipes.items():
-        dtypes = {name: {p.dtype for p in getattr(pipe, name).parameters()} for name in ("transformer", "text_encoder", "vae")}
-        assert dtypes == {"transformer": {torch.bfloat16}, "text_encoder": {torch.bfloat16}, "vae": {torch.float32}}, kind
+        dtypes = {name: {p.dtype for p in getattr(pipe, name).parameters()}
+                  for name in ("transformer", "text_encoder", "vae")}
+        assert dtypes == {"transformer": {torch.bfloat16}, "text_encoder": {torch.bfloat16},
+                          "vae": {torch.float32}}, kind
     assert backend.pipes["ltx"].transformer is backend.pipes["ltx-i2v"].transformer
     result = backend.generate(GenerationRequest("a red ball moving right", seed=1), progress=lambda *a: None)
     assert result.frames.shape == (9, 64, 64, 3) and result.frames.std() > 0

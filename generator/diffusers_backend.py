@@ -323,7 +323,8 @@ class DiffusersBackend(Backend):
                 return "condition"
             raise GenerationError(f"model {name} is text-to-video only; it cannot take a start image")
         if "t2v" not in tasks:
-            needs = "image-to-video: it needs a start image" if "i2v" in tasks else "video editing: it needs a source video"
+            needs = ("image-to-video: it needs a start image" if "i2v" in tasks
+                     else "video editing: it needs a source video")
             raise GenerationError(f"model {name} is {needs}")
         return "t2v"
 
@@ -348,7 +349,8 @@ class DiffusersBackend(Backend):
             shape = (req.num_frames, req.height, req.width, 3)
             if np.shape(req.video) != shape:
                 raise GenerationError(f"the source video is {'x'.join(map(str, np.shape(req.video)))}; model "
-                                      f"{self.config.name} needs it as {'x'.join(map(str, shape))} (frames x h x w x 3)")
+                                      f"{self.config.name} needs it as {'x'.join(map(str, shape))} "
+                                      "(frames x h x w x 3)")
             strength = DEFAULT_STRENGTH if req.strength is None else float(req.strength)
             if not 0.0 <= strength <= 1.0:
                 raise GenerationError(f"strength must be between 0 and 1, got {strength}")
@@ -482,7 +484,8 @@ class DiffusersBackend(Backend):
 
     # ------------------------------------------------------------------ the latent upsampler
     @torch.no_grad()
-    def _upscale_video(self, frames: np.ndarray, factor: int, should_cancel: Optional[CancelCheck] = None) -> np.ndarray:
+    def _upscale_video(self, frames: np.ndarray, factor: int,
+                       should_cancel: Optional[CancelCheck] = None) -> np.ndarray:
         """Frames x factor (2 or 4) through the latent upsampler: VAE encode, x2 in latent space, decode."""
         if factor not in self.latent_upscale_factors:
             raise GenerationError(f"model {self.config.name}: the latent upsampler scales by "

@@ -403,13 +403,15 @@ def main(argv=None) -> None:
             print(f"| {shape} | " + " | ".join(f"{scores[(shape, t)]:.2f}" for t in timesteps) + " |")
         return
     result = evaluate(backend, args.prompts, args.seed, args.out, via_mp4=not args.frames_only,
-                      two_objects=args.two_object_prompts, prompt_file=args.prompt_file, steps=args.steps, guidance_scale=args.guidance)
+                      two_objects=args.two_object_prompts, prompt_file=args.prompt_file, steps=args.steps,
+                      guidance_scale=args.guidance)
     misses = [r for r in result.pop("rows") if not _all_right(r["ok"])]
     for r in misses[:15]:
         print(f"miss: {r['prompt']!r} -> {r['found']}")
     print("| metric | value | bar |\n|---|---|---|")
     for key, value in result.items():
-        print(f"| {key} | {value:.3f} | {BARS.get(key, '')} |" if isinstance(value, float) else f"| {key} | {value} | |")
+        print(f"| {key} | {value:.3f} | {BARS.get(key, '')} |" if isinstance(value, float)
+              else f"| {key} | {value} | |")
 
 
 if __name__ == "__main__":

@@ -316,14 +316,6 @@ class ModelConfig:
                 out.setdefault(task, kind)
         return out
 
-    @property
-    def text_kind(self) -> Optional[str]:
-        return self.tasks.get("t2v")
-
-    @property
-    def image_kind(self) -> Optional[str]:
-        return self.tasks.get("i2v")
-
     def model_info(self) -> ModelInfo:
         fam = self.family_info
         d, lim = self.defaults, self.limits
@@ -533,7 +525,8 @@ def main(argv=None) -> int:
     for cfg in configs.values():
         info = cfg.model_info()
         exists = "ok" if os.path.exists(os.path.join(cfg.path, "model_index.json")) else "MISSING model_index.json"
-        print(f"{cfg.name}: {'+'.join(cfg.kinds)} ({', '.join(info.extra['tasks'])}{', sound' if info.has_audio else ''})"
+        sound = ", sound" if info.has_audio else ""
+        print(f"{cfg.name}: {'+'.join(cfg.kinds)} ({', '.join(info.extra['tasks'])}{sound})"
               f" {cfg.dtype} queue={info.extra['queue']} path={cfg.path} [{exists}]")
         print(f"  defaults {info.default_width}x{info.default_height} {info.default_frames} frames "
               f"{info.default_steps} steps guidance {info.default_guidance} {info.default_fps} fps; "

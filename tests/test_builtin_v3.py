@@ -31,7 +31,8 @@ def asked(prompt):
     ("green triangle moving right plus a yellow circle moving down",
      [("green", "triangle", "right"), ("yellow", "circle", "down")]),
     # the direction before the object, the colour after the shape
-    ("left-moving green circle next to an upward white square", [("green", "circle", "left"), ("white", "square", "up")]),
+    ("left-moving green circle next to an upward white square",
+     [("green", "circle", "left"), ("white", "square", "up")]),
     ("a circle in magenta going right together with a square in yellow going left",
      [("magenta", "circle", "right"), ("yellow", "square", "left")]),
     # three objects, and one
@@ -192,7 +193,8 @@ def tiny_v3(tmp_path_factory):
 
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("v3")
-    CausalPipeline(tiny_tokenizer(), ChunkDenoiser(latent_channels=4, dim=32, layers=1, heads=2)).save_pretrained(folder)
+    tokenizer = tiny_tokenizer()  # (before the denoiser: the seed's draws in the order they always had)
+    CausalPipeline(tokenizer, ChunkDenoiser(latent_channels=4, dim=32, layers=1, heads=2)).save_pretrained(folder)
     backend = BuiltinV3Backend(str(folder))
     backend.load()
     return backend

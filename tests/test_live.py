@@ -92,7 +92,8 @@ def test_a_live_job_streams_is_steered_watched_and_stopped(stack):
             await owner.until(is_chunk, 120)
             await viewer.until(is_chunk, 30)
             metrics = http("GET", stack.base + "/metrics")[2].decode()
-            assert 'videoservice_live_jobs{model="builtin"} 1.0' in metrics, [line for line in metrics.splitlines() if "live" in line]
+            assert 'videoservice_live_jobs{model="builtin"} 1.0' in metrics, [
+                line for line in metrics.splitlines() if "live" in line]
             assert f'videoservice_live_realtime_factor{{job_id="{job_id}",model="builtin"}}' in metrics
             # (steered at once: the world's objects cross the canvas in about two seconds)
             refused = await stranger.request("steer", job_id=job_id, prompt="a blue square")

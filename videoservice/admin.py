@@ -9,7 +9,7 @@ class JobAdmin(admin.ModelAdmin):
                     "elapsed_s")
     list_filter = ("status", "model", "private")
     search_fields = ("id", "prompt", "owner", "worker")
-    readonly_fields = ("id", "created_at", "started_at", "finished_at", "task_id", "attempts")
+    readonly_fields = ("id", "created_at", "started_at", "finished_at", "attempts")
     date_hierarchy = "created_at"
 
     @admin.display(description="prompt")

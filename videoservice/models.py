@@ -342,7 +342,6 @@ class Job(models.Model):
     step = models.PositiveIntegerField(default=0)
     total_steps = models.PositiveIntegerField(default=0)
     error = models.TextField(blank=True)
-    task_id = models.CharField(max_length=64, blank=True)
     worker = models.CharField(max_length=200, blank=True)
     attempts = models.PositiveIntegerField(default=0)
     # who holds a running job (worker/reaper.py): a fresh token per delivery, the pool process's pid,

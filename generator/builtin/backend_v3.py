@@ -123,7 +123,8 @@ class CausalPipeline:
                 levels = [strength * level for level in levels]
                 x = (1 - levels[0]) * piece[None] + levels[0] * noise
             for i, level in enumerate(levels):
-                x0 = self.denoiser(x, torch.tensor([level], device=device), ids[None], mask[None], context, context_mask[None])
+                x0 = self.denoiser(x, torch.tensor([level], device=device), ids[None], mask[None], context,
+                                   context_mask[None])
                 following = levels[i + 1] if i + 1 < len(levels) else 0.0
                 eps = (x - (1 - level) * x0) / max(level, 1e-6)
                 x = (1 - following) * x0 + following * eps

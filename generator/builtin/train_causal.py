@@ -161,7 +161,8 @@ def train(args) -> dict:
         if args.decoder:  # a decoder trained on since (train_tokenizer --freeze-encoder): same encoder
             shipped = CausalVideoTokenizer.from_pretrained(args.decoder)
             ours = dict(tokenizer.named_parameters())
-            if not all(torch.equal(p.cpu(), ours[n].cpu()) for n, p in shipped.named_parameters() if n.startswith("enc_")):
+            if not all(torch.equal(p.cpu(), ours[n].cpu()) for n, p in shipped.named_parameters()
+                       if n.startswith("enc_")):
                 raise SystemExit(f"{args.decoder} has another encoder than {args.tokenizer}")
         shipped.save_pretrained(os.path.join(pipeline_dir, "tokenizer"))
         line = {"step": state["step"], "seconds": round(state["seconds"], 1),

@@ -5,8 +5,9 @@
 
 Each step renders random scenes (one to three shapes, at a random moment of their motion) for a
 few frames at 64 pixels (the encoder's input) and at 256 (the decoder's target), and minimises,
-over a random window of the output (`--crop`: the decoder is convolutional), L1 plus L1 near the target's edges (`train_upsampler.edge_l1`: edges are a few percent of a
-frame and what sharpness is measured on). Every `--ckpt-every` steps: a checkpoint
+over a random window of the output (`--crop`: the decoder is convolutional), L1 plus L1 near the
+target's edges (`train_upsampler.edge_l1`: edges are a few percent of a frame and what sharpness
+is measured on). Every `--ckpt-every` steps: a checkpoint
 (OUT/checkpoint.pt, what --resume reads), the EMA weights as OUT/tokenizer/ (save_pretrained), and
 a line in OUT/log.jsonl with PSNR and edge sharpness against the renderer on fixed held-out
 scenes. `--resume --freeze-encoder` trains the decoder alone on (once a denoiser trains on

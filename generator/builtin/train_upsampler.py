@@ -7,8 +7,8 @@ the native 64 pixels (the input, softened as the denoiser's output is: a random 
 little noise) and at 4x that (the target, anti-aliased over one pixel). L1 loss: where the
 blurred input leaves an edge's place uncertain, L1 picks one sharp edge where L2 would
 average them into a soft one; the pixels near the target's edges count again on their own
-(`edge_l1`), as they are what the upsampler is for and only a few percent of a frame. Writes `upsampler/` (save_pretrained) into --out; copy it into
-a pipeline folder (e.g. generator/weights/builtin/) to use it.
+(`edge_l1`), as they are what the upsampler is for and only a few percent of a frame. Writes
+`upsampler/` (save_pretrained) into --out; copy it into a pipeline folder (e.g. generator/weights/builtin/) to use it.
 """
 from __future__ import annotations
 

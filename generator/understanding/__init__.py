@@ -14,5 +14,5 @@ from generator.understanding.base import (Description, Describer, DescribeError,
                                          sample_frames)
 from generator.understanding.registry import DEFAULT_DESCRIBER, UnknownDescriber, describer_names, get_describer
 
-__all__ = ["Cancelled", "Description", "Describer", "DescribeError", "VideoTooLarge", "check_video_size", "sample_frames",
-           "DEFAULT_DESCRIBER", "UnknownDescriber", "describer_names", "get_describer"]
+__all__ = ["Cancelled", "Description", "Describer", "DescribeError", "VideoTooLarge", "check_video_size",
+           "sample_frames", "DEFAULT_DESCRIBER", "UnknownDescriber", "describer_names", "get_describer"]

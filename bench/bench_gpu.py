@@ -69,7 +69,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # In the order they run: the most telling first, so a run cut short still answers the main questions.
 VARIANTS = ("bf16", "steps20", "service", "cache", "fp16", "cudnn", "tiling", "offload", "compile", "ltx2",
-            "wan2.2-ti2v", "helios-distilled", "sana-video", "motif-video", "lucy-edit", "framepack")
+            "wan2.2-ti2v", "helios-distilled", "sana-video", "motif-video", "lucy-edit", "framepack",
+            "wan-animate")
 DENSE_BF16_TFLOPS = 989  # NVIDIA's H100 SXM / H200 spec sheet, dense (no sparsity)
 PUBLISHED = "LTX-Video: 768x512, 121 frames (5 s at 24 fps) in about 2 s on one H100 (published claim)"
 
@@ -103,10 +104,16 @@ FAMILY_ARCHS = {
                   "call": dict(width=832, height=480, num_frames=145, num_inference_steps=25, guidance_scale=10.0),
                   "published": "FramePack (its demo's defaults): 25 steps, distilled guidance 10, sections of 9 "
                                "latent frames at 30 fps; 1.5-2.5 s per frame on an RTX 4090 (its README)"},
+    # Wan2.2-Animate-14B: WanAnimateTransformer3DModel's defaults (40 blocks of 40 x 128, motion encoder on 512 x 512
+    # faces, a face adapter every 5 blocks) on Wan 2.1's VAE; one 77-frame segment driven by a synthetic video
+    "wan-animate": {"kinds": ["wan-animate"], "fps": 30, "start_image": True, "source_video": True,
+                    "call": dict(width=1280, height=720, num_frames=77, num_inference_steps=20, guidance_scale=1.0),
+                    "published": "Wan2.2-Animate-14B (diffusers example): 1280x720 segments of 77 frames, 20 steps, "
+                                 "guidance 1"},
 }
 TINY_FAMILY_BUILDERS = {"ltx2": "ltx2", "wan2.2-ti2v": "wan2.2-ti2v", "sana-video": "sana-video",
                         "motif-video": "motif-video", "lucy-edit": "lucy-edit",
-                        "framepack": "framepack"}  # tests/tiny_checkpoints.py
+                        "framepack": "framepack", "wan-animate": "wan-animate"}  # tests/tiny_checkpoints.py
 
 TINY = {  # the same classes, CPU-sized (smoke run)
     "transformer": dict(in_channels=8, out_channels=8, num_attention_heads=2, attention_head_dim=8,
@@ -154,13 +161,15 @@ def build_family(arch: str, tiny: bool, device: str, dtype: torch.dtype):
         import tiny_checkpoints
 
         pipe = tiny_checkpoints.BUILDERS[TINY_FAMILY_BUILDERS[arch]]().to(device=device, dtype=dtype)
-        if arch in ("sana-video", "motif-video", "lucy-edit"):
+        if arch in ("sana-video", "motif-video", "lucy-edit", "wan-animate"):
             pipe.vae.to(torch.float32)  # as the families' vae_dtype loads it (Lucy encodes float32 frames)
         return pipe
     if arch in ("sana-video", "motif-video", "lucy-edit"):
         return build_new_family(arch, device, dtype)
     if arch == "framepack":
         return build_framepack(device, dtype)
+    if arch == "wan-animate":
+        return build_wan_animate(device, dtype)
     import diffusers
 
     torch.manual_seed(0)
@@ -375,6 +384,27 @@ def build_framepack(device: str, dtype: torch.dtype):
                                                                image_size=384, patch_size=14)).eval(),
             feature_extractor=SiglipImageProcessor(size={"height": 384, "width": 384}))
     pipe = pipe.to(dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def build_wan_animate(device: str, dtype: torch.dtype):
+    """WanAnimatePipeline with Wan2.2-Animate-14B's transformer (diffusers' defaults) on Wan 2.1's VAE (float32, as
+    its example loads it), random weights; a one-layer UMT5 of width 4096 and a one-layer CLIP vision model of
+    width 1280 (what the transformer's image projection reads from CLIP-H) as stand-ins."""
+    import diffusers
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    torch.manual_seed(0)
+    scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=5.0)  # keeps its tables on the CPU
+    with torch.device(device):
+        pipe = diffusers.WanAnimatePipeline(
+            transformer=diffusers.WanAnimateTransformer3DModel(), vae=diffusers.AutoencoderKLWan(), scheduler=scheduler,
+            image_encoder=CLIPVisionModel(CLIPVisionConfig(hidden_size=1280, intermediate_size=256, num_hidden_layers=1,
+                                                           num_attention_heads=16, image_size=224, patch_size=14)).eval(),
+            image_processor=CLIPImageProcessor(crop_size=224, size=224), **umt5_stand_in())
+    pipe = pipe.to(dtype=dtype)
+    pipe.vae.to(torch.float32)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -615,15 +645,22 @@ def main(argv=None) -> int:
         bare = dict(call)  # the pipeline's own argument names
         if spec.get("frames_arg"):
             bare[spec["frames_arg"]] = bare.pop("num_frames")
-        if video is not None:
-            from PIL import Image
-
-            bare["video"] = [Image.fromarray(f) for f in video]
         image = source_frames(dict(call, num_frames=1))[0] if spec.get("start_image") else None
         if image is not None:
             from PIL import Image
 
             bare["image"] = Image.fromarray(image)
+        if video is not None and arch == "wan-animate":  # what the family's adapter passes: pose and face videos
+            from PIL import Image
+
+            face = 16 if tiny else 512  # the motion encoder's size
+            del bare["num_frames"]  # the clip is as long as the driving video
+            bare.update(pose_video=[Image.fromarray(f) for f in video], segment_frame_length=call["num_frames"],
+                        face_video=[Image.fromarray(f).resize((face, face)) for f in video])
+        elif video is not None:
+            from PIL import Image
+
+            bare["video"] = [Image.fromarray(f) for f in video]
         sections = 1
         if arch == "framepack":  # the sections the service's adapter asks for (one pipeline call makes them all)
             from generator.families.framepack import sections as framepack_sections

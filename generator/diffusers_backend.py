@@ -304,9 +304,15 @@ class DiffusersBackend(Backend):
 
     # ------------------------------------------------------------------ routing
     def task_for(self, req: GenerationRequest) -> str:
-        """video -> v2v; several start frames -> condition (when a condition pipeline is configured);
-        a start image -> i2v; nothing -> t2v. Raises GenerationError when this model cannot."""
+        """an image and a video -> animate; video -> v2v; several start frames -> condition (when a condition
+        pipeline is configured); a start image -> i2v; nothing -> t2v. Raises GenerationError when this model
+        cannot."""
         tasks, name = self.config.tasks, self.config.name
+        if "animate" in tasks and req.image is not None and req.video is not None:
+            return "animate"
+        if set(tasks) == {"animate"}:
+            raise GenerationError(f"model {name} animates a character image (image) with a driving video "
+                                  f"(video or source_job_id): it needs both")
         if req.video is not None:
             if "v2v" not in tasks and "condition" in tasks and self.family.continues_video:
                 return "condition"

@@ -325,8 +325,8 @@ class ModelConfig:
         return ModelInfo(
             name=self.name,
             description=self.description or f"{fam.description}: {' + '.join(self.kinds)} from {self.path}",
-            supports_image="i2v" in tasks,
-            supports_video="v2v" in tasks or ("condition" in tasks and fam.continues_video),
+            supports_image="i2v" in tasks or "animate" in tasks,
+            supports_video="v2v" in tasks or "animate" in tasks or ("condition" in tasks and fam.continues_video),
             has_audio=fam.audio,
             native_size=(height, width),
             default_frames=d.frames or fam.default_frames,
@@ -350,7 +350,7 @@ class ModelConfig:
                 "pipelines": list(self.kinds),
                 "tasks": sorted(tasks, key=TASKS.index),
                 "task_inputs": fam.task_needs(sorted(tasks, key=TASKS.index)),
-                "requires_image": "t2v" not in tasks and "i2v" in tasks,
+                "requires_image": "t2v" not in tasks and bool({"i2v", "animate"} & set(tasks)),
                 "requires_video": not {"t2v", "i2v"} & set(tasks),
                 "live": fam.live,  # "native": made chunk by chunk with the model's own history
                 "upsampler": self.upsampler is not None,

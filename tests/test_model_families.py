@@ -49,6 +49,8 @@ MODELS = {
     "tiny-framepack": ("framepack", "framepack", {}),
     # sections of 2 latent frames (8 frames): a 17-frame clip takes two
     "tiny-framepack-f1": ("framepack", "framepack-f1", {"pipeline_kwargs": {"latent_window_size": 2}}),
+    # segments of 9 frames: a 17-frame clip takes two, the second continuing the first's last frame
+    "tiny-wan-animate": ("wan-animate", "wan-animate", {"pipeline_kwargs": {"segment_frame_length": 9}}),
 }
 # (model, task, pipeline class it runs, frames, steps, strength)
 CASES = [
@@ -86,6 +88,8 @@ CASES = [
     ("tiny-helios-pyramid", "condition", "HeliosPyramidPipeline", 9, 3, None),
     ("tiny-framepack", "i2v", "HunyuanVideoFramepackPipeline", 9, 2, None),
     ("tiny-framepack-f1", "i2v", "HunyuanVideoFramepackPipeline", 17, 2, None),  # two sections
+    ("tiny-wan-animate", "animate", "WanAnimatePipeline", 9, 2, None),
+    ("tiny-wan-animate", "animate", "WanAnimatePipeline", 17, 2, None),  # two segments
 ]
 
 
@@ -130,6 +134,8 @@ def inputs(task: str, frames: int, seed: int, strength, size: int = 32) -> dict:
         return {"start_frames": pattern(seed, 9, size)}
     if task == "v2v":
         return {"video": pattern(seed, frames, size), "strength": strength}
+    if task == "animate":  # the character and the driving video both change with the seed
+        return {"image": pattern(seed, 0, size), "video": pattern(seed + 10, frames, size)}
     return {}
 
 
@@ -147,7 +153,8 @@ def test_family_task_generates_through_the_backend(backends, name, task, cls, fr
     assert backend.calls[-1] == (cls, task)
     expected_steps = int(steps * strength) if task == "v2v" and name not in ("tiny-vace", "tiny-lucy-edit") else steps
     # one pipeline call: its chunks' (sections') steps
-    expected_steps *= {"tiny-helios": -(-frames // 9), "tiny-framepack-f1": -(-(frames - 1) // 8)}.get(name, 1)
+    expected_steps *= {"tiny-helios": -(-frames // 9), "tiny-framepack-f1": -(-(frames - 1) // 8),
+                       "tiny-wan-animate": -(-(frames - 1) // 8)}.get(name, 1)
     assert [(s, t) for s, t, _ in calls] == [(i, expected_steps) for i in range(1, expected_steps + 1)]
     assert all(p is not None and p.dtype == np.uint8 and p.shape[-1] == 3 for _, _, p in calls)
     if task != "t2v":  # the input decides the result: another one, another video; the same, the same
@@ -486,3 +493,16 @@ def test_generic_kind_refuses_what_its_pipeline_cannot_take():
     backend = DiffusersBackend(mc.parse_entry("g", entry("ltx", "generic", pipeline_class="SoraPipeline")))
     with pytest.raises(GenerationError, match="has no pipeline class SoraPipeline"):
         backend.load()
+
+
+def test_wan_animate_takes_the_character_from_the_image_and_the_motion_from_the_video(backends):
+    """Each of the two inputs decides the clip by whole grey levels; a job with only one is refused."""
+    backend = backends("tiny-wan-animate")
+    req = GenerationRequest("a person dancing", steps=2, seed=3, image=pattern(1, 0), video=pattern(11, 9))
+    made = backend.generate(req).frames
+    other_character = backend.generate(GenerationRequest(**{**req.__dict__, "image": pattern(2, 0)})).frames
+    other_motion = backend.generate(GenerationRequest(**{**req.__dict__, "video": pattern(12, 9)})).frames
+    assert np.abs(other_character.astype(np.int16) - made).mean() > 1.0
+    assert np.abs(other_motion.astype(np.int16) - made).mean() > 1.0
+    with pytest.raises(GenerationError, match="needs both"):
+        backend.generate(GenerationRequest("a person dancing", image=pattern(1, 0)))

@@ -287,6 +287,30 @@ def wan_vace_pipeline():
                            **_text_components(umt5=True))
 
 
+def wan_animate_pipeline():
+    """WanAnimatePipeline (Wan 2.2 Animate's layout): a 36-channel Wan transformer (noisy latents + the
+    character's and the previous segment's latents + mask) with pose latents, a motion encoder on 16 x 16 face
+    frames and a face adapter in every block; a CLIP vision image encoder."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanAnimatePipeline, WanAnimateTransformer3DModel
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    torch.manual_seed(0)
+    transformer = WanAnimateTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=36, latent_channels=16,
+        out_channels=16, text_dim=TEXT_DIM, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", image_dim=4, rope_max_seq_len=32,
+        motion_encoder_channel_sizes={"4": 8, "8": 8, "16": 8}, motion_encoder_size=16, motion_style_dim=8,
+        motion_dim=4, motion_encoder_dim=16, face_encoder_hidden_dim=16, face_encoder_num_heads=2,
+        inject_face_latents_blocks=1, motion_encoder_batch_size=4)
+    torch.manual_seed(0)
+    image_encoder = CLIPVisionModel(CLIPVisionConfig(hidden_size=4, projection_dim=4, num_hidden_layers=2,
+                                                     num_attention_heads=2, image_size=32, intermediate_size=16,
+                                                     patch_size=1))
+    return WanAnimatePipeline(transformer=transformer, vae=_wan_vae(), scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+                              image_encoder=image_encoder, image_processor=CLIPImageProcessor(crop_size=32, size=32),
+                              **_text_components(umt5=True))
+
+
 def skyreels_v2_pipeline():
     """SkyReels-V2 diffusion forcing (one checkpoint serves its T2V, I2V and V2V pipelines)."""
     from diffusers import SkyReelsV2DiffusionForcingPipeline, SkyReelsV2Transformer3DModel, UniPCMultistepScheduler
@@ -528,6 +552,7 @@ BUILDERS = {
     "helios-pyramid": helios_pyramid_pipeline,
     "helios-distilled": helios_distilled_pipeline,
     "framepack": framepack_pipeline,
+    "wan-animate": wan_animate_pipeline,
 }
 
 

@@ -16,8 +16,9 @@ import numpy as np
 from PIL import Image
 
 # t2v: prompt only; i2v: a start image; v2v: a source video moved away from by `strength`;
-# condition: given frames at the clip's start (continuation: long videos, key frames, live)
-TASKS = ("t2v", "i2v", "v2v", "condition")
+# condition: given frames at the clip's start (continuation: long videos, key frames, live);
+# animate: a character image moved as a driving video moves (both inputs, one clip of the video's length)
+TASKS = ("t2v", "i2v", "v2v", "condition", "animate")
 # how a live job runs on the family: "native" (the adapter's live_chunks drives the pipeline chunk by
 # chunk with its own history) or "continuation" (each chunk continues the last frames, generator.live)
 LIVE_MODES = ("native", "continuation")
@@ -28,6 +29,8 @@ TASK_NEEDS = {
     "v2v": "a prompt, a source video (`video` or `source_job_id`) and `strength` (0 returns the source, "
            "1 ignores it)",
     "condition": "given frames at the clip's start: long videos continue each chunk from the previous one",
+    "animate": "a character image (`image`) and a driving video (`video` or `source_job_id`): the character moves "
+               "as the video does",
 }
 
 

@@ -183,6 +183,7 @@ class GenerateRequest(_Submission):
                 raise refuse(INVALID_FIELD, "image", f"model {self.model} does not take a start image")
             self._image = decode_image(self.image)
         self._check_source(info)
+        self._check_required_inputs(info)
         num_frames = info.default_frames if self.num_frames is None else self.num_frames
         width = info.default_width if self.width is None else self.width
         height = info.default_height if self.height is None else self.height
@@ -221,6 +222,13 @@ class GenerateRequest(_Submission):
                                                   "after chunk)")
         return {"live": True, "max_duration_s": self.max_duration_s or settings.LIVE_DEFAULT_DURATION_S}
 
+    def _check_required_inputs(self, info) -> None:
+        """A model that cannot make a video from a prompt alone says what it needs (GET /api/models extra)."""
+        if info.extra.get("requires_image") and self.image is None:
+            raise refuse(INVALID_FIELD, "image", f"model {self.model} needs a start image (image)")
+        if info.extra.get("requires_video") and not self.has_source:
+            raise refuse(INVALID_FIELD, "video", f"model {self.model} needs a source video (video or source_job_id)")
+
     def _check_source(self, info) -> None:
         """Video-to-video: one source, for a model that takes one, as a single clip."""
         if not self.has_source:
@@ -232,8 +240,9 @@ class GenerateRequest(_Submission):
             raise refuse(INVALID_FIELD, field, f"model {self.model} does not take a source video")
         if self.video is not None and self.source_job_id is not None:
             raise refuse(INVALID_FIELD, "video", "give either video or source_job_id, not both")
-        if self.image is not None:
-            raise refuse(INVALID_FIELD, "image", "give a start image or a source video, not both")
+        if self.image is not None and "animate" not in info.extra.get("tasks", ()):
+            raise refuse(INVALID_FIELD, "image", "give a start image or a source video, not both (only a model "
+                                                 "that animates an image with a video takes both)")
         long_options = [name for name in ("num_chunks", "duration_s", "interpolate", "upscale")
                         if getattr(self, name) not in (None, 1)]
         if long_options:

@@ -22,6 +22,7 @@ from ninja.errors import HttpError, ValidationError as NinjaValidationError
 from ninja.security.base import AuthBase
 from pydantic import Field
 
+from generator.interface import DEFAULT_MODEL, list_models
 from videoservice import bus, media
 from videoservice.auth import authenticate_http, owner_key
 from videoservice.contract import (AUTH_REQUIRED, CSRF_FAILED, FORBIDDEN, INTERNAL_ERROR, INVALID_FIELD, INVALID_JSON,
@@ -29,7 +30,7 @@ from videoservice.contract import (AUTH_REQUIRED, CSRF_FAILED, FORBIDDEN, INTERN
                                    DescribeRequest, GenerateRequest, JobBody, RequestError, SteerBody, parse,
                                    parse_json,
                                    websocket_schema)
-from videoservice.models import DispatchPause, Job, Submitter
+from videoservice.models import DispatchPause, Job, Submitter, WebhookSecret
 from videoservice.origin import http_request_allowed
 
 log = logging.getLogger(__name__)
@@ -530,8 +531,6 @@ def dispatch_resume(request, body: PauseRequest):
 @api.get("/account/webhook-secret", response={200: SecretOut, **errors(401, 403)},
          summary="The key your webhook deliveries are signed with")
 def webhook_secret(request):
-    from videoservice.models import WebhookSecret
-
     if not request.user.is_authenticated:
         raise RequestError(FORBIDDEN, "webhooks are for signed-in users", status=403)
     return {"secret": WebhookSecret.of(request.user)}
@@ -539,8 +538,6 @@ def webhook_secret(request):
 
 @api.get("/models", response={200: ModelList, **errors(401)}, summary="The models and their defaults and limits")
 def models_list(request):
-    from generator.interface import DEFAULT_MODEL, list_models
-
     return {"models": [m.as_dict() for m in list_models()], "default": DEFAULT_MODEL}
 
 

@@ -18,13 +18,18 @@ from typing import Optional
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.backends import ModelBackend
 from django.contrib.auth.forms import AuthenticationForm
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import close_old_connections
 from django.utils import timezone
 
+from videoservice import limits
 from videoservice.contract import AUTH_REQUIRED, RequestError
+from videoservice.launch import is_loopback
+from videoservice.models import ApiToken
 
 LAST_USED_RESOLUTION = datetime.timedelta(minutes=1)
 log = logging.getLogger(__name__)
@@ -32,8 +37,6 @@ log = logging.getLogger(__name__)
 
 def api_token(token: str):
     """The ApiToken row of an active user's token (its `user` loaded), or None."""
-    from videoservice.models import ApiToken
-
     if not token or len(token) > 200:
         return None
     row = ApiToken.objects.select_related("user").filter(digest=ApiToken.hash(token)).first()
@@ -60,10 +63,6 @@ def _note_used(token_pk) -> None:
 
 
 def _write_last_used(token_pk) -> None:
-    from django.db import close_old_connections
-
-    from videoservice.models import ApiToken
-
     try:
         close_old_connections()
         ApiToken.objects.filter(pk=token_pk).update(last_used_at=timezone.now())
@@ -80,8 +79,6 @@ class ThrottledModelBackend(ModelBackend):
     counted and logged. Covers every sign-in form (the login page and the admin's)."""
 
     def authenticate(self, request, username=None, password=None, **kwargs):
-        from videoservice import limits
-
         address = (request.META.get("REMOTE_ADDR", "") if request is not None else "")[:64]
         name = username if username is not None else kwargs.get(get_user_model().USERNAME_FIELD, "")
         if limits.login_throttled(name or "", address):
@@ -96,8 +93,6 @@ class ThrottledLoginForm(AuthenticationForm):
     """The login page's form: a throttled sign-in says so (and when to come back)."""
 
     def get_invalid_login_error(self):
-        from videoservice import limits
-
         reason = limits.login_throttled(self.cleaned_data.get("username") or "",
                                         (self.request.META.get("REMOTE_ADDR", "") if self.request else "")[:64])
         return ValidationError(reason, code="throttled") if reason else super().get_invalid_login_error()
@@ -123,10 +118,6 @@ def auth_required(server) -> bool:
     """Whether this request / connection must be authenticated: REQUIRE_AUTH, or (a guard for a server
     bound to a public address without BIND_ADDRESS saying so) it arrived on a non-loopback local
     address. `server` is the ASGI scope's (host, port) of the listening side."""
-    from django.conf import settings
-
-    from videoservice.launch import is_loopback
-
     if settings.REQUIRE_AUTH:
         return True
     host = server[0] if server else None

@@ -36,7 +36,8 @@ from collections import deque
 from celery import Celery
 from channels.layers import get_channel_layer
 
-from videoservice import redis_clients
+from generator.interface import get_info, list_models
+from videoservice import fanout, redis_clients
 
 log = logging.getLogger(__name__)
 
@@ -49,16 +50,12 @@ DESCRIBE_QUEUE = "describe"
 
 
 def queue_of_model(model: str) -> str:
-    from generator.interface import get_info
-
     info = get_info(model)
     return (info.extra.get("queue") if info is not None else None) or model
 
 
 def models_of_queue(queue: str) -> list:
     """The models a worker consuming `queue` serves."""
-    from generator.interface import list_models
-
     return [info.name for info in list_models() if (info.extra.get("queue") or info.name) == queue]
 
 
@@ -247,8 +244,6 @@ def envelope(event) -> dict:
 
 async def _shared(message: dict) -> dict:
     """A large event goes into Redis once; the layer carries its key (fanout.text_of reads it)."""
-    from videoservice import fanout
-
     if len(message["text"]) <= fanout.SHARED_MIN_BYTES:
         return message
     key = await fanout.store(message["text"])

@@ -15,10 +15,16 @@ import socket
 
 from django.db.models import Count, F, FloatField, Min, Q
 from django.db.models.functions import Cast
+from django.http import HttpResponse
 from django.utils import timezone
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from videoservice import redis_clients
+from videoservice import bus, redis_clients
+from videoservice.api import ServiceAuth, error_response
+from videoservice.contract import RequestError
+from videoservice.models import Job, WebhookDelivery
 
 JOB_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -43,9 +49,6 @@ def _histogram(name: str, doc: str, rows, buckets) -> HistogramMetricFamily:
 
 class ServiceCollector:
     def collect(self):
-        from videoservice import bus
-        from videoservice.models import Job, WebhookDelivery
-
         jobs = GaugeMetricFamily("videoservice_jobs", "Jobs by status and model", labels=["status", "model"])
         for row in Job.objects.values("status", "model").annotate(n=Count("id")).order_by():
             jobs.add_metric([row["status"], row["model"]], row["n"])
@@ -171,13 +174,6 @@ async def connection_opened(delta: int = 1) -> None:
 
 
 def metrics_view(request):
-    from django.http import HttpResponse
-    from prometheus_client import CollectorRegistry, generate_latest
-    from prometheus_client.exposition import CONTENT_TYPE_LATEST
-
-    from videoservice.api import ServiceAuth, error_response
-    from videoservice.contract import RequestError
-
     try:
         ServiceAuth()(request)  # the API's rules: open on loopback, a login or a token otherwise
     except RequestError as err:

@@ -30,7 +30,8 @@ from django.db import InterfaceError, OperationalError, connections, models, tra
 from django.db.models import Q
 from django.utils import timezone
 
-from videoservice import bus, dispatch, webhooks
+from generator.interface import GenerationError
+from videoservice import bus, dispatch, limits, webhooks
 from videoservice.contract import (FORBIDDEN, INVALID_FIELD, NOT_CANCELLABLE, NOT_FOUND, NOT_LIVE, QUEUE_FULL,
                                    UNAVAILABLE, CancelledEvent, DescribeRequest, FailedEvent, GenerateRequest,
                                    GenerationCompleteEvent, JobBody, QueuedEvent, RequeuedEvent, RequestError)
@@ -85,8 +86,6 @@ def store_video(job: "Job", data: bytes) -> str:
     """Store a job's finished MP4; the stored name. A storage that refuses it (full, read-only) leaves
     no partial file: GenerationError, fit for the user."""
     from django.core.files.base import ContentFile
-
-    from generator.interface import GenerationError
 
     name = job.output.field.generate_filename(job, "video.mp4")
     try:
@@ -163,8 +162,6 @@ class JobQuerySet(models.QuerySet):
         """Create a job with its input files ({field: (name, bytes)}) and enqueue it, after the
         submission rate limit and the queue caps. All or nothing: the row and its files are
         committed together, and removed again when its turn cannot be sent (`unavailable`, 503)."""
-        from videoservice import limits
-
         limits.check_submission(submitter.owner)
         self.check_caps(submitter)
         queue = bus.DESCRIBE_QUEUE if fields.get("kind") == Job.Kind.DESCRIBE else bus.queue_of_model(fields["model"])

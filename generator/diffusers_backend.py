@@ -37,10 +37,10 @@ from PIL import Image
 
 from generator.families import FamilyAdapter
 from generator.families.base import pil
-
 from generator.interface import (DEFAULT_STRENGTH, Backend, CancelCheck, Cancelled, GenerationError,
                                  GenerationRequest, GenerationResult, ProgressCallback)
 from generator.model_config import ModelConfig, check_pipeline_kwargs
+from generator.postprocess import resize_frames
 
 log = logging.getLogger(__name__)
 
@@ -461,8 +461,6 @@ class DiffusersBackend(Backend):
         frames = (np.clip(video, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
         native = frames.shape[1:3]
         if native != (req.height, req.width):  # HunyuanVideo 1.5 I2V picks its own size bucket
-            from generator.postprocess import resize_frames
-
             frames = resize_frames(frames, (req.height, req.width))
         if len(frames) != num_frames:
             raise GenerationError(f"model {self.config.name} returned {len(frames)} frames, not {num_frames}")

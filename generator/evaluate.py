@@ -23,6 +23,8 @@ import time
 import numpy as np
 
 from generator.builtin import world
+from generator.encode import decode_video, encode_video
+from generator.interface import GenerationRequest
 
 FOREGROUND_LEVEL = 70  # max channel above this (0..255) is a shape, the background is ~15-25
 
@@ -242,13 +244,9 @@ def evaluate(backend, n: int = 105, seed: int = 1, out_dir: str | None = None, v
     reader itself can be trusted). `prompt_file` (`prompt_file_items`) adds its prompts: one-object
     lines count with the one-object prompts, the others with the two-object ones (three-object
     lines also as `three_all_right_rate`)."""
-    from generator.interface import GenerationRequest
-
     def through_file(frames, fps):
         if not via_mp4:
             return frames
-        from generator.encode import decode_video, encode_video
-
         return decode_video(encode_video(frames, fps))[0]  # measure what users get: H.264 decoded back
 
     items = [(item, [{k: item[k] for k in ("colour", "shape", "direction")}]) for item in evaluation_prompts(n, seed)]

@@ -29,6 +29,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from generator.encode import decode_video
 from generator.evaluate import frame_embeddings, temporal_consistency as _temporal_consistency
 
 CLIP_PATH_ENV = "VIDEO_METRICS_CLIP_PATH"
@@ -283,8 +284,6 @@ def _video_files(folder: str) -> list:
 
 
 def _decode(path: str) -> np.ndarray:
-    from generator.encode import decode_video
-
     try:
         return decode_video(path)[0]
     except Exception as exc:  # PyAV raises several error classes for non-videos

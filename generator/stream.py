@@ -23,6 +23,8 @@ from typing import Optional
 import av
 import numpy as np
 
+from generator.encode import _audio_track, _AudioWriter  # (the writer encode_video uses)
+
 MOVFLAGS = "frag_every_frame+empty_moov+default_base_moof"
 
 
@@ -163,8 +165,6 @@ def faststart_mp4(stream: bytes, audio: Optional[np.ndarray] = None, sample_rate
     """(a faststart MP4, its frame count) of a fragmented MP4 stream (the init segment and every
     fragment, or a prefix of them: a stream cut short keeps its whole frames), remuxed without
     encoding again; `audio` becomes an AAC track as long as the video."""
-    from generator.encode import _audio_track, _AudioWriter  # (the writer encode_video uses)
-
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "video.mp4")
         with av.open(io.BytesIO(stream)) as src, \

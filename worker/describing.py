@@ -7,14 +7,14 @@ import time
 
 from django.conf import settings
 
+from generator.builtin.info import INFO as BUILTIN_INFO
+from generator.interface import Cancelled
+from generator.understanding import DescribeError, get_describer, sample_frames
 from videoservice.contract import DescribeParams, DescriptionCompleteEvent, ProgressEvent, StartedEvent
 from videoservice.models import Job
 
 
 def run(run) -> dict:
-    from generator.builtin.info import INFO as BUILTIN_INFO
-    from generator.interface import Cancelled
-    from generator.understanding import DescribeError, get_describer, sample_frames
     from generator.understanding.agreement import prompt_caption_agreement
 
     job: Job = run.job

@@ -19,6 +19,9 @@ from typing import Optional
 import numpy as np
 from django.conf import settings
 
+from generator.builtin.info import INFO as BUILTIN_INFO
+from generator.interface import Cancelled, GenerationError, get_backend, is_out_of_memory
+from generator.understanding import get_describer
 from videoservice import bus
 from videoservice.contract import (GenerationCompleteEvent, GenerationParams, ProgressEvent, StartedEvent,
                                    VideoChunkEvent)
@@ -28,7 +31,6 @@ log = logging.getLogger(__name__)
 
 
 def run(run) -> dict:
-    from generator.interface import Cancelled
     from generator.longvideo import run_job
     from generator.preview import PREVIEW_MIME, preview_mp4
 
@@ -74,8 +76,6 @@ def run(run) -> dict:
 
 def load_backend(model: str):
     """The model's backend (loaded once per process); a model that cannot load is the user's error."""
-    from generator.interface import GenerationError, get_backend, is_out_of_memory
-
     try:
         return get_backend(model)
     except (GenerationError, KeyError, ImportError, OSError, ValueError, RuntimeError) as exc:
@@ -198,8 +198,6 @@ def load_start_image(job: Job):
         return None
     from PIL import Image
 
-    from generator.interface import GenerationError
-
     try:
         with job.input_image.open("rb") as fh:
             img = Image.open(fh)
@@ -215,7 +213,6 @@ def load_source_video(job: Job, params: GenerationParams):
     count and size (generator.postprocess.source_clip), or None."""
     if not params.video and params.source_job_id is None:
         return None
-    from generator.interface import GenerationError
     from generator.postprocess import source_clip
 
     source = job.input_video if params.video else getattr(Job.objects.filter(pk=params.source_job_id).first(),
@@ -232,8 +229,6 @@ def load_source_video(job: Job, params: GenerationParams):
 
 def checked_frames(frames) -> np.ndarray:
     """A backend's frames as T x H x W x 3 uint8; NaN/Inf (a numerically broken model) is an error."""
-    from generator.interface import GenerationError
-
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[0] == 0 or frames.shape[-1] != 3:
         raise GenerationError(f"the model returned frames of shape {frames.shape}, not T x H x W x 3")
@@ -249,10 +244,8 @@ def evaluate(job: Job, data: bytes) -> dict:
     """The `evaluate` option: metrics of the MP4 as users get it; for the built-in model also what
     the built-in describer reads in it and how that agrees with the prompt. A failure here is
     reported in the result, it does not fail the finished video."""
-    from generator.builtin.info import INFO as BUILTIN_INFO
     from generator.encode import decode_video
     from generator.metrics import video_metrics
-    from generator.understanding import get_describer
     from generator.understanding.agreement import prompt_caption_agreement
 
     try:

@@ -24,9 +24,11 @@ from celery.signals import worker_process_init, worker_ready, worker_shutdown
 from django.conf import settings
 from django.db import close_old_connections
 
+from generator.interface import Cancelled, GenerationError, get_backend, is_out_of_memory
+from generator.understanding import DescribeError
 from videoservice import bus, logs, webhooks
 from videoservice.models import Job, LeaseLost, WebhookDelivery
-from worker import reaper
+from worker import describing, generation, live, reaper
 from worker.celery import app
 
 log = logging.getLogger(__name__)
@@ -113,10 +115,6 @@ def run_claimed(job: Job, hostname: str) -> dict:
 
 def _settled(job: Job, hostname: str) -> dict:
     """The job's body, and how it ended: cancelled, failed, out of memory, timed out, lease lost."""
-    from generator.interface import Cancelled, GenerationError, is_out_of_memory
-    from generator.understanding import DescribeError
-    from worker import describing, generation, live
-
     job_id = str(job.pk)
     body = describing.run if job.kind == Job.Kind.DESCRIBE else live.run if job.live else generation.run
     try:
@@ -203,8 +201,6 @@ def _warm_up(**kwargs):
         queues = []
 
     def load():
-        from generator.interface import get_backend
-
         for queue in queues:
             for name in bus.models_of_queue(queue)[:1]:
                 try:

@@ -4,6 +4,7 @@
 import { writeFileSync } from "node:fs";
 import { Socket } from "phoenix";
 import WebSocket from "ws";
+import { recorder } from "./recorder.mjs";
 
 const [base, outDir, token] = process.argv.slice(2);
 const origin = base;
@@ -37,15 +38,6 @@ function push(channel, event, payload) {
   });
 }
 
-function completion(channel, jobId, seen) {
-  return new Promise((resolve) => {
-    channel.on("generation_complete", (msg) => { if (msg.job_id === jobId) resolve(msg); });
-    for (const kind of ["queued", "started", "progress", "video_chunk", "generation_failed", "cancelled"]) {
-      channel.on(kind, (msg) => seen.push([kind, msg.job_id]));
-    }
-  });
-}
-
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const small = { num_frames: 8, width: 64, height: 64, steps: 2 };
 const result = {};
@@ -57,15 +49,16 @@ const lobbyA = a.channel("video:lobby");
 const lobbyB = b.channel("video:lobby");
 await join(lobbyA);
 await join(lobbyB);
-const seenA = [], seenB = [];
+const eventsA = recorder(lobbyA), eventsB = recorder(lobbyB);
 const reply = await push(lobbyA, "generate", { prompt: "a red circle moving to the right", ...small });
 result.generate_reply = reply;
 const jobId = reply.response.job_id;
-const [doneA, doneB] = await Promise.all([completion(lobbyA, jobId, seenA), completion(lobbyB, jobId, seenB)]);
+const [doneA, doneB] = await Promise.all([eventsA.next("generation_complete", jobId),
+                                          eventsB.next("generation_complete", jobId)]);
 writeFileSync(`${outDir}/a.mp4`, Buffer.from(doneA.video, "base64"));
 writeFileSync(`${outDir}/b.mp4`, Buffer.from(doneB.video, "base64"));
 result.complete = { prompt: doneA.prompt, same_video: doneA.video === doneB.video, num_frames: doneA.num_frames,
-                    kinds_a: [...new Set(seenA.filter(([, id]) => id === jobId).map(([k]) => k))] };
+                    kinds_a: eventsA.kinds(jobId) };
 
 // a bad push: our error code in the reply
 result.bad_reply = await push(lobbyA, "generate", { prompt: "", ...small });
@@ -88,8 +81,7 @@ await new Promise((resolve) => lobbyB.leave().receive("ok", resolve));
 const afterLeave = [];
 lobbyB.onMessage = (event, payload) => { afterLeave.push(event); return payload; };
 const third = await push(lobbyA, "generate", { prompt: "a green triangle moving left", ...small });
-const seenThird = [];
-await completion(lobbyA, third.response.job_id, seenThird);
+await eventsA.next("generation_complete", third.response.job_id);
 for (let i = 0; i < 200 && !onJob.some(([e, id]) => e === "generation_complete" && id === second.response.job_id); i++) {
   await sleep(100);
 }

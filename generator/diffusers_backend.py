@@ -39,7 +39,7 @@ from generator.families import FamilyAdapter
 from generator.families.base import pil
 from generator.interface import (DEFAULT_STRENGTH, Backend, CancelCheck, Cancelled, GenerationError,
                                  GenerationRequest, GenerationResult, ProgressCallback)
-from generator.model_config import ModelConfig, check_pipeline_kwargs
+from generator.model_config import ModelConfig, check_pipeline_kwargs, upsampler_folder_kind
 from generator.postprocess import resize_frames
 
 log = logging.getLogger(__name__)
@@ -163,12 +163,20 @@ class DiffusersBackend(Backend):
         import diffusers
 
         cfg = self.config
-        if not os.path.isfile(os.path.join(cfg.upsampler, "model_index.json")):
-            raise GenerationError(f"model {cfg.name}: upsampler {cfg.upsampler} is not a diffusers pipeline folder "
-                                  f"(no model_index.json); check 'upsampler' in the model configuration")
+        folder = upsampler_folder_kind(cfg.upsampler)
+        if folder is None:
+            raise GenerationError(f"model {cfg.name}: upsampler {cfg.upsampler} is neither a diffusers pipeline folder "
+                                  f"(model_index.json) nor a model folder (config.json); check 'upsampler' in the "
+                                  f"model configuration")
+        upsample_cls = getattr(diffusers, self.family.upsampler)
         try:  # the model's own VAE decodes the upsampled latents: no second copy
-            self.upsampler = getattr(diffusers, self.family.upsampler).from_pretrained(
-                cfg.upsampler, vae=pipe.vae, dtype=self.dtype, local_files_only=True)
+            if folder == "pipeline":
+                self.upsampler = upsample_cls.from_pretrained(cfg.upsampler, vae=pipe.vae, dtype=self.dtype,
+                                                              local_files_only=True)
+            else:  # the upsampler model alone (LTX-2's latent_upsampler folder): the pipeline around it is two parts
+                model_cls = upsample_cls._get_signature_types()["latent_upsampler"][0]
+                self.upsampler = upsample_cls(vae=pipe.vae, latent_upsampler=model_cls.from_pretrained(
+                    cfg.upsampler, dtype=self.dtype, local_files_only=True))
         except Exception as exc:
             raise GenerationError(f"model {cfg.name}: cannot load {self.family.upsampler} from {cfg.upsampler}: "
                                   f"{exc}") from exc

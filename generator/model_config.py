@@ -185,7 +185,9 @@ class ModelEntry(_Strict):
     queue: Optional[str] = None
     negative_prompt: Optional[str] = None
     max_sequence_length: Optional[PositiveInt] = None
-    upsampler: Optional[str] = Field(None, min_length=1, description="a latent upsampler pipeline folder")
+    upsampler: Optional[str] = Field(None, min_length=1, description="a latent upsampler: its pipeline folder "
+                                     "(model_index.json) or the upsampler model's folder (config.json, e.g. "
+                                     "LTX-2's latent_upsampler)")
     preset: Optional[str] = None
     pipeline_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra pipeline call arguments")
     pipeline_class: Optional[str] = Field(None, pattern=r"^[A-Z]\w*Pipeline$",
@@ -366,6 +368,15 @@ def _given(value, fallback):
     return fallback if value is None else value
 
 
+def upsampler_folder_kind(folder: str) -> Optional[str]:
+    """"pipeline" (model_index.json: LTX's ltxv-spatial-upscaler), "model" (config.json: the upsampler model
+    alone, as LTX-2 ships it in its checkpoint's latent_upsampler folder) or None."""
+    for kind, marker in (("pipeline", "model_index.json"), ("model", "config.json")):
+        if os.path.isfile(os.path.join(folder, marker)):
+            return kind
+    return None
+
+
 def _resolve(path, base_dir: str) -> str:
     path = os.path.expanduser(str(path))
     return path if os.path.isabs(path) else os.path.normpath(os.path.join(base_dir, path))
@@ -388,7 +399,8 @@ def _errors_of(name: str, exc: ValidationError) -> ConfigError:
 
 def parse_entry(name: str, entry: dict, base_dir: str = REPO_ROOT, check_paths: bool = False) -> ModelConfig:
     """One entry -> ModelConfig; ConfigError (naming `name` and the field) when it is wrong. With
-    `check_paths`, the checkpoint and upsampler folders must exist and hold a model_index.json."""
+    `check_paths`, the checkpoint folder must exist and hold a model_index.json, the upsampler folder a
+    model_index.json or a config.json (upsampler_folder_kind)."""
     if not isinstance(entry, dict):
         raise ConfigError(f"an entry must be an object, got {type(entry).__name__}", model=name)
     try:
@@ -402,11 +414,13 @@ def parse_entry(name: str, entry: dict, base_dir: str = REPO_ROOT, check_paths: 
     path = _resolve(parsed.path or "", base_dir)
     upsampler = parsed.upsampler and _resolve(parsed.upsampler, base_dir)
     if check_paths and parsed.backend == "diffusers":
-        for key, folder in (("path", path), ("upsampler", upsampler)):
-            if folder and not os.path.isfile(os.path.join(folder, "model_index.json")):
-                state = "does not exist" if not os.path.exists(folder) else "has no model_index.json"
-                raise ConfigError(f"{folder} {state}: it must be a local diffusers pipeline folder",
-                                  model=name, field=key)
+        if not os.path.isfile(os.path.join(path, "model_index.json")):
+            state = "does not exist" if not os.path.exists(path) else "has no model_index.json"
+            raise ConfigError(f"{path} {state}: it must be a local diffusers pipeline folder", model=name, field="path")
+        if upsampler and not upsampler_folder_kind(upsampler):
+            state = "does not exist" if not os.path.exists(upsampler) else "has no model_index.json or config.json"
+            raise ConfigError(f"{upsampler} {state}: it must be a local latent upsampler pipeline folder or the "
+                              f"upsampler model's folder", model=name, field="upsampler")
     config = ModelConfig(name=name, path=path, kinds=kinds, family=fam.name, dtype=parsed.dtype,
                          vae_dtype=parsed.vae_dtype or fam.vae_dtype, description=parsed.description,
                          defaults=parsed.defaults, limits=parsed.limits, memory=parsed.memory,
@@ -535,7 +549,7 @@ def main(argv=None) -> int:
         if cfg.preset:
             print(f"  preset {cfg.preset}: {PRESETS[cfg.preset].description}")
         if cfg.upsampler:
-            up = "ok" if os.path.exists(os.path.join(cfg.upsampler, "model_index.json")) else "MISSING model_index.json"
+            up = upsampler_folder_kind(cfg.upsampler) or "MISSING model_index.json / config.json"
             print(f"  latent upsampler {cfg.upsampler} [{up}]")
     return 1 if problems else 0
 

@@ -211,6 +211,33 @@ def test_ltx2_sound_track_survives_the_mp4(backends):
     assert np.corrcoef(track[:n].ravel(), result.audio.ravel())[0, 1] > 0.9
 
 
+def test_ltx2_latent_upsampler_is_the_upscale_post_step_and_keeps_the_sound():
+    """An LTX-2 entry whose `upsampler` is the upsampler model's folder (LTX-2 ships it as its checkpoint's
+    latent_upsampler sub-folder, not as a pipeline): a job's `upscale` 2 is one pass of LTX2LatentUpsamplePipeline
+    over the whole clip (4 would be two), in latent space (far from a resize of the same clip), and the clip keeps
+    its sound track."""
+    from generator import longvideo as lv
+    from generator.postprocess import resize_frames
+
+    model_folder = os.path.join(tiny_checkpoints.cached_checkpoint("ltx2-upsampler"), "latent_upsampler")
+    cfg = mc.parse_entry("tiny-ltx2-up", entry("ltx2", ["ltx2", "ltx2-i2v"], upsampler=model_folder))
+    backend = DiffusersBackend(cfg)
+    try:
+        assert backend.latent_upscale_factors == (2, 4) and cfg.model_info().extra["upsampler"]
+        base = backend.generate(GenerationRequest("a dog", seed=2))
+        passes = []
+        hook = backend.upsampler.latent_upsampler.register_forward_pre_hook(lambda *a: passes.append(1))
+        try:
+            x2 = lv.run_job(backend, GenerationRequest("a dog", seed=2), lv.LongVideoOptions(upscale=2))
+        finally:
+            hook.remove()
+        assert x2.frames.shape == (9, 64, 64, 3) and passes == [1]
+        assert np.array_equal(x2.audio, base.audio) and x2.audio_sample_rate == base.audio_sample_rate
+        assert np.abs(resize_frames(base.frames, (64, 64)).astype(np.int16) - x2.frames).mean() > 10  # measured 47
+    finally:
+        backend.unload()
+
+
 def test_wan22_a14b_runs_both_experts(backends):
     backend = backends("tiny-wan22-a14b")
     backend.load()

@@ -68,6 +68,7 @@ class Proc:
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=self.log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
+        self.terminated = False
 
     @property
     def pid(self) -> int:
@@ -90,9 +91,15 @@ class Proc:
             pass
         self.stop()
 
+    def terminate(self) -> None:
+        """SIGTERM, without waiting (`stop` waits): several parts shut down at once."""
+        if self.alive() and not self.terminated:
+            self.terminated = True
+            self.proc.send_signal(signal.SIGTERM)
+
     def stop(self, grace: float = 10.0) -> None:
         if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
+            self.terminate()
             try:
                 self.proc.wait(timeout=grace)
             except subprocess.TimeoutExpired:
@@ -196,11 +203,15 @@ class Stack:
         self.stop()
 
     def stop(self) -> None:
-        for proc in list(self.workers.values()):
-            proc.stop(grace=20)
-        for proc in self.others:
-            proc.stop(grace=5)
-        for proc, _ in self.webs.values():
+        """The end of a test's service: workers are SIGKILLed (their warm shutdown took seconds of
+        every suite's teardown, and no test reads anything a worker does after it), web processes and
+        the rest get SIGTERM together, Redis last."""
+        for proc in self.workers.values():
+            proc.kill()
+        parts = [*self.others, *(proc for proc, _ in self.webs.values())]
+        for proc in parts:
+            proc.terminate()
+        for proc in parts:
             proc.stop(grace=5)
         if self.redis is not None:
             self.redis.stop(grace=5)

@@ -70,7 +70,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # In the order they run: the most telling first, so a run cut short still answers the main questions.
 VARIANTS = ("bf16", "steps20", "service", "cache", "fp16", "cudnn", "tiling", "offload", "compile", "ltx2",
             "wan2.2-ti2v", "helios-distilled", "sana-video", "motif-video", "lucy-edit", "framepack",
-            "wan-animate")
+            "wan-animate", "chronoedit")
 DENSE_BF16_TFLOPS = 989  # NVIDIA's H100 SXM / H200 spec sheet, dense (no sparsity)
 PUBLISHED = "LTX-Video: 768x512, 121 frames (5 s at 24 fps) in about 2 s on one H100 (published claim)"
 
@@ -110,10 +110,16 @@ FAMILY_ARCHS = {
                     "call": dict(width=1280, height=720, num_frames=77, num_inference_steps=20, guidance_scale=1.0),
                     "published": "Wan2.2-Animate-14B (diffusers example): 1280x720 segments of 77 frames, 20 steps, "
                                  "guidance 1"},
+    # ChronoEdit-14B: Wan 2.1 I2V 14B's transformer (40 blocks of 40 x 128, image cross-attention) editing an image
+    # in 5 frames (the image and its edit)
+    "chronoedit": {"kinds": ["chronoedit"], "fps": 16, "start_image": True,
+                   "call": dict(width=1280, height=720, num_frames=5, num_inference_steps=50, guidance_scale=5.0),
+                   "published": "ChronoEdit-14B (diffusers example): about 1280x720, 5 frames, 50 steps, guidance 5"},
 }
 TINY_FAMILY_BUILDERS = {"ltx2": "ltx2", "wan2.2-ti2v": "wan2.2-ti2v", "sana-video": "sana-video",
                         "motif-video": "motif-video", "lucy-edit": "lucy-edit",
-                        "framepack": "framepack", "wan-animate": "wan-animate"}  # tests/tiny_checkpoints.py
+                        "framepack": "framepack", "wan-animate": "wan-animate",
+                        "chronoedit": "chronoedit"}  # tests/tiny_checkpoints.py
 
 TINY = {  # the same classes, CPU-sized (smoke run)
     "transformer": dict(in_channels=8, out_channels=8, num_attention_heads=2, attention_head_dim=8,
@@ -161,15 +167,15 @@ def build_family(arch: str, tiny: bool, device: str, dtype: torch.dtype):
         import tiny_checkpoints
 
         pipe = tiny_checkpoints.BUILDERS[TINY_FAMILY_BUILDERS[arch]]().to(device=device, dtype=dtype)
-        if arch in ("sana-video", "motif-video", "lucy-edit", "wan-animate"):
+        if arch in ("sana-video", "motif-video", "lucy-edit", "wan-animate", "chronoedit"):
             pipe.vae.to(torch.float32)  # as the families' vae_dtype loads it (Lucy encodes float32 frames)
         return pipe
     if arch in ("sana-video", "motif-video", "lucy-edit"):
         return build_new_family(arch, device, dtype)
     if arch == "framepack":
         return build_framepack(device, dtype)
-    if arch == "wan-animate":
-        return build_wan_animate(device, dtype)
+    if arch in ("wan-animate", "chronoedit"):
+        return build_wan_image_family(arch, device, dtype)
     import diffusers
 
     torch.manual_seed(0)
@@ -388,18 +394,25 @@ def build_framepack(device: str, dtype: torch.dtype):
     return pipe
 
 
-def build_wan_animate(device: str, dtype: torch.dtype):
-    """WanAnimatePipeline with Wan2.2-Animate-14B's transformer (diffusers' defaults) on Wan 2.1's VAE (float32, as
-    its example loads it), random weights; a one-layer UMT5 of width 4096 and a one-layer CLIP vision model of
-    width 1280 (what the transformer's image projection reads from CLIP-H) as stand-ins."""
+def build_wan_image_family(arch: str, device: str, dtype: torch.dtype):
+    """WanAnimatePipeline with Wan2.2-Animate-14B's transformer (diffusers' defaults), or ChronoEditPipeline with
+    Wan 2.1 I2V 14B's (36 input channels, image cross-attention from CLIP-H's 1280 features), on Wan 2.1's VAE
+    (float32, as their examples load it), random weights; a one-layer UMT5 of width 4096 and a one-layer CLIP
+    vision model of width 1280 (what the transformers' image projections read) as stand-ins."""
     import diffusers
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
     torch.manual_seed(0)
-    scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=5.0)  # keeps its tables on the CPU
+    scheduler = diffusers.UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                                  flow_shift=5.0)  # keeps its tables on the CPU
     with torch.device(device):
-        pipe = diffusers.WanAnimatePipeline(
-            transformer=diffusers.WanAnimateTransformer3DModel(), vae=diffusers.AutoencoderKLWan(), scheduler=scheduler,
+        if arch == "wan-animate":
+            cls, transformer = diffusers.WanAnimatePipeline, diffusers.WanAnimateTransformer3DModel()
+        else:
+            cls, transformer = diffusers.ChronoEditPipeline, diffusers.ChronoEditTransformer3DModel(
+                in_channels=36, image_dim=1280, added_kv_proj_dim=5120)
+        pipe = cls(
+            transformer=transformer, vae=diffusers.AutoencoderKLWan(), scheduler=scheduler,
             image_encoder=CLIPVisionModel(CLIPVisionConfig(hidden_size=1280, intermediate_size=256, num_hidden_layers=1,
                                                            num_attention_heads=16, image_size=224, patch_size=14)).eval(),
             image_processor=CLIPImageProcessor(crop_size=224, size=224), **umt5_stand_in())
@@ -641,6 +654,8 @@ def main(argv=None) -> int:
             call.pop("frame_rate", None)
         if tiny and arch == "sana-video":
             call["use_resolution_binning"] = False
+        if tiny and arch == "chronoedit":
+            call["num_frames"] = 5  # the image and its edit, at any size
         video = source_frames(call) if spec.get("source_video") else None
         bare = dict(call)  # the pipeline's own argument names
         if spec.get("frames_arg"):

@@ -51,6 +51,7 @@ MODELS = {
     "tiny-framepack-f1": ("framepack", "framepack-f1", {"pipeline_kwargs": {"latent_window_size": 2}}),
     # segments of 9 frames: a 17-frame clip takes two, the second continuing the first's last frame
     "tiny-wan-animate": ("wan-animate", "wan-animate", {"pipeline_kwargs": {"segment_frame_length": 9}}),
+    "tiny-chronoedit": ("chronoedit", "chronoedit", {"defaults": {**DEFAULTS, "frames": 5}}),  # the image and its edit
 }
 # (model, task, pipeline class it runs, frames, steps, strength)
 CASES = [
@@ -90,6 +91,7 @@ CASES = [
     ("tiny-framepack-f1", "i2v", "HunyuanVideoFramepackPipeline", 17, 2, None),  # two sections
     ("tiny-wan-animate", "animate", "WanAnimatePipeline", 9, 2, None),
     ("tiny-wan-animate", "animate", "WanAnimatePipeline", 17, 2, None),  # two segments
+    ("tiny-chronoedit", "i2v", "ChronoEditPipeline", 5, 2, None),  # the image and its edit
 ]
 
 
@@ -175,7 +177,7 @@ def test_cancel_interrupts_between_steps_and_the_backend_serves_on(backends, nam
         backend.generate(req, progress=lambda s, t, p: steps.append(s), should_cancel=lambda: len(steps) >= 1)
     assert steps == [1]
     size = backend.info.default_width
-    assert backend.generate(req).frames.shape == (9, size, size, 3)
+    assert backend.generate(req).frames.shape == (backend.info.default_frames, size, size, 3)
 
 
 def test_model_info_follows_the_family(configs):
@@ -533,3 +535,22 @@ def test_wan_animate_takes_the_character_from_the_image_and_the_motion_from_the_
     assert np.abs(other_motion.astype(np.int16) - made).mean() > 1.0
     with pytest.raises(GenerationError, match="needs both"):
         backend.generate(GenerationRequest("a person dancing", image=pattern(1, 0)))
+
+
+def test_chronoedit_returns_its_reasoning_frames_only_when_they_survive():
+    """ChronoEdit makes the image and its edit (5 frames); with temporal reasoning for every step the reasoning
+    frames between them come back too; a job that would come back shorter than it asked is refused saying why."""
+    image = pattern(1, 0)
+    with pytest.raises(GenerationError, match="returns 5 frames here, not 9: it makes the image and its edit"):
+        DiffusersBackend(mc.parse_entry("chrono", entry("chronoedit", "chronoedit"))).generate(
+            GenerationRequest("make it blue", image=image, steps=1, seed=1))
+    backend = DiffusersBackend(mc.parse_entry("chrono-reasoning", entry("chronoedit", "chronoedit", pipeline_kwargs={
+        "enable_temporal_reasoning": True, "num_temporal_reasoning_steps": 1})))
+    try:
+        assert backend.generate(GenerationRequest("make it blue", image=image, steps=1, seed=1)).frames.shape[0] == 9
+        assert backend.generate(GenerationRequest("make it blue", image=image, num_frames=5, steps=2,
+                                                  seed=1)).frames.shape[0] == 5
+        with pytest.raises(GenerationError, match="reasons over its frames for 1 of the 2 steps"):
+            backend.generate(GenerationRequest("make it blue", image=image, steps=2, seed=1))
+    finally:
+        backend.unload()

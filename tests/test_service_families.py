@@ -2,7 +2,7 @@
 text- and image-to-video pair, Wan video-to-video (Wan 2.2 A14B's two-expert layout), Helios (base and
 pyramid: text-to-video, image-to-video, and its video-to-video, which continues a source video), Sana
 Video and Motif-Video (text- and image-to-video), Lucy Edit (video editing from a prompt), FramePack
-(image-to-video in sections), Wan-Animate (a character image moved by a driving video) and the generic kind (a pipeline class mapped by its call signature).
+(image-to-video in sections), ChronoEdit (an image edited as a short video), Wan-Animate (a character image moved by a driving video) and the generic kind (a pipeline class mapped by its call signature).
 
 The checkpoints are tiny random instances of the real diffusers / transformers classes saved as
 pipeline folders (tests/tiny_checkpoints.py), named in this stack's models.json like an operator's;
@@ -41,8 +41,11 @@ MODELS = {  # name -> (checkpoint builder, pipeline kinds)
     "tiny-generic": ("ltx", "generic"),  # as LTXImageToVideoPipeline, read from its signature
     "tiny-framepack": ("framepack", "framepack"),
     "tiny-wan-animate": ("wan-animate", "wan-animate"),
+    "tiny-chronoedit": ("chronoedit", "chronoedit"),
 }
 UPSAMPLERS = {"tiny-ltx2": "ltx2-upsampler"}  # model -> its latent upsampler's checkpoint builder
+# ChronoEdit keeps its family's frame limit (the image and its edit: 5 frames)
+OWN_FRAMES = {"tiny-chronoedit": 5}
 QUEUE = "tiny-families"
 JOB = {"num_frames": 17, "width": 32, "height": 32, "steps": 2, "fps": 8, "seed": 4}
 
@@ -61,6 +64,9 @@ def stack(tmp_path_factory):
                                      **({"width": 64, "height": 64} if builder == "helios-pyramid" else {})},
                         "max_sequence_length": 16, "queue": QUEUE,
                         **({"pipeline_class": "LTXImageToVideoPipeline", "tasks": ["i2v"]} if kinds == "generic" else {})}
+        if name in OWN_FRAMES:
+            models[name]["limits"] = {k: v for k, v in SMALL.items() if k != "max_frames"}
+            models[name]["defaults"]["frames"] = OWN_FRAMES[name]
         if name in UPSAMPLERS:
             save_tiny_checkpoint(UPSAMPLERS[name], str(tmp / "checkpoints" / f"{name}-upsampler"))
             models[name]["upsampler"] = f"checkpoints/{name}-upsampler"
@@ -340,3 +346,15 @@ def test_wan_animate_moves_a_character_image_with_a_driving_video(stack):
     assert info["supports_image"] and info["supports_video"] and info["extra"]["tasks"] == ["animate"]
     assert info["extra"]["requires_image"] and info["extra"]["requires_video"]
     assert "driving video" in info["extra"]["task_inputs"]["animate"]
+
+
+def test_chronoedit_edits_a_start_image_in_five_frames(stack):
+    """ChronoEdit's clip goes from the start image to its edit (5 frames): another image, another edit; more
+    frames (it makes them only with temporal reasoning) and a job without an image are refused."""
+    job = {"model": "tiny-chronoedit", "prompt": "make the ball blue", "num_frames": 5}
+    out = watch(stack, {"a": {**job, "image": png_b64(1)}, "b": {**job, "image": png_b64(2)}})
+    videos = {key: decode_video(fetch_video(stack, completed(events)))[0] for key, events in out.items()}
+    assert videos["a"].shape == (5, 32, 32, 3) and distance(videos["a"], videos["b"]) > 1.0
+    for fields, field in (({"image": png_b64(1), "num_frames": 9}, "num_frames"), ({}, "image")):
+        status, _, body = http("POST", stack.base + "/api/jobs", {**JOB, **job, **fields}, headers={"Origin": stack.origin})
+        assert status == 400 and json.loads(body)["field"] == field, body

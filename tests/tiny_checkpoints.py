@@ -247,6 +247,24 @@ def wan_pipeline(image_to_video: bool = False):
                                    **_text_components(umt5=True))
 
 
+def chronoedit_pipeline():
+    """ChronoEditPipeline: Wan 2.1 I2V's layout (36-channel transformer input, a CLIP vision image encoder) with
+    ChronoEdit's transformer (its rotary embedding can skip the reasoning frames) and Wan's UniPC scheduler (temporal
+    reasoning trims its stored model outputs)."""
+    from diffusers import ChronoEditPipeline, ChronoEditTransformer3DModel, UniPCMultistepScheduler
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    torch.manual_seed(0)
+    image_encoder = CLIPVisionModel(CLIPVisionConfig(hidden_size=4, projection_dim=4, num_hidden_layers=2,
+                                                     num_attention_heads=2, image_size=32, intermediate_size=16,
+                                                     patch_size=1))
+    return ChronoEditPipeline(transformer=_wan_transformer(36, 16, cls=ChronoEditTransformer3DModel, image_dim=4),
+                              vae=_wan_vae(), scheduler=UniPCMultistepScheduler(
+                                  prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0),
+                              image_encoder=image_encoder, image_processor=CLIPImageProcessor(crop_size=32, size=32),
+                              **_text_components(umt5=True))
+
+
 def wan22_ti2v_pipeline():
     """Wan 2.2 TI2V-5B's layout: one transformer on the 48-channel latents of the 16x VAE that does
     text- and image-to-video (`expand_timesteps`: the start image is latent frame 0, kept clean)."""
@@ -553,6 +571,7 @@ BUILDERS = {
     "helios-distilled": helios_distilled_pipeline,
     "framepack": framepack_pipeline,
     "wan-animate": wan_animate_pipeline,
+    "chronoedit": chronoedit_pipeline,
 }
 
 

@@ -1,5 +1,7 @@
 from django.apps import AppConfig
 
+from generator.registry_setup import register_models
+
 
 class VideoServiceConfig(AppConfig):
     name = "videoservice"
@@ -10,6 +12,4 @@ class VideoServiceConfig(AppConfig):
         """Register the models now, in every process (web, worker, manage.py): requests are validated
         against their limits, and a broken models.json is reported at start-up, naming entry and field.
         Registering loads no torch (a backend is built on its first job)."""
-        from generator.registry_setup import register_models
-
         register_models()

@@ -31,6 +31,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from generator.interface import GenerationError
+from generator.stream import faststart_mp4
 from videoservice import bus, dispatch, limits, webhooks
 from videoservice.contract import (FORBIDDEN, INVALID_FIELD, NOT_CANCELLABLE, NOT_FOUND, NOT_LIVE, QUEUE_FULL,
                                    UNAVAILABLE, CancelledEvent, DescribeRequest, FailedEvent, GenerateRequest,
@@ -649,9 +650,6 @@ class Job(models.Model):
     def _end_lost_live(self, reason: str, held) -> str | None:
         """A live job is not run again when its worker vanished (a new run would be a new video): it
         ends with the frames it streamed (kept in its Redis stream), or fails if it streamed none."""
-        from generator.interface import GenerationError
-        from generator.stream import faststart_mp4
-
         try:
             data, frames = faststart_mp4(bus.stream_collect(str(self.pk)))
         except Exception as exc:  # nothing streamed yet (or Redis lost it)

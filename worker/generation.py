@@ -20,7 +20,11 @@ import numpy as np
 from django.conf import settings
 
 from generator.builtin.info import INFO as BUILTIN_INFO
+from generator.encode import decode_video
 from generator.interface import Cancelled, GenerationError, get_backend, is_out_of_memory
+from generator.postprocess import source_clip
+from generator.preview import PREVIEW_MIME, preview_mp4
+from generator.stream import FragmentedMP4
 from generator.understanding import get_describer
 from videoservice import bus
 from videoservice.contract import (GenerationCompleteEvent, GenerationParams, ProgressEvent, StartedEvent,
@@ -31,8 +35,7 @@ log = logging.getLogger(__name__)
 
 
 def run(run) -> dict:
-    from generator.longvideo import run_job
-    from generator.preview import PREVIEW_MIME, preview_mp4
+    from generator.longvideo import run_job  # OpenCV and torch: in the pool process that runs the job
 
     job: Job = run.job
     params = GenerationParams.model_validate(job.params)
@@ -113,8 +116,6 @@ class VideoStream:
     stream (GET /api/jobs/<id>/stream); at the end, the faststart MP4 of the same packets."""
 
     def __init__(self, run, fps: float, live: bool = True):
-        from generator.stream import FragmentedMP4
-
         self.run, self.job_id, self.live = run, str(run.job.pk), live
         self.encoder = FragmentedMP4(fps)
         self.batches: queue.Queue = queue.Queue()
@@ -213,8 +214,6 @@ def load_source_video(job: Job, params: GenerationParams):
     count and size (generator.postprocess.source_clip), or None."""
     if not params.video and params.source_job_id is None:
         return None
-    from generator.postprocess import source_clip
-
     source = job.input_video if params.video else getattr(Job.objects.filter(pk=params.source_job_id).first(),
                                                           "output", None)
     if not source:
@@ -244,7 +243,6 @@ def evaluate(job: Job, data: bytes) -> dict:
     """The `evaluate` option: metrics of the MP4 as users get it; for the built-in model also what
     the built-in describer reads in it and how that agrees with the prompt. A failure here is
     reported in the result, it does not fail the finished video."""
-    from generator.encode import decode_video
     from generator.metrics import video_metrics
     from generator.understanding.agreement import prompt_caption_agreement
 

@@ -21,6 +21,7 @@ import time
 
 from django.conf import settings
 
+from generator.interface import Cancelled
 from videoservice import bus, metrics
 from videoservice.contract import GenerationParams, LiveStatusEvent, SteeredEvent, StartedEvent
 from videoservice.models import Job
@@ -107,8 +108,7 @@ class LiveSession:
 
 
 def run(run) -> dict:
-    from generator.interface import Cancelled
-    from generator.live import LiveVideo
+    from generator.live import LiveVideo  # torch: in the pool process that runs the job
 
     job: Job = run.job
     params = GenerationParams.model_validate(job.params)

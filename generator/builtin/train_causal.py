@@ -29,6 +29,7 @@ from tqdm import tqdm
 from generator.builtin import world
 from generator.builtin.causal import ChunkDenoiser, object_ids, sample_levels
 from generator.builtin.tokenizer import CausalVideoTokenizer
+from generator.interface import GenerationRequest
 
 OBJECT_COUNTS = (1, 2, 3)
 OBJECT_COUNT_WEIGHTS = (0.4, 0.35, 0.25)
@@ -108,7 +109,6 @@ def quality(pipeline_dir: str, count: int = 9, steps: int = 2) -> dict:
     checkpoint; the reported figures come from `python -m generator.evaluate`)."""
     from generator.builtin.backend_v3 import BuiltinV3Backend
     from generator.evaluate import analyse, evaluation_prompts
-    from generator.interface import GenerationRequest
 
     backend = BuiltinV3Backend(pipeline_dir)
     right = {"colour": [], "shape": [], "direction": [], "once": []}

@@ -8,13 +8,13 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand
 
+from videoservice.api import api
+from videoservice.contract import websocket_schema
+
 FILES = {"openapi.json": "the HTTP API (OpenAPI 3.1)", "websocket.schema.json": "the websocket lobby (JSON Schema)"}
 
 
 def documents() -> dict:
-    from videoservice.api import api
-    from videoservice.contract import websocket_schema
-
     return {"openapi.json": api.get_openapi_schema(), "websocket.schema.json": websocket_schema()}
 
 

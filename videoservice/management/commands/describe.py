@@ -13,6 +13,11 @@ import os
 
 from django.core.management.base import BaseCommand, CommandError
 
+from generator.builtin.info import INFO as BUILTIN_INFO
+from generator.encode import decode_video
+from generator.understanding import DescribeError, describer_names, get_describer, sample_frames
+from videoservice.contract import DescribeRequest, RequestError, parse
+
 
 class Command(BaseCommand):
     help = "Caption a video, or answer a question about it, in-process (video understanding)."
@@ -29,10 +34,6 @@ class Command(BaseCommand):
         parser.add_argument("--list", action="store_true", help="list the describers and exit")
 
     def handle(self, *args, **opts):
-        from generator.builtin.info import INFO as BUILTIN_INFO
-        from generator.understanding import DescribeError, describer_names, get_describer, sample_frames
-        from videoservice.contract import DescribeRequest, RequestError, parse
-
         if opts["list"]:
             self.stdout.write("\n".join(describer_names()))
             return
@@ -60,7 +61,6 @@ class Command(BaseCommand):
             if describer.name != BUILTIN_INFO.name:
                 report["agreement"].pop("attributes")  # those are the built-in world's
         if opts["metrics"]:
-            from generator.encode import decode_video
             from generator.metrics import video_metrics
 
             report["metrics"] = video_metrics(decode_video(data)[0])

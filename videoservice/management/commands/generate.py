@@ -13,6 +13,11 @@ import time
 
 from django.core.management.base import BaseCommand, CommandError
 
+from generator.encode import encode_video
+from generator.interface import DEFAULT_MODEL, GenerationError, get_backend, list_models
+from generator.postprocess import source_clip
+from videoservice.contract import GenerateRequest, RequestError, parse
+
 
 # request field -> command-line argument (its error messages name the flag)
 ARGUMENTS = {"prompt": "prompt", "model": "model", "num_frames": "frames", "width": "width", "height": "height",
@@ -62,8 +67,6 @@ class Command(BaseCommand):
 
     # ------------------------------------------------------------------ helpers
     def _list_models(self):
-        from generator.interface import DEFAULT_MODEL, list_models
-
         for info in list_models():
             default = " (default)" if info.name == DEFAULT_MODEL else ""
             self.stdout.write(f"{info.name}{default}: {info.description}")
@@ -90,8 +93,6 @@ class Command(BaseCommand):
 
     # --------------------------------------------------------------------- main
     def handle(self, *args, **options):
-        from videoservice.contract import GenerateRequest, RequestError, parse
-
         if options["list_models"]:
             self._list_models()
             return
@@ -118,9 +119,7 @@ class Command(BaseCommand):
 
         from tqdm import tqdm
 
-        from generator.encode import encode_video
-        from generator.interface import GenerationError, get_backend
-        from generator.longvideo import run_job
+        from generator.longvideo import run_job  # OpenCV
 
         if options["threads"] > 0:
             import torch
@@ -148,8 +147,6 @@ class Command(BaseCommand):
         try:  # chunk by chunk, then upscaling, then interpolation
             source = None
             if req.video_bytes:
-                from generator.postprocess import source_clip
-
                 source = source_clip(req.video_bytes, params.num_frames, (params.height, params.width))
             result = run_job(backend, params.generation_request(req.prompt, req.image_array, source), long_video,
                              progress=progress)

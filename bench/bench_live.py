@@ -235,8 +235,8 @@ def main():
             print(f"| real-time factor, pacing off (video s per wall s) | {fast['rate']:.2f} | {long['rate']:.2f} | "
                   f"{fast['rate'] / long['rate']:.2f} |")
             print(f"| real-time factor, paced (LIVE_MAX_LEAD_S=2) | {watched['rate']:.2f} | | |")
-            print(f"| stalls for a viewer from the first chunk (paced) | {watched['stalls']} ({watched['stalled']:.2f} s)"
-                  f" | {long['stalls']} ({long['stalled']:.2f} s) | |")
+            print(f"| stalls for a viewer from the first chunk (paced) | {watched['stalls']} "
+                  f"({watched['stalled']:.2f} s) | {long['stalls']} ({long['stalled']:.2f} s) | |")
             print(f"| steer -> first frame made under it, s | {watched['steer_s']:.2f} | cannot steer | |")
             print(f"| steer -> that frame, frames the viewer plays meanwhile | {watched['steer_frames']:.0f} | | |",
                   flush=True)
@@ -257,13 +257,15 @@ def main():
             print(f"| service, a warm websocket client's chunk interval | {s:.3f} | {s / b:.3f} |", flush=True)
         if "soak" in parts and args.soak_minutes > 0:
             print(f"\n### One paced live session for {args.soak_minutes:g} minutes ({title})\n")
-            print("| minutes | frames streamed | worker RSS MiB (main + pool) | Daphne RSS MiB |\n|---:|---:|---:|---:|")
+            print("| minutes | frames streamed | worker RSS MiB (main + pool) | Daphne RSS MiB |\n"
+                  "|---:|---:|---:|---:|")
             marks = [m for m in (1, 5, 10) if m <= args.soak_minutes] or [args.soak_minutes]
             rows = asyncio.run(soak(paced, clip, args.soak_minutes, marks))
             if len(rows) > 1:
                 (m0, f0, w0, d0), (m1, f1, w1, d1) = rows[0], rows[-1]
-                print(f"| growth {m0:g} -> {m1:g} min | {f1 - f0} | {w1 - w0:+.0f} ({(w1 - w0) * 1024 / max(f1 - f0, 1):.1f}"
-                      f" KiB/frame) | {d1 - d0:+.0f} |")
+                per_frame = (w1 - w0) * 1024 / max(f1 - f0, 1)
+                print(f"| growth {m0:g} -> {m1:g} min | {f1 - f0} | {w1 - w0:+.0f} ({per_frame:.1f} KiB/frame) "
+                      f"| {d1 - d0:+.0f} |")
     finally:
         for stack in stacks:
             stack.stop()

@@ -57,6 +57,7 @@ import argparse
 import gc
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -70,7 +71,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # In the order they run: the most telling first, so a run cut short still answers the main questions.
 VARIANTS = ("bf16", "steps20", "service", "cache", "fp16", "cudnn", "tiling", "offload", "compile", "ltx2",
             "wan2.2-ti2v", "helios-distilled", "sana-video", "motif-video", "lucy-edit", "framepack",
-            "wan-animate", "chronoedit")
+            "wan-animate", "chronoedit", "kandinsky6")
 DENSE_BF16_TFLOPS = 989  # NVIDIA's H100 SXM / H200 spec sheet, dense (no sparsity)
 PUBLISHED = "LTX-Video: 768x512, 121 frames (5 s at 24 fps) in about 2 s on one H100 (published claim)"
 
@@ -115,11 +116,18 @@ FAMILY_ARCHS = {
     "chronoedit": {"kinds": ["chronoedit"], "fps": 16, "start_image": True,
                    "call": dict(width=1280, height=720, num_frames=5, num_inference_steps=50, guidance_scale=5.0),
                    "published": "ChronoEdit-14B (diffusers example): about 1280x720, 5 frames, 50 steps, guidance 5"},
+    # Kandinsky 6 Pro: Kandinsky6Transformer3DModel's defaults (60 fused video/audio blocks of width 4096) with the
+    # released checkpoints' flags, HunyuanVideo's VAE, MMAudio's VAE and vocoder; video with sound
+    "kandinsky6": {"kinds": ["kandinsky6"], "fps": 24,
+                   "call": dict(width=864, height=480, num_frames=121, frame_rate=24.0, num_inference_steps=16,
+                                guidance_scale=1.0),
+                   "published": "Kandinsky 6.0 Pro distilled (diffusers example): 864x480, 121 frames at 24 fps, "
+                                "16 steps, guidance 1, with sound"},
 }
 TINY_FAMILY_BUILDERS = {"ltx2": "ltx2", "wan2.2-ti2v": "wan2.2-ti2v", "sana-video": "sana-video",
                         "motif-video": "motif-video", "lucy-edit": "lucy-edit",
                         "framepack": "framepack", "wan-animate": "wan-animate",
-                        "chronoedit": "chronoedit"}  # tests/tiny_checkpoints.py
+                        "chronoedit": "chronoedit", "kandinsky6": "kandinsky6"}  # tests/tiny_checkpoints.py
 
 TINY = {  # the same classes, CPU-sized (smoke run)
     "transformer": dict(in_channels=8, out_channels=8, num_attention_heads=2, attention_head_dim=8,
@@ -176,6 +184,8 @@ def build_family(arch: str, tiny: bool, device: str, dtype: torch.dtype):
         return build_framepack(device, dtype)
     if arch in ("wan-animate", "chronoedit"):
         return build_wan_image_family(arch, device, dtype)
+    if arch == "kandinsky6":
+        return build_kandinsky6(device, dtype)
     import diffusers
 
     torch.manual_seed(0)
@@ -422,6 +432,43 @@ def build_wan_image_family(arch: str, device: str, dtype: torch.dtype):
     return pipe
 
 
+def build_kandinsky6(device: str, dtype: torch.dtype):
+    """Kandinsky6TI2VAPipeline with diffusers' default Kandinsky6Transformer3DModel and the released checkpoints'
+    flags (text_token_padding, ca_rope, cross_gates, fix_modulation, 2 token types), HunyuanVideo's VAE, MMAudio's
+    VAE and vocoder (44.1 kHz), random weights; a 2-layer Qwen2.5-VL text model of width 3584 and a 1-layer CLIP
+    text model of width 768 (what the transformer reads) as prompt stand-ins, with a Qwen2 tokenizer as the
+    service loads it."""
+    import diffusers
+    from transformers import (CLIPTextConfig, CLIPTextModel, CLIPTokenizer, Qwen2_5_VLConfig,
+                              Qwen2_5_VLForConditionalGeneration, Qwen2Tokenizer)
+
+    torch.manual_seed(0)
+    scheduler = diffusers.FlowMatchEulerDiscreteScheduler()  # keeps its tables on the CPU: outside the device scope
+    letters = list("abcdefghijklmnopqrstuvwxyz")
+    qwen_tok = Qwen2Tokenizer(vocab={t: i for i, t in enumerate(["<|endoftext|>", "<|im_start|>", "<|im_end|>", "\u0120",
+                                                                 *letters])}, merges=[])
+    clip_tok = CLIPTokenizer(vocab={t: i for i, t in enumerate(
+        ["<|startoftext|>", "<|endoftext|>", *letters, *(c + "</w>" for c in letters)])}, merges=[])
+    with torch.device(device):
+        pipe = diffusers.Kandinsky6TI2VAPipeline(
+            transformer=diffusers.Kandinsky6Transformer3DModel(text_token_padding=True, ca_rope=True, cross_gates=True,
+                                                               fix_modulation=True, visual_token_type_num_embeddings=2),
+            vae=diffusers.AutoencoderKLHunyuanVideo(), scheduler=scheduler, tokenizer=qwen_tok,
+            text_encoder=Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(
+                text_config=dict(vocab_size=len(qwen_tok), hidden_size=3584, intermediate_size=256, num_hidden_layers=2,
+                                 num_attention_heads=28, num_key_value_heads=4),
+                vision_config=dict(depth=1, hidden_size=64, intermediate_size=64, num_heads=2,
+                                   out_hidden_size=3584))).eval(),
+            tokenizer_2=clip_tok,
+            text_encoder_2=CLIPTextModel(CLIPTextConfig(vocab_size=len(clip_tok), hidden_size=768, intermediate_size=256,
+                                                        num_hidden_layers=1, num_attention_heads=12, projection_dim=768,
+                                                        bos_token_id=0, eos_token_id=1, pad_token_id=1)).eval(),
+            audio_vae=diffusers.MMAudioVAE(), vocoder=diffusers.MMAudioVocoder())
+    pipe = pipe.to(dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def source_frames(call) -> np.ndarray:
     """A smooth moving colour field, frames x height x width x 3 uint8: the video an editing row edits."""
     t, y, x = np.mgrid[0:call["num_frames"], 0:call["height"], 0:call["width"]]
@@ -650,7 +697,7 @@ def main(argv=None) -> int:
         """The family's bare pipeline at its published setting, then the same weights through the backend."""
         spec = FAMILY_ARCHS[arch]
         call = dict(args, **spec["call"]) if not tiny else dict(args)
-        if arch != "ltx2":
+        if arch not in ("ltx2", "kandinsky6"):
             call.pop("frame_rate", None)
         if tiny and arch == "sana-video":
             call["use_resolution_binning"] = False
@@ -693,6 +740,13 @@ def main(argv=None) -> int:
             row["published"] = spec["published"]
             record(row)
             path = os.path.join(workdir, arch)
+            size = sum(p.numel() * p.element_size() for c in pipe.components.values()
+                       if isinstance(c, torch.nn.Module) for p in c.parameters())
+            if size * 1.1 > shutil.disk_usage(workdir).free:  # the service row loads the weights back from disk
+                record({"variant": f"{arch} service", "skipped": f"saving the checkpoint needs {size / 2**30:.0f} GiB "
+                                                               f"of disk; {workdir} has "
+                                                               f"{shutil.disk_usage(workdir).free / 2**30:.0f}"})
+                return
             pipe.save_pretrained(path)
             del pipe
             free_memory()

@@ -131,7 +131,7 @@ class DiffusersBackend(Backend):
             self.dtype = torch.float32
         first = cfg.kinds[0]
         cls_name = cfg.kind_class(first)
-        kwargs = {"dtype": self.dtype, "local_files_only": True}
+        kwargs = {"dtype": self.dtype, "local_files_only": True, **self.adapter.load_components(cfg.path)}
         if cfg.vae_dtype and TORCH_DTYPES[cfg.vae_dtype] != self.dtype:
             kwargs["vae"] = getattr(diffusers, self.family.vae).from_pretrained(
                 cfg.path, subfolder="vae", dtype=TORCH_DTYPES[cfg.vae_dtype], local_files_only=True)
@@ -141,6 +141,7 @@ class DiffusersBackend(Backend):
         except Exception as exc:
             raise GenerationError(f"model {cfg.name}: cannot load {cls_name} from {cfg.path}: {exc}") from exc
         pipe.set_progress_bar_config(disable=True)
+        self.adapter.loaded(pipe, cfg.path)
         self.adapter.check_shared(pipe, first)
         self.pipes[first] = pipe
         self.primary = pipe
@@ -474,9 +475,8 @@ class DiffusersBackend(Backend):
             raise GenerationError(f"model {self.config.name} returned {len(frames)} frames, not {num_frames}")
         result = GenerationResult(frames=frames, fps=float(req.fps), seed=int(req.seed), native_size=native)
         audio = getattr(output, "audio", None)
-        if audio is not None:  # LTX-2: [B, channels, samples] from its vocoder
-            rate = int(pipe.vocoder.config.output_sampling_rate)
-            track = torch.as_tensor(audio[0]).float().cpu().numpy().T
+        if audio is not None:  # LTX-2, Kandinsky 6: the sound track made with the video
+            track, rate = self.adapter.audio_track(pipe, audio)
             result.audio = fit_audio(np.clip(track, -1.0, 1.0).astype(np.float32),
                                      round(num_frames / float(req.fps) * rate))
             result.audio_sample_rate = rate

@@ -52,6 +52,7 @@ MODELS = {
     # segments of 9 frames: a 17-frame clip takes two, the second continuing the first's last frame
     "tiny-wan-animate": ("wan-animate", "wan-animate", {"pipeline_kwargs": {"segment_frame_length": 9}}),
     "tiny-chronoedit": ("chronoedit", "chronoedit", {"defaults": {**DEFAULTS, "frames": 5}}),  # the image and its edit
+    "tiny-kandinsky6": ("kandinsky6", "kandinsky6", {}),
 }
 # (model, task, pipeline class it runs, frames, steps, strength)
 CASES = [
@@ -92,6 +93,8 @@ CASES = [
     ("tiny-wan-animate", "animate", "WanAnimatePipeline", 9, 2, None),
     ("tiny-wan-animate", "animate", "WanAnimatePipeline", 17, 2, None),  # two segments
     ("tiny-chronoedit", "i2v", "ChronoEditPipeline", 5, 2, None),  # the image and its edit
+    ("tiny-kandinsky6", "t2v", "Kandinsky6TI2VAPipeline", 9, 2, None),
+    ("tiny-kandinsky6", "i2v", "Kandinsky6TI2VAPipeline", 9, 2, None),
 ]
 
 

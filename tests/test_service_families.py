@@ -1,4 +1,4 @@
-"""Model families through the whole service, on CPU: LTX-2 with its sound track, the Wan 2.2 TI2V-5B
+"""Model families through the whole service, on CPU: LTX-2 and Kandinsky 6 with their sound tracks, the Wan 2.2 TI2V-5B
 text- and image-to-video pair, Wan video-to-video (Wan 2.2 A14B's two-expert layout), Helios (base and
 pyramid: text-to-video, image-to-video, and its video-to-video, which continues a source video), Sana
 Video and Motif-Video (text- and image-to-video), Lucy Edit (video editing from a prompt), FramePack
@@ -42,6 +42,7 @@ MODELS = {  # name -> (checkpoint builder, pipeline kinds)
     "tiny-framepack": ("framepack", "framepack"),
     "tiny-wan-animate": ("wan-animate", "wan-animate"),
     "tiny-chronoedit": ("chronoedit", "chronoedit"),
+    "tiny-kandinsky6": ("kandinsky6", "kandinsky6"),
 }
 UPSAMPLERS = {"tiny-ltx2": "ltx2-upsampler"}  # model -> its latent upsampler's checkpoint builder
 # ChronoEdit keeps its family's frame limit (the image and its edit: 5 frames)
@@ -161,6 +162,24 @@ def test_ltx2_upscale_job_runs_its_latent_upsampler_and_keeps_the_sound(stack):
     assert distance(resize_frames(decode_video(plain)[0], (64, 64)), frames) > 10
     status, _, body = http("GET", stack.base + "/api/models")
     assert next(m for m in json.loads(body)["models"] if m["name"] == "tiny-ltx2")["extra"]["upsampler"] is True
+
+
+def test_kandinsky6_text_and_image_jobs_carry_their_sound(stack):
+    """Kandinsky 6 makes a mono sound track with the video (its checkpoint loaded without torchvision: the Qwen2
+    tokenizer in place of the Qwen2_5_VLProcessor its model_index.json names); a start image decides the video."""
+    out = watch(stack, {"t2v": {"model": "tiny-kandinsky6"}, "a": {"model": "tiny-kandinsky6", "image": png_b64(1)},
+                        "b": {"model": "tiny-kandinsky6", "image": png_b64(2)}})
+    data = {key: fetch_video(stack, completed(events)) for key, events in out.items()}
+    assert all(completed(events)["has_audio"] is True for events in out.values())
+    videos = {key: decode_video(mp4)[0] for key, mp4 in data.items()}
+    assert videos["a"].shape == (17, 32, 32, 3) and distance(videos["a"], videos["b"]) > 1.0
+    with av.open(io.BytesIO(data["t2v"])) as container:
+        video, sound = container.streams.video[0], container.streams.audio[0]
+        assert sound.codec_context.name == "aac" and sound.channels == 1
+        assert float(sound.duration * sound.time_base) == pytest.approx(float(video.duration * video.time_base),
+                                                                        abs=0.01)
+    track, rate = decode_audio(data["t2v"])
+    assert rate == 8000 and track.std() > 1e-3
 
 
 def test_wan22_text_and_image_to_video_pair(stack):

@@ -15,6 +15,7 @@ Sizes stay small because on CPU the token count is what costs (docs: FACTS.md).
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import shutil
 import tempfile
@@ -529,6 +530,62 @@ def framepack_pipeline():
         feature_extractor=SiglipImageProcessor(size={"height": 32, "width": 32}))
 
 
+# ------------------------------------------------------------------ Kandinsky 6 (video + sound)
+def kandinsky6_pipeline():
+    """Kandinsky6TI2VAPipeline: the fused video/audio transformer, HunyuanVideo's VAE, a Qwen2.5-VL prompt encoder
+    with a Qwen2 tokenizer (the published checkpoint names Qwen2_5_VLProcessor, which transformers cannot build
+    without torchvision: see PUBLISHED_LAYOUT), CLIP's pooled embedding, an MMAudio VAE and vocoder (8 kHz mono,
+    hop 64 = 4 x 4 x 4). A start image reaches the clip only through self-attention to its extra latent frame:
+    at the default init the image moved the frames by 0.02 grey levels (its token-type embedding drowned it), so
+    that embedding is scaled 0.1x and the patch embedding, self-attention values and outputs 8x (7 levels)."""
+    from diffusers import (AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, Kandinsky6TI2VAPipeline,
+                           Kandinsky6Transformer3DModel, MMAudioVAE, MMAudioVocoder)
+    from transformers import (CLIPTextConfig, CLIPTextModel, CLIPTokenizer, Qwen2_5_VLConfig,
+                              Qwen2_5_VLForConditionalGeneration, Qwen2Tokenizer)
+
+    torch.manual_seed(0)
+    transformer = Kandinsky6Transformer3DModel(
+        in_visual_dim=4, out_visual_dim=4, in_text_dim=16, in_text_dim2=8, time_dim=16, model_dim=24, ff_dim=32,
+        num_text_blocks=1, num_visual_blocks=1, axes_dims=(4, 4, 4), in_audio_dim=4, out_audio_dim=4,
+        text_token_padding=True, ca_rope=True, cross_gates=True, fix_modulation=True,
+        visual_token_type_num_embeddings=2)
+    gains = {"visual_token_type_embeddings.": 0.1, "visual_embeddings.in_layer.weight": 8.0,
+             ".self_attention.to_value.weight": 8.0, ".self_attention.out_layer.weight": 8.0}
+    with torch.no_grad():
+        for name, weight in transformer.named_parameters():
+            for part, gain in gains.items():
+                if part in name:
+                    weight.mul_(gain)
+    torch.manual_seed(0)
+    vae = responsive(AutoencoderKLHunyuanVideo(
+        latent_channels=4, block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4))
+    tokenizer = Qwen2Tokenizer(vocab=_bpe_vocab(["<|endoftext|>", "<|im_start|>", "<|im_end|>"], "\u0120"), merges=[])
+    torch.manual_seed(0)
+    text_encoder = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=16, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2,
+                         rope_scaling={"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"}),
+        vision_config=dict(depth=1, hidden_size=16, intermediate_size=16, num_heads=2, out_hidden_size=16,
+                           patch_size=2, spatial_merge_size=1, temporal_patch_size=1))).eval()
+    letters = "abcdefghijklmnopqrstuvwxyz"  # CLIP's BPE marks a word's last letter with </w>
+    tokenizer_2 = CLIPTokenizer(vocab={piece: i for i, piece in enumerate(
+        ["<|startoftext|>", "<|endoftext|>", *letters, *(c + "</w>" for c in letters)])}, merges=[])
+    torch.manual_seed(0)
+    text_encoder_2 = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer_2), hidden_size=8, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=77, projection_dim=8, bos_token_id=0, eos_token_id=1, pad_token_id=1)).eval()
+    torch.manual_seed(0)
+    audio_vae = MMAudioVAE(mel_bins=8, latent_channels=4, hidden_channels=8, channel_multipliers=(1, 1),
+                           layers_per_block=1, sample_rate=8000, n_fft=128, hop_length=64)
+    torch.manual_seed(0)
+    vocoder = MMAudioVocoder(num_mels=8, upsample_initial_channel=16, upsample_rates=(4, 4, 4),
+                             upsample_kernel_sizes=(8, 8, 8), resblock_kernel_sizes=(3,),
+                             resblock_dilation_sizes=((1, 3, 5),))
+    return Kandinsky6TI2VAPipeline(transformer=transformer, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                                   text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
+                                   scheduler=FlowMatchEulerDiscreteScheduler(), audio_vae=audio_vae, vocoder=vocoder)
+
+
 def cogvideox_pipeline():
     from diffusers import (AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline,
                            CogVideoXTransformer3DModel)
@@ -572,13 +629,23 @@ BUILDERS = {
     "framepack": framepack_pipeline,
     "wan-animate": wan_animate_pipeline,
     "chronoedit": chronoedit_pipeline,
+    "kandinsky6": kandinsky6_pipeline,
 }
+# model_index.json entries the published checkpoints have and a tiny build cannot: Kandinsky 6 names the
+# Qwen2_5_VLProcessor (its folder holds the Qwen2 tokenizer's files, which is what is saved here)
+PUBLISHED_LAYOUT = {"kandinsky6": {"tokenizer": ["transformers", "Qwen2_5_VLProcessor"]}}
 
 
 def save_tiny_checkpoint(kind: str, directory: str) -> str:
     """Build the tiny `kind` pipeline and save it as a full pipeline folder; returns the folder."""
     os.makedirs(directory, exist_ok=True)
     BUILDERS[kind]().save_pretrained(directory)
+    if kind in PUBLISHED_LAYOUT:
+        index_file = os.path.join(directory, "model_index.json")
+        with open(index_file) as fh:
+            index = json.load(fh)
+        with open(index_file, "w") as fh:
+            json.dump({**index, **PUBLISHED_LAYOUT[kind]}, fh, indent=2)
     return directory
 
 

@@ -8,7 +8,8 @@ import importlib
 from generator.families.base import LIVE_MODES, TASKS, Family, FamilyAdapter, PipelineKind, check_family
 
 MODULES = ("ltx", "ltx2", "wan", "wan_vace", "skyreels_v2", "hunyuanvideo15", "cogvideox", "helios", "lucy_edit",
-           "sana_video", "motif_video", "framepack", "wan_animate", "chronoedit", "generic")
+           "sana_video", "motif_video", "framepack", "wan_animate", "chronoedit",
+           "kandinsky6", "generic")
 
 FAMILIES = {fam.name: check_family(fam) for module in MODULES
             for fam in importlib.import_module(f"generator.families.{module}").FAMILIES}

@@ -154,6 +154,13 @@ class FamilyAdapter:
         return k if k <= num_frames - fam.frame_multiple else 0
 
     # ---------------------------------------------------------------- loading
+    def load_components(self, path: str) -> dict:
+        """from_pretrained overrides of the checkpoint's model_index.json (a component given, or None: not loaded)."""
+        return {}
+
+    def loaded(self, pipe, path: str) -> None:
+        """After the first kind's pipeline is loaded from `path`: put in what load_components left out."""
+
     def check_shared(self, pipe, kind: str) -> None:
         """Raise GenerationError when `kind` cannot run on the components loaded for the first kind."""
 
@@ -176,6 +183,14 @@ class FamilyAdapter:
     def one_clip(self, task: str, call: dict, req) -> Clip:
         """Adjust `call` for one clip of req.num_frames; says what the pipeline will return."""
         return Clip(req.num_frames)
+
+    def audio_track(self, pipe, audio) -> tuple:
+        """The pipeline output's `audio` -> (samples x channels float array of the first video, sample rate).
+        The default is LTX-2's: [B, channels, samples] from a vocoder with `output_sampling_rate`."""
+        import torch
+
+        return (torch.as_tensor(audio[0]).float().cpu().numpy().T,
+                int(pipe.vocoder.config.output_sampling_rate))
 
     # ---------------------------------------------------------------- latents (previews)
     def normalised_latents(self, pipe, z):

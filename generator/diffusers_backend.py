@@ -26,7 +26,6 @@ import contextlib
 import gc
 import inspect
 import logging
-import math
 import os
 import time
 from typing import Callable, Optional
@@ -170,10 +169,12 @@ class DiffusersBackend(Backend):
                                   f"(model_index.json) nor a model folder (config.json); check 'upsampler' in the "
                                   f"model configuration")
         upsample_cls = getattr(diffusers, self.family.upsampler)
-        try:  # the model's own VAE decodes the upsampled latents: no second copy
+        # a latent upsampler decodes with the model's own VAE (no second copy); a super-resolution pipeline has its own
+        shared = {"vae": pipe.vae} if self.adapter.upsampler_shares_vae else {}
+        try:
             if folder == "pipeline":
-                self.upsampler = upsample_cls.from_pretrained(cfg.upsampler, vae=pipe.vae, dtype=self.dtype,
-                                                              local_files_only=True)
+                self.upsampler = upsample_cls.from_pretrained(cfg.upsampler, dtype=self.dtype, local_files_only=True,
+                                                              **shared)
             else:  # the upsampler model alone (LTX-2's latent_upsampler folder): the pipeline around it is two parts
                 model_cls = upsample_cls._get_signature_types()["latent_upsampler"][0]
                 self.upsampler = upsample_cls(vae=pipe.vae, latent_upsampler=model_cls.from_pretrained(
@@ -182,7 +183,9 @@ class DiffusersBackend(Backend):
             raise GenerationError(f"model {cfg.name}: cannot load {self.family.upsampler} from {cfg.upsampler}: "
                                   f"{exc}") from exc
         self.upsampler.set_progress_bar_config(disable=True)
-        self.upsampler.latent_upsampler.to(self.device)
+        for component in self.upsampler.components.values():  # the shared VAE stays where offload keeps it
+            if isinstance(component, torch.nn.Module) and component is not pipe.vae:
+                component.to(self.device)
 
     def _transformers(self, pipe) -> list:
         """The denoisers: Wan 2.2 A14B has two experts (transformer_2 below its boundary_ratio)."""
@@ -498,7 +501,8 @@ class DiffusersBackend(Backend):
     @torch.no_grad()
     def _upscale_video(self, frames: np.ndarray, factor: int,
                        should_cancel: Optional[CancelCheck] = None) -> np.ndarray:
-        """Frames x factor (2 or 4) through the latent upsampler: VAE encode, x2 in latent space, decode."""
+        """Frames x factor (2 or 4) through the upsampler: a latent upsampler's x2 passes (VAE encode, x2 in latent
+        space, decode), or the family's super-resolution pipeline (adapter.upscale_passes)."""
         if factor not in self.latent_upscale_factors:
             raise GenerationError(f"model {self.config.name}: the latent upsampler scales by "
                                   f"{' or '.join(map(str, self.latent_upscale_factors))}, not {factor}")
@@ -507,12 +511,14 @@ class DiffusersBackend(Backend):
         n = len(frames)
         pad = (-(n - self.family.frame_offset)) % self.family.frame_multiple  # the VAE takes 8k+1 frames
         video = np.concatenate([frames, np.repeat(frames[-1:], pad, axis=0)]) if pad else frames
-        for _ in range(int(math.log2(factor))):
+        for arguments in self.adapter.upscale_passes(factor):
             if should_cancel is not None and should_cancel():
                 raise Cancelled()
             h, w = video.shape[1:3]
+            generator = torch.Generator(device=self.upsampler._execution_device).manual_seed(0)  # the same every time
             call = {k: v for k, v in dict(video=[pil(f) for f in video], height=h, width=w, num_frames=len(video),
-                                           output_type="np").items() if _accepts(self.upsampler, k)}
+                                           output_type="np", generator=generator, **arguments).items()
+                    if _accepts(self.upsampler, k)}
             with torch.inference_mode():
                 out = np.asarray(self.upsampler(**call).frames[0])
             video = (np.clip(out, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)

@@ -243,6 +243,28 @@ def test_ltx2_latent_upsampler_is_the_upscale_post_step_and_keeps_the_sound():
         backend.unload()
 
 
+def test_kandinsky6_sr_is_the_upscale_post_step_and_keeps_the_sound():
+    """A Kandinsky 6 entry with a Kandinsky6SRPipeline `upsampler`: a job's `upscale` 2 is one super-resolution
+    call (its own VAE), the same for the same clip, and the sound track is kept."""
+    from generator import longvideo as lv
+
+    cfg = mc.parse_entry("tiny-k6-sr", entry("kandinsky6", "kandinsky6",
+                                             upsampler=tiny_checkpoints.cached_checkpoint("kandinsky6-sr")))
+    backend = DiffusersBackend(cfg)
+    try:
+        base = backend.generate(GenerationRequest("a dog", seed=2))
+        encoded = []  # the SR pipeline encodes the whole low-resolution video once per call
+        encode = backend.upsampler.encode_video
+        backend.upsampler.encode_video = lambda video: encoded.append(video.shape) or encode(video)
+        x2 = lv.run_job(backend, GenerationRequest("a dog", seed=2), lv.LongVideoOptions(upscale=2))
+        assert x2.frames.shape == (9, 64, 64, 3) and len(encoded) == 1
+        assert backend.upsampler.vae is not backend.pipes["kandinsky6"].vae
+        assert np.array_equal(x2.audio, base.audio) and x2.audio_sample_rate == base.audio_sample_rate
+        assert np.array_equal(backend.upscale_video(base.frames, 2), x2.frames)
+    finally:
+        backend.unload()
+
+
 def test_wan22_a14b_runs_both_experts(backends):
     backend = backends("tiny-wan22-a14b")
     backend.load()

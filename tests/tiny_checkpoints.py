@@ -586,6 +586,27 @@ def kandinsky6_pipeline():
                                    scheduler=FlowMatchEulerDiscreteScheduler(), audio_vae=audio_vae, vocoder=vocoder)
 
 
+def kandinsky6_sr_pipeline():
+    """Kandinsky6SRPipeline (video super-resolution, its own checkpoint): the NABLA sparse-attention transformer on
+    32 x 32 output tiles (an 8 x 8 token grid, the smallest NABLA takes), its 4x VAE and the x2 / x4 latent
+    upscaler bank."""
+    from diffusers import (FlowMatchEulerDiscreteScheduler, Kandinsky6SRLatentUpscalerBank, Kandinsky6SRPipeline,
+                           Kandinsky6SRTransformer3DModel, Kandinsky6SRVAE)
+
+    torch.manual_seed(0)
+    vae = Kandinsky6SRVAE(latent_channels=4, encoder_block_out_channels=(8, 8, 8), decoder_block_out_channels=(8, 8, 8),
+                          layers_per_block=1)
+    torch.manual_seed(0)
+    transformer = Kandinsky6SRTransformer3DModel(in_visual_dim=4, out_visual_dim=4, time_dim=16, model_dim=24, ff_dim=32,
+                                                 num_visual_blocks=1, axes_dims=(4, 4, 4), nabla_window=(3, 3, 3),
+                                                 tile_sizes=((32, 32),))
+    torch.manual_seed(0)
+    upscaler = Kandinsky6SRLatentUpscalerBank(in_channels=4, stage_channels=(8, 8, 8), num_pre_blocks=1, num_mid_blocks=1,
+                                              num_post_blocks=1, num_x2_adapter_blocks=1)
+    return Kandinsky6SRPipeline(transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(),
+                                latent_upscaler=upscaler)
+
+
 def cogvideox_pipeline():
     from diffusers import (AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline,
                            CogVideoXTransformer3DModel)
@@ -630,6 +651,7 @@ BUILDERS = {
     "wan-animate": wan_animate_pipeline,
     "chronoedit": chronoedit_pipeline,
     "kandinsky6": kandinsky6_pipeline,
+    "kandinsky6-sr": kandinsky6_sr_pipeline,
 }
 # model_index.json entries the published checkpoints have and a tiny build cannot: Kandinsky 6 names the
 # Qwen2_5_VLProcessor (its folder holds the Qwen2 tokenizer's files, which is what is saved here)

@@ -9,6 +9,7 @@ only inside the adapter's methods: the web process reads the descriptions and ne
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -160,6 +161,14 @@ class FamilyAdapter:
 
     def loaded(self, pipe, path: str) -> None:
         """After the first kind's pipeline is loaded from `path`: put in what load_components left out."""
+
+    # the family's upsampler (Family.upsampler, loaded from the entry's "upsampler" folder): a latent upsampler
+    # decoding with the model's VAE, upscaling x2 per pass (LTX); a super-resolution pipeline overrides both
+    upsampler_shares_vae = True
+
+    def upscale_passes(self, factor: int) -> list:
+        """The upsampler calls (their extra arguments) that scale a video by `factor` (2 or 4): one x2 pass each."""
+        return [{}] * int(math.log2(factor))
 
     def check_shared(self, pipe, kind: str) -> None:
         """Raise GenerationError when `kind` cannot run on the components loaded for the first kind."""

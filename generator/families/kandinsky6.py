@@ -19,6 +19,11 @@ from generator.families.base import Family, FamilyAdapter, PipelineKind
 
 
 class Kandinsky6Adapter(FamilyAdapter):
+    upsampler_shares_vae = False  # Kandinsky6SRPipeline: its own transformer, VAE and latent upscaler bank
+
+    def upscale_passes(self, factor: int) -> list:
+        return [{"resolution_scale": float(factor)}]  # one pass: the SR pipeline takes x2 and x4 directly
+
     def load_components(self, path: str) -> dict:
         return {"tokenizer": None}  # diffusers refuses a tokenizer in place of the processor it names: loaded() sets it
 
@@ -47,5 +52,6 @@ FAMILIES = (
         "kandinsky6": PipelineKind("Kandinsky6TI2VAPipeline", ("t2v", "i2v")),
     }, vae="AutoencoderKLHunyuanVideo", frame_multiple=4, frame_offset=1, min_frames=5, max_frames=241,
         size_multiple=16, max_size=1280, default_width=864, default_height=480, default_frames=121,
-        default_steps=50, default_guidance=5.0, default_fps=24.0, adapter=Kandinsky6Adapter, audio=True),
+        default_steps=50, default_guidance=5.0, default_fps=24.0, adapter=Kandinsky6Adapter, audio=True,
+        upsampler="Kandinsky6SRPipeline"),
 )

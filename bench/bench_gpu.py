@@ -149,7 +149,8 @@ def tokenizer():
 
 def build_pipeline(tiny: bool, device: str, dtype: torch.dtype):
     """LTXPipeline with the published architecture (or the tiny one), random weights."""
-    from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXPipeline, LTXVideoTransformer3DModel
+    from diffusers import (AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXPipeline,
+                           LTXVideoTransformer3DModel)
     from transformers import T5Config, T5EncoderModel
 
     tok = tokenizer()
@@ -241,8 +242,8 @@ def build_helios_distilled(tiny: bool, device: str, dtype: torch.dtype):
         with torch.device(device):
             parts = dict(transformer=diffusers.HeliosTransformer3DModel(), vae=diffusers.AutoencoderKLWan(),
                          **umt5_stand_in())
-        pipe = diffusers.HeliosPyramidPipeline(**parts, scheduler=diffusers.HeliosDMDScheduler(use_dynamic_shifting=True),
-                                               is_distilled=True)
+        pipe = diffusers.HeliosPyramidPipeline(
+            **parts, scheduler=diffusers.HeliosDMDScheduler(use_dynamic_shifting=True), is_distilled=True)
     pipe = pipe.to(device=device, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -380,21 +381,23 @@ def build_framepack(device: str, dtype: torch.dtype):
     torch.manual_seed(0)
     scheduler = diffusers.FlowMatchEulerDiscreteScheduler()  # keeps its tables on the CPU: outside the device scope
     letters = list("abcdefghijklmnopqrstuvwxyz")
-    llama_tok = LlamaTokenizerFast(vocab={t: i for i, t in enumerate(["<unk>", "<s>", "</s>", "<pad>", "\u2581", *letters])},
-                                   merges=[], pad_token="<pad>")
+    llama_tok = LlamaTokenizerFast(
+        vocab={t: i for i, t in enumerate(["<unk>", "<s>", "</s>", "<pad>", "\u2581", *letters])}, merges=[],
+        pad_token="<pad>")
     clip_tok = CLIPTokenizer(vocab={t: i for i, t in enumerate(
         ["<|startoftext|>", "<|endoftext|>", *letters, *(c + "</w>" for c in letters)])}, merges=[])
     with torch.device(device):
         pipe = diffusers.HunyuanVideoFramepackPipeline(
-            transformer=diffusers.HunyuanVideoFramepackTransformer3DModel(has_image_proj=True, has_clean_x_embedder=True),
+            transformer=diffusers.HunyuanVideoFramepackTransformer3DModel(has_image_proj=True,
+                                                                          has_clean_x_embedder=True),
             vae=diffusers.AutoencoderKLHunyuanVideo(), scheduler=scheduler, tokenizer=llama_tok,
             text_encoder=LlamaModel(LlamaConfig(vocab_size=len(llama_tok), hidden_size=4096, intermediate_size=256,
                                                 num_hidden_layers=2, num_attention_heads=32, num_key_value_heads=8,
                                                 max_position_embeddings=512)).eval(),
             tokenizer_2=clip_tok,
-            text_encoder_2=CLIPTextModel(CLIPTextConfig(vocab_size=len(clip_tok), hidden_size=768, intermediate_size=256,
-                                                        num_hidden_layers=1, num_attention_heads=12, projection_dim=768,
-                                                        bos_token_id=0, eos_token_id=1, pad_token_id=1)).eval(),
+            text_encoder_2=CLIPTextModel(CLIPTextConfig(
+                vocab_size=len(clip_tok), hidden_size=768, intermediate_size=256, num_hidden_layers=1,
+                num_attention_heads=12, projection_dim=768, bos_token_id=0, eos_token_id=1, pad_token_id=1)).eval(),
             image_encoder=SiglipVisionModel(SiglipVisionConfig(hidden_size=1152, intermediate_size=256,
                                                                num_hidden_layers=1, num_attention_heads=16,
                                                                image_size=384, patch_size=14)).eval(),
@@ -423,8 +426,9 @@ def build_wan_image_family(arch: str, device: str, dtype: torch.dtype):
                 in_channels=36, image_dim=1280, added_kv_proj_dim=5120)
         pipe = cls(
             transformer=transformer, vae=diffusers.AutoencoderKLWan(), scheduler=scheduler,
-            image_encoder=CLIPVisionModel(CLIPVisionConfig(hidden_size=1280, intermediate_size=256, num_hidden_layers=1,
-                                                           num_attention_heads=16, image_size=224, patch_size=14)).eval(),
+            image_encoder=CLIPVisionModel(CLIPVisionConfig(
+                hidden_size=1280, intermediate_size=256, num_hidden_layers=1, num_attention_heads=16, image_size=224,
+                patch_size=14)).eval(),
             image_processor=CLIPImageProcessor(crop_size=224, size=224), **umt5_stand_in())
     pipe = pipe.to(dtype=dtype)
     pipe.vae.to(torch.float32)
@@ -445,8 +449,8 @@ def build_kandinsky6(device: str, dtype: torch.dtype):
     torch.manual_seed(0)
     scheduler = diffusers.FlowMatchEulerDiscreteScheduler()  # keeps its tables on the CPU: outside the device scope
     letters = list("abcdefghijklmnopqrstuvwxyz")
-    qwen_tok = Qwen2Tokenizer(vocab={t: i for i, t in enumerate(["<|endoftext|>", "<|im_start|>", "<|im_end|>", "\u0120",
-                                                                 *letters])}, merges=[])
+    qwen_tok = Qwen2Tokenizer(vocab={t: i for i, t in enumerate(
+        ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "\u0120", *letters])}, merges=[])
     clip_tok = CLIPTokenizer(vocab={t: i for i, t in enumerate(
         ["<|startoftext|>", "<|endoftext|>", *letters, *(c + "</w>" for c in letters)])}, merges=[])
     with torch.device(device):
@@ -460,9 +464,9 @@ def build_kandinsky6(device: str, dtype: torch.dtype):
                 vision_config=dict(depth=1, hidden_size=64, intermediate_size=64, num_heads=2,
                                    out_hidden_size=3584))).eval(),
             tokenizer_2=clip_tok,
-            text_encoder_2=CLIPTextModel(CLIPTextConfig(vocab_size=len(clip_tok), hidden_size=768, intermediate_size=256,
-                                                        num_hidden_layers=1, num_attention_heads=12, projection_dim=768,
-                                                        bos_token_id=0, eos_token_id=1, pad_token_id=1)).eval(),
+            text_encoder_2=CLIPTextModel(CLIPTextConfig(
+                vocab_size=len(clip_tok), hidden_size=768, intermediate_size=256, num_hidden_layers=1,
+                num_attention_heads=12, projection_dim=768, bos_token_id=0, eos_token_id=1, pad_token_id=1)).eval(),
             audio_vae=diffusers.MMAudioVAE(), vocoder=diffusers.MMAudioVocoder())
     pipe = pipe.to(dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
@@ -573,8 +577,8 @@ def service_row(path, args, workdir, label="service", memory=None, kinds=("ltx",
     t1 = time.perf_counter()
     mp4 = encode_video(result.frames, result.fps, audio=result.audio, sample_rate=result.audio_sample_rate)
     enc_s = time.perf_counter() - t1
-    row = {"variant": label, "total_s": gen_s + enc_s, "applied": dict(backend.applied), "generate_s": gen_s, "encode_mp4_s": enc_s,
-           "load_s": load_s, "mp4_bytes": len(mp4),
+    row = {"variant": label, "total_s": gen_s + enc_s, "applied": dict(backend.applied), "generate_s": gen_s,
+           "encode_mp4_s": enc_s, "load_s": load_s, "mp4_bytes": len(mp4),
            "s_per_step": float(statistics.median(np.diff(previews))) if len(previews) > 2 else None,
            "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
            "frames_shape": list(result.frames.shape),
@@ -790,7 +794,8 @@ def main(argv=None) -> int:
     print(f"{'variant':18} {'s/step':>8} {'step x':>7} {'total s':>8} {'total x':>8} {'peak GiB':>9}")
     for row in rows:
         if "skipped" in row or "error" in row:
-            print(f"{row['variant']:18} {'skipped' if 'skipped' in row else 'FAILED'}: {row.get('skipped') or row['error']}")
+            status = "skipped" if "skipped" in row else "FAILED"
+            print(f"{row['variant']:18} {status}: {row.get('skipped') or row['error']}")
             continue
         sps, peak, total = row.get("s_per_step"), row.get("peak_gpu_gib"), row["total_s"]
         ltx = row["variant"].split()[0] not in (*FAMILY_ARCHS, "helios-distilled")  # speed-ups are over LTX's bf16 row

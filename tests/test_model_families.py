@@ -371,7 +371,8 @@ def test_validator_checks_pipeline_kwargs_against_the_real_signatures(tmp_path, 
                                                              defaults={"width": 32, "height": 32, "frames": 9})}))
     assert mc.main([str(path)]) == 0
     out = capsys.readouterr().out
-    assert "fast: ltx-condition (t2v, i2v, v2v, condition)" in out and "preset ltx-distilled" in out and "8 steps guidance 1.0" in out
+    assert "fast: ltx-condition (t2v, i2v, v2v, condition)" in out and "preset ltx-distilled" in out
+    assert "8 steps guidance 1.0" in out
 
 
 def test_a_new_family_is_one_description(monkeypatch):

@@ -2,7 +2,8 @@
 text- and image-to-video pair, Wan video-to-video (Wan 2.2 A14B's two-expert layout), Helios (base and
 pyramid: text-to-video, image-to-video, and its video-to-video, which continues a source video), Sana
 Video and Motif-Video (text- and image-to-video), Lucy Edit (video editing from a prompt), FramePack
-(image-to-video in sections), ChronoEdit (an image edited as a short video), Wan-Animate (a character image moved by a driving video) and the generic kind (a pipeline class mapped by its call signature).
+(image-to-video in sections), ChronoEdit (an image edited as a short video), Wan-Animate (a character image
+moved by a driving video) and the generic kind (a pipeline class mapped by its call signature).
 
 The checkpoints are tiny random instances of the real diffusers / transformers classes saved as
 pipeline folders (tests/tiny_checkpoints.py), named in this stack's models.json like an operator's;
@@ -64,7 +65,8 @@ def stack(tmp_path_factory):
                         "defaults": {"steps": 2, "width": 32, "height": 32, "frames": 17, "fps": 8,
                                      **({"width": 64, "height": 64} if builder == "helios-pyramid" else {})},
                         "max_sequence_length": 16, "queue": QUEUE,
-                        **({"pipeline_class": "LTXImageToVideoPipeline", "tasks": ["i2v"]} if kinds == "generic" else {})}
+                        **({"pipeline_class": "LTXImageToVideoPipeline", "tasks": ["i2v"]}
+                           if kinds == "generic" else {})}
         if name in OWN_FRAMES:
             models[name]["limits"] = {k: v for k, v in SMALL.items() if k != "max_frames"}
             models[name]["defaults"]["frames"] = OWN_FRAMES[name]
@@ -358,7 +360,8 @@ def test_wan_animate_moves_a_character_image_with_a_driving_video(stack):
     assert videos["a"].shape == (17, 32, 32, 3)
     assert distance(videos["a"], videos["other-image"]) > 1.0 and distance(videos["a"], videos["other-video"]) > 1.0
     for fields, missing in (({"image": png_b64(1)}, "video"), ({"video": mp4_b64(1)}, "image")):
-        status, _, body = http("POST", stack.base + "/api/jobs", {**JOB, **job, **fields}, headers={"Origin": stack.origin})
+        status, _, body = http("POST", stack.base + "/api/jobs", {**JOB, **job, **fields},
+                               headers={"Origin": stack.origin})
         assert status == 400 and json.loads(body)["field"] == missing, body
     status, _, body = http("GET", stack.base + "/api/models")
     info = next(m for m in json.loads(body)["models"] if m["name"] == "tiny-wan-animate")
@@ -375,5 +378,6 @@ def test_chronoedit_edits_a_start_image_in_five_frames(stack):
     videos = {key: decode_video(fetch_video(stack, completed(events)))[0] for key, events in out.items()}
     assert videos["a"].shape == (5, 32, 32, 3) and distance(videos["a"], videos["b"]) > 1.0
     for fields, field in (({"image": png_b64(1), "num_frames": 9}, "num_frames"), ({}, "image")):
-        status, _, body = http("POST", stack.base + "/api/jobs", {**JOB, **job, **fields}, headers={"Origin": stack.origin})
+        status, _, body = http("POST", stack.base + "/api/jobs", {**JOB, **job, **fields},
+                               headers={"Origin": stack.origin})
         assert status == 400 and json.loads(body)["field"] == field, body

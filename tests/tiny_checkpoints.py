@@ -302,8 +302,8 @@ def wan_vace_pipeline():
     from diffusers import FlowMatchEulerDiscreteScheduler, WanVACEPipeline, WanVACETransformer3DModel
 
     transformer = _wan_transformer(cls=WanVACETransformer3DModel, vace_layers=[0, 1], vace_in_channels=96)
-    return WanVACEPipeline(transformer=transformer, vae=_wan_vae(), scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
-                           **_text_components(umt5=True))
+    return WanVACEPipeline(transformer=transformer, vae=_wan_vae(),
+                           scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), **_text_components(umt5=True))
 
 
 def wan_animate_pipeline():
@@ -325,9 +325,9 @@ def wan_animate_pipeline():
     image_encoder = CLIPVisionModel(CLIPVisionConfig(hidden_size=4, projection_dim=4, num_hidden_layers=2,
                                                      num_attention_heads=2, image_size=32, intermediate_size=16,
                                                      patch_size=1))
-    return WanAnimatePipeline(transformer=transformer, vae=_wan_vae(), scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-                              image_encoder=image_encoder, image_processor=CLIPImageProcessor(crop_size=32, size=32),
-                              **_text_components(umt5=True))
+    return WanAnimatePipeline(transformer=transformer, vae=_wan_vae(),
+                              scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), image_encoder=image_encoder,
+                              image_processor=CLIPImageProcessor(crop_size=32, size=32), **_text_components(umt5=True))
 
 
 def skyreels_v2_pipeline():
@@ -347,9 +347,9 @@ def _helios_components(stages: int):
     torch.manual_seed(0)
     transformer = HeliosTransformer3DModel(
         patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
-        text_dim=TEXT_DIM, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
-        rope_dim=(4, 4, 4), has_multi_term_memory_patch=True, guidance_cross_attn=True, zero_history_timestep=True,
-        is_amplify_history=False)
+        text_dim=TEXT_DIM, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", rope_dim=(4, 4, 4), has_multi_term_memory_patch=True,
+        guidance_cross_attn=True, zero_history_timestep=True, is_amplify_history=False)
     # At its default init the history (the earlier chunks' latents, seen only through self-attention) moved
     # the next chunk by ~0.3 grey levels: the history patch embeddings and the self-attention's values and
     # output are scaled 8x so that what a chunk continues from decides its frames by whole grey levels.
@@ -428,14 +428,16 @@ def motif_video_pipeline():
                                        head_dim=16, num_key_value_heads=2, dropout_rate=0.0),
         vision_config=SiglipVisionConfig(hidden_size=4, num_hidden_layers=1, num_attention_heads=2,
                                          intermediate_size=64, image_size=16, patch_size=4, num_channels=3))).eval()
-    feature_extractor = SiglipImageProcessor(image_mean=[0.5] * 3, image_std=[0.5] * 3, size={"height": 16, "width": 16})
+    feature_extractor = SiglipImageProcessor(image_mean=[0.5] * 3, image_std=[0.5] * 3,
+                                             size={"height": 16, "width": 16})
     torch.manual_seed(0)
     transformer = MotifVideoTransformer3DModel(
-        in_channels=33, out_channels=16, num_attention_heads=2, attention_head_dim=12, num_layers=1, num_single_layers=1,
-        mlp_ratio=4.0, patch_size=1, patch_size_t=1, qk_norm="rms_norm", text_embed_dim=TEXT_DIM, image_embed_dim=4,
-        rope_axes_dim=(4, 4, 4))
-    return MotifVideoPipeline(transformer=transformer, vae=_wan_vae(), scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
-                              text_encoder=text_encoder, tokenizer=tokenizer, guider=AdaptiveProjectedGuidance(),
+        in_channels=33, out_channels=16, num_attention_heads=2, attention_head_dim=12, num_layers=1,
+        num_single_layers=1, mlp_ratio=4.0, patch_size=1, patch_size_t=1, qk_norm="rms_norm", text_embed_dim=TEXT_DIM,
+        image_embed_dim=4, rope_axes_dim=(4, 4, 4))
+    return MotifVideoPipeline(transformer=transformer, vae=_wan_vae(),
+                              scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), text_encoder=text_encoder,
+                              tokenizer=tokenizer, guider=AdaptiveProjectedGuidance(),
                               feature_extractor=feature_extractor)
 
 
@@ -597,12 +599,12 @@ def kandinsky6_sr_pipeline():
     vae = Kandinsky6SRVAE(latent_channels=4, encoder_block_out_channels=(8, 8, 8), decoder_block_out_channels=(8, 8, 8),
                           layers_per_block=1)
     torch.manual_seed(0)
-    transformer = Kandinsky6SRTransformer3DModel(in_visual_dim=4, out_visual_dim=4, time_dim=16, model_dim=24, ff_dim=32,
-                                                 num_visual_blocks=1, axes_dims=(4, 4, 4), nabla_window=(3, 3, 3),
-                                                 tile_sizes=((32, 32),))
+    transformer = Kandinsky6SRTransformer3DModel(in_visual_dim=4, out_visual_dim=4, time_dim=16, model_dim=24,
+                                                 ff_dim=32, num_visual_blocks=1, axes_dims=(4, 4, 4),
+                                                 nabla_window=(3, 3, 3), tile_sizes=((32, 32),))
     torch.manual_seed(0)
-    upscaler = Kandinsky6SRLatentUpscalerBank(in_channels=4, stage_channels=(8, 8, 8), num_pre_blocks=1, num_mid_blocks=1,
-                                              num_post_blocks=1, num_x2_adapter_blocks=1)
+    upscaler = Kandinsky6SRLatentUpscalerBank(in_channels=4, stage_channels=(8, 8, 8), num_pre_blocks=1,
+                                              num_mid_blocks=1, num_post_blocks=1, num_x2_adapter_blocks=1)
     return Kandinsky6SRPipeline(transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(),
                                 latent_upscaler=upscaler)
 

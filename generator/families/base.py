@@ -107,7 +107,8 @@ def check_family(fam: Family) -> Family:
             problems.append(f"kind {kind!r}: tasks must be some of {TASKS}, got {pk.tasks}")
     if fam.live not in LIVE_MODES:
         problems.append(f"live must be one of {LIVE_MODES}")
-    if not (1 <= fam.frame_multiple and 0 <= fam.frame_offset and fam.min_frames <= fam.default_frames <= fam.max_frames):
+    if not (1 <= fam.frame_multiple and 0 <= fam.frame_offset
+            and fam.min_frames <= fam.default_frames <= fam.max_frames):
         problems.append("frame rule / default frames out of order")
     for n in (fam.min_frames, fam.max_frames, fam.default_frames):
         if (n - fam.frame_offset) % fam.frame_multiple:

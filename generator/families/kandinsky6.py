@@ -30,7 +30,8 @@ class Kandinsky6Adapter(FamilyAdapter):
     def loaded(self, pipe, path: str) -> None:
         from transformers import AutoTokenizer
 
-        pipe.register_modules(tokenizer=AutoTokenizer.from_pretrained(path, subfolder="tokenizer", local_files_only=True))
+        tokenizer = AutoTokenizer.from_pretrained(path, subfolder="tokenizer", local_files_only=True)
+        pipe.register_modules(tokenizer=tokenizer)
 
     def call_arguments(self, req) -> dict:
         return {"frame_rate": float(req.fps)}

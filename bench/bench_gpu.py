@@ -71,7 +71,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # In the order they run: the most telling first, so a run cut short still answers the main questions.
 VARIANTS = ("bf16", "steps20", "service", "cache", "fp16", "cudnn", "tiling", "offload", "compile", "ltx2",
             "wan2.2-ti2v", "helios-distilled", "sana-video", "motif-video", "lucy-edit", "framepack",
-            "wan-animate", "chronoedit", "kandinsky6")
+            "wan-animate", "chronoedit", "kandinsky6", "kandinsky6-sr")
 DENSE_BF16_TFLOPS = 989  # NVIDIA's H100 SXM / H200 spec sheet, dense (no sparsity)
 PUBLISHED = "LTX-Video: 768x512, 121 frames (5 s at 24 fps) in about 2 s on one H100 (published claim)"
 
@@ -292,6 +292,68 @@ def helios_rows(pipe, tiny: bool, device: str) -> list:
     live_s = time.perf_counter() - t0
     service = {"variant": "helios-distilled live_chunks", "first_chunk_s": first_s, "total_s": live_s, "frames": made,
                "fps": made / live_s, "overhead_ratio": (live_s / made) / (total / frames),
+               "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None}
+    return [bare, service]
+
+
+KANDINSKY6_SR = {"width": 864, "height": 480, "frames": 121, "factor": 2, "steps": 2,
+                 "published": "Kandinsky 6.0 VSR distilled (diffusers example): 2 steps on Kandinsky 6's 864x480, "
+                              "121-frame output, repeated blocks compiled"}
+
+
+def kandinsky6_sr_rows(tiny: bool, device: str) -> list:
+    """Kandinsky6SRPipeline (diffusers' default transformer, VAE and latent upscaler bank; tiny: the test suite's)
+    upscaling a synthetic 121-frame 864x480 video x2 in 2 steps: bare, then as the Kandinsky 6 model's `upscale`
+    post-step (DiffusersBackend.upscale_video, the pipeline in memory)."""
+    import diffusers
+
+    from generator.diffusers_backend import DiffusersBackend
+    from generator.model_config import parse_entry
+
+    spec = dict(KANDINSKY6_SR, **({"width": 32, "height": 32, "frames": 9} if tiny else {}))
+    if tiny:
+        from tests import tiny_checkpoints
+
+        pipe = tiny_checkpoints.kandinsky6_sr_pipeline().to(device=device, dtype=torch.bfloat16)
+    else:
+        torch.manual_seed(0)
+        scheduler = diffusers.FlowMatchEulerDiscreteScheduler()  # keeps its tables on the CPU
+        with torch.device(device):
+            pipe = diffusers.Kandinsky6SRPipeline(
+                transformer=diffusers.Kandinsky6SRTransformer3DModel(), vae=diffusers.Kandinsky6SRVAE(),
+                scheduler=scheduler, latent_upscaler=diffusers.Kandinsky6SRLatentUpscalerBank())
+        pipe = pipe.to(dtype=torch.bfloat16)
+        pipe.transformer.compile_repeated_blocks(fullgraph=True)  # its flex attention, fused (the example does)
+    pipe.set_progress_bar_config(disable=True)
+    video = source_frames({"num_frames": spec["frames"], "height": spec["height"], "width": spec["width"]})
+    from PIL import Image
+
+    call = dict(video=[Image.fromarray(f) for f in video], resolution_scale=float(spec["factor"]),
+                num_inference_steps=spec["steps"], output_type="np")
+    pipe(**call, generator=torch.Generator(device).manual_seed(0))  # warm-up (compile)
+    sync()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    out = pipe(**call, generator=torch.Generator(device).manual_seed(0)).frames[0]
+    sync()
+    bare_s = time.perf_counter() - t0
+    bare = {"variant": "kandinsky6-sr", "total_s": bare_s, "frames_shape": list(np.asarray(out).shape),
+            "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
+            "setting": {k: v for k, v in spec.items() if k != "published"}, "published": spec["published"]}
+    config = parse_entry("bench-kandinsky6", {"path": "in-memory", "pipeline": "kandinsky6", "upsampler": "in-memory",
+                                              "dtype": "bfloat16", "limits": {"min_size": 32}})
+    backend = DiffusersBackend(config)
+    backend.pipes, backend.upsampler = {"kandinsky6": pipe}, pipe  # the SR weights in memory; no base model needed
+    sync()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    frames = backend.upscale_video(video, spec["factor"])
+    sync()
+    service_s = time.perf_counter() - t0
+    service = {"variant": "kandinsky6-sr upscale post-step", "total_s": service_s, "frames_shape": list(frames.shape),
+               "overhead_ratio": service_s / bare_s,
                "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None}
     return [bare, service]
 
@@ -760,6 +822,13 @@ def main(argv=None) -> int:
             record(service)
 
     for label in variants:
+        if label == "kandinsky6-sr":
+            try:
+                record(*kandinsky6_sr_rows(tiny, device))
+            except Exception as exc:
+                record({"variant": label, "error": f"{type(exc).__name__}: {exc}"[:500]})
+            free_memory()
+            continue
         if label == "helios-distilled":
             pipe = None
             try:

@@ -11,7 +11,7 @@ cd "$ROOT"
 if [ "${1:-}" = quick ]; then
   shift
   ensure_venv requirements-test.txt
-  exec "$PY" -m pytest -q -n "${TEST_WORKERS:-2}" --dist loadfile -m "not e2e and not model" tests "$@"  # (tests/conftest.py: QUICK)
+  exec "$PY" -m pytest -q -n "${TEST_WORKERS:-2}" --dist loadfile -m "not e2e and not model" tests "$@"  # (conftest: QUICK)
 fi
 
 ensure_tool redis-server redis-server
@@ -28,21 +28,16 @@ if [ ! -f tests/phoenix/node_modules/.package-lock.json ] \
   (cd tests/phoenix && npm ci --no-audit --no-fund --loglevel=error >&2) || die "npm ci in tests/phoenix failed"
 fi
 
-# Two processes (TEST_WORKERS): the suites mostly wait on their stacks' subprocesses; a test module
-# stays in one process (its module-scoped stack with it).
-pytest_run() { "$PY" -m pytest -q -n "${TEST_WORKERS:-2}" --dist loadfile "$@"; }
-if [ $# -gt 0 ]; then  # a chosen part, on TEST_DATABASE (sqlite unless set to postgres)
+# One session on TEST_WORKERS processes (default 4: the suites mostly wait on their stacks'
+# subprocesses, so two cores keep four busy). A module stays in one process (its module-scoped
+# stack with it); the suites where the database is under load (claims, races, the reaper, queue
+# order, caps) run again on a real PostgreSQL as tests/test_*_on_postgres.py, in parallel with the
+# rest. Modules start longest first (tests/conftest.py: LONGEST).
+pytest_run() { "$PY" -m pytest -q -n "${TEST_WORKERS:-4}" --dist loadfile --no-loadscope-reorder "$@"; }
+if [ $# -gt 0 ]; then  # a chosen part (TEST_DATABASE=postgres: every stack on PostgreSQL)
   pytest_run "$@"
   exit
 fi
-# Everything on SQLite, then the suites where the database is under load (claims, races, the
-# reaper, restarts, queue order) again on PostgreSQL; test_fleet runs whole jobs on it in the first
-# pass (submit, Range download, a lost host, racing claims), so test_service's plain job path is
-# not repeated there. The tests go to both processes one by one (--dist load; each builds its own
-# stacks): test_faults.py alone would hold one process for four minutes.
 t0=$SECONDS
 pytest_run tests
-log "SQLite pass: $((SECONDS - t0)) s"
-t0=$SECONDS
-TEST_DATABASE=postgres pytest_run --dist load tests/test_faults.py tests/test_queue.py
-log "PostgreSQL pass: $((SECONDS - t0)) s"
+log "test time: $((SECONDS - t0)) s"

@@ -38,7 +38,7 @@ TINY_LTX_ENTRY = {
 # Chromium), else model when it runs real models or pipelines in-process (torch: seconds a test);
 # a test that uses a shared stack or the browser is e2e wherever it is. Read from the source, so
 # that a new test module is sorted without a list to keep up to date.
-E2E_SIGNS = re.compile(r"\b(Stack|FaultStack|Served|Proc|playwright_api|live_service|strict_service)\b"
+E2E_SIGNS = re.compile(r"\b(Stack|fault_service|Served|Proc|playwright_api|live_service|strict_service)\b"
                        r"|manage\.py")
 MODEL_SIGNS = re.compile(r"^\s*(import (torch|diffusers|tiny_checkpoints|tiny_vlm)\b|from (diffusers|tiny_checkpoints|"
                          r"tiny_vlm)\b|from generator\.(builtin|understanding|diffusers_backend|families|longvideo|"
@@ -48,9 +48,14 @@ E2E_FIXTURES = {"live_service", "strict_service", "browser"}
 QUICK = "not e2e and not model"
 
 
+REPEATS = re.compile(r"^from tests\.(test_\w+) import", re.M)  # a suite run again (test_x_on_postgres)
+
+
 @functools.cache
 def tier_of(path: Path) -> str | None:
     source = path.read_text()
+    if repeated := REPEATS.search(source):
+        return tier_of(path.with_name(repeated.group(1) + ".py"))
     return "e2e" if E2E_SIGNS.search(source) else "model" if MODEL_SIGNS.search(source) else None
 
 
@@ -62,6 +67,22 @@ def pytest_ignore_collect(collection_path, config):
     return None
 
 
+# Scheduling (`--dist loadfile --no-loadscope-reorder`, scripts/test.sh): a module's tests stay in one
+# process (its module-scoped stack with them), and modules start in this order: the longest first
+# (they are the critical path), then the rest of the real-stack tests, then the in-process ones.
+# A module missing from LONGEST only starts later; nothing else depends on the list.
+LONGEST = ("test_worker_loss", "test_worker_loss_on_postgres", "test_worker_kills", "test_fleet", "test_queue",
+           "test_queue_on_postgres", "test_serve", "test_contract", "test_auth", "test_live", "test_redis_faults",
+           "test_service_families", "test_worker_kills_on_postgres", "test_queue_caps", "test_queue_caps_on_postgres",
+           "test_model_faults")
+
+
+def start_order(item) -> tuple:
+    module = item.module.__name__.rpartition(".")[2]
+    tier = 0 if item.get_closest_marker("e2e") else 1 if item.get_closest_marker("model") else 2
+    return (LONGEST.index(module) if module in LONGEST else len(LONGEST), tier)
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         tier = tier_of(Path(item.module.__file__))
@@ -69,6 +90,15 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.e2e)
         elif tier == "model":
             item.add_marker(pytest.mark.model)
+    items.sort(key=start_order)  # stable: collection order within a module
+
+
+@pytest.fixture(scope="module")
+def database_url() -> str | None:
+    """The database of a suite's own stack: SQLite (None); TEST_DATABASE=postgres puts every stack on
+    PostgreSQL. The suites where the database is under load (claims, leases, the reaper's sweeps, queue
+    order, the caps) run again as `<suite>_on_postgres`, which overrides this with a PostgreSQL one."""
+    return None
 
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")

@@ -1,7 +1,7 @@
 """Test-only backends that fake faults which cannot be produced for real on a CPU test host.
 
 Registered through the model configuration (an entry with "backend": "tests.fault_backends:fake_faults")
-by tests/test_faults.py. Which fault a model fakes comes from its configured name:
+by the faults suites (tests/support/faults.py). Which fault a model fakes comes from its configured name:
 
 - `fake-oom`: generate() raises torch.OutOfMemoryError after two steps (there is no GPU to exhaust);
   `fake-memoryerror`: the host-memory flavour, a Python MemoryError;

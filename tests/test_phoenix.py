@@ -77,7 +77,7 @@ class PhoenixFrames:
 def test_the_lobbys_limits_hold_on_the_phoenix_endpoint(live_service, strict_service):
     """Message cap (live), pixel budget and message rate (the strict server: MAX_VIDEO_PIXELS=40000,
     WS_MESSAGES_PER_MINUTE=40), and anonymous sockets refused where auth is required. (Per-owner
-    queue caps: tests/test_faults.py.)"""
+    queue caps: tests/test_queue_caps.py.)"""
     async def scenario():
         async with PhoenixFrames(live_service.base, live_service.origin) as c:
             huge = await c.call("video:lobby", "generate", {"prompt": "\u20ac" * 4_500_000})

@@ -2,7 +2,8 @@
 Daphne; a stand-in model that sleeps 50 ms a step, tests/fault_backends.py): fair share between
 owners, priorities, pause and resume across a worker SIGKILL and a Redis restart, retry, move to
 the front, webhooks to a real HTTP receiver (signed, in order, retried), /metrics read with
-prometheus-client's parser, and JSON logs with the job's fields."""
+prometheus-client's parser, and JSON logs with the job's fields. On SQLite and on PostgreSQL (the
+`database_url` fixture): the queue's order and turns are database work."""
 from __future__ import annotations
 
 import base64
@@ -41,9 +42,9 @@ print(json.dumps(out))
 
 
 @pytest.fixture(scope="module")
-def queue(tmp_path_factory):
+def queue(tmp_path_factory, database_url):
     with Stack(tmp_path_factory.mktemp("queue"), env=ENV, models={"fake-steps": FAKE, "fake-nan": FAKE},
-               persist_redis=True) as stack:
+               persist_redis=True, database_url=database_url) as stack:
         stack.start_redis()
         stack.migrate()
         stack.tokens = json.loads(stack.manage("shell", "-c", USERS).strip().splitlines()[-1])

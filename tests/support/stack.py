@@ -219,6 +219,11 @@ class Stack:
         self.webs.clear()
 
     @property
+    def database(self) -> str:
+        """"postgres" or "sqlite": what this stack's DATABASE_URL points at."""
+        return "postgres" if self.env["DATABASE_URL"].startswith("postgres") else "sqlite"
+
+    @property
     def base(self) -> str:
         return self.url("web")
 

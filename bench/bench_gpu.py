@@ -1,10 +1,10 @@
 """GPU benchmark: LTX-Video's real architecture with random weights at its published setting, and
 rows for LTX-2 and Wan 2.2 TI2V-5B at theirs.
 
-    python bench/bench_gpu.py                      # 768x512, 121 frames, 50 steps, every variant
-    python bench/bench_gpu.py --steps 8 --variants bf16,fp16,cache
-    python bench/bench_gpu.py --variants ltx2,wan2.2-ti2v --json bench/results/families_h200.json
-    python bench/bench_gpu.py --json bench/ltx_h100.json
+    python -m bench.bench_gpu                      # 768x512, 121 frames, 50 steps, every variant
+    python -m bench.bench_gpu --steps 8 --variants bf16,fp16,cache
+    python -m bench.bench_gpu --variants ltx2,wan2.2-ti2v --json bench/results/families_h200.json
+    python -m bench.bench_gpu --json bench/ltx_h100.json
 
 Architecture: `LTXVideoTransformer3DModel()` and `AutoencoderKLLTXVideo()` with diffusers' default
 constructor arguments, which are the published LTX-Video 0.9.0 configs (transformer: 28 blocks,
@@ -59,14 +59,12 @@ import json
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # In the order they run: the most telling first, so a run cut short still answers the main questions.
 VARIANTS = ("bf16", "steps20", "service", "cache", "fp16", "cudnn", "tiling", "offload", "compile", "ltx2",
@@ -172,8 +170,7 @@ def build_family(arch: str, tiny: bool, device: str, dtype: torch.dtype):
     """The LTX-2 or Wan 2.2 TI2V-5B pipeline with its published architecture (tiny: the test suite's tiny
     checkpoint of the same classes), random weights."""
     if tiny:
-        sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
-        import tiny_checkpoints
+        from tests import tiny_checkpoints
 
         pipe = tiny_checkpoints.BUILDERS[TINY_FAMILY_BUILDERS[arch]]().to(device=device, dtype=dtype)
         if arch in ("sana-video", "motif-video", "lucy-edit", "wan-animate", "chronoedit"):
@@ -233,8 +230,7 @@ def build_helios_distilled(tiny: bool, device: str, dtype: torch.dtype):
     import diffusers
 
     if tiny:
-        sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
-        import tiny_checkpoints
+        from tests import tiny_checkpoints
 
         pipe = tiny_checkpoints.helios_distilled_pipeline()
     else:

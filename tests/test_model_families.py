@@ -11,21 +11,19 @@ import functools
 import io
 import json
 import os
-import sys
 
 import av
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import tiny_checkpoints  # noqa: E402
-from tiny_checkpoints import one_torch_thread  # noqa: E402,F401  (the fixture)
+import tiny_checkpoints  # (tests/ is on pytest's pythonpath)
+from tiny_checkpoints import one_torch_thread  # noqa: F401  (the fixture)
 
-from generator import model_config as mc  # noqa: E402
-from generator.diffusers_backend import DiffusersBackend  # noqa: E402
-from generator.encode import decode_audio, decode_video, encode_video  # noqa: E402
-from generator.interface import Cancelled, GenerationError, GenerationRequest  # noqa: E402
+from generator import model_config as mc
+from generator.diffusers_backend import DiffusersBackend
+from generator.encode import decode_audio, decode_video, encode_video
+from generator.interface import Cancelled, GenerationError, GenerationRequest
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SMALL = {"min_size": 32, "max_size": 128}

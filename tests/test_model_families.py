@@ -463,6 +463,21 @@ def test_helios_distilled_preset_runs_its_stage_steps_and_amplifies_only_the_fir
         backend.unload()
 
 
+def test_helios_pyramid_noise_covariance_is_positive_definite_on_any_cpu(backends):
+    """The schedulers' default gamma (1/3) makes the pyramid's block-noise covariance singular, and its
+    Cholesky factorisation then succeeds or fails by the CPU's rounding (it failed every time on an AMD
+    EPYC): the loaded pipeline keeps gamma just inside the bound, with a margin far above float32 noise."""
+    import torch
+
+    pipe = backends("tiny-helios-pyramid").pipe_for("t2v")
+    gamma = pipe.scheduler.config.gamma
+    assert 1 / 3 - 2e-5 < gamma < 1 / 3
+    cov = (torch.eye(4) * (1 + gamma) - torch.ones(4, 4) * gamma + torch.eye(4) * 1e-8).float()
+    assert torch.linalg.eigvalsh(cov.double()).min() > 1e-5
+    noise = pipe.sample_block_noise(1, 2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert noise.shape == (1, 2, 1, 8, 8) and torch.isfinite(noise).all()
+
+
 def test_helios_live_chunks_continue_their_own_history(backends):
     """Chunk 1 is made from chunk 0's latents: with the same prompt and seed, another chunk 0 (made under
     another prompt) gives another chunk 1; a start image leads the first chunk."""

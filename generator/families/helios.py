@@ -20,6 +20,7 @@ from generator.families.base import Clip, Family, FamilyAdapter, PipelineKind, p
 
 CHUNK_LATENT_FRAMES = 9  # the pipelines' num_latent_frames_per_chunk default (33 frames)
 HISTORY_SIZES = (16, 2, 1)  # the pipelines' history_sizes default (long, mid, short latent frames)
+SINGULAR_MARGIN = 1e-5  # how far inside the pyramid noise's positive-definite bound gamma is kept (loaded)
 
 
 class HeliosAdapter(FamilyAdapter):
@@ -34,6 +35,22 @@ class HeliosAdapter(FamilyAdapter):
         if {"t2v", "i2v"} & set(self.config.tasks):
             found["live_chunks"] = self.live_chunks
         return found
+
+    def loaded(self, pipe, path: str) -> None:
+        """The pyramid pipeline draws each stage's noise with covariance (1+g)I - gJ over a patch's b pixels
+        and takes its Cholesky factor. That matrix is singular at g = 1/(b-1), the schedulers' default
+        (1/3 for 2x2 patches): rounding leaves its last eigenvalue at about +-3e-8 in float32, and whether
+        the factorisation succeeds depends on the CPU (it fails on some AMD EPYC). A g within 1e-5 of the
+        bound is moved just inside it, so the matrix is positive definite by 3e-5: the noise and the sigma
+        correction change by about 1e-5 relative."""
+        gamma = pipe.scheduler.config.get("gamma")
+        if gamma is None or not hasattr(pipe, "sample_block_noise"):
+            return
+        _, ph, pw = pipe.transformer.config.patch_size
+        bound = 1.0 / (ph * pw - 1)
+        if gamma > bound - SINGULAR_MARGIN:
+            pipe.register_modules(scheduler=type(pipe.scheduler).from_config(pipe.scheduler.config,
+                                                                              gamma=bound - SINGULAR_MARGIN))
 
     # ---------------------------------------------------------------- one clip
     def chunk_latent_frames(self, pipe, num_frames: int) -> int:

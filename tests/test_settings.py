@@ -23,6 +23,9 @@ import os  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 
+from videoservice.environment import ServiceEnvironment  # noqa: E402
+from videoservice.launch import is_loopback  # noqa: E402
+
 GOOD_KEY = "prod-" + "Zq8#vW2!pL5@" * 5
 SETTINGS_VARS = ("BIND_ADDRESS", "SECRET_KEY", "ALLOWED_HOSTS", "REQUIRE_AUTH", "HTTPS", "DEBUG", "SECURE_SSL_REDIRECT",
                  "SECURE_HSTS_SECONDS", "SECURE_HSTS_INCLUDE_SUBDOMAINS", "SECURE_HSTS_PRELOAD")
@@ -42,34 +45,57 @@ def load_settings(tmp_path, **extra):
                           capture_output=True, text=True, timeout=60)
 
 
-def test_loopback_default_is_anonymous(tmp_path):
+def test_loopback_default_is_anonymous(tmp_path, monkeypatch):
     import json
 
     for bind in ("", "127.0.0.1", "::1", "localhost", "127.0.0.2"):
-        out = load_settings(tmp_path, BIND_ADDRESS=bind)
-        assert out.returncode == 0, out.stderr
-        assert json.loads(out.stdout) == {"auth": False, "loopback": True, "ssl": False}
+        assert ServiceEnvironment(BIND_ADDRESS=bind).public_bind_refusal(is_loopback(bind.strip() or "127.0.0.1")) \
+            is None
+    out = load_settings(tmp_path, BIND_ADDRESS="::1")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"auth": False, "loopback": True, "ssl": False}
     out = load_settings(tmp_path, REQUIRE_AUTH="1")  # may be turned on on loopback
     assert json.loads(out.stdout)["auth"] is True
 
 
-def test_public_bind_refuses_to_start_half_configured(tmp_path):
+HALF_CONFIGURED = (
+    ({}, "SECRET_KEY"),
+    ({"SECRET_KEY": "short"}, "SECRET_KEY"),
+    ({"SECRET_KEY": "dev-insecure-3c1b0f8e-videoservice-change-me"}, "SECRET_KEY"),
+    ({"SECRET_KEY": GOOD_KEY}, "ALLOWED_HOSTS"),
+    ({"SECRET_KEY": GOOD_KEY, "ALLOWED_HOSTS": "*"}, "ALLOWED_HOSTS"),
+    ({"SECRET_KEY": GOOD_KEY, "ALLOWED_HOSTS": "video.example.org", "REQUIRE_AUTH": "0"}, "REQUIRE_AUTH"),
+    ({"SECRET_KEY": GOOD_KEY, "ALLOWED_HOSTS": "video.example.org", "DEBUG": "1"}, "DEBUG"),
+)
+
+
+def test_public_bind_refuses_half_configured_settings(monkeypatch):
+    """The rule, read from the environment as the settings read it (in this process: one case each)."""
+    for name in SETTINGS_VARS:
+        monkeypatch.delenv(name, raising=False)
+    for bind in ("0.0.0.0", "192.168.1.20", "::", "video.example.org"):
+        assert not is_loopback(bind)
+        for extra, word in HALF_CONFIGURED:
+            with monkeypatch.context() as env:
+                for name, value in {"BIND_ADDRESS": bind, **extra}.items():
+                    env.setenv(name, value)
+                refusal = ServiceEnvironment().public_bind_refusal(loopback=False)
+            assert refusal and word in refusal.partition("is not loopback:")[2] and bind in refusal, \
+                (bind, extra, refusal)
+    ready = {"BIND_ADDRESS": "0.0.0.0", "SECRET_KEY": GOOD_KEY, "ALLOWED_HOSTS": "video.example.org"}
+    for name, value in ready.items():
+        monkeypatch.setenv(name, value)
+    assert ServiceEnvironment().public_bind_refusal(loopback=False) is None
+
+
+def test_a_service_bound_off_loopback_does_not_start_half_configured(tmp_path):
+    """The refusal stops the process that loads the settings (Daphne, a worker, manage.py alike)."""
     import json
 
-    cases = (
-        ({}, "SECRET_KEY"),
-        ({"SECRET_KEY": "short"}, "SECRET_KEY"),
-        ({"SECRET_KEY": "dev-insecure-3c1b0f8e-videoservice-change-me"}, "SECRET_KEY"),
-        ({"SECRET_KEY": GOOD_KEY}, "ALLOWED_HOSTS"),
-        ({"SECRET_KEY": GOOD_KEY, "ALLOWED_HOSTS": "*"}, "ALLOWED_HOSTS"),
-        ({"SECRET_KEY": GOOD_KEY, "ALLOWED_HOSTS": "video.example.org", "REQUIRE_AUTH": "0"}, "REQUIRE_AUTH"),
-        ({"SECRET_KEY": GOOD_KEY, "ALLOWED_HOSTS": "video.example.org", "DEBUG": "1"}, "DEBUG"),
-    )
-    for bind in ("0.0.0.0", "192.168.1.20", "::", "video.example.org"):
-        for extra, word in cases:
-            out = load_settings(tmp_path, BIND_ADDRESS=bind, **extra)
-            assert out.returncode != 0, (bind, extra)
-            assert "ImproperlyConfigured" in out.stderr and word in out.stderr.splitlines()[-1], out.stderr[-500:]
+    for extra, word in (HALF_CONFIGURED[0], HALF_CONFIGURED[4]):
+        out = load_settings(tmp_path, BIND_ADDRESS="192.168.1.20", **extra)
+        assert out.returncode != 0, extra
+        assert "ImproperlyConfigured" in out.stderr and word in out.stderr.splitlines()[-1], out.stderr[-500:]
     out = load_settings(tmp_path, BIND_ADDRESS="0.0.0.0", SECRET_KEY=GOOD_KEY, ALLOWED_HOSTS="video.example.org")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {"auth": True, "loopback": False, "ssl": True}

@@ -21,6 +21,10 @@ ROOT = Path(__file__).resolve().parent.parent
 DEV_SECRET_KEY = "dev-insecure-3c1b0f8e-videoservice-change-me"
 
 
+def comma_list(value: str) -> list:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
 def var(default, meaning: str, shown: Optional[str] = None, readme: bool = False):
     """A variable: its default, what it does, how the default reads in the tables (`shown`), and
     whether README's short table lists it too (docs/deploy.md lists all)."""
@@ -180,6 +184,25 @@ class ServiceEnvironment(_Environment):
     LOG_FORMAT: Literal["plain", "json"] = var("plain", "`json`: one JSON object per log line, with job_id, model "
                                                "and worker", readme=True)
     LOG_LEVEL: str = var("INFO", "the root logger's level")
+
+    def public_bind_refusal(self, loopback: bool) -> Optional[str]:
+        """Why the service must not start with these values (None: it may). Off loopback it faces a
+        network: no anonymous use, a real SECRET_KEY, explicit ALLOWED_HOSTS, no DEBUG."""
+        if loopback:
+            return None
+        where = f"BIND_ADDRESS={self.BIND_ADDRESS.strip()} is not loopback"
+        if self.REQUIRE_AUTH is False:
+            return f"{where}: REQUIRE_AUTH cannot be off (anonymous use is only allowed on 127.0.0.1 / ::1)"
+        key = self.SECRET_KEY
+        if key == DEV_SECRET_KEY or len(key) < 50 or len(set(key)) < 5:
+            return (f"{where}: set SECRET_KEY to a random string of at least 50 characters "
+                    "(python -c 'import secrets; print(secrets.token_urlsafe(50))')")
+        if "ALLOWED_HOSTS" not in self.model_fields_set or "*" in comma_list(self.ALLOWED_HOSTS):
+            return (f"{where}: set ALLOWED_HOSTS to the host names clients use (comma separated, no '*'); "
+                    "the websocket Origin is checked against it too")
+        if self.DEBUG:
+            return f"{where}: DEBUG must be off"
+        return None
 
 
 def load(kind: type, error: type = SystemExit):

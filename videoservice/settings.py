@@ -8,7 +8,7 @@ from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
 
-from videoservice.environment import DEV_SECRET_KEY, ServiceEnvironment, load
+from videoservice.environment import ServiceEnvironment, comma_list, load
 from videoservice.launch import is_loopback
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -16,10 +16,6 @@ VAR_DIR = BASE_DIR / "var"
 
 
 ENV = load(ServiceEnvironment, ImproperlyConfigured)
-
-
-def comma_list(value: str) -> list:
-    return [item.strip() for item in value.split(",") if item.strip()]
 
 
 def database_from_url(url: str) -> dict:
@@ -59,21 +55,8 @@ DEBUG = ENV.DEBUG
 ALLOWED_HOSTS = comma_list(ENV.ALLOWED_HOSTS)
 CSRF_TRUSTED_ORIGINS = comma_list(ENV.CSRF_TRUSTED_ORIGINS)
 REQUIRE_AUTH = (not LOOPBACK) if ENV.REQUIRE_AUTH is None else ENV.REQUIRE_AUTH
-if not LOOPBACK:
-    # Off loopback the service faces a network: refuse to start half-configured.
-    if not REQUIRE_AUTH:
-        raise ImproperlyConfigured(f"BIND_ADDRESS={BIND_ADDRESS} is not loopback: REQUIRE_AUTH cannot be off "
-                                   "(anonymous use is only allowed on 127.0.0.1 / ::1)")
-    if SECRET_KEY == DEV_SECRET_KEY or len(SECRET_KEY) < 50 or len(set(SECRET_KEY)) < 5:
-        raise ImproperlyConfigured(
-            f"BIND_ADDRESS={BIND_ADDRESS} is not loopback: set SECRET_KEY to a random string of at least 50 "
-            "characters (python -c 'import secrets; print(secrets.token_urlsafe(50))')")
-    if "ALLOWED_HOSTS" not in ENV.model_fields_set or "*" in ALLOWED_HOSTS:
-        raise ImproperlyConfigured(
-            f"BIND_ADDRESS={BIND_ADDRESS} is not loopback: set ALLOWED_HOSTS to the host names clients use "
-            "(comma separated, no '*'); the websocket Origin is checked against it too")
-    if DEBUG:
-        raise ImproperlyConfigured(f"BIND_ADDRESS={BIND_ADDRESS} is not loopback: DEBUG must be off")
+if refusal := ENV.public_bind_refusal(LOOPBACK):
+    raise ImproperlyConfigured(refusal)
 
 HTTPS = (not LOOPBACK) if ENV.HTTPS is None else ENV.HTTPS
 if HTTPS:

@@ -316,7 +316,8 @@ class DiffusersBackend(Backend):
 
     # ------------------------------------------------------------------ routing
     def task_for(self, req: GenerationRequest) -> str:
-        """an image and a video -> animate; video -> v2v; several start frames -> condition (when a condition
+        """an image and a video -> animate; video -> v2v, else control (a reference video the clip follows), else
+        condition for a family that continues a video; several start frames -> condition (when a condition
         pipeline is configured); a start image -> i2v; nothing -> t2v. Raises GenerationError when this model
         cannot."""
         tasks, name = self.config.tasks, self.config.name
@@ -326,6 +327,8 @@ class DiffusersBackend(Backend):
             raise GenerationError(f"model {name} animates a character image (image) with a driving video "
                                   f"(video or source_job_id): it needs both")
         if req.video is not None:
+            if "v2v" not in tasks and "control" in tasks:
+                return "control"
             if "v2v" not in tasks and "condition" in tasks and self.family.continues_video:
                 return "condition"
             if "v2v" not in tasks:
@@ -342,6 +345,7 @@ class DiffusersBackend(Backend):
             raise GenerationError(f"model {name} is text-to-video only; it cannot take a start image")
         if "t2v" not in tasks:
             needs = ("image-to-video: it needs a start image" if "i2v" in tasks
+                     else "video control: it needs a reference video" if "control" in tasks
                      else "video editing: it needs a source video")
             raise GenerationError(f"model {name} is {needs}")
         return "t2v"

@@ -14,6 +14,7 @@ used only when present). JSON, or TOML when the name ends in `.toml`. One entry 
         "memory": {"cpu_offload": "none", "vae_tiling": false, "vae_slicing": false, "compile": false,
                    "cache": null, "attention_backend": null},
         "upsampler": "/models/ltxv-spatial-upscaler-0.9.7",   # optional latent upsampler folder
+        "ic_lora": "/models/ic-lora-union.safetensors",         # optional IC-LoRA (ltx2-ic-lora): file or folder
         "preset": "ltx-distilled",               # optional few-step preset (PRESETS)
         "pipeline_kwargs": {"decode_timestep": 0.05},          # optional extra pipeline arguments
         "queue": "ltx-video"
@@ -88,7 +89,8 @@ PRESETS = {p.name: p for p in (
                             "decode_timestep": 0.05, "decode_noise_scale": 0.025}),
     # LTX-2 distilled: diffusers' DISTILLED_SIGMA_VALUES, and every extra guidance pass off
     Preset("ltx2-distilled", "ltx2", "LTX-2 distilled: 8 steps, no guidance passes (CFG, STG, modality)",
-           steps=8, guidance=1.0, kinds=("ltx2", "ltx2-i2v", "ltx2-condition"), schedule_key="sigmas",
+           steps=8, guidance=1.0, kinds=("ltx2", "ltx2-i2v", "ltx2-condition", "ltx2-ic-lora"),
+           schedule_key="sigmas",
            pipeline_kwargs={"sigmas": [1.0, 0.99375, 0.9875, 0.98125, 0.975, 0.909375, 0.725, 0.421875],
                             "stg_scale": 0.0, "modality_scale": 1.0, "guidance_rescale": 0.0,
                             "audio_guidance_scale": 1.0, "audio_stg_scale": 0.0, "audio_modality_scale": 1.0,
@@ -104,8 +106,8 @@ PRESETS = {p.name: p for p in (
 RESERVED_KWARGS = {"prompt", "negative_prompt", "height", "width", "num_frames", "num_inference_steps",
                    "guidance_scale", "generator", "output_type", "callback_on_step_end",
                    "callback_on_step_end_tensor_inputs", "image", "video", "mask", "conditions", "latents",
-                   "strength", "denoise_strength", "return_dict", "max_sequence_length", "frame_rate", "fps",
-                   "base_num_frames", "overlap_history"}
+                   "strength", "denoise_strength", "reference_conditions", "return_dict", "max_sequence_length",
+                   "frame_rate", "fps", "base_num_frames", "overlap_history"}
 DType = Literal["bfloat16", "float16", "float32"]
 
 
@@ -188,6 +190,8 @@ class ModelEntry(_Strict):
     upsampler: Optional[str] = Field(None, min_length=1, description="a latent upsampler: its pipeline folder "
                                      "(model_index.json) or the upsampler model's folder (config.json, e.g. "
                                      "LTX-2's latent_upsampler)")
+    ic_lora: Optional[str] = Field(None, min_length=1, description="an In-Context LoRA for the kinds that take one "
+                                   "(ltx2-ic-lora): its .safetensors file, or a folder holding one")
     preset: Optional[str] = None
     pipeline_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra pipeline call arguments")
     pipeline_class: Optional[str] = Field(None, pattern=r"^[A-Z]\w*Pipeline$",
@@ -238,6 +242,10 @@ class ModelEntry(_Strict):
                                   field=key)
         if self.upsampler is not None and fam.upsampler is None:
             raise ConfigError(f"'upsampler' is set but {fam.description} has no latent upsampler", field="upsampler")
+        if self.ic_lora is not None and not any(fam.kinds[k].ic_lora for k in self.pipeline):
+            takers = [k for k, pk in fam.kinds.items() if pk.ic_lora]
+            raise ConfigError(f"'ic_lora' is set but none of {', '.join(self.pipeline)} takes an IC-LoRA"
+                              + (f" ({' / '.join(takers)} does)" if takers else ""), field="ic_lora")
         if self.preset is not None:
             preset = PRESETS.get(self.preset)
             if preset is None:
@@ -290,6 +298,7 @@ class ModelConfig:
     negative_prompt: Optional[str] = None
     max_sequence_length: Optional[int] = None
     upsampler: Optional[str] = None  # latent upsampler pipeline folder
+    ic_lora: Optional[str] = None  # IC-LoRA weights (file or folder) for the kinds that take one
     preset: Optional[str] = None
     pipeline_kwargs: dict = field(default_factory=dict)  # the preset's, updated by the entry's
     pipeline_class: Optional[str] = None  # a generic entry's diffusers class
@@ -328,7 +337,8 @@ class ModelConfig:
             name=self.name,
             description=self.description or f"{fam.description}: {' + '.join(self.kinds)} from {self.path}",
             supports_image="i2v" in tasks or "animate" in tasks,
-            supports_video="v2v" in tasks or "animate" in tasks or ("condition" in tasks and fam.continues_video),
+            supports_video=bool({"v2v", "animate", "control"} & set(tasks)) or ("condition" in tasks
+                                                                                and fam.continues_video),
             has_audio=fam.audio,
             native_size=(height, width),
             default_frames=d.frames or fam.default_frames,
@@ -356,6 +366,7 @@ class ModelConfig:
                 "requires_video": not {"t2v", "i2v"} & set(tasks),
                 "live": fam.live,  # "native": made chunk by chunk with the model's own history
                 "upsampler": self.upsampler is not None,
+                "ic_lora": self.ic_lora is not None,
                 "preset": self.preset,
                 "queue": self.queue or self.name,
                 "dtype": self.dtype,
@@ -400,7 +411,7 @@ def _errors_of(name: str, exc: ValidationError) -> ConfigError:
 def parse_entry(name: str, entry: dict, base_dir: str = REPO_ROOT, check_paths: bool = False) -> ModelConfig:
     """One entry -> ModelConfig; ConfigError (naming `name` and the field) when it is wrong. With
     `check_paths`, the checkpoint folder must exist and hold a model_index.json, the upsampler folder a
-    model_index.json or a config.json (upsampler_folder_kind)."""
+    model_index.json or a config.json (upsampler_folder_kind), and an `ic_lora` file or folder exist."""
     if not isinstance(entry, dict):
         raise ConfigError(f"an entry must be an object, got {type(entry).__name__}", model=name)
     try:
@@ -413,6 +424,7 @@ def parse_entry(name: str, entry: dict, base_dir: str = REPO_ROOT, check_paths: 
     fam = FAMILIES[KINDS[kinds[0]]]
     path = _resolve(parsed.path or "", base_dir)
     upsampler = parsed.upsampler and _resolve(parsed.upsampler, base_dir)
+    ic_lora = parsed.ic_lora and _resolve(parsed.ic_lora, base_dir)
     if check_paths and parsed.backend == "diffusers":
         if not os.path.isfile(os.path.join(path, "model_index.json")):
             state = "does not exist" if not os.path.exists(path) else "has no model_index.json"
@@ -421,11 +433,15 @@ def parse_entry(name: str, entry: dict, base_dir: str = REPO_ROOT, check_paths: 
             state = "does not exist" if not os.path.exists(upsampler) else "has no model_index.json or config.json"
             raise ConfigError(f"{upsampler} {state}: it must be a local latent upsampler pipeline folder or the "
                               f"upsampler model's folder", model=name, field="upsampler")
+        if ic_lora and not (os.path.isfile(ic_lora) or os.path.isdir(ic_lora)):
+            raise ConfigError(f"{ic_lora} does not exist: it must be an IC-LoRA .safetensors file or a folder "
+                              f"holding one", model=name, field="ic_lora")
     config = ModelConfig(name=name, path=path, kinds=kinds, family=fam.name, dtype=parsed.dtype,
                          vae_dtype=parsed.vae_dtype or fam.vae_dtype, description=parsed.description,
                          defaults=parsed.defaults, limits=parsed.limits, memory=parsed.memory,
                          queue=parsed.queue or name, negative_prompt=parsed.negative_prompt,
-                         max_sequence_length=parsed.max_sequence_length, upsampler=upsampler, preset=parsed.preset,
+                         max_sequence_length=parsed.max_sequence_length, upsampler=upsampler, ic_lora=ic_lora,
+                         preset=parsed.preset,
                          pipeline_kwargs=parsed.merged_kwargs(), backend=parsed.backend,
                          pipeline_class=parsed.pipeline_class,
                          generic_tasks=tuple(sorted(parsed.tasks or ["t2v"], key=TASKS.index)))
@@ -551,6 +567,8 @@ def main(argv=None) -> int:
         if cfg.upsampler:
             up = upsampler_folder_kind(cfg.upsampler) or "MISSING model_index.json / config.json"
             print(f"  latent upsampler {cfg.upsampler} [{up}]")
+        if cfg.ic_lora:
+            print(f"  IC-LoRA {cfg.ic_lora} [{'ok' if os.path.exists(cfg.ic_lora) else 'MISSING'}]")
     return 1 if problems else 0
 
 

@@ -31,7 +31,7 @@ DEFAULTS = {"steps": 2, "width": 32, "height": 32, "frames": 9, "fps": 8}
 # model -> (checkpoint builder, pipeline kinds, extra entry keys)
 MODELS = {
     "tiny-ltx": ("ltx", ["ltx", "ltx-i2v", "ltx-condition"], {}),
-    "tiny-ltx2": ("ltx2", ["ltx2", "ltx2-i2v", "ltx2-condition"], {}),
+    "tiny-ltx2": ("ltx2", ["ltx2", "ltx2-i2v", "ltx2-condition", "ltx2-ic-lora"], {}),
     "tiny-hunyuan15": ("hunyuanvideo1.5", "hunyuanvideo1.5", {}),
     "tiny-hunyuan15-i2v": ("hunyuanvideo1.5-i2v", "hunyuanvideo1.5-i2v", {}),
     "tiny-wan22-ti2v": ("wan2.2-ti2v", ["wan2.2", "wan2.2-i2v"], {}),
@@ -61,6 +61,7 @@ CASES = [
     ("tiny-ltx2", "t2v", "LTX2Pipeline", 9, 2, None),
     ("tiny-ltx2", "i2v", "LTX2ImageToVideoPipeline", 9, 2, None),
     ("tiny-ltx2", "condition", "LTX2ConditionPipeline", 17, 2, None),
+    ("tiny-ltx2", "control", "LTX2InContextPipeline", 9, 2, None),  # the reference video the clip follows
     ("tiny-hunyuan15", "t2v", "HunyuanVideo15Pipeline", 9, 2, None),
     ("tiny-hunyuan15-i2v", "i2v", "HunyuanVideo15ImageToVideoPipeline", 9, 2, None),
     ("tiny-wan22-ti2v", "t2v", "WanPipeline", 9, 2, None),
@@ -137,6 +138,8 @@ def inputs(task: str, frames: int, seed: int, strength, size: int = 32) -> dict:
         return {"start_frames": pattern(seed, 9, size)}
     if task == "v2v":
         return {"video": pattern(seed, frames, size), "strength": strength}
+    if task == "control":  # a reference video (depth, pose...): no strength
+        return {"video": pattern(seed, frames, size)}
     if task == "animate":  # the character and the driving video both change with the seed
         return {"image": pattern(seed, 0, size), "video": pattern(seed + 10, frames, size)}
     return {}
@@ -186,7 +189,9 @@ def test_model_info_follows_the_family(configs):
     assert infos["tiny-ltx2"].has_audio and not infos["tiny-ltx"].has_audio
     assert infos["tiny-ltx"].supports_video and infos["tiny-vace"].supports_video
     assert infos["tiny-wan22-a14b"].supports_video and not infos["tiny-wan22-a14b"].supports_image
-    assert not infos["tiny-ltx2"].supports_video and not infos["tiny-skyreels"].supports_video
+    assert infos["tiny-ltx2"].supports_video and not infos["tiny-skyreels"].supports_video  # control
+    assert infos["tiny-ltx2"].extra["tasks"] == ["t2v", "i2v", "condition", "control"]
+    assert "reference video" in infos["tiny-ltx2"].extra["task_inputs"]["control"]
     assert infos["tiny-hunyuan15-i2v"].extra["requires_image"] and not infos["tiny-hunyuan15"].supports_image
     assert infos["tiny-ltx"].extra["tasks"] == ["t2v", "i2v", "v2v", "condition"]
     wan22 = infos["tiny-wan22-ti2v"]
@@ -288,7 +293,7 @@ def test_video_to_video_strength_ends(backends):
         with pytest.raises(GenerationError, match="9x32x32x3"):
             backend.generate(GenerationRequest("x", video=source[:5], strength=0.5))
     with pytest.raises(GenerationError, match="cannot take a source video"):
-        backends("tiny-ltx2").generate(GenerationRequest("x", video=source, strength=0.5))
+        backends("tiny-sana-video").generate(GenerationRequest("x", video=source, strength=0.5))
 
 
 def test_hunyuan15_image_to_video_returns_the_requested_size(backends):
@@ -344,6 +349,9 @@ def test_ltx_distilled_preset_runs_its_schedule_without_guidance(tmp_path):
     ({"pipeline": ["ltx", "wan"]}, "one family's"),
     ({"pipeline": ["hunyuanvideo1.5", "hunyuanvideo1.5-i2v"]}, "own entry"),
     ({"pipeline": ["ltx2", "ltx2-condition"]}, None),
+    ({"ic_lora": "lora.safetensors"}, "none of ltx takes an IC-LoRA"),
+    ({"pipeline": "ltx2", "ic_lora": "lora.safetensors"}, r"\(ltx2-ic-lora does\)"),
+    ({"pipeline": ["ltx2", "ltx2-ic-lora"], "ic_lora": "lora.safetensors"}, None),
     ({"pipeline": "ltx+ltx-i2v"}, None),
     ({"pipeline": "helios-pyramid", "preset": "helios-distilled"}, None),
     ({"pipeline": "helios", "preset": "helios-distilled"}, "is for Helios pyramid"),
@@ -356,6 +364,64 @@ def test_configuration_errors_name_the_model_and_key(changes, words):
         with pytest.raises(mc.ConfigError, match=words) as err:
             mc.parse_entry("m", raw)
         assert "'m'" in str(err.value)
+
+
+def tiny_ic_lora(folder, downscale=None) -> str:
+    """A rank-2 LoRA on the tiny LTX-2 transformer's video self-attention values (diffusers' key layout, as
+    LTX2LoraLoaderMixin reads it), with the reference_downscale_factor metadata IC-LoRA files carry."""
+    from safetensors.torch import save_file
+
+    gen = torch.Generator().manual_seed(0)
+    weights = {}
+    for block in (0, 1):
+        key = f"transformer.transformer_blocks.{block}.attn1.to_v"
+        weights[f"{key}.lora_A.weight"] = torch.randn(2, 16, generator=gen)
+        weights[f"{key}.lora_B.weight"] = torch.randn(16, 2, generator=gen)
+    path = os.path.join(folder, "ic-lora.safetensors")
+    save_file(weights, path, metadata={"reference_downscale_factor": str(downscale)} if downscale else None)
+    return path
+
+
+def test_a_missing_ic_lora_is_reported_at_start_up(tmp_path):
+    path = tmp_path / "models.json"
+    good = entry("ltx2", ["ltx2", "ltx2-ic-lora"])
+    path.write_text(json.dumps({"good": good, "lost": {**good, "ic_lora": "no-such-lora.safetensors"}}))
+    configs, errors = mc.validate_config(str(path))
+    assert list(configs) == ["good"] and not configs["good"].model_info().extra["ic_lora"]
+    assert [(e.model, e.field) for e in errors] == [("lost", "ic_lora")]
+    assert "no-such-lora.safetensors does not exist" in errors[0].message
+
+
+def test_an_ic_lora_without_peft_fails_the_load_saying_so(tmp_path):
+    pytest.importorskip("diffusers")
+    from diffusers.utils import USE_PEFT_BACKEND
+
+    if USE_PEFT_BACKEND:
+        pytest.skip("peft is installed: test_the_ic_lora_is_loaded_and_used_for_control_only runs instead")
+    cfg = mc.parse_entry("ic", entry("ltx2", "ltx2-ic-lora", ic_lora=tiny_ic_lora(str(tmp_path))))
+    with pytest.raises(GenerationError, match="cannot load the IC-LoRA .* needs the peft package"):
+        DiffusersBackend(cfg).load()
+
+
+def test_the_ic_lora_is_loaded_and_used_for_control_only(tmp_path, backends):
+    """The entry's IC-LoRA (a folder holding one .safetensors) changes what a control job makes; it is off for
+    the entry's other kinds (one shared transformer); its reference_downscale_factor metadata is passed."""
+    pytest.importorskip("peft")
+    tiny_ic_lora(str(tmp_path), downscale=2)
+    cfg = mc.parse_entry("ic", entry("ltx2", ["ltx2", "ltx2-ic-lora"], ic_lora=str(tmp_path)), check_paths=True)
+    assert cfg.model_info().extra["ic_lora"]
+    backend = DiffusersBackend(cfg)
+    try:
+        req = GenerationRequest("a red ball", steps=2, seed=3, video=pattern(1))
+        plain = backends("tiny-ltx2")
+        with_lora = backend.generate(req).frames
+        assert backend.adapter.reference_downscale_factor == 2
+        assert np.abs(with_lora.astype(np.int16) - plain.generate(req).frames).mean() > 1.0
+        t2v = GenerationRequest("a red ball", steps=2, seed=3)
+        assert np.array_equal(backend.generate(t2v).frames, plain.generate(t2v).frames)  # off for t2v
+        assert np.array_equal(backend.generate(req).frames, with_lora)  # and on again for control
+    finally:
+        backend.unload()
 
 
 def test_validator_checks_pipeline_kwargs_against_the_real_signatures(tmp_path, capsys):

@@ -18,8 +18,9 @@ from PIL import Image
 
 # t2v: prompt only; i2v: a start image; v2v: a source video moved away from by `strength`;
 # condition: given frames at the clip's start (continuation: long videos, key frames, live);
-# animate: a character image moved as a driving video moves (both inputs, one clip of the video's length)
-TASKS = ("t2v", "i2v", "v2v", "condition", "animate")
+# animate: a character image moved as a driving video moves (both inputs, one clip of the video's length);
+# control: a reference video (depth, pose, edges...) whose structure the clip follows (one clip of its length)
+TASKS = ("t2v", "i2v", "v2v", "condition", "animate", "control")
 # how a live job runs on the family: "native" (the adapter's live_chunks drives the pipeline chunk by
 # chunk with its own history) or "continuation" (each chunk continues the last frames, generator.live)
 LIVE_MODES = ("native", "continuation")
@@ -32,6 +33,8 @@ TASK_NEEDS = {
     "condition": "given frames at the clip's start: long videos continue each chunk from the previous one",
     "animate": "a character image (`image`) and a driving video (`video` or `source_job_id`): the character moves "
                "as the video does",
+    "control": "a prompt and a reference video (`video` or `source_job_id`: depth, pose, edges... as the model "
+               "was trained on) whose structure the clip follows; `strength` does not apply",
 }
 
 
@@ -53,6 +56,8 @@ class PipelineKind:
     tasks: tuple
     # kinds with the same checkpoint tag load from one folder (the second through from_pipe)
     checkpoint: str = "base"
+    # the kind loads the entry's `ic_lora` weights (an In-Context LoRA conditioned on a reference video)
+    ic_lora: bool = False
 
 
 @dataclass(frozen=True)
@@ -161,7 +166,8 @@ class FamilyAdapter:
         return {}
 
     def loaded(self, pipe, path: str) -> None:
-        """After the first kind's pipeline is loaded from `path`: put in what load_components left out."""
+        """After the first kind's pipeline is loaded from `path`: put in what load_components left out
+        (and the entry's `ic_lora` weights, for a family with a kind that takes them)."""
 
     # the family's upsampler (Family.upsampler, loaded from the entry's "upsampler" folder): a latent upsampler
     # decoding with the model's VAE, upscaling x2 per pass (LTX); a super-resolution pipeline overrides both

@@ -1,15 +1,40 @@
 """LTX-2 (Lightricks): LTX's latent grid, a Gemma 3 prompt encoder, and a sound track (audio VAE +
 vocoder) generated with the video and muxed into the MP4. Settings of diffusers' LTX-2 example (30
 steps, guidance 3, 24 fps). T2V, I2V and its condition pipeline (continuation); a latent upsampler.
+
+`ltx2-ic-lora` (LTX2InContextPipeline) serves `control`: the job's video is a reference (depth, pose,
+edges... what the IC-LoRA was trained on) encoded into latent tokens appended to the noisy ones for the
+whole clip (`LTX2ReferenceCondition`, fully clean: strength 1), which the In-Context LoRA attends to.
+The entry's `ic_lora` (a .safetensors file or a folder holding one) is loaded with the pipeline's LoRA
+loader (needs the `peft` package) into the transformer every kind of the entry shares; it is switched
+on for control jobs only, so `["ltx2", "ltx2-ic-lora"]` still makes plain text-to-video. A LoRA trained
+on downscaled references says so in its file's metadata (`reference_downscale_factor`), which is passed.
 """
 from __future__ import annotations
 
-from generator.families.base import Family, PipelineKind
+import os
+
+from generator.families.base import Family, PipelineKind, pil
 from generator.families.ltx import LTXAdapter
+from generator.interface import GenerationError
+
+ADAPTER_NAME = "ic_lora"
+
+
+def lora_file(path: str) -> str:
+    """The entry's `ic_lora` -> its .safetensors file (a folder must hold exactly one)."""
+    if os.path.isfile(path):
+        return path
+    found = sorted(f for f in os.listdir(path) if f.endswith(".safetensors")) if os.path.isdir(path) else []
+    if len(found) != 1:
+        raise ValueError(f"{path} must be an IC-LoRA .safetensors file or a folder holding one; "
+                         f"{'it holds ' + ', '.join(found) if found else 'none found'}")
+    return os.path.join(path, found[0])
 
 
 class LTX2Adapter(LTXAdapter):
     condition_kind = "ltx2-condition"
+    reference_downscale_factor = None  # from the IC-LoRA's metadata, when it says
 
     @staticmethod
     def conditions(frames) -> dict:
@@ -20,12 +45,47 @@ class LTX2Adapter(LTXAdapter):
     def call_arguments(self, req) -> dict:
         return {"frame_rate": float(req.fps)}
 
+    # ---------------------------------------------------------------- IC-LoRA
+    def loaded(self, pipe, path: str) -> None:
+        """Load the entry's IC-LoRA into the shared transformer (every LTX-2 pipeline has the loader)."""
+        if not self.config.ic_lora:
+            return
+        from safetensors import safe_open
+
+        try:
+            weights = lora_file(self.config.ic_lora)
+            with safe_open(weights, "pt") as fh:
+                factor = (fh.metadata() or {}).get("reference_downscale_factor")
+            pipe.load_lora_weights(os.path.dirname(weights), weight_name=os.path.basename(weights),
+                                   adapter_name=ADAPTER_NAME, local_files_only=True)
+        except Exception as exc:
+            hint = " (loading a LoRA needs the peft package: pip install peft)" if "PEFT" in str(exc) else ""
+            raise GenerationError(f"model {self.config.name}: cannot load the IC-LoRA {self.config.ic_lora}: "
+                                  f"{exc}{hint}") from exc
+        self.reference_downscale_factor = int(float(factor)) if factor else None
+
+    def task_inputs(self, pipe, task: str, req) -> dict:
+        if self.config.ic_lora:  # on for control, off for the entry's other kinds (one shared transformer)
+            pipe.enable_lora() if task == "control" else pipe.disable_lora()
+        if task != "control":
+            return super().task_inputs(pipe, task, req)
+        from diffusers.pipelines.ltx2.pipeline_ltx2_ic_lora import LTX2ReferenceCondition
+
+        size = (req.width, req.height)
+        out = {"reference_conditions": [LTX2ReferenceCondition(frames=[pil(f, size) for f in req.video],
+                                                               strength=1.0)]}
+        if self.reference_downscale_factor and "reference_downscale_factor" not in self.config.pipeline_kwargs:
+            out["reference_downscale_factor"] = self.reference_downscale_factor
+        return out
+
 
 FAMILIES = (
     Family("ltx2", "LTX-2 (Lightricks), video with sound", {
         "ltx2": PipelineKind("LTX2Pipeline", ("t2v",)),
         "ltx2-i2v": PipelineKind("LTX2ImageToVideoPipeline", ("i2v",)),
         "ltx2-condition": PipelineKind("LTX2ConditionPipeline", ("t2v", "i2v", "condition")),
+        # a reference video (the IC-LoRA's kind: depth, pose, edges...) -> a video following it, with sound
+        "ltx2-ic-lora": PipelineKind("LTX2InContextPipeline", ("control",), ic_lora=True),
     }, vae="AutoencoderKLLTX2Video", frame_multiple=8, frame_offset=1, min_frames=9, max_frames=257,
         size_multiple=32, max_size=1280, default_width=768, default_height=512, default_frames=121,
         default_steps=30, default_guidance=3.0, default_fps=24.0, adapter=LTX2Adapter, audio=True,

@@ -393,7 +393,6 @@ def test_a_missing_ic_lora_is_reported_at_start_up(tmp_path):
 
 
 def test_an_ic_lora_without_peft_fails_the_load_saying_so(tmp_path):
-    pytest.importorskip("diffusers")
     from diffusers.utils import USE_PEFT_BACKEND
 
     if USE_PEFT_BACKEND:

@@ -32,6 +32,7 @@ from tests.tiny_checkpoints import save_tiny_checkpoint
 SMALL = {"min_size": 32, "max_size": 128, "max_frames": 33, "max_steps": 1000}
 MODELS = {  # name -> (checkpoint builder, pipeline kinds)
     "tiny-ltx2": ("ltx2", ["ltx2", "ltx2-i2v"]),
+    "tiny-ltx2-ic": ("ltx2", "ltx2-ic-lora"),  # control only: no IC-LoRA file (peft is not installed)
     "tiny-wan22": ("wan2.2-ti2v", ["wan2.2", "wan2.2-i2v"]),
     "tiny-wan-v2v": ("wan2.2-a14b", ["wan", "wan-v2v"]),
     "tiny-helios": ("helios", "helios"),
@@ -368,6 +369,26 @@ def test_wan_animate_moves_a_character_image_with_a_driving_video(stack):
     assert info["supports_image"] and info["supports_video"] and info["extra"]["tasks"] == ["animate"]
     assert info["extra"]["requires_image"] and info["extra"]["requires_video"]
     assert "driving video" in info["extra"]["task_inputs"]["animate"]
+
+
+def test_ltx2_ic_lora_follows_a_reference_video_with_sound(stack):
+    """An LTX-2 IC-LoRA model (control only) takes a job's video as the reference its clip follows: another
+    reference, another clip, with its sound track; a job without a reference is refused naming the field."""
+    job = {"model": "tiny-ltx2-ic", "prompt": "a red ball moving right", "num_frames": 9}
+    out = watch(stack, {"a": {**job, "video": mp4_b64(1)}, "b": {**job, "video": mp4_b64(2)}})
+    mp4s = {key: fetch_video(stack, completed(events)) for key, events in out.items()}
+    videos = {key: decode_video(data)[0] for key, data in mp4s.items()}
+    assert videos["a"].shape == (9, 32, 32, 3) and distance(videos["a"], videos["b"]) > 1.0  # measured 3.2
+    track, rate = decode_audio(mp4s["a"])
+    assert rate == 8000 and track.std() > 1e-3
+    status, _, body = http("POST", stack.base + "/api/jobs", {**JOB, **job}, headers={"Origin": stack.origin})
+    assert status == 400 and json.loads(body)["field"] == "video" and "needs a source video" in body.decode(), body
+    status, _, body = http("GET", stack.base + "/api/models")
+    info = next(m for m in json.loads(body)["models"] if m["name"] == "tiny-ltx2-ic")
+    assert info["supports_video"] and not info["supports_image"] and info["has_audio"]
+    assert (info["extra"]["tasks"], info["extra"]["requires_video"], info["extra"]["ic_lora"]) == (["control"], True,
+                                                                                                  False)
+    assert "reference video" in info["extra"]["task_inputs"]["control"]
 
 
 def test_chronoedit_edits_a_start_image_in_five_frames(stack):

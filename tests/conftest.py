@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from xdist.scheduler import LoadFileScheduling
 
 from tests.support.stack import ROOT, Stack, http, wait_for
 
@@ -81,6 +82,34 @@ def start_order(item) -> tuple:
     module = item.module.__name__.rpartition(".")[2]
     tier = 0 if item.get_closest_marker("e2e") else 1 if item.get_closest_marker("model") else 2
     return (LONGEST.index(module) if module in LONGEST else len(LONGEST), tier)
+
+
+# The session stacks (live_service, strict_service) start once per test process that uses them: the
+# modules that use them run as two units (one per fixture: strict_service's users, then live_service's
+# others), so two processes start them instead of every process (each start: a worker loading the
+# built-in model, Daphne, ~15 s of CPU).
+SHARED_STACK_USE = re.compile(r"\b(strict_service|live_service)\b")
+
+
+@functools.cache
+def shared_stack_unit(path: Path) -> str | None:
+    found = {m.group(1) for m in SHARED_STACK_USE.finditer(path.read_text())}
+    return "strict_service" if "strict_service" in found else "live_service" if found else None
+
+
+class SharedStackScheduling(LoadFileScheduling):
+    """--dist loadfile, but the modules that use a session stack form one unit per stack."""
+
+    def _split_scope(self, nodeid: str) -> str:
+        module = nodeid.split("::", 1)[0]
+        return shared_stack_unit(Path(self.config.rootpath, module)) or module
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    if config.getoption("dist") == "loadfile":
+        return SharedStackScheduling(config, log)
+    return None
 
 
 def pytest_collection_modifyitems(items):

@@ -392,20 +392,9 @@ def test_a_missing_ic_lora_is_reported_at_start_up(tmp_path):
     assert "no-such-lora.safetensors does not exist" in errors[0].message
 
 
-def test_an_ic_lora_without_peft_fails_the_load_saying_so(tmp_path):
-    from diffusers.utils import USE_PEFT_BACKEND
-
-    if USE_PEFT_BACKEND:
-        pytest.skip("peft is installed: test_the_ic_lora_is_loaded_and_used_for_control_only runs instead")
-    cfg = mc.parse_entry("ic", entry("ltx2", "ltx2-ic-lora", ic_lora=tiny_ic_lora(str(tmp_path))))
-    with pytest.raises(GenerationError, match="cannot load the IC-LoRA .* needs the peft package"):
-        DiffusersBackend(cfg).load()
-
-
 def test_the_ic_lora_is_loaded_and_used_for_control_only(tmp_path, backends):
     """The entry's IC-LoRA (a folder holding one .safetensors) changes what a control job makes; it is off for
     the entry's other kinds (one shared transformer); its reference_downscale_factor metadata is passed."""
-    pytest.importorskip("peft")
     tiny_ic_lora(str(tmp_path), downscale=2)
     cfg = mc.parse_entry("ic", entry("ltx2", ["ltx2", "ltx2-ic-lora"], ic_lora=str(tmp_path)), check_paths=True)
     assert cfg.model_info().extra["ic_lora"]

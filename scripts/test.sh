@@ -30,7 +30,7 @@ fi
 
 # One session on TEST_WORKERS processes (default 4: the suites mostly wait on their stacks'
 # subprocesses, so two cores keep four busy). A module stays in one process (its module-scoped
-# stack with it); the suites where the database is under load (claims, races, the reaper, queue
+# stack with it), and so do the modules that share a session stack (tests/conftest.py: SharedStackScheduling); the suites where the database is under load (claims, races, the reaper, queue
 # order, caps) run again on a real PostgreSQL as tests/test_*_on_postgres.py, in parallel with the
 # rest. Modules start longest first (tests/conftest.py: LONGEST).
 pytest_run() { "$PY" -m pytest -q -n "${TEST_WORKERS:-4}" --dist loadfile --no-loadscope-reorder "$@"; }

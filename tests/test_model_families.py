@@ -521,8 +521,6 @@ def test_helios_pyramid_noise_covariance_is_positive_definite_on_any_cpu(backend
     """The schedulers' default gamma (1/3) makes the pyramid's block-noise covariance singular, and its
     Cholesky factorisation then succeeds or fails by the CPU's rounding (it failed every time on an AMD
     EPYC): the loaded pipeline keeps gamma just inside the bound, with a margin far above float32 noise."""
-    import torch
-
     pipe = backends("tiny-helios-pyramid").pipe_for("t2v")
     gamma = pipe.scheduler.config.gamma
     assert 1 / 3 - 2e-5 < gamma < 1 / 3

@@ -32,7 +32,7 @@ from tests.tiny_checkpoints import save_tiny_checkpoint
 SMALL = {"min_size": 32, "max_size": 128, "max_frames": 33, "max_steps": 1000}
 MODELS = {  # name -> (checkpoint builder, pipeline kinds)
     "tiny-ltx2": ("ltx2", ["ltx2", "ltx2-i2v"]),
-    "tiny-ltx2-ic": ("ltx2", "ltx2-ic-lora"),  # control only: no IC-LoRA file (peft is not installed)
+    "tiny-ltx2-ic": ("ltx2", "ltx2-ic-lora"),  # control only, no IC-LoRA file: the base model reads the reference
     "tiny-wan22": ("wan2.2-ti2v", ["wan2.2", "wan2.2-i2v"]),
     "tiny-wan-v2v": ("wan2.2-a14b", ["wan", "wan-v2v"]),
     "tiny-helios": ("helios", "helios"),

@@ -45,7 +45,7 @@ def load_settings(tmp_path, **extra):
                           capture_output=True, text=True, timeout=60)
 
 
-def test_loopback_default_is_anonymous(tmp_path, monkeypatch):
+def test_loopback_default_is_anonymous(tmp_path):
     import json
 
     for bind in ("", "127.0.0.1", "::1", "localhost", "127.0.0.2"):

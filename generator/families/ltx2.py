@@ -65,8 +65,10 @@ class LTX2Adapter(LTXAdapter):
         self.reference_downscale_factor = int(float(factor)) if factor else None
 
     def task_inputs(self, pipe, task: str, req) -> dict:
-        if self.config.ic_lora:  # on for control, off for the entry's other kinds (one shared transformer)
-            pipe.enable_lora() if task == "control" else pipe.disable_lora()
+        if self.config.ic_lora and task == "control":
+            pipe.enable_lora()
+        elif self.config.ic_lora:  # off for the entry's other kinds (they share the transformer)
+            pipe.disable_lora()
         if task != "control":
             return super().task_inputs(pipe, task, req)
         from diffusers.pipelines.ltx2.pipeline_ltx2_ic_lora import LTX2ReferenceCondition

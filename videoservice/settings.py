@@ -72,8 +72,9 @@ if ENV.SECURE_PROXY_SSL_HEADER:
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/"
 
+# No "daphne" app: the service runs under Daphne itself (videoservice/launch.py), and the app would
+# load Daphne and install Twisted's reactor in every worker and manage.py process.
 INSTALLED_APPS = [
-    "daphne",  # `manage.py runserver` serves ASGI (websockets) too
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",

@@ -243,7 +243,6 @@ def write_clips(folder: str, count: int, scenes_per_clip: int = 15, size: int = 
     import random
 
     from generator.builtin import world
-    from generator.builtin.sample import to_uint8_frames
     from generator.encode import encode_video
 
     rng, total = random.Random(0), 0
@@ -251,7 +250,7 @@ def write_clips(folder: str, count: int, scenes_per_clip: int = 15, size: int = 
     for i in range(count):
         scenes = [world.sample_scene(rng, 16) for _ in range(scenes_per_clip)]
         video = world.render(scenes, 16, size)  # scenes x 3 x 16 x H x W
-        frames = np.concatenate([to_uint8_frames(clip) for clip in video])
+        frames = np.concatenate([world.to_uint8_frames(clip) for clip in video])
         path = os.path.join(folder, f"clip_{i:05d}.mp4")
         total += len(encode_video(frames, 24.0, path))
         with open(os.path.join(folder, f"clip_{i:05d}.txt"), "w") as fh:

@@ -228,12 +228,11 @@ def edge_sharpness(frames: np.ndarray) -> float:
 
 def reference_clip(objects: list, seed: int, num_frames: int, size: int) -> np.ndarray:
     """The world's renderer drawing the asked objects (random places, sizes, speeds) at `size`."""
-    from generator.builtin.sample import to_uint8_frames
 
     rng = random.Random(seed)
     scene = [world.sample_shape(rng, num_frames, colour=o["colour"], shape=o["shape"], direction=o["direction"])
              for o in objects]
-    return to_uint8_frames(world.render([scene], num_frames, size)[0])
+    return world.to_uint8_frames(world.render([scene], num_frames, size)[0])
 
 
 def evaluate(backend, n: int = 105, seed: int = 1, out_dir: str | None = None, via_mp4: bool = True,
@@ -342,7 +341,6 @@ def noise_probe(pipe, timesteps=(100, 300, 500, 600, 700, 800, 900), seed: int =
     """{(shape, t): share of predicted frames classified as that shape} for one clip per colour."""
     import torch
 
-    from generator.builtin.sample import to_uint8_frames
 
     rng, noise_seed = random.Random(seed), torch.Generator().manual_seed(seed)
     device, scores = pipe.unet.device, {}
@@ -355,7 +353,7 @@ def noise_probe(pipe, timesteps=(100, 300, 500, 600, 700, 800, 900), seed: int =
             noisy = pipe.scheduler.add_noise(clips, torch.randn(clips.shape, generator=noise_seed), timestep)
             with torch.no_grad():
                 x0 = pipe.unet(noisy.to(device), timestep, *text).clamp(-1, 1).cpu()
-            frames = [f for clip in x0 for f in to_uint8_frames(clip) if foreground(f).sum() > 8]
+            frames = [f for clip in x0 for f in world.to_uint8_frames(clip) if foreground(f).sum() > 8]
             scores[(shape, t)] = float(np.mean([classify_shape(foreground(f)) == shape for f in frames] or [0.0]))
     return scores
 

@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from generator.builtin import world
-from generator.builtin.sample import to_uint8_frames
 from generator.encode import decode_video, encode_video
 from generator.interface import GenerationRequest, get_info
 from tests.support.frames import level_difference
@@ -52,13 +51,13 @@ def test_track_colours_reads_each_object_and_catches_a_duplicate_and_a_swapped_d
     drawn = [world.ShapeMotion("red", "square", "left", 7, 50, 14, 1.5),
              world.ShapeMotion("red", "square", "left", 7, 50, 40, 1.5),  # the red square twice
              world.ShapeMotion("blue", "circle", "left", 7, 28, 27, 1.0)]  # moving the red one's way
-    scored = score_two_objects(item, track_colours(to_uint8_frames(world.render([drawn], 16, 128)[0])))
+    scored = score_two_objects(item, track_colours(world.to_uint8_frames(world.render([drawn], 16, 128)[0])))
     red, blue = scored["objects"]
     assert red == {"colour": True, "shape": True, "direction": True, "once": False}
     assert blue == {"colour": True, "shape": True, "direction": False, "once": True}
     assert scored["nothing_else"]
     green = [world.ShapeMotion("green", "triangle", "down", 7, 10, 10, 1.0)]
-    assert not score_two_objects(item, track_colours(to_uint8_frames(world.render([drawn + green], 16, 128)[0])))[
+    assert not score_two_objects(item, track_colours(world.to_uint8_frames(world.render([drawn + green], 16, 128)[0])))[
         "nothing_else"]
 
 
@@ -157,7 +156,7 @@ def test_loader_over_a_thousand_videos_starts_at_once(tmp_path):
 # ------------------------------------------------------------- video-to-video
 def _source_clip():
     scene = [world.ShapeMotion("yellow", "triangle", "right", 9, 20, 40, 1.5)]
-    return mp4_round_trip(to_uint8_frames(world.render([scene], 8, 64)[0]))
+    return mp4_round_trip(world.to_uint8_frames(world.render([scene], 8, 64)[0]))
 
 
 def _request(**kw):
@@ -265,7 +264,7 @@ def test_keep_one_object_paints_over_a_second_copy_and_leaves_one_object_as_draw
     big = world.ShapeMotion("red", "square", "left", 9, 50, 14, 1.5)
     copy = world.ShapeMotion("red", "square", "left", 6, 50, 44, 1.5)
     twice = world.render([[big, copy]], 16, 64)[0]
-    assert analyse(to_uint8_frames(twice))["objects"] == 2
+    assert analyse(world.to_uint8_frames(twice))["objects"] == 2
     kept = keep_one_object(twice)
     torch.testing.assert_close(kept, world.render([[big]], 16, 64)[0], atol=1e-6, rtol=0)
     once = world.render([[world.ShapeMotion("blue", "triangle", "down", 7, 30, 10, 1.9)]], 16, 64)[0]

@@ -451,17 +451,16 @@ def test_backend_defaults_and_registry():
 
 
 def test_analyse_reads_rendered_clips_and_counts_a_shape_drawn_twice():
-    from generator.builtin.sample import to_uint8_frames
     from generator.evaluate import analyse
 
     one = [world.ShapeMotion("red", "square", "right", 8, 16, 32, 1.5)]
     twice = one + [world.ShapeMotion("red", "square", "right", 8, 16, 10, 1.5)]
     for shape in world.SHAPES:
-        found = analyse(to_uint8_frames(world.render([[world.ShapeMotion("green", shape, "up", 8, 32, 48, 1.5)]],
+        found = analyse(world.to_uint8_frames(world.render([[world.ShapeMotion("green", shape, "up", 8, 32, 48, 1.5)]],
                                                      16, 64)[0]))
         assert (found["shape"], found["colour"], found["direction"], found["objects"]) == (shape, "green", "up", 1)
-    assert analyse(to_uint8_frames(world.render([one], 16, 64)[0]))["objects"] == 1
-    found = analyse(to_uint8_frames(world.render([twice], 16, 64)[0]))
+    assert analyse(world.to_uint8_frames(world.render([one], 16, 64)[0]))["objects"] == 1
+    found = analyse(world.to_uint8_frames(world.render([twice], 16, 64)[0]))
     assert (found["objects"], found["shape"]) == (2, "square")  # the count is wrong, the shape is not
 
 

@@ -8,8 +8,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from generator.builtin.sample import BuiltinPipeline, to_uint8_frames
+from generator.builtin import world
 from generator.builtin.info import INFO, NATIVE_MAX_SIDE, NATIVE_SHORT_SIDE
+from generator.builtin.sample import BuiltinPipeline
 from generator.interface import (DEFAULT_STRENGTH, Backend, CancelCheck, GenerationError, GenerationRequest,
                                  GenerationResult, ModelInfo, ProgressCallback)
 from generator.postprocess import resize_frames, sharpen_frames
@@ -70,7 +71,7 @@ class BuiltinBackend(Backend):
 
         def on_step(step, total, estimate):
             if progress is not None:
-                progress(step, total, to_uint8_frames(estimate))
+                progress(step, total, world.to_uint8_frames(estimate))
 
         video = self.pipe(req.prompt, num_frames=req.num_frames, height=size[0], width=size[1],
                           steps=req.steps, guidance_scale=req.guidance_scale,
@@ -79,8 +80,8 @@ class BuiltinBackend(Backend):
         if (req.height > size[0] or req.width > size[1]) and self.pipe.upsampler is not None:
             # the learned 4x upscale leaves edges 0.68x as steep as the renderer draws them at
             # 256 pixels, bicubic + unsharp mask 0.44x; an unsharp mask after it makes 0.90x
-            frames = sharpen_frames(to_uint8_frames(self.pipe.upscale(video)))
+            frames = sharpen_frames(world.to_uint8_frames(self.pipe.upscale(video)))
         else:
-            frames = to_uint8_frames(video)
+            frames = world.to_uint8_frames(video)
         frames = resize_frames(frames, (req.height, req.width))
         return GenerationResult(frames=frames, fps=req.fps, seed=req.seed, native_size=size)

@@ -204,7 +204,3 @@ def composite_layers(layers: torch.Tensor) -> torch.Tensor:
     top = layers.amax(dim=1, keepdim=True).argmax(dim=0, keepdim=True)  # 1 x 1 x T x H x W
     return layers.gather(0, top.expand(1, *layers.shape[1:]))[0]
 
-
-def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
-    """3 x T x H x W in [-1, 1] -> T x H x W x 3 uint8."""
-    return ((video.permute(1, 2, 3, 0) + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()

@@ -51,15 +51,14 @@ def clips(scenes: list, num_frames: int) -> tuple:
 def quality(tokenizer: CausalVideoTokenizer, seed: int = 12345, count: int = 8, num_frames: int = 8) -> dict:
     """PSNR (dB) and edge sharpness ratio of decoded frames against the renderer at 256."""
     from generator.evaluate import edge_sharpness
-    from generator.builtin.sample import to_uint8_frames
 
     rng = random.Random(seed)
     low, high = clips(random_scenes(rng, count, num_frames), num_frames)
     with torch.no_grad():
         decoded = tokenizer(low).clamp(-1, 1)
     mse = ((decoded - high) / 2).pow(2).mean().item()
-    ours = np.concatenate([to_uint8_frames(v) for v in decoded])
-    truth = np.concatenate([to_uint8_frames(v) for v in high])
+    ours = np.concatenate([world.to_uint8_frames(v) for v in decoded])
+    truth = np.concatenate([world.to_uint8_frames(v) for v in high])
     return {"psnr": 10 * np.log10(1.0 / max(mse, 1e-12)),
             "sharpness_ratio": edge_sharpness(ours) / max(edge_sharpness(truth), 1e-9)}
 

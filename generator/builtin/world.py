@@ -11,6 +11,7 @@ import math
 import random
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 COLOURS = {
@@ -232,3 +233,8 @@ def caption(scene: list, rng: random.Random, held_out: bool = False) -> str:
     parts = [_phrase(m, rng, held_out) for m in scene]
     joiner = rng.choice(_JOINERS_EVAL if held_out else _JOINERS_TRAIN) if len(parts) > 1 else ""
     return joiner.join(parts)
+
+
+def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
+    """3 x T x H x W in [-1, 1] -> T x H x W x 3 uint8."""
+    return ((video.permute(1, 2, 3, 0) + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()

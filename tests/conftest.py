@@ -15,10 +15,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-from xdist.scheduler import LoadFileScheduling
+# One torch thread in the test processes (set before anything imports torch), as in the stacks'
+# processes (tests/support/stack.py): four test processes share two cores, and a second thread
+# only waits for the core the first one holds.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from tests.support.stack import ROOT, Stack, http, wait_for
+import pytest  # noqa: E402
+from xdist.scheduler import LoadFileScheduling  # noqa: E402
+
+from tests.support.stack import ROOT, Stack, http, wait_for  # noqa: E402
 
 # Every service process reads this model configuration (VIDEO_MODELS_CONFIG): a tiny LTX-Video
 # (T2V + I2V) next to the built-in model. Its checkpoint folder is built before the service starts
@@ -72,10 +77,11 @@ def pytest_ignore_collect(collection_path, config):
 # process (its module-scoped stack with them), and modules start in this order: the longest first
 # (they are the critical path), then the rest of the real-stack tests, then the in-process ones.
 # A module missing from LONGEST only starts later; nothing else depends on the list.
-LONGEST = ("test_worker_loss", "test_worker_loss_on_postgres", "test_worker_kills", "test_fleet", "test_queue",
-           "test_queue_on_postgres", "test_serve", "test_contract", "test_auth", "test_live", "test_redis_faults",
-           "test_service_families", "test_worker_kills_on_postgres", "test_queue_caps", "test_queue_caps_on_postgres",
-           "test_model_faults")
+LONGEST = ("test_contract",  # the first module of the session stacks' unit (SharedStackScheduling), ~180 s
+           "test_worker_loss_on_postgres", "test_worker_kills", "test_worker_loss", "test_fleet", "test_model_faults",
+           "test_service_families", "test_serve", "test_browser", "test_live", "test_queue", "test_redis_faults",
+           "test_model_families", "test_generator", "test_database_faults", "test_queue_on_postgres",
+           "test_generator_cli", "test_worker_kills_on_postgres", "test_queue_caps", "test_queue_caps_on_postgres")
 
 
 def start_order(item) -> tuple:
@@ -85,20 +91,18 @@ def start_order(item) -> tuple:
 
 
 # The session stacks (live_service, strict_service) start once per test process that uses them: the
-# modules that use them run as two units (one per fixture: strict_service's users, then live_service's
-# others), so two processes start them instead of every process (each start: a worker loading the
-# built-in model, Daphne, ~15 s of CPU).
+# modules that use either run as one unit, so one process starts them instead of every process (each
+# start: a worker loading the built-in model, Daphne, ~20 s of CPU with the jobs it serves).
 SHARED_STACK_USE = re.compile(r"\b(strict_service|live_service)\b")
 
 
 @functools.cache
 def shared_stack_unit(path: Path) -> str | None:
-    found = {m.group(1) for m in SHARED_STACK_USE.finditer(path.read_text())}
-    return "strict_service" if "strict_service" in found else "live_service" if found else None
+    return "session-stacks" if SHARED_STACK_USE.search(path.read_text()) else None
 
 
 class SharedStackScheduling(LoadFileScheduling):
-    """--dist loadfile, but the modules that use a session stack form one unit per stack."""
+    """--dist loadfile, but the modules that use the session stacks form one unit."""
 
     def _split_scope(self, nodeid: str) -> str:
         module = nodeid.split("::", 1)[0]
@@ -158,7 +162,10 @@ def browser():
 def live_service(tmp_path_factory):
     if shutil.which("redis-server") is None:
         pytest.fail("redis-server not installed (apt-get install redis-server; scripts/test.sh does)")
-    stack = Stack(tmp_path_factory.mktemp("service"), models={TINY_LTX: TINY_LTX_ENTRY})
+    # live jobs (the Python client's and the browser's Live mode) keep 1 s ahead of playback and report
+    # every chunk, so that a steer shows within the tests' patience
+    stack = Stack(tmp_path_factory.mktemp("service"), models={TINY_LTX: TINY_LTX_ENTRY},
+                  env={"LIVE_MAX_LEAD_S": "1", "LIVE_STATUS_EVERY": "1"})
     stack.tiny_ltx_path = stack.tmp / "checkpoints" / "tiny-ltx"
     from tests.tiny_checkpoints import save_tiny_checkpoint
 

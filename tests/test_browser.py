@@ -4,7 +4,8 @@
 redis-server, Daphne, a Celery worker and Flower on free ports, with the database, media and
 Redis data in a temporary folder. Debian's `/usr/bin/chromium`, driven by Playwright (no
 browser download), loads `/`, submits a small job from the form, sees progress and a preview,
-and the finished `<video>` play. The service must then stop cleanly on SIGTERM.
+and the finished `<video>` play; then the understanding features (Evaluate, describe, edit and
+regenerate). The service must then stop cleanly on SIGTERM.
 """
 from __future__ import annotations
 
@@ -255,6 +256,55 @@ def test_the_page_works_over_the_phoenix_protocol(service, browser):
         expect(job).to_have_attribute("data-status", "succeeded", timeout=120_000)
         expect(job.get_by_test_id("job-video")).to_have_count(1)
         assert frames and all("/socket/websocket?vsn=2.0.0" in url for url in frames), frames
+    finally:
+        page.close()
+
+
+def test_evaluate_describe_and_edit_and_regenerate(service, browser, tmp_path):
+    """The understanding features (the worker consumes the describe queue): a job submitted with
+    "Evaluate" shows its metrics and caption, "describe" captions a finished video, and "edit and
+    regenerate" puts the caption in the prompt box to edit and submit again."""
+    expect = playwright_api.expect
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        page.goto(service["url"] + "/")
+        expect(page.get_by_test_id("conn-status")).to_have_attribute("data-state", "open", timeout=20_000)
+        expect(page.locator("#model option[value=builtin]")).to_have_count(1, timeout=20_000)
+        page.fill("#prompt", "a yellow square moving to the right")
+        for field, value in (("num_frames", "12"), ("width", "64"), ("height", "64"), ("steps", "12"),
+                             ("seed", "5")):
+            page.fill(f"#{field}", value)
+        page.check("#evaluate")
+        page.click("#submit")
+
+        job = page.get_by_test_id("job").first
+        expect(job).to_have_attribute("data-status", "succeeded", timeout=120_000)
+        metrics = job.get_by_test_id("job-metrics")
+        expect(metrics).to_be_visible()
+        expect(metrics).to_contain_text("motion smoothness")
+        expect(metrics).to_contain_text("dynamic degree")
+        caption = job.get_by_test_id("job-caption")
+        expect(caption).to_contain_text(re.compile(r"yellow \w+ moving to the right.*agreement with the prompt"))
+
+        page.evaluate("() => { document.querySelector('[data-testid=job-caption]').textContent = ''; }")
+        job.get_by_test_id("job-describe").click()  # a describe job on the describe queue
+        expect(caption).to_contain_text(re.compile(r"\u201ca yellow \w+ moving to the right\u201d .*attributes"),
+                                        timeout=60_000)
+
+        job.get_by_test_id("job-remix").click()
+        described = job.evaluate("el => el.dataset.caption")
+        expect(page.locator("#prompt")).to_have_value(described)
+        page.fill("#prompt", described.replace("yellow", "blue"))
+        page.click("#submit")
+        remix = page.get_by_test_id("job").first
+        expect(remix.get_by_test_id("job-prompt")).to_have_text(described.replace("yellow", "blue"))
+        expect(remix).to_have_attribute("data-status", "succeeded", timeout=120_000)
+        expect(remix.get_by_test_id("job-caption")).to_contain_text("blue", timeout=10_000)  # Evaluate stays on
+        page.screenshot(path=str(Path(os.environ.get("BROWSER_SCREENSHOT", tmp_path / "describe.png"))),
+                        full_page=True)
+        assert not errors, errors
     finally:
         page.close()
 

@@ -9,6 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from tests.support.stack import wait_for
 from tests.test_browser import playwright_api
 
 SLOW = {"num_frames": 8, "width": 64, "height": 64, "steps": 100}
@@ -81,6 +82,18 @@ def submit_private_job(page, base: str, fields: dict = SLOW) -> str:
     return job[1]["job"]["id"]
 
 
+def owner_cancels(page, base: str, job_id: str) -> None:
+    """The control: the same cancel sent from the service's own page lands (and the slow job stops
+    instead of running its 100 steps on the shared worker)."""
+    status = page.evaluate("""async ([base, jobId]) => {
+        const csrf = (document.cookie.match(/csrftoken=([^;]+)/) || [])[1] || "";
+        const resp = await fetch(base + "/api/jobs/" + jobId + "/cancel", {method: "POST", credentials: "same-origin",
+            headers: {"Content-Type": "application/json", "X-CSRFToken": csrf}, body: "{}"});
+        return resp.status;
+    }""", [base, job_id])
+    assert status in (200, 202), status
+
+
 def attack_fails(page, attacker: AttackerSite, base: str, job_id: str) -> None:
     """The attacker's page neither opened the lobby nor got its form POST through."""
     result = attack(page, attacker, base, job_id)
@@ -116,7 +129,9 @@ def test_a_page_on_another_loopback_port_cannot_read_or_cancel_anonymous_jobs(li
     attack_fails(page, attacker, base, job_id)
     cookie = "; ".join(f"{c['name']}={c['value']}" for c in page.context.cookies(base))
     assert live_service.row(job_id)["cancel_requested"] == 0  # the cancels did not land
-    assert live_service.wait_job(job_id, headers={"Cookie": cookie})["status"] == "succeeded"
+    page.goto(base + "/")
+    owner_cancels(page, base, job_id)
+    assert live_service.wait_job(job_id, headers={"Cookie": cookie})["status"] == "cancelled"
 
 
 def test_a_page_on_another_loopback_port_cannot_use_a_login_session(strict_service, page, attacker):
@@ -129,3 +144,6 @@ def test_a_page_on_another_loopback_port_cannot_use_a_login_session(strict_servi
     job_id = submit_private_job(page, base)
     attack_fails(page, attacker, base, job_id)
     assert strict_service.stack.row(job_id)["cancel_requested"] == 0  # the cancels did not land
+    page.goto(base + "/")
+    owner_cancels(page, base, job_id)
+    wait_for(lambda: strict_service.stack.row(job_id)["status"] == "cancelled", 30, "the owner's cancel")

@@ -12,18 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.stack import Stack, http
+from tests.support.stack import http
 from tests.test_browser import playwright_api
 
 RIGHT, UP = "a red circle moving right", "a red circle moving up"
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    env = {"LIVE_MAX_LEAD_S": "1", "LIVE_STATUS_EVERY": "1", "LIVE_IDLE_S": "20"}
-    with Stack(tmp_path_factory.mktemp("browser-live"), env=env) as s:
-        s.start(worker_queues="builtin", worker_name="live")
-        yield s
+def stack(live_service):
+    return live_service  # the shared stack (tests/conftest.py: LIVE_MAX_LEAD_S 1, LIVE_STATUS_EVERY 1)
 
 
 def open_page(browser, url):  # noqa: F811

@@ -139,6 +139,7 @@ def test_a_queued_describe_job_can_be_cancelled(live_service):
             await client.send({"type": "cancel", "job_id": queued["job_id"]})
             events = await describe_events(client, queued["job_id"], timeout=30)
             assert events[-1]["type"] == "cancelled", events
+            await client.send({"type": "cancel", "job_id": busy["job_id"]})  # done with it: 40 steps is ~5 s of CPU
             await client.events_for(busy["job_id"], timeout=120)
             row = live_service.wait_job(queued["job_id"])
             assert row["status"] == "cancelled" and row["result"] is None, row

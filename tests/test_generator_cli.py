@@ -1,6 +1,9 @@
-"""`python manage.py generate`: a real subprocess, the way an operator runs it."""
+"""`python manage.py generate`: a real subprocess, the way an operator runs it (a plain clip and the
+refusals); the start-image and long-video options through the same command in this process, where the
+model loads once instead of once per subprocess."""
 from __future__ import annotations
 
+import io
 import os
 import re
 import subprocess
@@ -10,6 +13,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from django.core.management import call_command
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,6 +32,13 @@ def _generate(*args, timeout=240):
     env = dict(os.environ, DJANGO_SETTINGS_MODULE=_settings_module(), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, str(MANAGE), "generate", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def _generate_here(*args) -> str:
+    """The command in this process (call_command parses `args` as the command line does): its stdout."""
+    out = io.StringIO()
+    call_command("generate", *args, stdout=out, stderr=io.StringIO())
+    return out.getvalue()
 
 
 def _decode(path):
@@ -55,10 +66,8 @@ def test_generate_webm_with_a_start_image(tmp_path):
     image[20:40, 8:28] = (30, 220, 40)
     Image.fromarray(image).save(tmp_path / "start.png")
     out = tmp_path / "clip.webm"
-    done = _generate("a green square moving right", "--steps", "2", "--frames", "8", "--width", "96",
-                     "--height", "64", "--image", str(tmp_path / "start.png"), "--output", str(out),
-                     "--verbosity", "0")
-    assert done.returncode == 0, done.stderr[-3000:]
+    _generate_here("a green square moving right", "--steps", "2", "--frames", "8", "--width", "96",
+                   "--height", "64", "--image", str(tmp_path / "start.png"), "--output", str(out), "--verbosity", "0")
     frames, _ = _decode(out)
     assert frames.shape == (8, 64, 96, 3)
 
@@ -67,15 +76,14 @@ def test_generate_long_video_with_chunks_and_interpolation(tmp_path):
     from generator.shape import LongVideoOptions, final_shape
 
     out = tmp_path / "long.mp4"
-    done = _generate("a blue triangle moving to the right", "--steps", "2", "--frames", "8",
-                     "--width", "64", "--height", "64", "--seed", "5", "--fps", "8", "--num-chunks", "2",
-                     "--interpolate", "2", "--output", str(out))
-    assert done.returncode == 0, done.stderr[-3000:]
+    stdout = _generate_here("a blue triangle moving to the right", "--steps", "2", "--frames", "8",
+                            "--width", "64", "--height", "64", "--seed", "5", "--fps", "8", "--num-chunks", "2",
+                            "--interpolate", "2", "--output", str(out))
     expected = final_shape(LongVideoOptions(num_chunks=2, interpolate=2), 8, 64, 64, 8.0)
     frames, fps = _decode(out)
     assert frames.shape == (expected["num_frames"], 64, 64, 3) == ((2 * 8 - 4 - 1) * 2 + 1, 64, 64, 3)
     assert fps == pytest.approx(16)
-    assert f"frames {expected['num_frames']}" in done.stdout and "chunks 2" in done.stdout
+    assert f"frames {expected['num_frames']}" in stdout and "chunks 2" in stdout
 
 
 @pytest.mark.parametrize("args,messages", [

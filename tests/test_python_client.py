@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from videoservice_client import Client, JobFailed, VideoServiceError, decode, messages
 
-from tests.support.stack import ROOT, Stack
+from tests.support.stack import ROOT
 from tests.test_live import red_centre
 
 RIGHT, UP = "a red circle moving right", "a red circle moving up"
@@ -20,10 +20,8 @@ SMALL = {"width": 64, "height": 64, "seed": 5}
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    with Stack(tmp_path_factory.mktemp("client"), env={"LIVE_MAX_LEAD_S": "1", "LIVE_STATUS_EVERY": "1"}) as s:
-        s.start(worker_queues="builtin", worker_name="client")
-        yield s
+def stack(live_service):
+    return live_service  # the shared stack (tests/conftest.py: LIVE_MAX_LEAD_S 1, LIVE_STATUS_EVERY 1)
 
 
 def test_the_message_types_are_generated_from_the_websocket_schema():

@@ -7,6 +7,9 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
+# The suite starts ~200 Python processes (workers, Daphne, manage.py) that import the same code: they
+# cache its bytecode (and pytest its rewritten test modules) even where the environment says not to.
+unset PYTHONDONTWRITEBYTECODE
 
 if [ "${1:-}" = quick ]; then
   shift

@@ -41,8 +41,6 @@ if [ $# -gt 0 ]; then  # a chosen part (TEST_DATABASE=postgres: every stack on P
   pytest_run "$@"
   exit
 fi
-# the checkout's code compiled once, as pip compiles what it installs (some 200 processes import it)
-"$PY" -m compileall -q -j 0 videoservice generator worker scripts clients/python/src >/dev/null
 t0=$SECONDS
 pytest_run tests
 log "test time: $((SECONDS - t0)) s"

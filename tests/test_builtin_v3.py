@@ -299,6 +299,25 @@ def test_chunk_denoiser_training_resumes_and_writes_a_loadable_pipeline(tmp_path
     backend = BuiltinV3Backend(str(tmp_path / "run" / "pipeline"))
     assert backend.generate(GenerationRequest(prompt="a red circle moving up", num_frames=4)).frames.shape == (
         4, 256, 256, 3)
+    # a new run from that pipeline's denoiser (--init-from) starts from its weights (a step at lr 0 keeps them)
+    from generator.builtin.causal import ChunkDenoiser
+
+    shipped = ChunkDenoiser.from_pretrained(str(tmp_path / "run" / "pipeline" / "denoiser"))
+    train(parse_args(args[:3] + [str(tmp_path / "again"), *args[4:], "--steps", "1", "--lr", "0",
+                                 "--init-from", str(tmp_path / "run" / "pipeline")]))
+    again = ChunkDenoiser.from_pretrained(str(tmp_path / "again" / "pipeline" / "denoiser"))
+    assert all(torch.equal(a, b) for a, b in zip(shipped.state_dict().values(), again.state_dict().values()))
+
+
+def test_the_loss_weighs_the_positions_a_shape_covers():
+    from generator.builtin.train_causal import foreground_weights
+
+    target = torch.full((2, 6, 4, 16, 16), -0.5)  # a background latent ...
+    target[0, :3, :, 4:7, 4:7] = 1.0  # ... with a shape in the first example only
+    weights = foreground_weights(target, 10.0)
+    assert weights.shape == (2, 1, 4, 16, 16)
+    assert (weights[0, :, :, 4:7, 4:7] == 10.0).all() and weights[0].sum() == 10.0 * 36 + (1024 - 36)
+    assert (weights[1] == 1.0).all() and (foreground_weights(target, 1.0) == 1.0).all()
 
 
 def test_v3_is_a_second_selectable_model_served_by_the_built_in_workers_and_v2_stays_the_default():

@@ -20,7 +20,7 @@ INFO_V3 = ModelInfo(
     name="builtin-v3",
     description="Built-in shapes model v3, experimental (CPU, offline, live): a chunk-causal few-step denoiser "
                 "in a causal video tokenizer's latent, decoded straight to 256x256, 5x+ faster than builtin. "
-                "Trained only briefly on a CPU so far: it does not yet draw the asked shapes (docs/builtin.md).",
+                "Trained on a CPU only so far: colour and direction mostly right, shapes not yet (docs/builtin.md).",
     native_size=(256, 256),
     default_frames=16, min_frames=4, max_frames=64,
     default_width=256, default_height=256, size_multiple=16, min_size=64, max_size=512,

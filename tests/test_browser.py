@@ -87,19 +87,26 @@ def service(tmp_path_factory):
         log.close()
 
 
-def test_submit_from_page_watch_progress_and_play_video(service, browser, tmp_path):
-    expect = playwright_api.expect
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
+def filled_form(browser, url: str, viewport_height: int, prompt: str, **fields) -> tuple:
+    """A page on the service, connected and listing the built-in model, its form filled in: (page, the
+    page's uncaught errors as they come)."""
+    page = browser.new_page(viewport={"width": 1280, "height": viewport_height})
     errors = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
-    try:
-        page.goto(service["url"] + "/")
-        expect(page.get_by_test_id("conn-status")).to_have_attribute("data-state", "open", timeout=20_000)
-        expect(page.locator("#model option[value=builtin]")).to_have_count(1, timeout=20_000)
+    page.goto(url + "/")
+    playwright_api.expect(page.get_by_test_id("conn-status")).to_have_attribute("data-state", "open", timeout=20_000)
+    playwright_api.expect(page.locator("#model option[value=builtin]")).to_have_count(1, timeout=20_000)
+    page.fill("#prompt", prompt)
+    for field, value in fields.items():
+        page.fill(f"#{field}", str(value))
+    return page, errors
 
-        page.fill("#prompt", "a red circle moving to the right")
-        for field, value in (("num_frames", "8"), ("width", "64"), ("height", "64"), ("steps", "4"), ("seed", "7")):
-            page.fill(f"#{field}", value)
+
+def test_submit_from_page_watch_progress_and_play_video(service, browser, tmp_path):
+    expect = playwright_api.expect
+    page, errors = filled_form(browser, service["url"], 900, "a red circle moving to the right",
+                               num_frames=8, width=64, height=64, steps=4, seed=7)
+    try:
         page.click("#submit")
 
         job = page.get_by_test_id("job").first
@@ -265,17 +272,9 @@ def test_evaluate_describe_and_edit_and_regenerate(service, browser, tmp_path):
     "Evaluate" shows its metrics and caption, "describe" captions a finished video, and "edit and
     regenerate" puts the caption in the prompt box to edit and submit again."""
     expect = playwright_api.expect
-    page = browser.new_page(viewport={"width": 1280, "height": 1000})
-    errors = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page, errors = filled_form(browser, service["url"], 1000, "a yellow square moving to the right",
+                               num_frames=12, width=64, height=64, steps=12, seed=5)
     try:
-        page.goto(service["url"] + "/")
-        expect(page.get_by_test_id("conn-status")).to_have_attribute("data-state", "open", timeout=20_000)
-        expect(page.locator("#model option[value=builtin]")).to_have_count(1, timeout=20_000)
-        page.fill("#prompt", "a yellow square moving to the right")
-        for field, value in (("num_frames", "12"), ("width", "64"), ("height", "64"), ("steps", "12"),
-                             ("seed", "5")):
-            page.fill(f"#{field}", value)
         page.check("#evaluate")
         page.click("#submit")
 

@@ -70,28 +70,29 @@ def attacker():
     site.close()
 
 
-def submit_private_job(page, base: str, fields: dict = SLOW) -> str:
-    """A private job submitted from the service's own page (same origin, with the CSRF token)."""
-    job = page.evaluate("""async ([base, fields]) => {
+def same_origin_post(page, url: str, body: dict) -> tuple:
+    """A JSON POST from the service's own page (same origin, with the CSRF token): (status, JSON answer)."""
+    return tuple(page.evaluate("""async ([url, body]) => {
         const csrf = (document.cookie.match(/csrftoken=([^;]+)/) || [])[1] || "";
-        const resp = await fetch(base + "/api/jobs", {method: "POST", credentials: "same-origin",
-            headers: {"Content-Type": "application/json", "X-CSRFToken": csrf}, body: JSON.stringify(fields)});
+        const resp = await fetch(url, {method: "POST", credentials: "same-origin",
+            headers: {"Content-Type": "application/json", "X-CSRFToken": csrf}, body: JSON.stringify(body)});
         return [resp.status, await resp.json()];
-    }""", [base, {"prompt": "a private magenta square moving up", "private": True, **fields}])
-    assert job[0] == 201, job
-    return job[1]["job"]["id"]
+    }""", [url, body]))
+
+
+def submit_private_job(page, base: str, fields: dict = SLOW) -> str:
+    """A private job submitted from the service's own page."""
+    status, answer = same_origin_post(page, base + "/api/jobs",
+                                      {"prompt": "a private magenta square moving up", "private": True, **fields})
+    assert status == 201, answer
+    return answer["job"]["id"]
 
 
 def owner_cancels(page, base: str, job_id: str) -> None:
     """The control: the same cancel sent from the service's own page lands (and the slow job stops
     instead of running its 100 steps on the shared worker)."""
-    status = page.evaluate("""async ([base, jobId]) => {
-        const csrf = (document.cookie.match(/csrftoken=([^;]+)/) || [])[1] || "";
-        const resp = await fetch(base + "/api/jobs/" + jobId + "/cancel", {method: "POST", credentials: "same-origin",
-            headers: {"Content-Type": "application/json", "X-CSRFToken": csrf}, body: "{}"});
-        return resp.status;
-    }""", [base, job_id])
-    assert status in (200, 202), status
+    status, answer = same_origin_post(page, f"{base}/api/jobs/{job_id}/cancel", {})
+    assert status in (200, 202), answer
 
 
 def attack_fails(page, attacker: AttackerSite, base: str, job_id: str) -> None:

@@ -29,25 +29,13 @@ ENV = {"WEBHOOK_ALLOW_PRIVATE": "1", "WEBHOOK_TIMEOUT_S": "2", "LOG_FORMAT": "js
        "JOB_HEARTBEAT_TIMEOUT_S": "4", "JOB_REAPER_INTERVAL_S": "1", "MAX_QUEUED_PER_OWNER": "50",
        "MAX_QUEUED_PER_ADDRESS": "100",
        "SUBMISSIONS_PER_MINUTE": "1000"}
-USERS = """
-import json
-from django.contrib.auth import get_user_model
-from videoservice.models import ApiToken
-User = get_user_model()
-out = {}
-for name, staff in (("ann", False), ("ben", False), ("cat", False), ("ops", True)):
-    out[name] = ApiToken.issue(User.objects.create_user(name, is_staff=staff), "tests")[1]
-print(json.dumps(out))
-"""
-
-
 @pytest.fixture(scope="module")
 def queue(tmp_path_factory, database_url):
     with Stack(tmp_path_factory.mktemp("queue"), env=ENV, models={"fake-steps": FAKE, "fake-nan": FAKE},
                persist_redis=True, database_url=database_url) as stack:
         stack.start_redis()
         stack.migrate()
-        stack.tokens = json.loads(stack.manage("shell", "-c", USERS).strip().splitlines()[-1])
+        stack.tokens = stack.issue_tokens("ann", "ben", "cat", "ops", staff=("ops",))
         stack.start_web()
         stack.start_worker("w1", "fakes")
         stack.start_worker("hooks", "webhooks", concurrency=2, pool="threads")

@@ -17,6 +17,7 @@ from tests.support.stack import http
 @pytest.fixture(scope="module")
 def faults(tmp_path_factory, database_url):
     with fault_service(tmp_path_factory.mktemp("faults"), database_url) as svc:
+        svc.tokens = svc.issue_tokens("ann", "ben", "cara", "phoebe")  # signed-in users: the per-address cap skips them
         yield svc
 
 
@@ -26,7 +27,7 @@ def test_queue_caps_answer_queue_full_and_free_up_when_jobs_leave(faults):
     anonymous address does not apply to them."""
     submit = submit_parked
     drained(faults)
-    tokens = [faults.manage("create_api_token", user, "--create-user").strip() for user in ("ann", "ben")]
+    tokens = [faults.tokens[user] for user in ("ann", "ben")]
 
     async def scenario():
         async with Client(faults, token=tokens[0]) as a, Client(faults, token=tokens[1]) as b:
@@ -66,7 +67,7 @@ def test_six_cookieless_connections_of_one_client_hold_at_most_the_per_owner_cap
             assert len(queued) == 8 and len(refused) == 4, [m.get("code") for _, m in answers]
             assert all(m["code"] == "queue_full" and "from your address" in m["message"] for m in refused), refused
             # a signed-in user still gets a place: the global cap (12) was not reached
-            token = faults.manage("create_api_token", "cara", "--create-user").strip()
+            token = faults.tokens["cara"]
             async with Client(faults, token=token) as signed_in:
                 mine = await submit_parked(signed_in)
                 assert mine["type"] == "queued", mine
@@ -83,7 +84,7 @@ def test_per_owner_caps_hold_on_the_phoenix_endpoint(faults):
     drained(faults)
     from tests.test_phoenix import PhoenixFrames
 
-    token = faults.manage("create_api_token", "phoebe", "--create-user").strip()
+    token = faults.tokens["phoebe"]
 
     async def scenario():
         async with PhoenixFrames(faults.base, faults.origin, token) as c:

@@ -111,10 +111,8 @@ def drained(svc: Stack, timeout: float = 180) -> None:
     """Wait until the jobs of earlier tests have left the queue (a loaded machine runs them late):
     the caps tests count every waiting job."""
     def queued() -> list:
-        out = svc.manage("shell", "-c", "from videoservice.models import Job\n"
-                         "print(list(Job.objects.filter(status='queued').values_list('model', 'prompt')))")
-        return out.strip().splitlines()[-1]
+        return svc.select("SELECT model, prompt FROM videoservice_job WHERE status = ?", ("queued",))
     deadline = time.monotonic() + timeout
-    while (left := queued()) != "[]":
+    while left := queued():
         assert time.monotonic() < deadline, f"earlier tests left jobs queued: {left}"
         time.sleep(1)

@@ -131,6 +131,16 @@ def wait_for(check, timeout: float, what: str, procs=()) -> None:
         time.sleep(0.2)
 
 
+ISSUE_TOKENS = """
+import json
+from django.contrib.auth import get_user_model
+from videoservice.models import ApiToken
+User = get_user_model()
+print(json.dumps({{name: ApiToken.issue(User.objects.create_user(name, is_staff=staff), "tests")[1]
+                  for name, staff in {users!r}}}))
+"""
+
+
 _sqlite_template: Path | None = None
 
 
@@ -287,21 +297,34 @@ class Stack:
                              check=True, timeout=180, capture_output=True, text=True)
         return out.stdout
 
+    def issue_tokens(self, *names: str, staff: tuple = ()) -> dict:
+        """New users `names` (those in `staff` are staff) and an API token each, made in one
+        `manage.py shell`: name -> token."""
+        made = self.manage("shell", "-c", ISSUE_TOKENS.format(users=[(name, name in staff) for name in names]))
+        return json.loads(made.strip().splitlines()[-1])
+
     def row(self, job_id: str) -> dict:
         """The job's row straight from the database (fields the API does not show: attempts, lease)."""
+        rows = self.select("SELECT * FROM videoservice_job WHERE id = ?", (uuid.UUID(job_id),))
+        return rows[0]
+
+    def select(self, sql: str, params: tuple = ()) -> list:
+        """Rows (dicts) of a query on the stack's database, read in this process: no `manage.py shell`
+        start (~1 s CPU) for a test that only looks. `?` placeholders; UUIDs as the backend stores them."""
         if self.env["DATABASE_URL"].startswith("postgres"):
             import psycopg
             from psycopg.rows import dict_row
 
             with psycopg.connect(self.env["DATABASE_URL"].replace("postgres://", "postgresql://", 1),
                                  row_factory=dict_row) as db:
-                row = db.execute("SELECT * FROM videoservice_job WHERE id = %s", (uuid.UUID(job_id),)).fetchone()
-            return {key: (value.hex if isinstance(value, uuid.UUID) else value) for key, value in row.items()}
+                rows = db.execute(sql.replace("?", "%s"), params).fetchall()
+            return [{key: (value.hex if isinstance(value, uuid.UUID) else value) for key, value in row.items()}
+                    for row in rows]
         path = self.env["DATABASE_URL"].removeprefix("sqlite:///")
         with sqlite3.connect(path, timeout=30) as db:
             db.row_factory = sqlite3.Row
-            row = db.execute("SELECT * FROM videoservice_job WHERE id = ?", (uuid.UUID(job_id).hex,)).fetchone()
-        return dict(row)
+            params = tuple(value.hex if isinstance(value, uuid.UUID) else value for value in params)
+            return [dict(row) for row in db.execute(sql, params).fetchall()]
 
     # ------------------------------------------------------------------ web
     def start_web(self, name: str = "web", env: dict | None = None, port: int | None = None,

@@ -13,6 +13,7 @@ import json
 import socketserver
 import threading
 import time
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -242,19 +243,11 @@ def serve(server) -> str:
     return f"http://127.0.0.1:{server.server_address[1]}"
 
 
-DELIVERIES = """
-import json
-from videoservice.models import WebhookDelivery
-print(json.dumps([[str(d.job_id), d.attempts, d.last_error, d.delivered_at is not None]
-                  for d in WebhookDelivery.objects.filter(job_id__in={jobs}).order_by("created_at")]))
-"""
-
-
 def deliveries(stack, *job_ids) -> dict:
     """job id -> [attempts, last error, delivered] of its one delivery (absent: not written yet)."""
-    rows = json.loads(stack.manage("shell", "-c", DELIVERIES.replace("{jobs}", repr(list(job_ids))))
-                      .strip().splitlines()[-1])
-    return {row[0].replace("-", ""): row[1:] for row in rows}
+    rows = stack.select(f"SELECT job_id, attempts, last_error, delivered_at FROM videoservice_webhookdelivery "
+                        f"WHERE job_id IN ({', '.join('?' * len(job_ids))})", tuple(map(uuid.UUID, job_ids)))
+    return {row["job_id"]: [row["attempts"], row["last_error"], row["delivered_at"] is not None] for row in rows}
 
 
 def test_a_webhook_redirect_is_not_followed_and_a_dribbling_receiver_is_cut_off(queue):

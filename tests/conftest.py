@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 # One torch thread in the test processes (set before anything imports torch), as in the stacks'
@@ -37,6 +38,15 @@ TINY_LTX_ENTRY = {
     "limits": {"min_size": 32, "max_size": 128, "max_frames": 25, "max_steps": 1000},
     "max_sequence_length": 16, "queue": TINY_LTX_QUEUE,
 }
+
+
+def pytest_configure(config):
+    """A folder the session's test processes share (xdist workers inherit the environment of the
+    process that starts them): the migrated SQLite template is made once there (tests/support/stack.py)."""
+    if not hasattr(config, "workerinput"):
+        folder = tempfile.mkdtemp(prefix="videoservice-session-")
+        os.environ["TEST_SESSION_DIR"] = folder
+        config.add_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
 
 
 # The test ladder (markers in pyproject.toml): `./scripts/test.sh quick` runs what is neither.

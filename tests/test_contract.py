@@ -103,7 +103,7 @@ def api_only(live_service, tmp_path):
     env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'fuzz.sqlite3'}",
            "REDIS_URL": f"redis://127.0.0.1:{live_service.redis_port}/7", "MAX_QUEUED_JOBS": "100000",
            "MAX_QUEUED_PER_OWNER": "100000", "MAX_QUEUED_PER_ADDRESS": "100000"}
-    live_service.manage("migrate", "--noinput", "-v", "0", env=env)
+    live_service.migrate(env["DATABASE_URL"])
     web = live_service.start_web("api-only", env=env)
     try:
         live_service.wait_healthy(web="api-only")

@@ -12,6 +12,7 @@ workers added (the auth and diffusers suites do).
 from __future__ import annotations
 
 import atexit
+import fcntl
 import json
 import os
 import shutil
@@ -145,15 +146,24 @@ _sqlite_template: Path | None = None
 
 
 def _migrated_sqlite_template(migrate) -> Path:
-    """This process's migrated SQLite database (made on first use with `migrate(url)`)."""
+    """The session's migrated SQLite database, made on first use with `migrate(url)` by whichever test
+    process needs it first while the others wait on the lock. TEST_SESSION_DIR is the folder the
+    session's processes share (tests/conftest.py); without it this process makes its own."""
     global _sqlite_template
     if _sqlite_template is None:
-        folder = Path(tempfile.mkdtemp(prefix="videoservice-db-template-"))
-        atexit.register(shutil.rmtree, folder, True)
-        path = folder / "migrated.sqlite3"
-        migrate(f"sqlite:///{path}")
-        with sqlite3.connect(path) as db:  # (WAL mode: the schema must be in the main file to copy it)
-            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        folder = os.environ.get("TEST_SESSION_DIR")
+        if folder is None:
+            folder = tempfile.mkdtemp(prefix="videoservice-db-template-")
+            atexit.register(shutil.rmtree, folder, True)
+        path = Path(folder) / "migrated.sqlite3"
+        with open(Path(folder) / "migrated.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not path.exists():
+                partial = path.with_name(f"migrating-{os.getpid()}.sqlite3")
+                migrate(f"sqlite:///{partial}")
+                with sqlite3.connect(partial) as db:  # (WAL mode: the schema must be in the main file to copy it)
+                    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                os.replace(partial, path)
         _sqlite_template = path
     return _sqlite_template
 
@@ -275,10 +285,11 @@ class Stack:
         self.redis.kill()
 
     # ------------------------------------------------------------------ database
-    def migrate(self) -> None:
-        """The schema, copied from this test process's migrated template (`manage.py migrate` runs
-        once per process and database kind, not once per stack: ~4 s each on a busy machine)."""
-        url = self.env["DATABASE_URL"]
+    def migrate(self, url: str | None = None) -> None:
+        """The schema of the stack's database (or of the one at `url`), copied from this test process's
+        migrated template (`manage.py migrate` runs once per process and database kind, not once per
+        stack: ~4 s each on a busy machine)."""
+        url = url or self.env["DATABASE_URL"]
         if url.startswith("postgres"):
             from tests.support.postgres import copy_of_template
 

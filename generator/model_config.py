@@ -14,6 +14,7 @@ used only when present). JSON, or TOML when the name ends in `.toml`. One entry 
         "memory": {"cpu_offload": "none", "vae_tiling": false, "vae_slicing": false, "compile": false,
                    "cache": null, "attention_backend": null},
         "upsampler": "/models/ltxv-spatial-upscaler-0.9.7",   # optional latent upsampler folder
+        "decoder": "/models/LTX-2.5/diffusion_decoder",        # optional diffusion decoder folder (LTX-2)
         "ic_lora": "/models/ic-lora-union.safetensors",         # optional IC-LoRA (ltx2-ic-lora): file or folder
         "preset": "ltx-distilled",               # optional few-step preset (PRESETS)
         "pipeline_kwargs": {"decode_timestep": 0.05},          # optional extra pipeline arguments
@@ -23,7 +24,7 @@ used only when present). JSON, or TOML when the name ends in `.toml`. One entry 
 
 Every kind belongs to a `Family` (generator/families/<family>.py): its diffusers pipeline class per
 kind and the tasks each serves (t2v, i2v, v2v, condition), frame and size rules, defaults, whether it
-makes sound and which latent upsampler fits it. Several kinds of one family listed together are
+makes sound and which latent upsampler and diffusion decoder fit it. Several kinds of one family listed together are
 loaded once: the first from the folder, the others from the very same components with `from_pipe`
 (no second copy in memory), so they must share a checkpoint (`PipelineKind.checkpoint`).
 
@@ -190,6 +191,9 @@ class ModelEntry(_Strict):
     upsampler: Optional[str] = Field(None, min_length=1, description="a latent upsampler: its pipeline folder "
                                      "(model_index.json) or the upsampler model's folder (config.json, e.g. "
                                      "LTX-2's latent_upsampler)")
+    decoder: Optional[str] = Field(None, min_length=1, description="a diffusion decoder decoding the video latents "
+                                   "in place of the VAE (LTX-2.5's): its pipeline folder (model_index.json) or the "
+                                   "decoder model's folder (config.json)")
     ic_lora: Optional[str] = Field(None, min_length=1, description="an In-Context LoRA for the kinds that take one "
                                    "(ltx2-ic-lora): its .safetensors file, or a folder holding one")
     preset: Optional[str] = None
@@ -242,6 +246,8 @@ class ModelEntry(_Strict):
                                   field=key)
         if self.upsampler is not None and fam.upsampler is None:
             raise ConfigError(f"'upsampler' is set but {fam.description} has no latent upsampler", field="upsampler")
+        if self.decoder is not None and fam.decoder is None:
+            raise ConfigError(f"'decoder' is set but {fam.description} has no diffusion decoder", field="decoder")
         if self.ic_lora is not None and not any(fam.kinds[k].ic_lora for k in self.pipeline):
             takers = [k for k, pk in fam.kinds.items() if pk.ic_lora]
             raise ConfigError(f"'ic_lora' is set but none of {', '.join(self.pipeline)} takes an IC-LoRA"
@@ -298,6 +304,7 @@ class ModelConfig:
     negative_prompt: Optional[str] = None
     max_sequence_length: Optional[int] = None
     upsampler: Optional[str] = None  # latent upsampler pipeline folder
+    decoder: Optional[str] = None  # diffusion decoder: pipeline or model folder
     ic_lora: Optional[str] = None  # IC-LoRA weights (file or folder) for the kinds that take one
     preset: Optional[str] = None
     pipeline_kwargs: dict = field(default_factory=dict)  # the preset's, updated by the entry's
@@ -366,6 +373,7 @@ class ModelConfig:
                 "requires_video": not {"t2v", "i2v"} & set(tasks),
                 "live": fam.live,  # "native": made chunk by chunk with the model's own history
                 "upsampler": self.upsampler is not None,
+                "decoder": self.decoder is not None,
                 "ic_lora": self.ic_lora is not None,
                 "preset": self.preset,
                 "queue": self.queue or self.name,
@@ -381,7 +389,7 @@ def _given(value, fallback):
 
 def upsampler_folder_kind(folder: str) -> Optional[str]:
     """"pipeline" (model_index.json: LTX's ltxv-spatial-upscaler), "model" (config.json: the upsampler model
-    alone, as LTX-2 ships it in its checkpoint's latent_upsampler folder) or None."""
+    alone, as LTX-2 ships it in its checkpoint's latent_upsampler folder) or None. The same for a `decoder`."""
     for kind, marker in (("pipeline", "model_index.json"), ("model", "config.json")):
         if os.path.isfile(os.path.join(folder, marker)):
             return kind
@@ -411,7 +419,8 @@ def _errors_of(name: str, exc: ValidationError) -> ConfigError:
 def parse_entry(name: str, entry: dict, base_dir: str = REPO_ROOT, check_paths: bool = False) -> ModelConfig:
     """One entry -> ModelConfig; ConfigError (naming `name` and the field) when it is wrong. With
     `check_paths`, the checkpoint folder must exist and hold a model_index.json, the upsampler folder a
-    model_index.json or a config.json (upsampler_folder_kind), and an `ic_lora` file or folder exist."""
+    model_index.json or a config.json (upsampler_folder_kind), the decoder folder too, and an `ic_lora` file or
+    folder exist."""
     if not isinstance(entry, dict):
         raise ConfigError(f"an entry must be an object, got {type(entry).__name__}", model=name)
     try:
@@ -424,6 +433,7 @@ def parse_entry(name: str, entry: dict, base_dir: str = REPO_ROOT, check_paths: 
     fam = FAMILIES[KINDS[kinds[0]]]
     path = _resolve(parsed.path or "", base_dir)
     upsampler = parsed.upsampler and _resolve(parsed.upsampler, base_dir)
+    decoder = parsed.decoder and _resolve(parsed.decoder, base_dir)
     ic_lora = parsed.ic_lora and _resolve(parsed.ic_lora, base_dir)
     if check_paths and parsed.backend == "diffusers":
         if not os.path.isfile(os.path.join(path, "model_index.json")):
@@ -433,6 +443,10 @@ def parse_entry(name: str, entry: dict, base_dir: str = REPO_ROOT, check_paths: 
             state = "does not exist" if not os.path.exists(upsampler) else "has no model_index.json or config.json"
             raise ConfigError(f"{upsampler} {state}: it must be a local latent upsampler pipeline folder or the "
                               f"upsampler model's folder", model=name, field="upsampler")
+        if decoder and not upsampler_folder_kind(decoder):
+            state = "does not exist" if not os.path.exists(decoder) else "has no model_index.json or config.json"
+            raise ConfigError(f"{decoder} {state}: it must be a local diffusion decoder pipeline folder or the "
+                              f"decoder model's folder", model=name, field="decoder")
         if ic_lora and not (os.path.isfile(ic_lora) or os.path.isdir(ic_lora)):
             raise ConfigError(f"{ic_lora} does not exist: it must be an IC-LoRA .safetensors file or a folder "
                               f"holding one", model=name, field="ic_lora")
@@ -441,7 +455,7 @@ def parse_entry(name: str, entry: dict, base_dir: str = REPO_ROOT, check_paths: 
                          defaults=parsed.defaults, limits=parsed.limits, memory=parsed.memory,
                          queue=parsed.queue or name, negative_prompt=parsed.negative_prompt,
                          max_sequence_length=parsed.max_sequence_length, upsampler=upsampler, ic_lora=ic_lora,
-                         preset=parsed.preset,
+                         decoder=decoder, preset=parsed.preset,
                          pipeline_kwargs=parsed.merged_kwargs(), backend=parsed.backend,
                          pipeline_class=parsed.pipeline_class,
                          generic_tasks=tuple(sorted(parsed.tasks or ["t2v"], key=TASKS.index)))
@@ -567,6 +581,9 @@ def main(argv=None) -> int:
         if cfg.upsampler:
             up = upsampler_folder_kind(cfg.upsampler) or "MISSING model_index.json / config.json"
             print(f"  latent upsampler {cfg.upsampler} [{up}]")
+        if cfg.decoder:
+            kind = upsampler_folder_kind(cfg.decoder) or "MISSING model_index.json / config.json"
+            print(f"  diffusion decoder {cfg.decoder} [{kind}]")
         if cfg.ic_lora:
             print(f"  IC-LoRA {cfg.ic_lora} [{'ok' if os.path.exists(cfg.ic_lora) else 'MISSING'}]")
     return 1 if problems else 0

@@ -84,6 +84,8 @@ class Family:
     min_size: int = 64
     audio: bool = False  # the pipeline returns a sound track with the video
     upsampler: Optional[str] = None  # latent upsample pipeline class, loaded from the entry's "upsampler" folder
+    # diffusion decode pipeline class (latents -> pixels in place of the VAE decoder), from the entry's "decoder"
+    decoder: Optional[str] = None
     vae_dtype: Optional[str] = None  # default VAE dtype when the entry names none
 
     def tasks(self, kinds) -> set:

@@ -91,5 +91,5 @@ FAMILIES = (
     }, vae="AutoencoderKLLTX2Video", frame_multiple=8, frame_offset=1, min_frames=9, max_frames=257,
         size_multiple=32, max_size=1280, default_width=768, default_height=512, default_frames=121,
         default_steps=30, default_guidance=3.0, default_fps=24.0, adapter=LTX2Adapter, audio=True,
-        upsampler="LTX2LatentUpsamplePipeline"),
+        upsampler="LTX2LatentUpsamplePipeline", decoder="LTX2VideoDiffusionDecodePipeline"),
 )

@@ -9,6 +9,8 @@ the configured pipeline kind that serves it, and the request's inputs to that pi
 arguments (`adapter.task_inputs`). Long videos (generator.longvideo) and live jobs (generator.live)
 use the optional capabilities the adapter offers (`continuation_frames`, `generate_long`,
 `live_chunks`), plus `upscale_video` / `latent_upscale_factors` when a latent upsampler is configured.
+With a diffusion decoder configured (`decoder`: LTX-2.5's), every call asks the pipeline for latents and the
+adapter decodes them (`adapter.decoded`), the upsampler's passes too (`adapter.decode_video`).
 
 Previews: every step we show the current latents through a fixed linear map latent-channels -> RGB
 (a C x 3 matrix + bias), so a preview costs one tiny matmul on the latent grid (LTX at 768x512x121:
@@ -94,6 +96,7 @@ class DiffusersBackend(Backend):
         self.pipes: dict = {}  # kind -> pipeline
         self.primary = None  # the pipeline that owns offload hooks
         self.upsampler = None  # latent upsample pipeline (config.upsampler)
+        self.decoder = None  # diffusion decode pipeline (config.decoder)
         self.device = pick_device()
         self.dtype = TORCH_DTYPES[config.dtype]
         self.applied: dict = {}  # memory/speed options actually in effect (for logs, bench, /api)
@@ -156,6 +159,8 @@ class DiffusersBackend(Backend):
         self._apply_memory_options(pipe)
         if cfg.upsampler:
             self._load_upsampler(pipe)
+        if cfg.decoder:
+            self._load_decoder(pipe)
         log.info("model %s loaded in %.1f s on %s (%s): %s", cfg.name, time.perf_counter() - t0, self.device,
                  self.dtype, self.applied)
 
@@ -186,6 +191,37 @@ class DiffusersBackend(Backend):
         for component in self.upsampler.components.values():  # the shared VAE stays where offload keeps it
             if isinstance(component, torch.nn.Module) and component is not pipe.vae:
                 component.to(self.device)
+
+    def _load_decoder(self, pipe) -> None:
+        """The entry's diffusion decoder: its pipeline folder, or the decoder model alone (then the pipeline around
+        it takes a FlowMatchEulerDiscreteScheduler); either way the model's own VAE gives the latent statistics."""
+        import diffusers
+
+        cfg = self.config
+        folder = upsampler_folder_kind(cfg.decoder)
+        if folder is None:
+            raise GenerationError(f"model {cfg.name}: decoder {cfg.decoder} is neither a diffusers pipeline folder "
+                                  f"(model_index.json) nor a model folder (config.json); check 'decoder' in the "
+                                  f"model configuration")
+        decode_cls = getattr(diffusers, self.family.decoder)
+        try:
+            if folder == "pipeline":
+                self.decoder = decode_cls.from_pretrained(cfg.decoder, vae=pipe.vae, dtype=self.dtype,
+                                                          local_files_only=True)
+            else:
+                model_cls = decode_cls._get_signature_types()["diffusion_decoder"][0]
+                self.decoder = decode_cls(diffusion_decoder=model_cls.from_pretrained(
+                    cfg.decoder, dtype=self.dtype, local_files_only=True),
+                    scheduler=diffusers.FlowMatchEulerDiscreteScheduler(), vae=pipe.vae)
+        except Exception as exc:
+            raise GenerationError(f"model {cfg.name}: cannot load {self.family.decoder} from {cfg.decoder}: "
+                                  f"{exc}") from exc
+        self.decoder.set_progress_bar_config(disable=True)
+        for component in self.decoder.components.values():  # the shared VAE stays where offload keeps it
+            if isinstance(component, torch.nn.Module) and component is not pipe.vae:
+                component.to(self.device)
+                if self.config.memory.vae_tiling and hasattr(component, "enable_tiling"):
+                    component.enable_tiling()
 
     def _transformers(self, pipe) -> list:
         """The denoisers: Wan 2.2 A14B has two experts (transformer_2 below its boundary_ratio)."""
@@ -259,6 +295,7 @@ class DiffusersBackend(Backend):
         self.pipes.clear()
         self.primary = None
         self.upsampler = None
+        self.decoder = None
         self._preview_map = None
         self._preview_ready = False
         free_accelerator_memory()
@@ -420,7 +457,7 @@ class DiffusersBackend(Backend):
 
         base = dict(prompt=req.prompt, height=req.height, width=req.width, num_frames=req.num_frames,
                     num_inference_steps=req.steps, guidance_scale=req.guidance_scale, generator=generator,
-                    output_type="np", negative_prompt=cfg.negative_prompt,
+                    output_type="latent" if cfg.decoder else "np", negative_prompt=cfg.negative_prompt,
                     max_sequence_length=cfg.max_sequence_length and int(cfg.max_sequence_length))
         base.update(self.adapter.call_arguments(req))
         base.update(self._pipeline_kwargs(req.steps))
@@ -443,6 +480,8 @@ class DiffusersBackend(Backend):
             with torch.inference_mode(), hook, torch.random.fork_rng(devices=devices):
                 torch.manual_seed(int(req.seed))
                 output = pipe(**call)
+                if cfg.decoder:  # latents: the diffusion decoder makes the frames
+                    output = self.adapter.decoded(pipe, output, int(req.seed))
         except Cancelled:
             raise
         except Exception as exc:
@@ -506,7 +545,8 @@ class DiffusersBackend(Backend):
     def _upscale_video(self, frames: np.ndarray, factor: int,
                        should_cancel: Optional[CancelCheck] = None) -> np.ndarray:
         """Frames x factor (2 or 4) through the upsampler: a latent upsampler's x2 passes (VAE encode, x2 in latent
-        space, decode), or the family's super-resolution pipeline (adapter.upscale_passes)."""
+        space, decode: with the diffusion decoder when one is configured), or the family's super-resolution
+        pipeline (adapter.upscale_passes)."""
         if factor not in self.latent_upscale_factors:
             raise GenerationError(f"model {self.config.name}: the latent upsampler scales by "
                                   f"{' or '.join(map(str, self.latent_upscale_factors))}, not {factor}")
@@ -521,10 +561,12 @@ class DiffusersBackend(Backend):
             h, w = video.shape[1:3]
             generator = torch.Generator(device=self.upsampler._execution_device).manual_seed(0)  # the same every time
             call = {k: v for k, v in dict(video=[pil(f) for f in video], height=h, width=w, num_frames=len(video),
-                                           output_type="np", generator=generator, **arguments).items()
+                                           output_type="latent" if self.decoder else "np", generator=generator,
+                                           **arguments).items()
                     if _accepts(self.upsampler, k)}
             with torch.inference_mode():
-                out = np.asarray(self.upsampler(**call).frames[0])
+                out = self.upsampler(**call).frames
+                out = self.adapter.decode_video(out, seed=0) if self.decoder else np.asarray(out[0])
             video = (np.clip(out, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
         return video[:n]
 

@@ -179,6 +179,19 @@ class FamilyAdapter:
         """The upsampler calls (their extra arguments) that scale a video by `factor` (2 or 4): one x2 pass each."""
         return [{}] * int(math.log2(factor))
 
+    # the family's diffusion decoder (Family.decoder, loaded from the entry's "decoder" folder as backend.decoder):
+    # the pipeline is run with output_type="latent" and its latents decoded here instead of by its VAE
+    def decoded(self, pipe, output, seed: int):
+        """A pipeline's output with output_type="latent" -> the output output_type="np" gives (frames
+        [B, T, H, W, 3] floats in [0, 1], a sound track decoded as the pipeline decodes it), the video through
+        the diffusion decoder with a generator seeded with `seed` (the same seed, the same video)."""
+        raise NotImplementedError(f"{self.family.name} has no diffusion decoder")  # the configuration refuses one
+
+    def decode_video(self, latents, seed: int):
+        """Video latents as the family's pipelines return them with output_type="latent" -> T x H x W x 3 floats
+        in [0, 1] through the diffusion decoder (first batch item)."""
+        raise NotImplementedError(f"{self.family.name} has no diffusion decoder")
+
     def check_shared(self, pipe, kind: str) -> None:
         """Raise GenerationError when `kind` cannot run on the components loaded for the first kind."""
 

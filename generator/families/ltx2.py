@@ -9,6 +9,11 @@ The entry's `ic_lora` (a .safetensors file or a folder holding one) is loaded wi
 loader (needs the `peft` package) into the transformer every kind of the entry shares; it is switched
 on for control jobs only, so `["ltx2", "ltx2-ic-lora"]` still makes plain text-to-video. A LoRA trained
 on downscaled references says so in its file's metadata (`reference_downscale_factor`), which is passed.
+
+An entry's `decoder` (LTX-2.5's diffusion decoder, LTX2VideoDiffusionDecodePipeline) decodes the video latents
+in place of the VAE: the pipelines run with output_type="latent" (denormalised video latents, and the audio
+latents, which are decoded here as the pipelines decode them), the decoder denoises pixels from them with a
+generator seeded with the job's seed.
 """
 from __future__ import annotations
 
@@ -44,6 +49,25 @@ class LTX2Adapter(LTXAdapter):
 
     def call_arguments(self, req) -> dict:
         return {"frame_rate": float(req.fps)}
+
+    # ---------------------------------------------------------------- the diffusion decoder
+    def decode_video(self, latents, seed: int):
+        import numpy as np
+        import torch
+
+        decoder = self.backend.decoder
+        generator = torch.Generator(device=decoder._execution_device).manual_seed(int(seed))
+        # an LTX-2 pipeline's latent output is denormalised already
+        frames = decoder(latents[:1], generator=generator, output_type="np", denormalize=False).frames
+        return np.asarray(frames[0])
+
+    def decoded(self, pipe, output, seed: int):
+        from diffusers.pipelines.ltx2.pipeline_output import LTX2PipelineOutput
+
+        video = self.decode_video(output.frames, seed)[None]
+        # the audio latents as the pipeline's own non-latent branch decodes them: audio VAE -> mel -> vocoder
+        mel = pipe.audio_vae.decode(output.audio.to(pipe.audio_vae.dtype), return_dict=False)[0]
+        return LTX2PipelineOutput(frames=video, audio=pipe.vocoder(mel))
 
     # ---------------------------------------------------------------- IC-LoRA
     def loaded(self, pipe, path: str) -> None:

@@ -245,6 +245,72 @@ def test_ltx2_latent_upsampler_is_the_upscale_post_step_and_keeps_the_sound():
         backend.unload()
 
 
+def test_ltx2_diffusion_decoder_decodes_the_video_and_keeps_the_sound(backends):
+    """An LTX-2 entry whose `decoder` is a LTX2VideoDiffusionDecodePipeline folder: the pipeline returns latents,
+    the diffusion decoder makes the frames (far from the VAE's: a random decoder, not float noise), seeded by the
+    job's seed (the same seed, the same video); the sound track is decoded as without it. The decoder model's
+    folder alone decodes the same; with the latent upsampler too, an upscale pass decodes through the decoder."""
+    folder = tiny_checkpoints.cached_checkpoint("ltx2-decoder")
+    up = os.path.join(tiny_checkpoints.cached_checkpoint("ltx2-upsampler"), "latent_upsampler")
+    cfg = mc.parse_entry("tiny-ltx2-dd", entry("ltx2", ["ltx2", "ltx2-condition"], decoder=folder, upsampler=up),
+                         check_paths=True)
+    assert cfg.model_info().extra["decoder"] and cfg.decoder == folder
+    backend = DiffusersBackend(cfg)
+    model_form = DiffusersBackend(mc.parse_entry("tiny-ltx2-dd-model", entry(
+        "ltx2", "ltx2", decoder=os.path.join(folder, "diffusion_decoder")), check_paths=True))
+    vae_upscale = DiffusersBackend(mc.parse_entry("tiny-ltx2-vae-up", entry("ltx2", "ltx2", upsampler=up)))
+    try:
+        req = GenerationRequest("a dog", seed=2)
+        steps = []
+        result = backend.generate(req, progress=lambda s, t, p: steps.append((s, t, p is not None)))
+        assert result.frames.shape == (9, 32, 32, 3) and result.frames.dtype == np.uint8
+        assert steps == [(1, 2, True), (2, 2, True)]  # previews as without the decoder
+        plain = backends("tiny-ltx2").generate(req)
+        assert np.abs(result.frames.astype(np.int16) - plain.frames).mean() > 5  # measured 82
+        assert result.audio_sample_rate == 8000 and result.audio.shape == (9 * 1000, 2)
+        np.testing.assert_allclose(result.audio, plain.audio, atol=1e-5)  # the same latents, the same decoding
+        assert np.array_equal(backend.generate(req).frames, result.frames)
+        # the decoder denoises from noise drawn from the job's seed: another seed, other pixels from one latent;
+        # the model folder alone decodes as its pipeline folder (small latents: the decodes cost little)
+        latents = torch.randn(1, 4, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+        model_form.load()
+        first = backend.adapter.decode_video(latents, 1)
+        assert first.shape == (3, 8, 8, 3) and np.array_equal(model_form.adapter.decode_video(latents, 1), first)
+        assert np.abs(first - backend.adapter.decode_video(latents, 2)).mean() > 0.02
+        # an upscale pass: latent upsampler, then the diffusion decoder (8x8 -> 16x16 keeps the decode cheap)
+        small = result.frames[:, ::4, ::4]
+        passes = []
+        hook = backend.decoder.diffusion_decoder.decoder.register_forward_pre_hook(lambda *a: passes.append(1))
+        try:
+            x2 = backend.upscale_video(small, 2)
+        finally:
+            hook.remove()
+        assert x2.shape == (9, 16, 16, 3) and passes == [1]
+        assert np.abs(x2.astype(np.int16) - vae_upscale.upscale_video(small, 2)).mean() > 5
+    finally:
+        for b in (backend, model_form, vae_upscale):
+            b.unload()
+
+
+def test_a_diffusion_decoder_is_checked_at_start_up(tmp_path):
+    """A `decoder` folder that is missing or holds neither a model_index.json nor a config.json is reported
+    at start-up naming the entry and the field; a family without a diffusion decoder refuses one."""
+    path = tmp_path / "models.json"
+    (tmp_path / "empty").mkdir()
+    good = entry("ltx2", "ltx2")
+    path.write_text(json.dumps({"good": good, "lost": {**good, "decoder": "no-such-decoder"},
+                                "empty": {**good, "decoder": "empty"}}))
+    configs, errors = mc.validate_config(str(path))
+    assert list(configs) == ["good"] and not configs["good"].model_info().extra["decoder"]
+    assert [(e.model, e.field) for e in errors] == [("lost", "decoder"), ("empty", "decoder")]
+    assert "no-such-decoder does not exist" in errors[0].message
+    assert "has no model_index.json or config.json" in errors[1].message
+    for kinds in ("ltx", "wan"):
+        with pytest.raises(mc.ConfigError, match="has no diffusion decoder") as err:
+            mc.parse_entry("m", {"path": "/models/x", "pipeline": kinds, "decoder": "d"})
+        assert (err.value.model, err.value.field) == ("m", "decoder")
+
+
 def test_kandinsky6_sr_is_the_upscale_post_step_and_keeps_the_sound():
     """A Kandinsky 6 entry with a Kandinsky6SRPipeline `upsampler`: a job's `upscale` 2 is one super-resolution
     call (its own VAE), the same for the same clip, and the sound track is kept."""

@@ -211,6 +211,24 @@ def ltx2_upsampler_pipeline():
     return LTX2LatentUpsamplePipeline(vae=vae, latent_upsampler=upsampler)
 
 
+def ltx2_decoder_pipeline():
+    """LTX-2.5's diffusion decoder for the tiny LTX-2 (4 latent channels, 2x spatial and 2x temporal
+    compression: one x2-in-time upsampling stage, then 2x2 pixel patches), as a pipeline folder whose
+    `diffusion_decoder` sub-folder is the model alone (the decoder's other form). Neighborhood attention runs
+    on FlexAttention, which on CPU materialises every token pair's score: one head, 1x3x3 and 3x3x3 windows
+    and patches of 2x2 px keep a 9-frame 32x32 decode near 0.25 s (1x1 px patches: 15 s)."""
+    from diffusers import (FlowMatchEulerDiscreteScheduler, LTX2VideoDiffusionDecodePipeline,
+                           LTX2VideoDiffusionDecoderModel)
+
+    torch.manual_seed(0)
+    decoder = LTX2VideoDiffusionDecoderModel(
+        latent_channels=4, patch_size=2, decoder_head_dim=8, decoder_stage_channels=(8, 8), decoder_stage_depths=(1, 1),
+        decoder_stage_kernels=((1, 3, 3),), decoder_upsample_strides=((2, 1, 1),),
+        decoder_upsample_channel_reductions=(1,), decoder_stage5_kernel=(3, 3, 3), decoder_t_emb_dim=16,
+        spatial_compression_ratio=2, temporal_compression_ratio=2)
+    return LTX2VideoDiffusionDecodePipeline(diffusion_decoder=decoder, scheduler=FlowMatchEulerDiscreteScheduler())
+
+
 # ------------------------------------------------------------------ Wan 2.1 / 2.2 / VACE, SkyReels-V2
 def _wan_vae(wan22: bool = False):
     return responsive(_wan_vae_default_init(wan22))
@@ -647,6 +665,7 @@ BUILDERS = {
     "ltx-upsampler": ltx_upsampler_pipeline,
     "ltx2": ltx2_pipeline,
     "ltx2-upsampler": ltx2_upsampler_pipeline,
+    "ltx2-decoder": ltx2_decoder_pipeline,
     "wan": wan_pipeline,
     "wan-i2v": lambda: wan_pipeline(image_to_video=True),
     "wan2.2-ti2v": wan22_ti2v_pipeline,

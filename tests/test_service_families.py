@@ -33,6 +33,7 @@ SMALL = {"min_size": 32, "max_size": 128, "max_frames": 33, "max_steps": 1000}
 MODELS = {  # name -> (checkpoint builder, pipeline kinds)
     "tiny-ltx2": ("ltx2", ["ltx2", "ltx2-i2v"]),
     "tiny-ltx2-ic": ("ltx2", "ltx2-ic-lora"),  # control only, no IC-LoRA file: the base model reads the reference
+    "tiny-ltx2-dd": ("ltx2", "ltx2"),  # decoded by LTX-2.5's diffusion decoder (DECODERS)
     "tiny-wan22": ("wan2.2-ti2v", ["wan2.2", "wan2.2-i2v"]),
     "tiny-wan-v2v": ("wan2.2-a14b", ["wan", "wan-v2v"]),
     "tiny-helios": ("helios", "helios"),
@@ -47,6 +48,7 @@ MODELS = {  # name -> (checkpoint builder, pipeline kinds)
     "tiny-kandinsky6": ("kandinsky6", "kandinsky6"),
 }
 UPSAMPLERS = {"tiny-ltx2": "ltx2-upsampler"}  # model -> its latent upsampler's checkpoint builder
+DECODERS = {"tiny-ltx2-dd": "ltx2-decoder"}  # model -> its diffusion decoder's checkpoint builder
 # ChronoEdit keeps its family's frame limit (the image and its edit: 5 frames)
 OWN_FRAMES = {"tiny-chronoedit": 5}
 QUEUE = "tiny-families"
@@ -74,6 +76,9 @@ def stack(tmp_path_factory):
         if name in UPSAMPLERS:
             save_tiny_checkpoint(UPSAMPLERS[name], str(tmp / "checkpoints" / f"{name}-upsampler"))
             models[name]["upsampler"] = f"checkpoints/{name}-upsampler"
+        if name in DECODERS:
+            save_tiny_checkpoint(DECODERS[name], str(tmp / "checkpoints" / f"{name}-decoder"))
+            models[name]["decoder"] = f"checkpoints/{name}-decoder"
     print(f"tiny checkpoints built in {time.monotonic() - t0:.1f} s")
     svc = Stack(tmp, models=models)
     try:
@@ -165,6 +170,19 @@ def test_ltx2_upscale_job_runs_its_latent_upsampler_and_keeps_the_sound(stack):
     assert distance(resize_frames(decode_video(plain)[0], (64, 64)), frames) > 10
     status, _, body = http("GET", stack.base + "/api/models")
     assert next(m for m in json.loads(body)["models"] if m["name"] == "tiny-ltx2")["extra"]["upsampler"] is True
+
+
+def test_ltx2_diffusion_decoder_job_mp4_carries_its_sound(stack):
+    """An LTX-2 entry with a `decoder`: the worker decodes the job's latents with the diffusion decoder (that it
+    decodes far from the VAE is tests/test_model_families.py's), and the MP4 keeps the sound."""
+    done = completed(watch(stack, {"dd": {"model": "tiny-ltx2-dd", "num_frames": 9}})["dd"])
+    data = fetch_video(stack, done)
+    assert done["has_audio"] is True and decode_video(data)[0].shape == (9, 32, 32, 3)
+    track, rate = decode_audio(data)
+    assert rate == 8000 and track.std() > 1e-3
+    status, _, body = http("GET", stack.base + "/api/models")
+    extra = {m["name"]: m["extra"] for m in json.loads(body)["models"]}
+    assert extra["tiny-ltx2-dd"]["decoder"] is True and extra["tiny-ltx2"]["decoder"] is False
 
 
 def test_kandinsky6_text_and_image_jobs_carry_their_sound(stack):

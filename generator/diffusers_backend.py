@@ -165,63 +165,49 @@ class DiffusersBackend(Backend):
                  self.dtype, self.applied)
 
     def _load_upsampler(self, pipe) -> None:
-        import diffusers
-
-        cfg = self.config
-        folder = upsampler_folder_kind(cfg.upsampler)
-        if folder is None:
-            raise GenerationError(f"model {cfg.name}: upsampler {cfg.upsampler} is neither a diffusers pipeline folder "
-                                  f"(model_index.json) nor a model folder (config.json); check 'upsampler' in the "
-                                  f"model configuration")
-        upsample_cls = getattr(diffusers, self.family.upsampler)
         # a latent upsampler decodes with the model's own VAE (no second copy); a super-resolution pipeline has its own
         shared = {"vae": pipe.vae} if self.adapter.upsampler_shares_vae else {}
-        try:
-            if folder == "pipeline":
-                self.upsampler = upsample_cls.from_pretrained(cfg.upsampler, dtype=self.dtype, local_files_only=True,
-                                                              **shared)
-            else:  # the upsampler model alone (LTX-2's latent_upsampler folder): the pipeline around it is two parts
-                model_cls = upsample_cls._get_signature_types()["latent_upsampler"][0]
-                self.upsampler = upsample_cls(vae=pipe.vae, latent_upsampler=model_cls.from_pretrained(
-                    cfg.upsampler, dtype=self.dtype, local_files_only=True))
-        except Exception as exc:
-            raise GenerationError(f"model {cfg.name}: cannot load {self.family.upsampler} from {cfg.upsampler}: "
-                                  f"{exc}") from exc
-        self.upsampler.set_progress_bar_config(disable=True)
-        for component in self.upsampler.components.values():  # the shared VAE stays where offload keeps it
-            if isinstance(component, torch.nn.Module) and component is not pipe.vae:
-                component.to(self.device)
+        self.upsampler = self._load_second_pipeline(pipe, "upsampler", "latent_upsampler", shared, {"vae": pipe.vae})
 
     def _load_decoder(self, pipe) -> None:
-        """The entry's diffusion decoder: its pipeline folder, or the decoder model alone (then the pipeline around
-        it takes a FlowMatchEulerDiscreteScheduler); either way the model's own VAE gives the latent statistics."""
+        """The diffusion decoder alone takes a FlowMatchEulerDiscreteScheduler around it; either way the model's own
+        VAE gives the latent statistics."""
+        import diffusers
+
+        self.decoder = self._load_second_pipeline(
+            pipe, "decoder", "diffusion_decoder", {"vae": pipe.vae},
+            {"vae": pipe.vae, "scheduler": diffusers.FlowMatchEulerDiscreteScheduler()})
+        if self.config.memory.vae_tiling:
+            self.decoder.diffusion_decoder.enable_tiling()
+
+    def _load_second_pipeline(self, pipe, field: str, model_component: str, shared: dict, around_model: dict):
+        """The entry's `field` folder (upsampler, decoder) as the family's pipeline of that name: a pipeline folder
+        (model_index.json, given the `shared` components), or the model alone (config.json, as LTX-2 ships its
+        latent_upsampler) with the `around_model` components. Its own parts go where the model runs."""
         import diffusers
 
         cfg = self.config
-        folder = upsampler_folder_kind(cfg.decoder)
+        path = getattr(cfg, field)
+        folder = upsampler_folder_kind(path)
         if folder is None:
-            raise GenerationError(f"model {cfg.name}: decoder {cfg.decoder} is neither a diffusers pipeline folder "
-                                  f"(model_index.json) nor a model folder (config.json); check 'decoder' in the "
+            raise GenerationError(f"model {cfg.name}: {field} {path} is neither a diffusers pipeline folder "
+                                  f"(model_index.json) nor a model folder (config.json); check '{field}' in the "
                                   f"model configuration")
-        decode_cls = getattr(diffusers, self.family.decoder)
+        pipeline_cls = getattr(diffusers, getattr(self.family, field))
         try:
             if folder == "pipeline":
-                self.decoder = decode_cls.from_pretrained(cfg.decoder, vae=pipe.vae, dtype=self.dtype,
-                                                          local_files_only=True)
+                second = pipeline_cls.from_pretrained(path, dtype=self.dtype, local_files_only=True, **shared)
             else:
-                model_cls = decode_cls._get_signature_types()["diffusion_decoder"][0]
-                self.decoder = decode_cls(diffusion_decoder=model_cls.from_pretrained(
-                    cfg.decoder, dtype=self.dtype, local_files_only=True),
-                    scheduler=diffusers.FlowMatchEulerDiscreteScheduler(), vae=pipe.vae)
+                model_cls = pipeline_cls._get_signature_types()[model_component][0]
+                second = pipeline_cls(**around_model, **{model_component: model_cls.from_pretrained(
+                    path, dtype=self.dtype, local_files_only=True)})
         except Exception as exc:
-            raise GenerationError(f"model {cfg.name}: cannot load {self.family.decoder} from {cfg.decoder}: "
-                                  f"{exc}") from exc
-        self.decoder.set_progress_bar_config(disable=True)
-        for component in self.decoder.components.values():  # the shared VAE stays where offload keeps it
+            raise GenerationError(f"model {cfg.name}: cannot load {pipeline_cls.__name__} from {path}: {exc}") from exc
+        second.set_progress_bar_config(disable=True)
+        for component in second.components.values():  # the shared VAE stays where offload keeps it
             if isinstance(component, torch.nn.Module) and component is not pipe.vae:
                 component.to(self.device)
-                if self.config.memory.vae_tiling and hasattr(component, "enable_tiling"):
-                    component.enable_tiling()
+        return second
 
     def _transformers(self, pipe) -> list:
         """The denoisers: Wan 2.2 A14B has two experts (transformer_2 below its boundary_ratio)."""

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
 from generator.families.base import Family, PipelineKind, pil
 from generator.families.ltx import LTXAdapter
 from generator.interface import GenerationError
@@ -52,7 +54,6 @@ class LTX2Adapter(LTXAdapter):
 
     # ---------------------------------------------------------------- the diffusion decoder
     def decode_video(self, latents, seed: int):
-        import numpy as np
         import torch
 
         decoder = self.backend.decoder

@@ -47,6 +47,10 @@ Row `ltx2-ic-lora`: LTX2InContextPipeline on the same LTX-2 components, at the s
 synthetic reference video of the clip's size (its tokens appended to the noisy ones: twice the video tokens
 per step), bare and through the backend's `control` task + MP4; no IC-LoRA (random weights).
 
+Row `ltx2-hdr`: LTX2HDRPipeline on the same components at its example's distilled setting (768x512, 121
+frames, 8 steps, guidance 1), re-making a synthetic SDR reference of the clip's size in linear HDR, bare and
+through the backend's `control` task (tone-mapped into the SDR MP4); no HDR IC-LoRA (random weights).
+
 Rows `sana-video`, `motif-video`, `lucy-edit`: diffusers' constructor defaults for their transformers
 (Sana-Video 2B; Motif-Video; Lucy Edit = Wan 2.2 TI2V-5B's transformer with 96 input channels) on
 their VAEs, one-layer prompt encoders of the width they read, at their published settings; Lucy Edit
@@ -72,8 +76,8 @@ import torch
 
 # In the order they run: the most telling first, so a run cut short still answers the main questions.
 VARIANTS = ("bf16", "steps20", "service", "cache", "fp16", "cudnn", "tiling", "offload", "compile", "ltx2",
-            "ltx2-ic-lora", "wan2.2-ti2v", "helios-distilled", "sana-video", "motif-video", "lucy-edit", "framepack",
-            "wan-animate", "chronoedit", "kandinsky6", "kandinsky6-sr")
+            "ltx2-ic-lora", "ltx2-hdr", "wan2.2-ti2v", "helios-distilled", "sana-video", "motif-video", "lucy-edit",
+            "framepack", "wan-animate", "chronoedit", "kandinsky6", "kandinsky6-sr")
 DENSE_BF16_TFLOPS = 989  # NVIDIA's H100 SXM / H200 spec sheet, dense (no sparsity)
 PUBLISHED = "LTX-Video: 768x512, 121 frames (5 s at 24 fps) in about 2 s on one H100 (published claim)"
 
@@ -91,6 +95,13 @@ FAMILY_ARCHS = {
                                   guidance_scale=3.0),
                      "published": "LTX-2 IC-LoRA (diffusers example): 768x512, 121 frames at 24 fps, 30 steps, "
                                   "guidance 3, a reference video of the same size; no speed figure published"},
+    # LTX2HDRPipeline on the same architecture at its example's distilled setting (8 steps, no guidance), an SDR
+    # reference of the clip's size; the frames come back linear and are tone-mapped into the SDR MP4
+    "ltx2-hdr": {"kinds": ["ltx2-hdr"], "fps": 24, "source_video": True,
+                 "call": dict(width=768, height=512, num_frames=121, frame_rate=24.0, num_inference_steps=8,
+                              guidance_scale=1.0),
+                 "published": "LTX-2.3 HDR IC-LoRA (diffusers example): 768x512, 121 frames at 24 fps, 8 distilled "
+                              "steps, guidance 1, an SDR reference of the same size; no speed figure published"},
     "wan2.2-ti2v": {"kinds": ["wan2.2", "wan2.2-i2v"], "fps": 24,
                     "call": dict(width=1280, height=704, num_frames=121, num_inference_steps=50, guidance_scale=5.0),
                     "published": "Wan 2.2 TI2V-5B (its README): a 5 s 720P video in under 9 minutes on one "
@@ -133,10 +144,13 @@ FAMILY_ARCHS = {
                    "published": "Kandinsky 6.0 Pro distilled (diffusers example): 864x480, 121 frames at 24 fps, "
                                 "16 steps, guidance 1, with sound"},
 }
-TINY_FAMILY_BUILDERS = {"ltx2": "ltx2", "ltx2-ic-lora": "ltx2", "wan2.2-ti2v": "wan2.2-ti2v",
+TINY_FAMILY_BUILDERS = {"ltx2": "ltx2", "ltx2-ic-lora": "ltx2", "ltx2-hdr": "ltx2", "wan2.2-ti2v": "wan2.2-ti2v",
                         "sana-video": "sana-video", "motif-video": "motif-video", "lucy-edit": "lucy-edit",
                         "framepack": "framepack", "wan-animate": "wan-animate",
                         "chronoedit": "chronoedit", "kandinsky6": "kandinsky6"}  # tests/tiny_checkpoints.py
+
+# LTX-2 rows whose pipeline follows a reference video: its class
+REFERENCE_PIPELINES = {"ltx2-ic-lora": "LTX2InContextPipeline", "ltx2-hdr": "LTX2HDRPipeline"}
 
 TINY = {  # the same classes, CPU-sized (smoke run)
     "transformer": dict(in_channels=8, out_channels=8, num_attention_heads=2, attention_head_dim=8,
@@ -180,14 +194,14 @@ def build_pipeline(tiny: bool, device: str, dtype: torch.dtype):
 def build_family(arch: str, tiny: bool, device: str, dtype: torch.dtype):
     """The LTX-2 or Wan 2.2 TI2V-5B pipeline with its published architecture (tiny: the test suite's tiny
     checkpoint of the same classes), random weights."""
-    if arch == "ltx2-ic-lora":  # the same components in the in-context (IC-LoRA) pipeline
+    if arch in REFERENCE_PIPELINES:  # the same components in the in-context (IC-LoRA) or HDR pipeline
         import inspect
 
         import diffusers
 
         parts = build_family("ltx2", tiny, device, dtype).components
-        takes = inspect.signature(diffusers.LTX2InContextPipeline).parameters
-        pipe = diffusers.LTX2InContextPipeline(**{k: v for k, v in parts.items() if k in takes})
+        cls = getattr(diffusers, REFERENCE_PIPELINES[arch])
+        pipe = cls(**{k: v for k, v in parts.items() if k in inspect.signature(cls).parameters})
         pipe.set_progress_bar_config(disable=True)
         return pipe
     if tiny:
@@ -780,7 +794,7 @@ def main(argv=None) -> int:
         """The family's bare pipeline at its published setting, then the same weights through the backend."""
         spec = FAMILY_ARCHS[arch]
         call = dict(args, **spec["call"]) if not tiny else dict(args)
-        if arch not in ("ltx2", "ltx2-ic-lora", "kandinsky6"):
+        if arch not in ("ltx2", "ltx2-ic-lora", "ltx2-hdr", "kandinsky6"):
             call.pop("frame_rate", None)
         if tiny and arch == "sana-video":
             call["use_resolution_binning"] = False
@@ -802,11 +816,13 @@ def main(argv=None) -> int:
             del bare["num_frames"]  # the clip is as long as the driving video
             bare.update(pose_video=[Image.fromarray(f) for f in video], segment_frame_length=call["num_frames"],
                         face_video=[Image.fromarray(f).resize((face, face)) for f in video])
-        elif video is not None and arch == "ltx2-ic-lora":  # what the family's adapter passes: one reference
+        elif video is not None and arch in REFERENCE_PIPELINES:  # what the family's adapter passes: one reference
+            from diffusers.pipelines.ltx2.pipeline_ltx2_hdr_lora import LTX2HDRReferenceCondition
             from diffusers.pipelines.ltx2.pipeline_ltx2_ic_lora import LTX2ReferenceCondition
             from PIL import Image
 
-            bare["reference_conditions"] = [LTX2ReferenceCondition(frames=[Image.fromarray(f) for f in video])]
+            condition = LTX2HDRReferenceCondition if arch == "ltx2-hdr" else LTX2ReferenceCondition
+            bare["reference_conditions"] = [condition(frames=[Image.fromarray(f) for f in video])]
         elif video is not None:
             from PIL import Image
 

@@ -495,10 +495,11 @@ class DiffusersBackend(Backend):
         return out
 
     def _result(self, pipe, output, req: GenerationRequest, num_frames: int) -> GenerationResult:
-        video = np.asarray(output.frames[0])  # T x H x W x 3 float in [0, 1]
+        video = np.asarray(output.frames[0])  # T x H x W x 3 float in [0, 1] (an HDR kind's: linear)
         if np.issubdtype(video.dtype, np.floating) and not np.isfinite(video).all():
             raise GenerationError(f"model {self.config.name} produced NaN/Inf values (numerical instability, often "
                                   f"float16 overflow): try dtype bfloat16/float32, another seed or fewer steps")
+        video = self.adapter.display_frames(pipe, video)
         frames = (np.clip(video, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
         native = frames.shape[1:3]
         if native != (req.height, req.width):  # HunyuanVideo 1.5 I2V picks its own size bucket

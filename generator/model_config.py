@@ -90,7 +90,7 @@ PRESETS = {p.name: p for p in (
                             "decode_timestep": 0.05, "decode_noise_scale": 0.025}),
     # LTX-2 distilled: diffusers' DISTILLED_SIGMA_VALUES, and every extra guidance pass off
     Preset("ltx2-distilled", "ltx2", "LTX-2 distilled: 8 steps, no guidance passes (CFG, STG, modality)",
-           steps=8, guidance=1.0, kinds=("ltx2", "ltx2-i2v", "ltx2-condition", "ltx2-ic-lora"),
+           steps=8, guidance=1.0, kinds=("ltx2", "ltx2-i2v", "ltx2-condition", "ltx2-ic-lora", "ltx2-hdr"),
            schedule_key="sigmas",
            pipeline_kwargs={"sigmas": [1.0, 0.99375, 0.9875, 0.98125, 0.975, 0.909375, 0.725, 0.421875],
                             "stg_scale": 0.0, "modality_scale": 1.0, "guidance_rescale": 0.0,
@@ -248,10 +248,18 @@ class ModelEntry(_Strict):
             raise ConfigError(f"'upsampler' is set but {fam.description} has no latent upsampler", field="upsampler")
         if self.decoder is not None and fam.decoder is None:
             raise ConfigError(f"'decoder' is set but {fam.description} has no diffusion decoder", field="decoder")
-        if self.ic_lora is not None and not any(fam.kinds[k].ic_lora for k in self.pipeline):
+        if self.decoder is not None and any(fam.kinds[k].hdr for k in self.pipeline):
+            raise ConfigError(f"'decoder' cannot decode {' / '.join(k for k in self.pipeline if fam.kinds[k].hdr)}'s "
+                              f"HDR latents (it makes SDR frames): give that kind an entry of its own",
+                              field="decoder")
+        lora_kinds = [k for k in self.pipeline if fam.kinds[k].ic_lora]
+        if len(lora_kinds) > 1:
+            raise ConfigError(f"{' and '.join(lora_kinds)} both make control jobs, each with its own IC-LoRA: "
+                              f"give each an entry of its own", field="pipeline")
+        if self.ic_lora is not None and not lora_kinds:
             takers = [k for k, pk in fam.kinds.items() if pk.ic_lora]
             raise ConfigError(f"'ic_lora' is set but none of {', '.join(self.pipeline)} takes an IC-LoRA"
-                              + (f" ({' / '.join(takers)} does)" if takers else ""), field="ic_lora")
+                              + (f" ({' or '.join(takers)} does)" if takers else ""), field="ic_lora")
         if self.preset is not None:
             preset = PRESETS.get(self.preset)
             if preset is None:
@@ -346,7 +354,7 @@ class ModelConfig:
             supports_image="i2v" in tasks or "animate" in tasks,
             supports_video=bool({"v2v", "animate", "control"} & set(tasks)) or ("condition" in tasks
                                                                                 and fam.continues_video),
-            has_audio=fam.audio,
+            has_audio=fam.audio and any(fam.kinds[k].sound for k in self.kinds),
             native_size=(height, width),
             default_frames=d.frames or fam.default_frames,
             min_frames=_given(lim.min_frames, fam.min_frames),

@@ -42,6 +42,16 @@ def wait_playing(page, video, min_buffered: float) -> None:
     page.wait_for_function("([v, t]) => !v.paused && v.currentTime > t + 0.2", arg=[handle, start], timeout=30_000)
 
 
+def stop_live_videos(page) -> None:
+    """A failed test stops what it started: a live video left running would hold the shared stack's worker
+    (lobby clients of the next tests keep it watched) until its max_duration_s."""
+    stops = [stop for stop in page.get_by_test_id("job-stop").all() if stop.is_visible() and stop.is_enabled()]
+    for stop in stops:
+        stop.click()
+    if stops:
+        page.wait_for_timeout(1000)  # the stop message leaves before the page closes
+
+
 def test_start_watch_steer_and_stop_a_live_video(stack, browser, tmp_path):  # noqa: F811
     expect = playwright_api.expect
     owner = open_page(browser, stack.base)
@@ -116,6 +126,7 @@ def test_start_watch_steer_and_stop_a_live_video(stack, browser, tmp_path):  # n
         assert record["timeline"] == [{"from_frame": 0, "prompt": RIGHT}, {"from_frame": from_frame, "prompt": UP}]
         assert not owner.errors and not viewer.errors, owner.errors + viewer.errors
     finally:
+        stop_live_videos(owner)
         owner.close()
         if viewer is not None:
             viewer.close()
@@ -153,4 +164,5 @@ def test_live_mode_over_the_phoenix_protocol(stack, browser):  # noqa: F811
         expect(job.get_by_test_id("timeline-entry").nth(1)).to_contain_text("a blue square moving down")
         assert not page.errors, page.errors
     finally:
+        stop_live_videos(page)
         page.close()

@@ -98,3 +98,5 @@ def test_a_subscriber_that_does_not_read_is_dropped_with_1013(live_service):
         assert struct.unpack("!H", closes[0][:2])[0] == 1013
     errors = [json.loads(payload) for opcode, payload in got if opcode == 0x1]
     assert all(e.get("code") == "unknown_field" for e in errors if e["type"] == "error")
+    # the close frame is sent (autobahn's sendClose refused 1013 and raised inside the application)
+    assert "invalid close code" not in live_service.web().tail(10 ** 9)[log_before:]

@@ -32,6 +32,7 @@ DEFAULTS = {"steps": 2, "width": 32, "height": 32, "frames": 9, "fps": 8}
 MODELS = {
     "tiny-ltx": ("ltx", ["ltx", "ltx-i2v", "ltx-condition"], {}),
     "tiny-ltx2": ("ltx2", ["ltx2", "ltx2-i2v", "ltx2-condition", "ltx2-ic-lora"], {}),
+    "tiny-ltx2-hdr": ("ltx2", "ltx2-hdr", {}),
     "tiny-hunyuan15": ("hunyuanvideo1.5", "hunyuanvideo1.5", {}),
     "tiny-hunyuan15-i2v": ("hunyuanvideo1.5-i2v", "hunyuanvideo1.5-i2v", {}),
     "tiny-wan22-ti2v": ("wan2.2-ti2v", ["wan2.2", "wan2.2-i2v"], {}),
@@ -62,6 +63,7 @@ CASES = [
     ("tiny-ltx2", "i2v", "LTX2ImageToVideoPipeline", 9, 2, None),
     ("tiny-ltx2", "condition", "LTX2ConditionPipeline", 17, 2, None),
     ("tiny-ltx2", "control", "LTX2InContextPipeline", 9, 2, None),  # the reference video the clip follows
+    ("tiny-ltx2-hdr", "control", "LTX2HDRPipeline", 9, 2, None),  # the reference video re-made in HDR
     ("tiny-hunyuan15", "t2v", "HunyuanVideo15Pipeline", 9, 2, None),
     ("tiny-hunyuan15-i2v", "i2v", "HunyuanVideo15ImageToVideoPipeline", 9, 2, None),
     ("tiny-wan22-ti2v", "t2v", "WanPipeline", 9, 2, None),
@@ -186,6 +188,7 @@ def test_cancel_interrupts_between_steps_and_the_backend_serves_on(backends, nam
 def test_model_info_follows_the_family(configs):
     infos = {name: cfg.model_info() for name, cfg in configs.items()}
     assert infos["tiny-ltx2"].has_audio and not infos["tiny-ltx"].has_audio
+    assert not infos["tiny-ltx2-hdr"].has_audio  # the HDR pipeline discards the sound it runs
     assert infos["tiny-ltx"].supports_video and infos["tiny-vace"].supports_video
     assert infos["tiny-wan22-a14b"].supports_video and not infos["tiny-wan22-a14b"].supports_image
     assert infos["tiny-ltx2"].supports_video and not infos["tiny-skyreels"].supports_video  # control
@@ -415,8 +418,11 @@ def test_ltx_distilled_preset_runs_its_schedule_without_guidance(tmp_path):
     ({"pipeline": ["hunyuanvideo1.5", "hunyuanvideo1.5-i2v"]}, "own entry"),
     ({"pipeline": ["ltx2", "ltx2-condition"]}, None),
     ({"ic_lora": "lora.safetensors"}, "none of ltx takes an IC-LoRA"),
-    ({"pipeline": "ltx2", "ic_lora": "lora.safetensors"}, r"\(ltx2-ic-lora does\)"),
+    ({"pipeline": "ltx2", "ic_lora": "lora.safetensors"}, r"\(ltx2-ic-lora or ltx2-hdr does\)"),
     ({"pipeline": ["ltx2", "ltx2-ic-lora"], "ic_lora": "lora.safetensors"}, None),
+    ({"pipeline": ["ltx2", "ltx2-hdr"], "ic_lora": "hdr.safetensors", "preset": "ltx2-distilled"}, None),
+    ({"pipeline": ["ltx2-ic-lora", "ltx2-hdr"], "ic_lora": "lora.safetensors"}, "each an entry of its own"),
+    ({"pipeline": ["ltx2", "ltx2-hdr"], "decoder": "dd"}, "cannot decode ltx2-hdr's HDR latents"),
     ({"pipeline": "ltx+ltx-i2v"}, None),
     ({"pipeline": "helios-pyramid", "preset": "helios-distilled"}, None),
     ({"pipeline": "helios", "preset": "helios-distilled"}, "is for Helios pyramid"),
@@ -429,6 +435,26 @@ def test_configuration_errors_name_the_model_and_key(changes, words):
         with pytest.raises(mc.ConfigError, match=words) as err:
             mc.parse_entry("m", raw)
         assert "'m'" in str(err.value)
+
+
+def test_hdr_frames_are_the_pipelines_linear_output_through_the_srgb_transfer(backends):
+    """LTX2HDRPipeline returns linear HDR (values above 1.0: highlights); the MP4's frames are those clipped at
+    1.0 through the sRGB transfer, as diffusers' encode_hdr_tensor_to_mp4 writes them; no sound track."""
+    from generator.families.ltx2 import hdr_to_display
+
+    assert np.allclose(hdr_to_display(np.array([-0.5, 0.0, 0.002, 0.18, 1.0, 40.0])),
+                       [0.0, 0.0, 0.02584, 0.46135, 1.0, 1.0], atol=1e-5)  # sRGB: 0.18 -> 118 of 255
+    backend = backends("tiny-ltx2-hdr")
+    assert not backend.info.has_audio and backend.info.extra["tasks"] == ["control"]
+    linear = []
+    display = backend.adapter.display_frames
+    backend.adapter.display_frames = lambda pipe, video: display(pipe, linear.append(video) or video)
+    try:
+        result = backend.generate(GenerationRequest("a red ball", steps=2, seed=3, video=pattern(1)))
+    finally:
+        del backend.adapter.display_frames
+    assert result.audio is None and linear[0].max() > 2.0 and (linear[0] < 1.0).mean() > 0.2
+    assert np.array_equal(result.frames, (hdr_to_display(linear[0]) * 255.0 + 0.5).astype(np.uint8))
 
 
 def tiny_ic_lora(folder, downscale=None) -> str:

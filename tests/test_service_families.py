@@ -33,6 +33,7 @@ SMALL = {"min_size": 32, "max_size": 128, "max_frames": 33, "max_steps": 1000}
 MODELS = {  # name -> (checkpoint builder, pipeline kinds)
     "tiny-ltx2": ("ltx2", ["ltx2", "ltx2-i2v"]),
     "tiny-ltx2-ic": ("ltx2", "ltx2-ic-lora"),  # control only, no IC-LoRA file: the base model reads the reference
+    "tiny-ltx2-hdr": ("ltx2", "ltx2-hdr"),  # the reference re-made in linear HDR, tone-mapped into the SDR MP4
     "tiny-ltx2-dd": ("ltx2", "ltx2"),  # decoded by LTX-2.5's diffusion decoder (DECODERS)
     "tiny-wan22": ("wan2.2-ti2v", ["wan2.2", "wan2.2-i2v"]),
     "tiny-wan-v2v": ("wan2.2-a14b", ["wan", "wan-v2v"]),
@@ -407,6 +408,21 @@ def test_ltx2_ic_lora_follows_a_reference_video_with_sound(stack):
     assert (info["extra"]["tasks"], info["extra"]["requires_video"], info["extra"]["ic_lora"]) == (["control"], True,
                                                                                                   False)
     assert "reference video" in info["extra"]["task_inputs"]["control"]
+
+
+def test_ltx2_hdr_remakes_a_reference_video_without_sound(stack):
+    """An LTX-2 HDR model (LTX2HDRPipeline, control only) re-makes a job's video in linear HDR, shown in the SDR
+    MP4: another reference, another clip; the pipeline discards its sound, so the MP4 has no sound track and
+    the model says it makes none."""
+    job = {"model": "tiny-ltx2-hdr", "prompt": "a red ball moving right", "num_frames": 9}
+    out = watch(stack, {"a": {**job, "video": mp4_b64(1)}, "b": {**job, "video": mp4_b64(2)}})
+    mp4s = {key: fetch_video(stack, completed(events)) for key, events in out.items()}
+    videos = {key: decode_video(data)[0] for key, data in mp4s.items()}
+    assert videos["a"].shape == (9, 32, 32, 3) and distance(videos["a"], videos["b"]) > 1.0
+    assert decode_audio(mp4s["a"]) is None and completed(out["a"])["has_audio"] is False
+    status, _, body = http("GET", stack.base + "/api/models")
+    info = next(m for m in json.loads(body)["models"] if m["name"] == "tiny-ltx2-hdr")
+    assert info["supports_video"] and not info["has_audio"] and info["extra"]["tasks"] == ["control"]
 
 
 def test_chronoedit_edits_a_start_image_in_five_frames(stack):

@@ -177,7 +177,9 @@ async def _wait_drained(protocol) -> None:
     while _pending(protocol) > LOW_WATER_BYTES:
         if waited >= SLOW_CLIENT_S:
             log.warning("dropping a websocket client that does not read (%d bytes pending)", _pending(protocol))
-            protocol.serverClose(code=1013)  # try again later
+            # 1013 "try again later" (IANA-registered); autobahn's sendClose takes only 1000 and 3000-4999 and
+            # raised here, so Daphne tore the connection down without a close frame
+            protocol.sendCloseFrame(code=1013, isReply=False)
             return
         await asyncio.sleep(0.005)
         waited += 0.005
@@ -208,7 +210,7 @@ def missing_internals() -> list:
     missing += [f"autobahn WebSocketProtocol.{name}" for name in ("state", "_perMessageCompress", "autoFragmentSize",
                                                                  "logFrames", "maxMessagePayloadSize")
                 if f"self.{name}" not in protocol_code]
-    missing += [f"daphne WebSocketProtocol.{name}" for name in ("STATE_OPEN", "serverClose")
+    missing += [f"daphne WebSocketProtocol.{name}" for name in ("STATE_OPEN", "sendCloseFrame")
                 if not hasattr(DaphneProtocol, name)]
     return missing
 

@@ -97,14 +97,15 @@ class LiveSession:
     def pace(self, frames: int) -> None:
         """Wait while more than LIVE_MAX_LEAD_S is buffered ahead of playback (a steer then shows
         within about one chunk); stop and cancel still end the wait."""
-        while self.lead(frames) > settings.LIVE_MAX_LEAD_S:
+        while (ahead := self.lead(frames) - settings.LIVE_MAX_LEAD_S) > 0:
             if self.run.should_cancel():
                 return
             _, stop = self.job.live_commands()
             if stop:
                 self.stop_reason = "stopped"
                 return
-            time.sleep(min(PACE_CHECK_S, self.lead(frames) - settings.LIVE_MAX_LEAD_S))
+            # measured once: the checks above take time, and a second reading could be past the lead (negative)
+            time.sleep(min(PACE_CHECK_S, ahead))
 
 
 def run(run) -> dict:

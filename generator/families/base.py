@@ -58,6 +58,10 @@ class PipelineKind:
     checkpoint: str = "base"
     # the kind loads the entry's `ic_lora` weights (an In-Context LoRA conditioned on a reference video)
     ic_lora: bool = False
+    # False: the pipeline discards the family's sound track (LTX2HDRPipeline runs the audio branch, returns none)
+    sound: bool = True
+    # the pipeline returns linear HDR frames ([0, inf)), which the adapter's display_frames maps to the MP4's SDR
+    hdr: bool = False
 
 
 @dataclass(frozen=True)
@@ -214,6 +218,10 @@ class FamilyAdapter:
     def one_clip(self, task: str, call: dict, req) -> Clip:
         """Adjust `call` for one clip of req.num_frames; says what the pipeline will return."""
         return Clip(req.num_frames)
+
+    def display_frames(self, pipe, video: np.ndarray) -> np.ndarray:
+        """A pipeline's frames (T x H x W x 3 floats) -> the display-referred [0, 1] frames the MP4 shows."""
+        return video
 
     def audio_track(self, pipe, audio) -> tuple:
         """The pipeline output's `audio` -> (samples x channels float array of the first video, sample rate).

@@ -10,6 +10,11 @@ loader (needs the `peft` package) into the transformer every kind of the entry s
 on for control jobs only, so `["ltx2", "ltx2-ic-lora"]` still makes plain text-to-video. A LoRA trained
 on downscaled references says so in its file's metadata (`reference_downscale_factor`), which is passed.
 
+`ltx2-hdr` (LTX2HDRPipeline, with the HDR IC-LoRA as the entry's `ic_lora`) also serves `control`: the job's video
+(SDR) is re-made as the same content in linear HDR (LogC3 decoded, 1.0 = diffuse white, highlights above it), video
+only. The MP4 is SDR H.264 like every job's: `hdr_to_display` clips at 1.0 and applies the sRGB transfer, as
+diffusers' `encode_hdr_tensor_to_mp4` and Lightricks' reference export do. The linear frames are not kept.
+
 An entry's `decoder` (LTX-2.5's diffusion decoder, LTX2VideoDiffusionDecodePipeline) decodes the video latents
 in place of the VAE: the pipelines run with output_type="latent" (denormalised video latents, and the audio
 latents, which are decoded here as the pipelines decode them), the decoder denoises pixels from them with a
@@ -37,6 +42,13 @@ def lora_file(path: str) -> str:
         raise ValueError(f"{path} must be an IC-LoRA .safetensors file or a folder holding one; "
                          f"{'it holds ' + ', '.join(found) if found else 'none found'}")
     return os.path.join(path, found[0])
+
+
+def hdr_to_display(video: np.ndarray) -> np.ndarray:
+    """Linear HDR frames ([0, inf), 1.0 = diffuse white) -> sRGB-encoded [0, 1] for an SDR MP4: clipped at 1.0,
+    then the sRGB OETF (what diffusers' encode_hdr_tensor_to_mp4 writes by default)."""
+    linear = np.clip(video, 0.0, 1.0)
+    return np.where(linear <= 0.0031308, linear * 12.92, 1.055 * np.power(linear, 1.0 / 2.4) - 0.055)
 
 
 class LTX2Adapter(LTXAdapter):
@@ -96,14 +108,22 @@ class LTX2Adapter(LTXAdapter):
             pipe.disable_lora()
         if task != "control":
             return super().task_inputs(pipe, task, req)
+        from diffusers.pipelines.ltx2.pipeline_ltx2_hdr_lora import LTX2HDRReferenceCondition
         from diffusers.pipelines.ltx2.pipeline_ltx2_ic_lora import LTX2ReferenceCondition
 
         size = (req.width, req.height)
-        out = {"reference_conditions": [LTX2ReferenceCondition(frames=[pil(f, size) for f in req.video],
-                                                               strength=1.0)]}
+        condition = LTX2HDRReferenceCondition if self.makes_hdr(pipe) else LTX2ReferenceCondition
+        out = {"reference_conditions": [condition(frames=[pil(f, size) for f in req.video], strength=1.0)]}
         if self.reference_downscale_factor and "reference_downscale_factor" not in self.config.pipeline_kwargs:
             out["reference_downscale_factor"] = self.reference_downscale_factor
         return out
+
+    # ---------------------------------------------------------------- HDR
+    def makes_hdr(self, pipe) -> bool:
+        return any(pk.hdr and type(pipe).__name__ == pk.cls for pk in self.family.kinds.values())
+
+    def display_frames(self, pipe, video: np.ndarray) -> np.ndarray:
+        return hdr_to_display(video) if self.makes_hdr(pipe) else video
 
 
 FAMILIES = (
@@ -113,6 +133,8 @@ FAMILIES = (
         "ltx2-condition": PipelineKind("LTX2ConditionPipeline", ("t2v", "i2v", "condition")),
         # a reference video (the IC-LoRA's kind: depth, pose, edges...) -> a video following it, with sound
         "ltx2-ic-lora": PipelineKind("LTX2InContextPipeline", ("control",), ic_lora=True),
+        # an SDR video -> the same content in linear HDR (with the HDR IC-LoRA), no sound
+        "ltx2-hdr": PipelineKind("LTX2HDRPipeline", ("control",), ic_lora=True, sound=False, hdr=True),
     }, vae="AutoencoderKLLTX2Video", frame_multiple=8, frame_offset=1, min_frames=9, max_frames=257,
         size_multiple=32, max_size=1280, default_width=768, default_height=512, default_frames=121,
         default_steps=30, default_guidance=3.0, default_fps=24.0, adapter=LTX2Adapter, audio=True,

@@ -73,6 +73,8 @@ import time
 import numpy as np
 import torch
 
+from generator.families import FAMILIES
+
 
 # In the order they run: the most telling first, so a run cut short still answers the main questions.
 VARIANTS = ("bf16", "steps20", "service", "cache", "fp16", "cudnn", "tiling", "offload", "compile", "ltx2",
@@ -149,8 +151,8 @@ TINY_FAMILY_BUILDERS = {"ltx2": "ltx2", "ltx2-ic-lora": "ltx2", "ltx2-hdr": "ltx
                         "framepack": "framepack", "wan-animate": "wan-animate",
                         "chronoedit": "chronoedit", "kandinsky6": "kandinsky6"}  # tests/tiny_checkpoints.py
 
-# LTX-2 rows whose pipeline follows a reference video: its class
-REFERENCE_PIPELINES = {"ltx2-ic-lora": "LTX2InContextPipeline", "ltx2-hdr": "LTX2HDRPipeline"}
+# LTX-2 rows whose pipeline follows a reference video (the kinds taking an IC-LoRA): kind -> its description
+REFERENCE_PIPELINES = {kind: pk for kind, pk in FAMILIES["ltx2"].kinds.items() if pk.ic_lora}
 
 TINY = {  # the same classes, CPU-sized (smoke run)
     "transformer": dict(in_channels=8, out_channels=8, num_attention_heads=2, attention_head_dim=8,
@@ -200,7 +202,7 @@ def build_family(arch: str, tiny: bool, device: str, dtype: torch.dtype):
         import diffusers
 
         parts = build_family("ltx2", tiny, device, dtype).components
-        cls = getattr(diffusers, REFERENCE_PIPELINES[arch])
+        cls = getattr(diffusers, REFERENCE_PIPELINES[arch].cls)
         pipe = cls(**{k: v for k, v in parts.items() if k in inspect.signature(cls).parameters})
         pipe.set_progress_bar_config(disable=True)
         return pipe
@@ -821,7 +823,7 @@ def main(argv=None) -> int:
             from diffusers.pipelines.ltx2.pipeline_ltx2_ic_lora import LTX2ReferenceCondition
             from PIL import Image
 
-            condition = LTX2HDRReferenceCondition if arch == "ltx2-hdr" else LTX2ReferenceCondition
+            condition = LTX2HDRReferenceCondition if REFERENCE_PIPELINES[arch].hdr else LTX2ReferenceCondition
             bare["reference_conditions"] = [condition(frames=[Image.fromarray(f) for f in video])]
         elif video is not None:
             from PIL import Image

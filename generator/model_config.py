@@ -248,8 +248,9 @@ class ModelEntry(_Strict):
             raise ConfigError(f"'upsampler' is set but {fam.description} has no latent upsampler", field="upsampler")
         if self.decoder is not None and fam.decoder is None:
             raise ConfigError(f"'decoder' is set but {fam.description} has no diffusion decoder", field="decoder")
-        if self.decoder is not None and any(fam.kinds[k].hdr for k in self.pipeline):
-            raise ConfigError(f"'decoder' cannot decode {' / '.join(k for k in self.pipeline if fam.kinds[k].hdr)}'s "
+        hdr_kinds = [k for k in self.pipeline if fam.kinds[k].hdr]
+        if self.decoder is not None and hdr_kinds:
+            raise ConfigError(f"'decoder' cannot decode {' / '.join(hdr_kinds)}'s "
                               f"HDR latents (it makes SDR frames): give that kind an entry of its own",
                               field="decoder")
         lora_kinds = [k for k in self.pipeline if fam.kinds[k].ic_lora]

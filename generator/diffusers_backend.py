@@ -499,14 +499,17 @@ class DiffusersBackend(Backend):
         if np.issubdtype(video.dtype, np.floating) and not np.isfinite(video).all():
             raise GenerationError(f"model {self.config.name} produced NaN/Inf values (numerical instability, often "
                                   f"float16 overflow): try dtype bfloat16/float32, another seed or fewer steps")
+        linear = video.astype(np.float16) if self.adapter.makes_hdr(pipe) else None
         video = self.adapter.display_frames(pipe, video)
         frames = (np.clip(video, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
         native = frames.shape[1:3]
         if native != (req.height, req.width):  # HunyuanVideo 1.5 I2V picks its own size bucket
             frames = resize_frames(frames, (req.height, req.width))
+            linear = None  # (no HDR pipeline does; a master is kept only at the size asked)
         if len(frames) != num_frames:
             raise GenerationError(f"model {self.config.name} returned {len(frames)} frames, not {num_frames}")
-        result = GenerationResult(frames=frames, fps=float(req.fps), seed=int(req.seed), native_size=native)
+        result = GenerationResult(frames=frames, fps=float(req.fps), seed=int(req.seed), native_size=native,
+                                  hdr_frames=linear)
         audio = getattr(output, "audio", None)
         if audio is not None:  # LTX-2, Kandinsky 6: the sound track made with the video
             track, rate = self.adapter.audio_track(pipe, audio)

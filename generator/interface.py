@@ -69,6 +69,9 @@ class GenerationResult:
     # a sound track for models that make one (LTX-2): samples x channels float32 in [-1, 1]
     audio: Optional[np.ndarray] = None
     audio_sample_rate: Optional[int] = None
+    # an HDR pipeline's frames before the SDR view (`frames`): linear light, T x H x W x 3 float16, kept
+    # as the job's HDR10 master (generator.hdr)
+    hdr_frames: Optional[np.ndarray] = None
 
 
 @dataclass

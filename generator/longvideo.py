@@ -399,4 +399,6 @@ def run_job(backend: Backend, request: GenerationRequest, options: Optional[Long
     finish.close()
     return GenerationResult(frames=np.concatenate(batches), fps=result.fps * options.interpolate, seed=result.seed,
                             native_size=result.native_size, audio=result.audio,
-                            audio_sample_rate=result.audio_sample_rate)
+                            audio_sample_rate=result.audio_sample_rate,
+                            # the HDR master is the model's one clip, as made: not extended, upscaled or interpolated
+                            hdr_frames=None if options.active else result.hdr_frames)

@@ -257,6 +257,51 @@ def test_the_chunk_denoiser_attends_to_its_context_and_its_objects(tiny_v3):
         assert torch.allclose(model(noisy, torch.tensor([0.5]), ids[None], mask[None], hidden, given), base, atol=1e-6)
 
 
+def test_a_start_layout_puts_each_object_where_it_starts_and_moves_it_the_asked_way():
+    from generator.builtin.causal import ChunkDenoiser, object_ids
+
+    model = ChunkDenoiser(latent_channels=4, dim=32, layers=1, heads=2, start_layout=True)
+    with torch.no_grad():
+        model.layout_in.weight[0, 0] = 1.0  # channel 0 of each token: how near an object is
+    objects = [{"colour": "red", "shape": "circle", "direction": "right"},
+               {"colour": "blue", "shape": "square", "direction": "up", "stopped": True}]
+    ids, mask = object_ids(objects, 3)
+    layout = torch.tensor([[40.0, 24.0, 8.0, 4.0], [8.0, 56.0, 6.0, 1.5], [0.0, 0.0, 0.0, 0.0]])
+    with torch.no_grad():
+        tokens = model.layout_tokens(layout[None], ids[None], model.colour(ids[None, :, 0]), mask[None].float(), 4)
+        nearness = tokens[0, :, 0].view(4, 4, 4)  # frame x token row x token column (16 pixels each)
+        only_red = model.layout_tokens(layout[None], ids[None], model.colour(ids[None, :, 0]),
+                                       torch.tensor([[1.0, 0.0, 0.0]]), 4)[0, :, 0].view(4, 4, 4)
+    def nearest(frame):
+        return divmod(int(only_red[frame].argmax()), 4)
+
+    assert nearest(0) == (1, 2) and nearest(3) == (1, 3)  # x 40 -> 52 px: one token to the right, same row
+    blue = nearness - only_red  # stopped at (8, 56): the bottom-left token on every frame
+    assert all(int(blue[frame].argmax()) == 3 * 4 + 0 for frame in range(4)) and torch.allclose(blue[0], blue[3])
+    assert blue[:, 3, 0].min() > 0.9 and blue[:, :2, 2:].max() < 0.02
+    # a denoiser without layouts and one whose layout layers are still zero draw the same
+    plain = ChunkDenoiser(latent_channels=4, dim=32, layers=1, heads=2)
+    fresh = ChunkDenoiser.from_config(dict(plain.config, start_layout=True))
+    fresh.load_state_dict(plain.state_dict(), strict=False)
+    noisy = torch.randn(1, 4, 4, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(plain(noisy, torch.tensor([1.0]), ids[None], mask[None]),
+                           fresh(noisy, torch.tensor([1.0]), ids[None], mask[None], layout=layout[None]))
+
+
+def test_the_start_layout_comes_from_the_seed_and_keeps_every_path_inside():
+    from generator.builtin.backend_v3 import start_layout
+
+    objects = [{"colour": "red", "shape": "circle", "direction": "left"},
+               {"colour": "blue", "shape": "square", "direction": None}]
+    assert start_layout(objects, 5) == start_layout(objects, 5) != start_layout(objects, 6)
+    for seed in range(50):
+        for (x, y, radius, speed), o in zip(start_layout(objects, seed), objects):
+            assert 6 <= radius <= 10 and 1 <= speed <= 1.9
+            if o["direction"] == "left":  # 16 frames of the path stay inside the canvas
+                assert x - 15 * speed - radius >= 0 and radius <= y <= 64 - radius
+
+
 # ------------------------------------------------------------------ training recipes (tiny)
 def test_tokenizer_training_resumes_and_can_freeze_the_encoder(tmp_path):
     import json
@@ -293,7 +338,8 @@ def test_chunk_denoiser_training_resumes_and_writes_a_loadable_pipeline(tmp_path
         assert any(o["steer"] for o in item["objects"]) <= (item["start"] >= 8)
     tiny_tokenizer().save_pretrained(tmp_path / "tok")
     args = ["--tokenizer", str(tmp_path / "tok"), "--out", str(tmp_path / "run"), "--batch", "2", "--dim", "16",
-            "--layers", "1", "--heads", "2", "--ckpt-every", "1", "--quality-every", "0", "--threads", "1"]
+            "--layers", "1", "--heads", "2", "--ckpt-every", "1", "--quality-every", "0", "--threads", "1",
+            "--start-layout"]
     train(parse_args(args + ["--steps", "1"]))
     assert train(parse_args(args + ["--steps", "2", "--resume"]))["step"] == 2
     backend = BuiltinV3Backend(str(tmp_path / "run" / "pipeline"))

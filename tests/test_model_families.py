@@ -439,10 +439,11 @@ def test_configuration_errors_name_the_model_and_key(changes, words):
 
 def test_hdr_frames_are_the_pipelines_linear_output_through_the_srgb_transfer(backends):
     """LTX2HDRPipeline returns linear HDR (values above 1.0: highlights); the MP4's frames are those clipped at
-    1.0 through the sRGB transfer, as diffusers' encode_hdr_tensor_to_mp4 writes them; no sound track."""
-    from generator.families.ltx2 import hdr_to_display
+    1.0 through the sRGB transfer, as diffusers' encode_hdr_tensor_to_mp4 writes them; the linear frames are
+    the result's HDR master; no sound track."""
+    from generator.hdr import to_display
 
-    assert np.allclose(hdr_to_display(np.array([-0.5, 0.0, 0.002, 0.18, 1.0, 40.0])),
+    assert np.allclose(to_display(np.array([-0.5, 0.0, 0.002, 0.18, 1.0, 40.0])),
                        [0.0, 0.0, 0.02584, 0.46135, 1.0, 1.0], atol=1e-5)  # sRGB: 0.18 -> 118 of 255
     backend = backends("tiny-ltx2-hdr")
     assert not backend.info.has_audio and backend.info.extra["tasks"] == ["control"]
@@ -454,7 +455,8 @@ def test_hdr_frames_are_the_pipelines_linear_output_through_the_srgb_transfer(ba
     finally:
         del backend.adapter.display_frames
     assert result.audio is None and linear[0].max() > 2.0 and (linear[0] < 1.0).mean() > 0.2
-    assert np.array_equal(result.frames, (hdr_to_display(linear[0]) * 255.0 + 0.5).astype(np.uint8))
+    assert np.array_equal(result.frames, (to_display(linear[0]) * 255.0 + 0.5).astype(np.uint8))
+    assert result.hdr_frames.dtype == np.float16 and np.array_equal(result.hdr_frames, linear[0].astype(np.float16))
 
 
 def tiny_ic_lora(folder, downscale=None) -> str:

@@ -398,6 +398,9 @@ def test_ltx2_ic_lora_follows_a_reference_video_with_sound(stack):
     mp4s = {key: fetch_video(stack, completed(events)) for key, events in out.items()}
     videos = {key: decode_video(data)[0] for key, data in mp4s.items()}
     assert videos["a"].shape == (9, 32, 32, 3) and distance(videos["a"], videos["b"]) > 1.0  # measured 3.2
+    done = completed(out["a"])  # an SDR model: no HDR10 master
+    status, _, body = http("GET", stack.base + f"/api/jobs/{done['job_id']}/hdr", timeout=30)
+    assert "hdr_url" not in done and status == 404 and "no HDR10 master" in json.loads(body)["message"]
     track, rate = decode_audio(mp4s["a"])
     assert rate == 8000 and track.std() > 1e-3
     status, _, body = http("POST", stack.base + "/api/jobs", {**JOB, **job}, headers={"Origin": stack.origin})
@@ -410,10 +413,14 @@ def test_ltx2_ic_lora_follows_a_reference_video_with_sound(stack):
     assert "reference video" in info["extra"]["task_inputs"]["control"]
 
 
-def test_ltx2_hdr_remakes_a_reference_video_without_sound(stack):
+def test_ltx2_hdr_remakes_a_reference_video_without_sound_and_keeps_an_hdr10_master(stack):
     """An LTX-2 HDR model (LTX2HDRPipeline, control only) re-makes a job's video in linear HDR, shown in the SDR
     MP4: another reference, another clip; the pipeline discards its sound, so the MP4 has no sound track and
-    the model says it makes none."""
+    the model says it makes none. The linear frames come back as an HDR10 master (GET /api/jobs/<id>/hdr) that
+    keeps the highlights the SDR MP4 clips at white; SDR models' jobs have none."""
+    from generator.hdr import REFERENCE_WHITE_NITS, pq_decode
+    from tests.test_hdr import decoded_hdr10
+
     job = {"model": "tiny-ltx2-hdr", "prompt": "a red ball moving right", "num_frames": 9}
     out = watch(stack, {"a": {**job, "video": mp4_b64(1)}, "b": {**job, "video": mp4_b64(2)}})
     mp4s = {key: fetch_video(stack, completed(events)) for key, events in out.items()}
@@ -423,6 +430,19 @@ def test_ltx2_hdr_remakes_a_reference_video_without_sound(stack):
     status, _, body = http("GET", stack.base + "/api/models")
     info = next(m for m in json.loads(body)["models"] if m["name"] == "tiny-ltx2-hdr")
     assert info["supports_video"] and not info["has_audio"] and info["extra"]["tasks"] == ["control"]
+
+    done = completed(out["a"])
+    assert done["hdr_url"] == f"/api/jobs/{done['job_id']}/hdr"
+    status, headers, master = http("GET", stack.base + done["hdr_url"], timeout=30)
+    assert status == 200 and headers["Content-Type"] == "video/mp4" and "hdr10" in headers["Content-Disposition"]
+    ctx, _, luma, _ = decoded_hdr10(master)
+    assert (ctx.color_trc, ctx.color_primaries, luma.shape) == (16, 9, (9, 32, 32))
+    linear = pq_decode((luma.astype(float) - 64) / 876) / REFERENCE_WHITE_NITS
+    sdr_luma = videos["a"].astype(float) @ [0.2126, 0.7152, 0.0722]
+    clipped = sdr_luma >= 250  # white in the SDR MP4 ...
+    assert clipped.any() and np.median(linear[clipped]) > 1.5  # ... holds light well above white in the master
+    status, _, body = http("GET", stack.base + f"/api/jobs/{done['job_id']}", timeout=30)
+    assert json.loads(body)["job"]["hdr_url"] == done["hdr_url"]
 
 
 def test_chronoedit_edits_a_start_image_in_five_frames(stack):

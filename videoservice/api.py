@@ -365,28 +365,42 @@ def job_video(request, job_id: str):
     job = Job.objects.get_visible(_job_id(job_id), viewer, staff=request.user.is_staff)
     if not job.output:
         raise RequestError(NOT_FOUND, f"job is {job.status}; no video yet", status=404)
-    name = job.output.name
+    return _stored_video(request, job, job.output.name, job.size_bytes, job.mime or "video/mp4", f"{job.id}.mp4")
+
+
+@api.get("/jobs/{job_id}/hdr", response={**errors(401, 404, 410)}, openapi_extra=VIDEO_RESPONSES,
+         summary="An HDR model's HDR10 master (HEVC Main 10, PQ, BT.2020), with single-range `Range` support")
+@api.api_operation(["HEAD"], "/jobs/{job_id}/hdr", response={**errors(401, 404, 410)}, openapi_extra=VIDEO_RESPONSES,
+                   operation_id="job_hdr_head", summary="The HDR10 master's headers")
+def job_hdr(request, job_id: str):
+    viewer = viewer_of(request, create=False)
+    job = Job.objects.get_visible(_job_id(job_id), viewer, staff=request.user.is_staff)
+    if not job.hdr_output:
+        raise RequestError(NOT_FOUND, f"job is {job.status}; it has no HDR10 master (only HDR models make one)",
+                           status=404)
+    return _stored_video(request, job, job.hdr_output.name, None, "video/mp4", f"{job.id}.hdr10.mp4")
+
+
+def _stored_video(request, job: Job, name: str, size: int | None, mime: str, filename: str) -> HttpResponse:
     if settings.S3_DOWNLOADS == "redirect" and (url := media.presigned_url(name)):
         return HttpResponseRedirect(url)  # the client fetches (and seeks in) the object from the bucket
     try:
-        resp = _video_response(request, name, job)
+        resp = _video_response(request, name, size if size is not None else media.size(name), mime)
     except Exception as exc:
         if not media.is_missing(exc):
             raise
-        log.warning("the video of job %s is missing from the storage", job.pk)
+        log.warning("a video of job %s (%s) is missing from the storage", job.pk, filename)
         raise RequestError(NOT_FOUND, "the video of this job is no longer stored", status=410) from None
     if resp.status_code == 416:
         return resp
     resp["Accept-Ranges"] = "bytes"
     resp["Cache-Control"] = "private, max-age=3600"
-    resp["Content-Disposition"] = f'inline; filename="{job.id}.mp4"'
+    resp["Content-Disposition"] = f'inline; filename="{filename}"'
     return resp
 
 
-def _video_response(request, name: str, job: Job) -> HttpResponse:
+def _video_response(request, name: str, size: int, mime: str) -> HttpResponse:
     """The stored MP4, whole or the asked single range (FileNotFoundError and the like when it is gone)."""
-    size = job.size_bytes if job.size_bytes is not None else media.size(name)
-    mime = job.mime or "video/mp4"
     range_header = request.headers.get("Range", "").strip()
     match = RANGE_RE.match(range_header) if range_header else None
     if not match:  # none, multi-range or malformed: the whole file (RFC 9110)

@@ -44,6 +44,10 @@ def video_path(job: "Job", filename: str) -> str:
     return f"videos/{job.created_at:%Y/%m}/{job.id}.mp4"
 
 
+def hdr_video_path(job: "Job", filename: str) -> str:
+    return f"videos/{job.created_at:%Y/%m}/{job.id}.hdr10.mp4"
+
+
 def image_path(job: "Job", filename: str) -> str:
     return f"inputs/{job.created_at:%Y/%m}/{job.id}.png"
 
@@ -83,14 +87,15 @@ def public_error(message: str) -> str:
     return _SERVER_PATH.sub(lambda match: match.group(1) or "...", message)
 
 
-def store_video(job: "Job", data: bytes) -> str:
-    """Store a job's finished MP4; the stored name. A storage that refuses it (full, read-only) leaves
-    no partial file: GenerationError, fit for the user."""
+def store_video(job: "Job", data: bytes, field: str = "output") -> str:
+    """Store a job's finished MP4 (or, field "hdr_output", its HDR10 master); the stored name. A storage
+    that refuses it (full, read-only) leaves no partial file: GenerationError, fit for the user."""
     from django.core.files.base import ContentFile
 
-    name = job.output.field.generate_filename(job, "video.mp4")
+    file = getattr(job, field)
+    name = file.field.generate_filename(job, "video.mp4")
     try:
-        return job.output.storage.save(name, ContentFile(data))
+        return file.storage.save(name, ContentFile(data))
     except Exception as exc:
         log.exception("could not store the video of job %s", job.pk)
         _delete_quietly(name)
@@ -363,6 +368,8 @@ class Job(models.Model):
     seed = models.BigIntegerField(null=True, blank=True)
     elapsed_s = models.FloatField(null=True, blank=True, help_text="generation + encoding time on the worker")
     has_audio = models.BooleanField(default=False, help_text="the MP4 carries the model's sound track")
+    hdr_output = models.FileField(upload_to=hdr_video_path, blank=True,
+                                  help_text="HDR models: the linear frames as an HDR10 MP4 (HEVC, PQ, BT.2020)")
 
     objects = JobQuerySet.as_manager()
 
@@ -376,6 +383,10 @@ class Job(models.Model):
     @property
     def url(self) -> str | None:
         return f"/api/jobs/{self.id}/video" if self.output else None
+
+    @property
+    def hdr_url(self) -> str | None:
+        return f"/api/jobs/{self.id}/hdr" if self.hdr_output else None
 
     def audience(self) -> str:
         """The channel-layer group its events go to."""
@@ -415,6 +426,7 @@ class Job(models.Model):
             "priority": self.priority,
             "retry_of": str(self.retry_of_id) if self.retry_of_id else None,
             "has_audio": self.has_audio,
+            "hdr_url": self.hdr_url,
             "live": self.live,
             "timeline": self.timeline or None,
         }).model_dump()

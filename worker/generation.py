@@ -16,6 +16,7 @@ import threading
 import time
 from typing import Optional
 
+import av
 import numpy as np
 from django.conf import settings
 
@@ -74,7 +75,22 @@ def run(run) -> dict:
     evaluation = evaluate(job, data) if params.evaluate else None
     t, h, w = result.frames.shape[:3]
     return complete(run, data, num_frames=t, height=h, width=w, fps=result.fps, seed=result.seed,
-                    step=run.total or params.total_steps, has_audio=result.audio is not None, evaluation=evaluation)
+                    step=run.total or params.total_steps, has_audio=result.audio is not None, evaluation=evaluation,
+                    hdr=hdr_master(result))
+
+
+def hdr_master(result) -> Optional[bytes]:
+    """An HDR model's linear frames as an HDR10 MP4 (None for SDR models). The SDR MP4 is the job's
+    video: a master that cannot be made is logged, not a failed job."""
+    if result.hdr_frames is None:
+        return None
+    from generator.hdr import encode_hdr10
+
+    try:
+        return encode_hdr10(result.hdr_frames, result.fps)
+    except (ValueError, av.FFmpegError):
+        log.exception("no HDR10 master")
+        return None
 
 
 def load_backend(model: str):
@@ -88,15 +104,18 @@ def load_backend(model: str):
 
 
 def complete(run, data: bytes, num_frames: int, height: int, width: int, fps: float, seed: int, step: int,
-             has_audio: bool = False, evaluation: Optional[dict] = None, timeline: Optional[list] = None) -> dict:
-    """Store the finished MP4, mark the job succeeded and send `generation_complete` (base64 + URL)."""
+             has_audio: bool = False, evaluation: Optional[dict] = None, timeline: Optional[list] = None,
+             hdr: Optional[bytes] = None) -> dict:
+    """Store the finished MP4 (and an HDR model's HDR10 master), mark the job succeeded and send
+    `generation_complete` (base64 + URL)."""
     job: Job = run.job
     height, width = height - height % 2, width - width % 2  # the encoder crops odd sizes
     stored = store_video(job, data)
+    hdr_stored = store_video(job, hdr, "hdr_output") if hdr else ""
     if not job.succeed(output=stored, mime="video/mp4", size_bytes=len(data), fps=float(fps),
                        num_frames=int(num_frames), width=int(width), height=int(height), seed=int(seed),
                        elapsed_s=round(time.monotonic() - run.started, 3), result=evaluation or {},
-                       step=step, has_audio=has_audio):
+                       step=step, has_audio=has_audio, hdr_output=hdr_stored):
         job.refresh_from_db()
         return {"job_id": str(job.pk), "status": job.status}
     inline = len(data) <= settings.INLINE_VIDEO_MAX_BYTES
@@ -105,7 +124,8 @@ def complete(run, data: bytes, num_frames: int, height: int, width: int, fps: fl
         video=base64.b64encode(data).decode("ascii") if inline else None, url=job.url, mime=job.mime,
         num_frames=job.num_frames, fps=job.fps, width=job.width, height=job.height, seed=job.seed,
         elapsed_s=job.elapsed_s, size_bytes=len(data), private=job.private, has_audio=job.has_audio,
-        evaluation=evaluation, **({"timeline": timeline} if timeline is not None else {})))
+        evaluation=evaluation, **({"timeline": timeline} if timeline is not None else {}),
+        **({"hdr_url": job.hdr_url} if job.hdr_url else {})))
     return {"job_id": str(job.pk), "status": "succeeded", "url": job.url, "elapsed_s": job.elapsed_s,
             "size_bytes": len(data)}
 

@@ -10,13 +10,15 @@ video (`live_chunks`, the prompt read again before every chunk) are one loop.
 from __future__ import annotations
 
 import os
+import random
 from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from generator.builtin.causal import ChunkDenoiser, object_ids, sample_levels
+from generator.builtin import world
+from generator.builtin.causal import ChunkDenoiser, layout_rows, object_ids, sample_levels
 from generator.builtin.info import INFO_V3
 from generator.builtin.text import parse_objects
 from generator.builtin.tokenizer import CausalVideoTokenizer, DecoderCache, ENCODER_SIZE, quantize
@@ -66,6 +68,17 @@ def scene_objects(prompt: str, previous: Optional[list] = None) -> list:
     return out
 
 
+def start_layout(objects: list, seed: int) -> list:
+    """Where each object starts, its size and speed ((x, y, radius, speed) on the 64-pixel canvas):
+    what a prompt does not say, drawn from the seed as the training scenes draw it."""
+    rng = random.Random(f"layout:{seed}")
+    layout = []
+    for o in objects:
+        m = world.sample_shape(rng, 16, direction=o.get("direction") or rng.choice(list(world.DIRECTIONS)))
+        layout.append((m.x0, m.y0, m.radius, m.speed))
+    return layout
+
+
 class CausalPipeline:
     def __init__(self, tokenizer: CausalVideoTokenizer, denoiser: ChunkDenoiser):
         self.tokenizer, self.denoiser = tokenizer.eval(), denoiser.eval()
@@ -89,10 +102,11 @@ class CausalPipeline:
     @torch.no_grad()
     def chunks(self, objects_at: Callable[[int], list], steps: int, generator: torch.Generator,
                given: Optional[torch.Tensor] = None, source: Optional[torch.Tensor] = None, strength: float = 1.0,
-               should_cancel: Optional[CancelCheck] = None) -> Iterator[np.ndarray]:
+               should_cancel: Optional[CancelCheck] = None, seed: int = 0) -> Iterator[np.ndarray]:
         """Endless: yields decoded 256x256 uint8 frames, chunk after chunk (the `given` latents'
         frames first). `objects_at(i)` is chunk i's objects (`scene_objects`); `source` (C x T x
-        16 x 16) is redrawn from `strength` (video-to-video) while it lasts."""
+        16 x 16) is redrawn from `strength` (video-to-video) while it lasts. A clip that starts from
+        nothing starts at a layout drawn from `seed` (`start_layout`)."""
         cfg, tok, device = self.denoiser.config, self.tokenizer, self.denoiser.device
         cache = DecoderCache()
         history = torch.zeros(1, cfg.latent_channels, 0, cfg.latent_size, cfg.latent_size, device=device)
@@ -105,7 +119,11 @@ class CausalPipeline:
         while True:
             if should_cancel is not None and should_cancel():
                 raise Cancelled()
-            ids, mask = (x.to(device) for x in object_ids(objects_at(index), cfg.max_objects))
+            objects = objects_at(index)
+            ids, mask = (x.to(device) for x in object_ids(objects, cfg.max_objects))
+            layout = None
+            if index == 0 and history.shape[2] == 0 and (source is None or strength >= 1.0):
+                layout = layout_rows(start_layout(objects, seed), cfg.max_objects)[None].to(device)
             context = history[:, :, -cfg.context:]
             k = context.shape[2]
             context = F.pad(context, (0, 0, 0, 0, cfg.context - k, 0))
@@ -124,7 +142,7 @@ class CausalPipeline:
                 x = (1 - levels[0]) * piece[None] + levels[0] * noise
             for i, level in enumerate(levels):
                 x0 = self.denoiser(x, torch.tensor([level], device=device), ids[None], mask[None], context,
-                                   context_mask[None])
+                                   context_mask[None], layout)
                 following = levels[i + 1] if i + 1 < len(levels) else 0.0
                 eps = (x - (1 - level) * x0) / max(level, 1e-6)
                 x = (1 - following) * x0 + following * eps
@@ -181,7 +199,7 @@ class BuiltinV3Backend(Backend):
         objects = scene_objects(req.prompt)
         made, total = [], 0
         for frames in self.pipe.chunks(lambda i: objects, req.steps, torch.Generator().manual_seed(req.seed),
-                                       given, source, strength, should_cancel):
+                                       given, source, strength, should_cancel, seed=req.seed):
             made.append(frames)
             total += len(frames)
             if progress is not None:
@@ -213,7 +231,7 @@ class BuiltinV3Backend(Backend):
 
         first = True
         for frames in self.pipe.chunks(objects_at, req.steps, torch.Generator().manual_seed(req.seed), given,
-                                       should_cancel=should_cancel):
+                                       should_cancel=should_cancel, seed=req.seed):
             if first and given is not None:  # the start frames are the caller's own
                 first = False
                 continue

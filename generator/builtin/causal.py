@@ -12,6 +12,13 @@ colour, shape, direction, whether it moves, whether it was sped up, and whether 
 first one after a steer changed it (`steer`): an object moving against its asked direction has
 bounced off an edge and keeps going, unless it was just told to turn.
 
+A text-to-video clip's first chunk has nothing before it, so where each object starts (and its
+size and speed: what a prompt does not say) is drawn from the seed as a start layout
+(`start_layout`). Each of that chunk's tokens reads, per object, where the object is relative to the
+token on that frame (moving the asked way at its speed): with the layout known the chunk is one
+clip, not the average of every place an object could be, so a step or two draws it sharp. Later
+chunks find the objects in their context frames.
+
 Flow-matching noise: x_s = (1 - s) x0 + s noise, s in [0, 1]; the network predicts x0. A pre-norm
 transformer over [object tokens, context tokens, chunk tokens]; latents are folded `patch` x `patch`
 into tokens (4: 16x16 -> 4x4 tokens per frame, 128 tokens for 8 frames, few enough for a CPU).
@@ -32,6 +39,8 @@ COLOUR_IDS = {name: i + 1 for i, name in enumerate(world.COLOURS)}  # 0: not sai
 SHAPE_IDS = {name: i + 1 for i, name in enumerate(world.SHAPES)}
 DIRECTION_IDS = {name: i + 1 for i, name in enumerate(world.DIRECTIONS)}
 OBJECT_FIELDS = ("colour", "shape", "direction", "stopped", "fast", "steer")
+LAYOUT_FIELDS = ("x", "y", "radius", "speed")  # 64-pixel canvas units, the chunk's first frame
+CANVAS = 64.0
 
 
 def object_ids(objects: list, max_objects: int) -> tuple:
@@ -44,6 +53,14 @@ def object_ids(objects: list, max_objects: int) -> tuple:
                                int(bool(o.get("fast"))), int(bool(o.get("steer")))])
         mask[i] = True
     return ids, mask
+
+
+def layout_rows(layout: list, max_objects: int) -> torch.Tensor:
+    """[(x, y, radius, speed)] per object -> max_objects x 4 (rows of absent objects are zero)."""
+    rows = torch.zeros(max_objects, len(LAYOUT_FIELDS))
+    for i, row in enumerate(layout[:max_objects]):
+        rows[i] = torch.tensor(row, dtype=torch.float32)
+    return rows
 
 
 def noise_embedding(level: torch.Tensor, dim: int) -> torch.Tensor:
@@ -73,7 +90,8 @@ class Block(nn.Module):
 class ChunkDenoiser(ModelMixin, ConfigMixin):
     @register_to_config
     def __init__(self, latent_channels: int = 6, latent_size: int = 16, patch: int = 4, dim: int = 160,
-                 layers: int = 4, heads: int = 4, chunk: int = 4, context: int = 4, max_objects: int = 3):
+                 layers: int = 4, heads: int = 4, chunk: int = 4, context: int = 4, max_objects: int = 3,
+                 start_layout: bool = False):
         super().__init__()
         tokens_per_frame = (latent_size // patch) ** 2
         self.proj_in = nn.Linear(latent_channels * patch * patch, dim)
@@ -89,6 +107,15 @@ class ChunkDenoiser(ModelMixin, ConfigMixin):
         self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(layers))
         self.norm_out = nn.LayerNorm(dim)
         self.proj_out = nn.Linear(dim, latent_channels * patch * patch)
+        if start_layout:
+            # zero at first: a denoiser trained without layouts starts out unchanged
+            self.layout_in = nn.Linear(5, dim)
+            self.layout_object = nn.Linear(dim, dim)
+            for layer in (self.layout_in, self.layout_object):
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
+            self.register_buffer("direction_vectors", torch.tensor(
+                [(0.0, 0.0)] + [world.DIRECTIONS[d] for d in DIRECTION_IDS]), persistent=False)
 
     def fold(self, latents: torch.Tensor) -> torch.Tensor:
         """B x C x T x S x S -> B x T*(S/p)^2 x C*p*p"""
@@ -103,11 +130,36 @@ class ChunkDenoiser(ModelMixin, ConfigMixin):
         x = tokens.view(b, t, s // p, s // p, c, p, p).permute(0, 4, 1, 2, 5, 3, 6)
         return x.reshape(b, c, t, s, s)
 
+    def layout_tokens(self, layout: torch.Tensor, objects: torch.Tensor, object_tokens: torch.Tensor,
+                      present: torch.Tensor, t: int) -> torch.Tensor:
+        """Per chunk token, what the start layout puts near it: for each object, the offset of its
+        centre from the token's centre on that frame (moving the asked way at its speed), its size
+        and speed, and the object itself, weighted by closeness. B x t*n x dim."""
+        g = self.config.latent_size // self.config.patch
+        cell = CANVAS / g
+        centres = (torch.arange(g, device=layout.device, dtype=layout.dtype) + 0.5) * cell
+        moving = self.direction_vectors[objects[..., 2]] * (1 - objects[..., 3:4]).to(layout.dtype)  # B x K x 2
+        frames = torch.arange(t, device=layout.device, dtype=layout.dtype)
+        x, y, radius, speed = layout.unbind(-1)  # B x K
+        path_x = x[..., None] + moving[..., 0, None] * speed[..., None] * frames  # B x K x t
+        path_y = y[..., None] + moving[..., 1, None] * speed[..., None] * frames
+        dx = (path_x[..., None, None] - centres.view(1, g)).expand(*path_x.shape, g, g)  # B x K x t x g(y) x g(x)
+        dy = (path_y[..., None, None] - centres.view(g, 1)).expand(*path_y.shape, g, g)
+        size = radius[..., None, None, None].expand_as(dx)
+        gate = torch.exp(-(dx**2 + dy**2) / (size + cell) ** 2) * present[..., None, None, None]
+        features = torch.stack([torch.ones_like(dx), dx / cell, dy / cell, size / cell,
+                                speed[..., None, None, None].expand_as(dx) / 2.0], dim=-1) * gate[..., None]
+        near = self.layout_in(features) + gate[..., None] * self.layout_object(object_tokens)[:, :, None, None, None]
+        return near.sum(1).flatten(1, 3)  # B x t*g*g x dim, in the chunk tokens' order
+
     def forward(self, noisy: torch.Tensor, level: torch.Tensor, objects: torch.Tensor, object_mask: torch.Tensor,
-                context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None) -> torch.Tensor:
+                context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,
+                layout: torch.Tensor | None = None, layout_mask: torch.Tensor | None = None) -> torch.Tensor:
         """noisy: B x C x chunk x S x S at noise `level` (B); objects: B x K x 6 ids, object_mask: B x K;
         context: B x C x context x S x S clean latents, right-aligned (the last one just before the
-        chunk), context_mask: B x context (False for frames not given). Returns x0, B x C x chunk x S x S."""
+        chunk), context_mask: B x context (False for frames not given); layout: B x K x 4 (x, y,
+        radius, speed: `LAYOUT_FIELDS`) where the chunk starts the clip, layout_mask: B (False where
+        the example has none). Returns x0, B x C x chunk x S x S."""
         cfg = self.config
         b, _, t = noisy.shape[:3]
         n = (cfg.latent_size // cfg.patch) ** 2
@@ -122,6 +174,10 @@ class ChunkDenoiser(ModelMixin, ConfigMixin):
         flags = objects[..., 3:] + torch.tensor([0, 2, 4], device=objects.device)
         object_tokens = (self.colour(objects[..., 0]) + self.shape(objects[..., 1]) + self.direction(objects[..., 2])
                          + self.flags(flags).sum(2) + self.slot[: objects.shape[1]])
+        if layout is not None and cfg.start_layout:
+            present = object_mask & (torch.ones_like(object_mask) if layout_mask is None else layout_mask[:, None])
+            chunk_tokens = chunk_tokens + self.layout_tokens(layout.to(noisy.dtype), objects, object_tokens,
+                                                             present.to(noisy.dtype), t)
         x = torch.cat([object_tokens, context_tokens, chunk_tokens], dim=1)
         mask = torch.cat([object_mask, context_mask.repeat_interleave(n, 1),
                           torch.ones(b, t * n, dtype=torch.bool, device=noisy.device)], dim=1)

@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from generator.builtin import world
-from generator.builtin.causal import ChunkDenoiser, object_ids, sample_levels
+from generator.builtin.causal import ChunkDenoiser, layout_rows, object_ids, sample_levels
 from generator.builtin.tokenizer import CausalVideoTokenizer
 from generator.interface import GenerationRequest
 
@@ -84,7 +84,7 @@ def batch(rng: random.Random, size: int, tokenizer: CausalVideoTokenizer, chunk:
     windows = [clips[i, :, item["start"] - item["given"]:item["start"] + chunk] for i, item in enumerate(items)]
     with torch.no_grad():
         encoded = tokenizer.encode(torch.cat(windows, dim=1)[None].to(tokenizer.device))[0].cpu()
-    targets, contexts, masks, ids, id_masks = [], [], [], [], []
+    targets, contexts, masks, ids, id_masks, layouts, layout_masks = [], [], [], [], [], [], []
     offset = 0
     for item in items:
         k = item["given"]
@@ -101,7 +101,11 @@ def batch(rng: random.Random, size: int, tokenizer: CausalVideoTokenizer, chunk:
         obj, obj_mask = object_ids(item["objects"], max_objects)
         ids.append(obj)
         id_masks.append(obj_mask)
-    return (torch.stack(targets), torch.stack(contexts), torch.stack(masks), torch.stack(ids), torch.stack(id_masks))
+        # a clip's first chunk gets its start layout, as sampling draws one from the seed
+        layouts.append(layout_rows([(m.x0, m.y0, m.radius, m.speed) for m in item["scene"]], max_objects))
+        layout_masks.append(item["start"] == 0)
+    return (torch.stack(targets), torch.stack(contexts), torch.stack(masks), torch.stack(ids), torch.stack(id_masks),
+            torch.stack(layouts), torch.tensor(layout_masks))
 
 
 def foreground_weights(target: torch.Tensor, weight: float) -> torch.Tensor:
@@ -140,12 +144,18 @@ def train(args) -> dict:
     checkpoint_path = os.path.join(args.out, "checkpoint.pt")
     state = {"step": 0, "losses": [], "seconds": 0.0}
     model = ChunkDenoiser(latent_channels=tokenizer.config.latent_channels, patch=args.patch, dim=args.dim,
-                          layers=args.layers,
-                          heads=args.heads, chunk=args.chunk, context=args.context)
+                          layers=args.layers, heads=args.heads, chunk=args.chunk, context=args.context,
+                          start_layout=args.start_layout)
     saved = None
     if args.init_from and not (args.resume and os.path.exists(checkpoint_path)):
-        # a shipped pipeline folder's denoiser (its EMA weights) as the starting point
-        model = ChunkDenoiser.from_pretrained(os.path.join(args.init_from, "denoiser"))
+        # a shipped pipeline folder's denoiser (its EMA weights) as the starting point; layout
+        # layers it lacks start at zero, so it starts out drawing as it did
+        shipped = ChunkDenoiser.from_pretrained(os.path.join(args.init_from, "denoiser"))
+        model = ChunkDenoiser.from_config(dict(shipped.config, start_layout=args.start_layout
+                                               or shipped.config.start_layout))
+        missing, unexpected = model.load_state_dict(shipped.state_dict(), strict=False)
+        if unexpected or any(not name.startswith("layout_") for name in missing):
+            raise SystemExit(f"{args.init_from}: its denoiser does not fit ({missing + unexpected})")
     if args.resume and os.path.exists(checkpoint_path):
         saved = torch.load(checkpoint_path, weights_only=False, map_location="cpu")
         model = ChunkDenoiser.from_config(saved["config"])
@@ -194,14 +204,14 @@ def train(args) -> dict:
         lr = args.lr * min(1.0, (state["step"] + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * frac)))
         for group in optimizer.param_groups:
             group["lr"] = lr
-        target, context, context_mask, objects, object_mask = (
+        target, context, context_mask, objects, object_mask, layout, layout_mask = (
             x.to(device) for x in batch(rng, args.batch, tokenizer, cfg.chunk, cfg.context, cfg.max_objects))
         b = target.shape[0]
         level = torch.where(torch.rand(b) < 0.5, torch.rand(b),
                             few_levels[torch.randint(len(few_levels), (b,))]).to(device)
         s = level.view(b, 1, 1, 1, 1)
         noisy = (1 - s) * target + s * torch.randn_like(target)
-        predicted = model(noisy, level, objects, object_mask, context, context_mask)
+        predicted = model(noisy, level, objects, object_mask, context, context_mask, layout, layout_mask)
         loss = (foreground_weights(target, args.foreground_weight) * (predicted - target).pow(2)).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -249,6 +259,8 @@ def parse_args(argv=None):
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--init-from", help="start from this pipeline folder's denoiser (e.g. generator/weights/"
                                             "builtin_v3) instead of random weights")
+    parser.add_argument("--start-layout", action="store_true",
+                        help="first chunks read a start layout (where each object starts, its size and speed)")
     parser.add_argument("--foreground-weight", type=float, default=1.0,
                         help="loss weight of the latent positions a shape covers (the background's is 1)")
     return parser.parse_args(argv)

@@ -16,6 +16,8 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
+from generator.hdr import to_display
+
 # t2v: prompt only; i2v: a start image; v2v: a source video moved away from by `strength`;
 # condition: given frames at the clip's start (continuation: long videos, key frames, live);
 # animate: a character image moved as a driving video moves (both inputs, one clip of the video's length);
@@ -219,9 +221,14 @@ class FamilyAdapter:
         """Adjust `call` for one clip of req.num_frames; says what the pipeline will return."""
         return Clip(req.num_frames)
 
+    def makes_hdr(self, pipe) -> bool:
+        """Whether `pipe` returns linear HDR frames (its kind says `hdr`)."""
+        return any(pk.hdr and type(pipe).__name__ == pk.cls for pk in self.family.kinds.values())
+
     def display_frames(self, pipe, video: np.ndarray) -> np.ndarray:
-        """A pipeline's frames (T x H x W x 3 floats) -> the display-referred [0, 1] frames the MP4 shows."""
-        return video
+        """A pipeline's frames (T x H x W x 3 floats) -> the display-referred [0, 1] frames the MP4 shows
+        (an HDR pipeline's through `generator.hdr.to_display`)."""
+        return to_display(video) if self.makes_hdr(pipe) else video
 
     def audio_track(self, pipe, audio) -> tuple:
         """The pipeline output's `audio` -> (samples x channels float array of the first video, sample rate).

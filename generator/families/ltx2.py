@@ -12,8 +12,9 @@ on downscaled references says so in its file's metadata (`reference_downscale_fa
 
 `ltx2-hdr` (LTX2HDRPipeline, with the HDR IC-LoRA as the entry's `ic_lora`) also serves `control`: the job's video
 (SDR) is re-made as the same content in linear HDR (LogC3 decoded, 1.0 = diffuse white, highlights above it), video
-only. The MP4 is SDR H.264 like every job's: `hdr_to_display` clips at 1.0 and applies the sRGB transfer, as
-diffusers' `encode_hdr_tensor_to_mp4` and Lightricks' reference export do. The linear frames are not kept.
+only. The MP4 is SDR H.264 like every job's: `generator.hdr.to_display` clips at 1.0 and applies the sRGB
+transfer, as diffusers' `encode_hdr_tensor_to_mp4` and Lightricks' reference export do; the linear frames are
+kept as the job's HDR10 master (`generator.hdr.encode_hdr10`, the job's `hdr_url`).
 
 An entry's `decoder` (LTX-2.5's diffusion decoder, LTX2VideoDiffusionDecodePipeline) decodes the video latents
 in place of the VAE: the pipelines run with output_type="latent" (denormalised video latents, and the audio
@@ -42,13 +43,6 @@ def lora_file(path: str) -> str:
         raise ValueError(f"{path} must be an IC-LoRA .safetensors file or a folder holding one; "
                          f"{'it holds ' + ', '.join(found) if found else 'none found'}")
     return os.path.join(path, found[0])
-
-
-def hdr_to_display(video: np.ndarray) -> np.ndarray:
-    """Linear HDR frames ([0, inf), 1.0 = diffuse white) -> sRGB-encoded [0, 1] for an SDR MP4: clipped at 1.0,
-    then the sRGB OETF (what diffusers' encode_hdr_tensor_to_mp4 writes by default)."""
-    linear = np.clip(video, 0.0, 1.0)
-    return np.where(linear <= 0.0031308, linear * 12.92, 1.055 * np.power(linear, 1.0 / 2.4) - 0.055)
 
 
 class LTX2Adapter(LTXAdapter):
@@ -117,13 +111,6 @@ class LTX2Adapter(LTXAdapter):
         if self.reference_downscale_factor and "reference_downscale_factor" not in self.config.pipeline_kwargs:
             out["reference_downscale_factor"] = self.reference_downscale_factor
         return out
-
-    # ---------------------------------------------------------------- HDR
-    def makes_hdr(self, pipe) -> bool:
-        return any(pk.hdr and type(pipe).__name__ == pk.cls for pk in self.family.kinds.values())
-
-    def display_frames(self, pipe, video: np.ndarray) -> np.ndarray:
-        return hdr_to_display(video) if self.makes_hdr(pipe) else video
 
 
 FAMILIES = (

@@ -55,6 +55,8 @@ class JobBody(BaseModel):
     priority: int
     retry_of: Optional[str]
     has_audio: bool
+    hdr_url: Optional[str] = Field(None, description="HDR models: the HDR10 master (HEVC Main 10, PQ, BT.2020) "
+                                                     "beside the SDR MP4 at `url`")
     live: bool = Field(False, description="a live job: endless video, steered while it plays")
     timeline: Optional[list["TimelineEntry"]] = Field(None, description="live jobs: the prompt in force from each "
                                                                         "frame on")
@@ -153,6 +155,8 @@ class GenerationCompleteEvent(JobEvent):
     size_bytes: int
     private: bool
     has_audio: bool = Field(False, description="the MP4 carries a sound track (models with has_audio)")
+    hdr_url: Optional[str] = Field(None, description="HDR models: the HDR10 master (HEVC Main 10, PQ, BT.2020) "
+                                                     "beside the SDR MP4 at `url`")
     evaluation: Optional[dict] = None
     timeline: Optional[list[TimelineEntry]] = Field(None, description="live jobs: the prompt in force from "
                                                                        "each frame on")

@@ -506,6 +506,11 @@
       link.href = msg.url;
       link.hidden = false;
     }
+    if (msg.hdr_url) {  // an HDR model's master: a download (browsers play the SDR MP4 above)
+      const hdr = $(".job-hdr-link", card);
+      hdr.href = msg.hdr_url;
+      hdr.hidden = false;
+    }
   }
 
   function removeCard(card) {

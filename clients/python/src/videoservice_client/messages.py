@@ -101,6 +101,7 @@ class GenerationCompleteEvent(TypedDict):
     evaluation: NotRequired[dict[str, Any] | None]
     fps: float
     has_audio: NotRequired[bool]
+    hdr_url: NotRequired[str | None]
     height: int
     job_id: str
     mime: str

@@ -22,6 +22,7 @@ from django.conf import settings
 
 from generator.builtin.info import INFO as BUILTIN_INFO
 from generator.encode import decode_video
+from generator.hdr import encode_hdr10
 from generator.interface import Cancelled, GenerationError, get_backend, is_out_of_memory
 from generator.postprocess import source_clip
 from generator.preview import PREVIEW_MIME, preview_mp4
@@ -84,8 +85,6 @@ def hdr_master(result) -> Optional[bytes]:
     video: a master that cannot be made is logged, not a failed job."""
     if result.hdr_frames is None:
         return None
-    from generator.hdr import encode_hdr10
-
     try:
         return encode_hdr10(result.hdr_frames, result.fps)
     except (ValueError, av.FFmpegError):

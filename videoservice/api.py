@@ -361,11 +361,7 @@ VIDEO_RESPONSES = {"responses": {
 @api.api_operation(["HEAD"], "/jobs/{job_id}/video", response={**errors(401, 404, 410)}, openapi_extra=VIDEO_RESPONSES,
                    operation_id="job_video_head", summary="The finished MP4's headers")
 def job_video(request, job_id: str):
-    viewer = viewer_of(request, create=False)
-    job = Job.objects.get_visible(_job_id(job_id), viewer, staff=request.user.is_staff)
-    if not job.output:
-        raise RequestError(NOT_FOUND, f"job is {job.status}; no video yet", status=404)
-    return _stored_video(request, job, job.output.name, job.size_bytes, job.mime or "video/mp4", f"{job.id}.mp4")
+    return _stored_video(request, job_id, "output")
 
 
 @api.get("/jobs/{job_id}/hdr", response={**errors(401, 404, 410)}, openapi_extra=VIDEO_RESPONSES,
@@ -373,19 +369,24 @@ def job_video(request, job_id: str):
 @api.api_operation(["HEAD"], "/jobs/{job_id}/hdr", response={**errors(401, 404, 410)}, openapi_extra=VIDEO_RESPONSES,
                    operation_id="job_hdr_head", summary="The HDR10 master's headers")
 def job_hdr(request, job_id: str):
+    return _stored_video(request, job_id, "hdr_output")
+
+
+def _stored_video(request, job_id: str, field: str) -> HttpResponse:
+    """A visible job's stored MP4: `output` (its video) or `hdr_output` (an HDR model's HDR10 master)."""
     viewer = viewer_of(request, create=False)
     job = Job.objects.get_visible(_job_id(job_id), viewer, staff=request.user.is_staff)
-    if not job.hdr_output:
-        raise RequestError(NOT_FOUND, f"job is {job.status}; it has no HDR10 master (only HDR models make one)",
-                           status=404)
-    return _stored_video(request, job, job.hdr_output.name, None, "video/mp4", f"{job.id}.hdr10.mp4")
-
-
-def _stored_video(request, job: Job, name: str, size: int | None, mime: str, filename: str) -> HttpResponse:
+    if not getattr(job, field):
+        missing = "no video yet" if field == "output" else "it has no HDR10 master (only HDR models make one)"
+        raise RequestError(NOT_FOUND, f"job is {job.status}; {missing}", status=404)
+    name = getattr(job, field).name
+    size = job.size_bytes if field == "output" and job.size_bytes is not None else None
+    filename = f"{job.id}.mp4" if field == "output" else f"{job.id}.hdr10.mp4"
     if settings.S3_DOWNLOADS == "redirect" and (url := media.presigned_url(name)):
         return HttpResponseRedirect(url)  # the client fetches (and seeks in) the object from the bucket
     try:
-        resp = _video_response(request, name, size if size is not None else media.size(name), mime)
+        resp = _video_response(request, name, size if size is not None else media.size(name),
+                               job.mime or "video/mp4")
     except Exception as exc:
         if not media.is_missing(exc):
             raise

@@ -281,8 +281,8 @@ def test_a_start_layout_puts_each_object_where_it_starts_and_moves_it_the_asked_
     assert blue[:, 3, 0].min() > 0.9 and blue[:, :2, 2:].max() < 0.02
     # a denoiser without layouts and one whose layout layers are still zero draw the same
     plain = ChunkDenoiser(latent_channels=4, dim=32, layers=1, heads=2)
-    fresh = ChunkDenoiser.from_config(dict(plain.config, start_layout=True))
-    fresh.load_state_dict(plain.state_dict(), strict=False)
+    fresh = ChunkDenoiser.with_start_layout(plain)
+    assert fresh.config.start_layout and not fresh.layout_in.weight.any()
     noisy = torch.randn(1, 4, 4, 16, 16)
     with torch.no_grad():
         assert torch.equal(plain(noisy, torch.tensor([1.0]), ids[None], mask[None]),
@@ -338,21 +338,27 @@ def test_chunk_denoiser_training_resumes_and_writes_a_loadable_pipeline(tmp_path
         assert any(o["steer"] for o in item["objects"]) <= (item["start"] >= 8)
     tiny_tokenizer().save_pretrained(tmp_path / "tok")
     args = ["--tokenizer", str(tmp_path / "tok"), "--out", str(tmp_path / "run"), "--batch", "2", "--dim", "16",
-            "--layers", "1", "--heads", "2", "--ckpt-every", "1", "--quality-every", "0", "--threads", "1",
-            "--start-layout"]
+            "--layers", "1", "--heads", "2", "--ckpt-every", "1", "--quality-every", "0", "--threads", "1"]
     train(parse_args(args + ["--steps", "1"]))
     assert train(parse_args(args + ["--steps", "2", "--resume"]))["step"] == 2
     backend = BuiltinV3Backend(str(tmp_path / "run" / "pipeline"))
     assert backend.generate(GenerationRequest(prompt="a red circle moving up", num_frames=4)).frames.shape == (
         4, 256, 256, 3)
-    # a new run from that pipeline's denoiser (--init-from) starts from its weights (a step at lr 0 keeps them)
+    # a new run from that pipeline's denoiser (--init-from) starts from its weights (a step at lr 0 keeps them),
+    # with start layouts added (--start-layout: their layers start at zero)
     from generator.builtin.causal import ChunkDenoiser
 
     shipped = ChunkDenoiser.from_pretrained(str(tmp_path / "run" / "pipeline" / "denoiser"))
     train(parse_args(args[:3] + [str(tmp_path / "again"), *args[4:], "--steps", "1", "--lr", "0",
-                                 "--init-from", str(tmp_path / "run" / "pipeline")]))
+                                 "--init-from", str(tmp_path / "run" / "pipeline"), "--start-layout"]))
     again = ChunkDenoiser.from_pretrained(str(tmp_path / "again" / "pipeline" / "denoiser"))
-    assert all(torch.equal(a, b) for a, b in zip(shipped.state_dict().values(), again.state_dict().values()))
+    assert not shipped.config.start_layout and again.config.start_layout
+    kept = again.state_dict()
+    assert all(torch.equal(value, kept[name]) for name, value in shipped.state_dict().items())
+    assert all(not value.any() for name, value in kept.items() if name.startswith("layout_"))
+    backend = BuiltinV3Backend(str(tmp_path / "again" / "pipeline"))  # sampling with a start layout
+    assert backend.generate(GenerationRequest(prompt="a red circle moving up", num_frames=4)).frames.shape == (
+        4, 256, 256, 3)
 
 
 def test_the_loss_weighs_the_positions_a_shape_covers():

@@ -117,6 +117,17 @@ class ChunkDenoiser(ModelMixin, ConfigMixin):
             self.register_buffer("direction_vectors", torch.tensor(
                 [(0.0, 0.0)] + [world.DIRECTIONS[d] for d in DIRECTION_IDS]), persistent=False)
 
+    @classmethod
+    def with_start_layout(cls, model: "ChunkDenoiser") -> "ChunkDenoiser":
+        """`model` with start-layout layers added at zero: it draws as it did until they are trained."""
+        # (from_config takes `_use_default_values` back to the defaults: only the settings are passed)
+        settings = {k: v for k, v in model.config.items() if not k.startswith("_")}
+        grown = cls.from_config(dict(settings, start_layout=True))
+        missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
+        if unexpected or not all(name.startswith("layout_") for name in missing):
+            raise ValueError(f"the weights do not fit a ChunkDenoiser: missing {missing}, unexpected {unexpected}")
+        return grown
+
     def fold(self, latents: torch.Tensor) -> torch.Tensor:
         """B x C x T x S x S -> B x T*(S/p)^2 x C*p*p"""
         b, c, t, s, _ = latents.shape

@@ -148,14 +148,10 @@ def train(args) -> dict:
                           start_layout=args.start_layout)
     saved = None
     if args.init_from and not (args.resume and os.path.exists(checkpoint_path)):
-        # a shipped pipeline folder's denoiser (its EMA weights) as the starting point; layout
-        # layers it lacks start at zero, so it starts out drawing as it did
-        shipped = ChunkDenoiser.from_pretrained(os.path.join(args.init_from, "denoiser"))
-        model = ChunkDenoiser.from_config(dict(shipped.config, start_layout=args.start_layout
-                                               or shipped.config.start_layout))
-        missing, unexpected = model.load_state_dict(shipped.state_dict(), strict=False)
-        if unexpected or any(not name.startswith("layout_") for name in missing):
-            raise SystemExit(f"{args.init_from}: its denoiser does not fit ({missing + unexpected})")
+        # a shipped pipeline folder's denoiser (its EMA weights) as the starting point
+        model = ChunkDenoiser.from_pretrained(os.path.join(args.init_from, "denoiser"))
+        if args.start_layout and not model.config.start_layout:
+            model = ChunkDenoiser.with_start_layout(model)
     if args.resume and os.path.exists(checkpoint_path):
         saved = torch.load(checkpoint_path, weights_only=False, map_location="cpu")
         model = ChunkDenoiser.from_config(saved["config"])

@@ -51,6 +51,10 @@ Row `ltx2-hdr`: LTX2HDRPipeline on the same components at its example's distille
 frames, 8 steps, guidance 1), re-making a synthetic SDR reference of the clip's size in linear HDR, bare and
 through the backend's `control` task (tone-mapped into the SDR MP4); no HDR IC-LoRA (random weights).
 
+Row `ltx2-dfr`: LTX2DFRPipeline (LTX-2.5's Diffusion Fidelity Rendering pass) on the LTX-2 19B architecture
+with the keyframe position embedding its slots need, one pass at its example's setting (1216x704, 121 frames,
+the 8 distilled sigmas, no guidance), bare and through the backend's `t2v` task with the `ltx2-distilled` preset.
+
 Rows `sana-video`, `motif-video`, `lucy-edit`: diffusers' constructor defaults for their transformers
 (Sana-Video 2B; Motif-Video; Lucy Edit = Wan 2.2 TI2V-5B's transformer with 96 input channels) on
 their VAEs, one-layer prompt encoders of the width they read, at their published settings; Lucy Edit
@@ -78,8 +82,8 @@ from generator.families import FAMILIES
 
 # In the order they run: the most telling first, so a run cut short still answers the main questions.
 VARIANTS = ("bf16", "steps20", "service", "cache", "fp16", "cudnn", "tiling", "offload", "compile", "ltx2",
-            "ltx2-ic-lora", "ltx2-hdr", "wan2.2-ti2v", "helios-distilled", "sana-video", "motif-video", "lucy-edit",
-            "framepack", "wan-animate", "chronoedit", "kandinsky6", "kandinsky6-sr")
+            "ltx2-ic-lora", "ltx2-hdr", "ltx2-dfr", "wan2.2-ti2v", "helios-distilled", "sana-video", "motif-video",
+            "lucy-edit", "framepack", "wan-animate", "chronoedit", "kandinsky6", "kandinsky6-sr")
 DENSE_BF16_TFLOPS = 989  # NVIDIA's H100 SXM / H200 spec sheet, dense (no sparsity)
 PUBLISHED = "LTX-Video: 768x512, 121 frames (5 s at 24 fps) in about 2 s on one H100 (published claim)"
 
@@ -104,6 +108,12 @@ FAMILY_ARCHS = {
                               guidance_scale=1.0),
                  "published": "LTX-2.3 HDR IC-LoRA (diffusers example): 768x512, 121 frames at 24 fps, 8 distilled "
                               "steps, guidance 1, an SDR reference of the same size; no speed figure published"},
+    # LTX2DFRPipeline: LTX-2.5's Diffusion Fidelity Rendering pass (the LTX-2 19B architecture with the keyframe
+    # position embedding its slots need), one pass at its example's setting: 8 distilled sigmas, no guidance
+    "ltx2-dfr": {"kinds": ["ltx2-dfr"], "fps": 24, "preset": "ltx2-distilled",
+                 "call": dict(width=1216, height=704, num_frames=121, frame_rate=24.0, num_inference_steps=8),
+                 "published": "LTX-2.5 DFR (diffusers example): one pass at 1216x704, 121 frames at 24 fps, the 8 "
+                              "distilled sigmas, with sound; no speed figure published"},
     "wan2.2-ti2v": {"kinds": ["wan2.2", "wan2.2-i2v"], "fps": 24,
                     "call": dict(width=1280, height=704, num_frames=121, num_inference_steps=50, guidance_scale=5.0),
                     "published": "Wan 2.2 TI2V-5B (its README): a 5 s 720P video in under 9 minutes on one "
@@ -146,7 +156,8 @@ FAMILY_ARCHS = {
                    "published": "Kandinsky 6.0 Pro distilled (diffusers example): 864x480, 121 frames at 24 fps, "
                                 "16 steps, guidance 1, with sound"},
 }
-TINY_FAMILY_BUILDERS = {"ltx2": "ltx2", "ltx2-ic-lora": "ltx2", "ltx2-hdr": "ltx2", "wan2.2-ti2v": "wan2.2-ti2v",
+TINY_FAMILY_BUILDERS = {"ltx2": "ltx2", "ltx2-ic-lora": "ltx2", "ltx2-hdr": "ltx2", "ltx2-dfr": "ltx2-dfr",
+                        "wan2.2-ti2v": "wan2.2-ti2v",
                         "sana-video": "sana-video", "motif-video": "motif-video", "lucy-edit": "lucy-edit",
                         "framepack": "framepack", "wan-animate": "wan-animate",
                         "chronoedit": "chronoedit", "kandinsky6": "kandinsky6"}  # tests/tiny_checkpoints.py
@@ -224,13 +235,13 @@ def build_family(arch: str, tiny: bool, device: str, dtype: torch.dtype):
     import diffusers
 
     torch.manual_seed(0)
-    if arch == "ltx2":  # schedulers keep their tables on the CPU: made outside the device scope
+    if arch in ("ltx2", "ltx2-dfr"):  # schedulers keep their tables on the CPU: made outside the device scope
         scheduler = diffusers.FlowMatchEulerDiscreteScheduler()
     else:
         scheduler = diffusers.UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
                                                       flow_shift=5.0)
     with torch.device(device):
-        if arch == "ltx2":
+        if arch in ("ltx2", "ltx2-dfr"):
             from diffusers.pipelines.ltx2 import LTX2TextConnectors
             from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
             from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig, GemmaTokenizer
@@ -244,8 +255,10 @@ def build_family(arch: str, tiny: bool, device: str, dtype: torch.dtype):
                 text_config=text.to_dict(), mm_tokens_per_image=4, vision_config=dict(
                     hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=16,
                     patch_size=8)))
-            pipe = diffusers.LTX2Pipeline(
-                transformer=diffusers.LTX2VideoTransformer3DModel(), vae=diffusers.AutoencoderKLLTX2Video(),
+            cls = diffusers.LTX2DFRPipeline if arch == "ltx2-dfr" else diffusers.LTX2Pipeline
+            pipe = cls(
+                transformer=diffusers.LTX2VideoTransformer3DModel(
+                    use_keyframes_abs_pos_embedding=arch == "ltx2-dfr"), vae=diffusers.AutoencoderKLLTX2Video(),
                 audio_vae=diffusers.AutoencoderKLLTX2Audio(), vocoder=LTX2Vocoder(), connectors=LTX2TextConnectors(),
                 scheduler=scheduler, text_encoder=text_encoder.eval(), tokenizer=tok)
         else:
@@ -579,6 +592,19 @@ def sync():
         torch.cuda.synchronize()
 
 
+def for_pipeline(pipe, args: dict) -> dict:
+    """`args` as `pipe` takes them: a pass without a step count (LTX2DFRPipeline) gets its steps as sigmas (as
+    the family's adapter gives them; 8 is its own distilled schedule), and what it has not (guidance) is left out."""
+    import inspect
+
+    params = inspect.signature(pipe.__call__).parameters
+    out = {k: v for k, v in args.items() if k in params}
+    steps = args.get("num_inference_steps")
+    if steps and "num_inference_steps" not in params and "sigmas" in params and steps != 8:
+        out["sigmas"] = [float(s) for s in np.linspace(1.0, 1.0 / steps, steps)]
+    return out
+
+
 def flops_per_step(pipe, args) -> float:
     """FLOPs of one denoising step (classifier-free guidance included), counted by torch's FlopCounterMode
     on a real 1-step call that stops at the latents (no VAE decode). The 1-layer text encoder adds <0.1%."""
@@ -586,8 +612,8 @@ def flops_per_step(pipe, args) -> float:
 
     counter = FlopCounterMode(display=False)
     with counter:
-        pipe(**dict(args, num_inference_steps=1, output_type="latent", generator=torch.Generator(
-            pipe._execution_device).manual_seed(0)))
+        pipe(**for_pipeline(pipe, dict(args, num_inference_steps=1, output_type="latent", generator=torch.Generator(
+            pipe._execution_device).manual_seed(0))))
     return float(counter.get_total_flops())
 
 
@@ -609,7 +635,7 @@ def timed_call(pipe, args, step_times):
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     step_times.append(start)
-    out = pipe(**args, callback_on_step_end=on_step, callback_on_step_end_tensor_inputs=["latents"])
+    out = pipe(**for_pipeline(pipe, args), callback_on_step_end=on_step, callback_on_step_end_tensor_inputs=["latents"])
     sync()
     total = time.perf_counter() - start
     return out, total
@@ -639,7 +665,7 @@ def measure(pipe, args, label):
 
 
 def service_row(path, args, workdir, label="service", memory=None, kinds=("ltx", "ltx-i2v"), name="bench-ltx",
-                video=None, image=None):
+                video=None, image=None, preset=None):
     """Configure the saved bf16 checkpoint at `path` and run it through registry -> backend -> MP4."""
     from generator import interface
     from generator.encode import encode_video
@@ -647,10 +673,11 @@ def service_row(path, args, workdir, label="service", memory=None, kinds=("ltx",
     from generator.registry_setup import register_configured_models
 
     config = {name: {"path": path, "pipeline": list(kinds), "dtype": "bfloat16", "memory": memory or {},
-                     "defaults": {"steps": args["num_inference_steps"], "width": args["width"],
+                     "defaults": {**({} if preset else {"steps": args["num_inference_steps"]}), "width": args["width"],
                                   "height": args["height"], "frames": args["num_frames"], "fps": 24,
                                   **({"guidance": args["guidance_scale"]} if "guidance_scale" in args else {})},
-                     "limits": {"min_size": 32, "max_frames": 257}, "max_sequence_length": args["max_sequence_length"]}}
+                     "limits": {"min_size": 32, "max_frames": 257}, "max_sequence_length": args["max_sequence_length"],
+                     **({"preset": preset} if preset else {})}}
     cfg_file = os.path.join(workdir, "models.json")
     with open(cfg_file, "w") as fh:
         json.dump(config, fh)
@@ -659,7 +686,7 @@ def service_row(path, args, workdir, label="service", memory=None, kinds=("ltx",
     t0 = time.perf_counter()
     backend = interface.get_backend(name)
     load_s = time.perf_counter() - t0
-    request = GenerationRequest(args["prompt"], seed=0, video=video, image=image)
+    request = GenerationRequest(args["prompt"], seed=0, video=video, image=image, steps=args["num_inference_steps"])
     previews = []
     backend.generate(GenerationRequest(args["prompt"], seed=0, steps=2, video=video, image=image),
                      progress=lambda s, t, p: None)  # warm-up
@@ -796,7 +823,7 @@ def main(argv=None) -> int:
         """The family's bare pipeline at its published setting, then the same weights through the backend."""
         spec = FAMILY_ARCHS[arch]
         call = dict(args, **spec["call"]) if not tiny else dict(args)
-        if arch not in ("ltx2", "ltx2-ic-lora", "ltx2-hdr", "kandinsky6"):
+        if arch not in ("ltx2", "ltx2-ic-lora", "ltx2-hdr", "ltx2-dfr", "kandinsky6"):
             call.pop("frame_rate", None)
         if tiny and arch == "sana-video":
             call["use_resolution_binning"] = False
@@ -857,7 +884,7 @@ def main(argv=None) -> int:
             del pipe
             free_memory()
             service = service_row(path, call, workdir, f"{arch} service", kinds=spec["kinds"], name=f"bench-{arch}",
-                                  video=video, image=image)
+                                  video=video, image=image, preset=spec.get("preset"))
             service["overhead_ratio"] = service["total_s"] / row["total_s"]
             record(service)
 

@@ -90,7 +90,7 @@ PRESETS = {p.name: p for p in (
                             "decode_timestep": 0.05, "decode_noise_scale": 0.025}),
     # LTX-2 distilled: diffusers' DISTILLED_SIGMA_VALUES, and every extra guidance pass off
     Preset("ltx2-distilled", "ltx2", "LTX-2 distilled: 8 steps, no guidance passes (CFG, STG, modality)",
-           steps=8, guidance=1.0, kinds=("ltx2", "ltx2-i2v", "ltx2-condition", "ltx2-ic-lora", "ltx2-hdr"),
+           steps=8, guidance=1.0, kinds=("ltx2", "ltx2-i2v", "ltx2-condition", "ltx2-ic-lora", "ltx2-hdr", "ltx2-dfr"),
            schedule_key="sigmas",
            pipeline_kwargs={"sigmas": [1.0, 0.99375, 0.9875, 0.98125, 0.975, 0.909375, 0.725, 0.421875],
                             "stg_scale": 0.0, "modality_scale": 1.0, "guidance_rescale": 0.0,
@@ -279,6 +279,11 @@ class ModelEntry(_Strict):
                                   f"{len(schedule) if isinstance(schedule, list) else '?'} steps "
                                   f"(pipeline_kwargs.{preset.schedule_key}); defaults.steps is {steps}",
                                   field="defaults.steps")
+        unguided = [k for k in self.pipeline if not fam.kinds[k].guidance]
+        if unguided and (self.preset is None or PRESETS[self.preset].guidance != 1.0):
+            fits = [p.name for p in PRESETS.values() if set(unguided) <= set(p.kinds) and p.guidance == 1.0]
+            raise ConfigError(f"{' / '.join(unguided)} is a distilled pass without guidance: the entry needs a preset "
+                              f"that sets guidance 1 ({' or '.join(fits)})", field="preset")
         return self
 
     def merged_kwargs(self) -> dict:
@@ -488,7 +493,10 @@ def check_pipeline_kwargs(config: ModelConfig) -> list:
            for k in config.kinds if not hasattr(diffusers, config.kind_class(k))]
     if out:
         return out
-    for key in config.pipeline_kwargs:
+    preset = PRESETS[config.preset].pipeline_kwargs if config.preset else {}
+    for key, value in config.pipeline_kwargs.items():
+        if key in preset and preset[key] == value:
+            continue  # the preset's: it turns off the passes of the kinds that have them (LTX2DFRPipeline has none)
         takers = [k for k in config.kinds
                   if key in inspect.signature(getattr(diffusers, config.kind_class(k)).__call__).parameters]
         if not takers:

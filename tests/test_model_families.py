@@ -33,6 +33,7 @@ MODELS = {
     "tiny-ltx": ("ltx", ["ltx", "ltx-i2v", "ltx-condition"], {}),
     "tiny-ltx2": ("ltx2", ["ltx2", "ltx2-i2v", "ltx2-condition", "ltx2-ic-lora"], {}),
     "tiny-ltx2-hdr": ("ltx2", "ltx2-hdr", {}),
+    "tiny-ltx2-dfr": ("ltx2-dfr", "ltx2-dfr", {"preset": "ltx2-distilled", "defaults": {**DEFAULTS, "steps": 8}}),
     "tiny-hunyuan15": ("hunyuanvideo1.5", "hunyuanvideo1.5", {}),
     "tiny-hunyuan15-i2v": ("hunyuanvideo1.5-i2v", "hunyuanvideo1.5-i2v", {}),
     "tiny-wan22-ti2v": ("wan2.2-ti2v", ["wan2.2", "wan2.2-i2v"], {}),
@@ -64,6 +65,9 @@ CASES = [
     ("tiny-ltx2", "condition", "LTX2ConditionPipeline", 17, 2, None),
     ("tiny-ltx2", "control", "LTX2InContextPipeline", 9, 2, None),  # the reference video the clip follows
     ("tiny-ltx2-hdr", "control", "LTX2HDRPipeline", 9, 2, None),  # the reference video re-made in HDR
+    ("tiny-ltx2-dfr", "t2v", "LTX2DFRPipeline", 9, 2, None),  # 2 steps: sigmas of its own, not the distilled 8
+    ("tiny-ltx2-dfr", "i2v", "LTX2DFRPipeline", 9, 8, None),
+    ("tiny-ltx2-dfr", "condition", "LTX2DFRPipeline", 17, 8, None),
     ("tiny-hunyuan15", "t2v", "HunyuanVideo15Pipeline", 9, 2, None),
     ("tiny-hunyuan15-i2v", "i2v", "HunyuanVideo15ImageToVideoPipeline", 9, 2, None),
     ("tiny-wan22-ti2v", "t2v", "WanPipeline", 9, 2, None),
@@ -423,6 +427,8 @@ def test_ltx_distilled_preset_runs_its_schedule_without_guidance(tmp_path):
     ({"pipeline": ["ltx2", "ltx2-hdr"], "ic_lora": "hdr.safetensors", "preset": "ltx2-distilled"}, None),
     ({"pipeline": ["ltx2-ic-lora", "ltx2-hdr"], "ic_lora": "lora.safetensors"}, "each an entry of its own"),
     ({"pipeline": ["ltx2", "ltx2-hdr"], "decoder": "dd"}, "cannot decode ltx2-hdr's HDR latents"),
+    ({"pipeline": "ltx2-dfr"}, r"ltx2-dfr is a distilled pass without guidance: .* \(ltx2-distilled\)"),
+    ({"pipeline": ["ltx2-dfr", "ltx2"], "preset": "ltx2-distilled"}, None),
     ({"pipeline": "ltx+ltx-i2v"}, None),
     ({"pipeline": "helios-pyramid", "preset": "helios-distilled"}, None),
     ({"pipeline": "helios", "preset": "helios-distilled"}, "is for Helios pyramid"),

@@ -35,6 +35,7 @@ MODELS = {  # name -> (checkpoint builder, pipeline kinds)
     "tiny-ltx2-ic": ("ltx2", "ltx2-ic-lora"),  # control only, no IC-LoRA file: the base model reads the reference
     "tiny-ltx2-hdr": ("ltx2", "ltx2-hdr"),  # the reference re-made in linear HDR, tone-mapped into the SDR MP4
     "tiny-ltx2-dd": ("ltx2", "ltx2"),  # decoded by LTX-2.5's diffusion decoder (DECODERS)
+    "tiny-ltx2-dfr": ("ltx2-dfr", "ltx2-dfr"),  # LTX-2.5's DFR pass: distilled, no guidance (ENTRY_KEYS)
     "tiny-wan22": ("wan2.2-ti2v", ["wan2.2", "wan2.2-i2v"]),
     "tiny-wan-v2v": ("wan2.2-a14b", ["wan", "wan-v2v"]),
     "tiny-helios": ("helios", "helios"),
@@ -50,6 +51,7 @@ MODELS = {  # name -> (checkpoint builder, pipeline kinds)
 }
 UPSAMPLERS = {"tiny-ltx2": "ltx2-upsampler"}  # model -> its latent upsampler's checkpoint builder
 DECODERS = {"tiny-ltx2-dd": "ltx2-decoder"}  # model -> its diffusion decoder's checkpoint builder
+ENTRY_KEYS = {"tiny-ltx2-dfr": {"preset": "ltx2-distilled", "defaults": {"steps": 8}}}  # model -> what it adds
 # ChronoEdit keeps its family's frame limit (the image and its edit: 5 frames)
 OWN_FRAMES = {"tiny-chronoedit": 5}
 QUEUE = "tiny-families"
@@ -71,6 +73,8 @@ def stack(tmp_path_factory):
                         "max_sequence_length": 16, "queue": QUEUE,
                         **({"pipeline_class": "LTXImageToVideoPipeline", "tasks": ["i2v"]}
                            if kinds == "generic" else {})}
+        for key, value in ENTRY_KEYS.get(name, {}).items():
+            models[name][key] = {**models[name][key], **value} if isinstance(value, dict) else value
         if name in OWN_FRAMES:
             models[name]["limits"] = {k: v for k, v in SMALL.items() if k != "max_frames"}
             models[name]["defaults"]["frames"] = OWN_FRAMES[name]
@@ -184,6 +188,23 @@ def test_ltx2_diffusion_decoder_job_mp4_carries_its_sound(stack):
     status, _, body = http("GET", stack.base + "/api/models")
     extra = {m["name"]: m["extra"] for m in json.loads(body)["models"]}
     assert extra["tiny-ltx2-dd"]["decoder"] is True and extra["tiny-ltx2"]["decoder"] is False
+
+
+def test_ltx2_dfr_text_and_image_jobs_carry_their_sound_and_refuse_guidance(stack):
+    """LTX-2.5's DFR pass (LTX2DFRPipeline, distilled): text and image jobs with sound; another start image,
+    another video; a job's steps become its sigmas (the progress counts them); guidance it has not is refused."""
+    job = {"model": "tiny-ltx2-dfr", "num_frames": 9, "steps": 3}
+    out = watch(stack, {"t2v": job, "a": {**job, "image": png_b64(1)}, "b": {**job, "image": png_b64(2)}})
+    data = {key: fetch_video(stack, completed(events)) for key, events in out.items()}
+    assert all(completed(events)["has_audio"] is True for events in out.values())
+    assert [m["step"] for m in out["t2v"] if m["type"] == "progress"][-1] == 3
+    videos = {key: decode_video(mp4)[0] for key, mp4 in data.items()}
+    assert videos["a"].shape == (9, 32, 32, 3) and distance(videos["a"], videos["b"]) > 1.0
+    track, rate = decode_audio(data["t2v"])
+    assert rate == 8000 and track.std() > 1e-3
+    status, _, body = http("POST", stack.base + "/api/jobs", {**JOB, **job, "prompt": "a cat", "guidance_scale": 3.0},
+                           headers={"Origin": stack.origin})
+    assert status == 400 and json.loads(body)["field"] == "guidance_scale", body
 
 
 def test_kandinsky6_text_and_image_jobs_carry_their_sound(stack):

@@ -201,6 +201,18 @@ def ltx2_pipeline():
     return LTX2Pipeline(**_ltx2_components())
 
 
+def ltx2_dfr_pipeline():
+    """LTX-2.5's DFR pass: the LTX-2 parts, with the transformer's keyframe position embedding (its slots)."""
+    from diffusers import LTX2DFRPipeline, LTX2VideoTransformer3DModel
+
+    components = _ltx2_components()
+    settings = {k: v for k, v in components["transformer"].config.items() if not k.startswith("_")}
+    torch.manual_seed(0)
+    components["transformer"] = attentive(LTX2VideoTransformer3DModel(
+        **dict(settings, use_keyframes_abs_pos_embedding=True)))
+    return LTX2DFRPipeline(**components)
+
+
 def ltx2_upsampler_pipeline():
     from diffusers import LTX2LatentUpsamplePipeline
     from diffusers.pipelines.ltx2 import LTX2LatentUpsamplerModel
@@ -664,6 +676,7 @@ BUILDERS = {
     "ltx-condition": ltx_condition_pipeline,
     "ltx-upsampler": ltx_upsampler_pipeline,
     "ltx2": ltx2_pipeline,
+    "ltx2-dfr": ltx2_dfr_pipeline,
     "ltx2-upsampler": ltx2_upsampler_pipeline,
     "ltx2-decoder": ltx2_decoder_pipeline,
     "wan": wan_pipeline,

@@ -64,6 +64,9 @@ class PipelineKind:
     sound: bool = True
     # the pipeline returns linear HDR frames ([0, inf)), which the adapter's display_frames maps to the MP4's SDR
     hdr: bool = False
+    # False: a distilled pass with no classifier-free guidance (no guidance_scale): its entries need a preset
+    # with guidance 1, so no job asks for guidance it would not get
+    guidance: bool = True
 
 
 @dataclass(frozen=True)

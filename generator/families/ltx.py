@@ -11,11 +11,11 @@ from generator.families.base import Family, FamilyAdapter, PipelineKind, pil
 
 
 class LTXAdapter(FamilyAdapter):
-    condition_kind = "ltx-condition"
+    condition_kinds = ("ltx-condition",)  # kinds whose start image and given frames are `conditions`
 
     def task_inputs(self, pipe, task: str, req) -> dict:
         size = (req.width, req.height)
-        conditioned = self.config.tasks[task] == self.condition_kind
+        conditioned = self.config.tasks[task] in self.condition_kinds
         if task == "i2v" and conditioned:
             return self.conditions(pil(req.image, size))
         if task == "condition":  # a clip of whole latent frames (8k+1)

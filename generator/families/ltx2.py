@@ -34,6 +34,10 @@ from generator.interface import GenerationError
 ADAPTER_NAME = "ic_lora"
 
 
+DFR_CLASS = "LTX2DFRPipeline"
+DFR_DEFAULT_SIGMAS = 8  # len(diffusers' DISTILLED_SIGMA_VALUES), what LTX2DFRPipeline runs unless given sigmas
+
+
 def lora_file(path: str) -> str:
     """The entry's `ic_lora` -> its .safetensors file (a folder must hold exactly one)."""
     if os.path.isfile(path):
@@ -46,7 +50,7 @@ def lora_file(path: str) -> str:
 
 
 class LTX2Adapter(LTXAdapter):
-    condition_kind = "ltx2-condition"
+    condition_kinds = ("ltx2-condition", "ltx2-dfr")
     reference_downscale_factor = None  # from the IC-LoRA's metadata, when it says
 
     @staticmethod
@@ -96,6 +100,13 @@ class LTX2Adapter(LTXAdapter):
         self.reference_downscale_factor = int(float(factor)) if factor else None
 
     def task_inputs(self, pipe, task: str, req) -> dict:
+        inputs = self._inputs(pipe, task, req)
+        if type(pipe).__name__ == DFR_CLASS and req.steps != DFR_DEFAULT_SIGMAS:
+            # the DFR pass takes no step count, only sigmas (its default: the 8 distilled ones)
+            inputs["sigmas"] = [float(s) for s in np.linspace(1.0, 1.0 / req.steps, req.steps)]
+        return inputs
+
+    def _inputs(self, pipe, task: str, req) -> dict:
         if self.config.ic_lora and task == "control":
             pipe.enable_lora()
         elif self.config.ic_lora:  # off for the entry's other kinds (they share the transformer)
@@ -122,6 +133,8 @@ FAMILIES = (
         "ltx2-ic-lora": PipelineKind("LTX2InContextPipeline", ("control",), ic_lora=True),
         # an SDR video -> the same content in linear HDR (with the HDR IC-LoRA), no sound
         "ltx2-hdr": PipelineKind("LTX2HDRPipeline", ("control",), ic_lora=True, sound=False, hdr=True),
+        # LTX-2.5's Diffusion Fidelity Rendering pass (distilled, no guidance; keyframe slots), one pass at the size
+        "ltx2-dfr": PipelineKind(DFR_CLASS, ("t2v", "i2v", "condition"), guidance=False),
     }, vae="AutoencoderKLLTX2Video", frame_multiple=8, frame_offset=1, min_frames=9, max_frames=257,
         size_multiple=32, max_size=1280, default_width=768, default_height=512, default_frames=121,
         default_steps=30, default_guidance=3.0, default_fps=24.0, adapter=LTX2Adapter, audio=True,

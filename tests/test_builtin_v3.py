@@ -361,6 +361,28 @@ def test_chunk_denoiser_training_resumes_and_writes_a_loadable_pipeline(tmp_path
         4, 256, 256, 3)
 
 
+def test_own_context_redraws_the_given_frames_on_the_latent_levels_and_leaves_the_rest():
+    from generator.builtin.causal import ChunkDenoiser, object_ids
+    from generator.builtin.train_causal import own_context
+
+    torch.manual_seed(0)
+    model = ChunkDenoiser(latent_channels=4, dim=32, layers=1, heads=2).train()
+    context = torch.rand(3, 4, 4, 16, 16) * 2 - 1
+    mask = torch.tensor([[False, False, True, True], [False] * 4, [True] * 4])
+    context = context * mask[:, None, :, None, None]
+    ids, id_mask = object_ids([{"colour": "red", "shape": "circle", "direction": "left"}], 3)
+    out = own_context(model, context, mask, ids.expand(3, -1, -1), id_mask.expand(3, -1), 1.0, levels=5)
+    assert model.training and out.shape == context.shape
+    assert torch.equal(out[1], context[1])  # no context: nothing to redraw
+    for i in (0, 2):
+        given = out[i][:, mask[i]]
+        assert not torch.equal(given, context[i][:, mask[i]])
+        assert torch.allclose(given * 2, torch.round(given * 2))  # on the 5 levels: -1, -0.5, 0, 0.5, 1
+    assert not out[0][:, :2].any()  # frames not given stay empty
+    assert torch.equal(own_context(model, context, mask, ids.expand(3, -1, -1), id_mask.expand(3, -1), 0.0, 5),
+                       context)
+
+
 def test_the_loss_weighs_the_positions_a_shape_covers():
     from generator.builtin.train_causal import foreground_weights
 

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from generator.builtin import world
 from generator.builtin.causal import ChunkDenoiser, layout_rows, object_ids, sample_levels
-from generator.builtin.tokenizer import CausalVideoTokenizer
+from generator.builtin.tokenizer import CausalVideoTokenizer, quantize
 from generator.interface import GenerationRequest
 
 OBJECT_COUNTS = (1, 2, 3)
@@ -115,6 +115,27 @@ def foreground_weights(target: torch.Tensor, weight: float) -> torch.Tensor:
     background = target.flatten(2).median(dim=2).values[..., None, None, None]  # per example and channel
     covered = (target - background).abs().amax(dim=1, keepdim=True) > 0.25
     return 1.0 + (weight - 1.0) * covered.float()
+
+
+@torch.no_grad()
+def own_context(model: ChunkDenoiser, context: torch.Tensor, context_mask: torch.Tensor, objects: torch.Tensor,
+                object_mask: torch.Tensor, share: float, levels: int) -> torch.Tensor:
+    """For `share` of the examples with context: the context frames as the network itself redraws them (noised
+    to a level in [0.3, 0.9], its x0 snapped to the latent's levels). A live video's context is its own output,
+    never the renderer's: trained only on clean context, its objects melted away within ten seconds of live
+    video; this teaches it to restore them from frames that drew them imperfectly."""
+    b = context.shape[0]
+    redraw = (torch.rand(b, device=context.device) < share) & context_mask.any(1)
+    if not redraw.any():
+        return context
+    level = 0.3 + 0.6 * torch.rand(b, device=context.device)
+    s = level.view(b, 1, 1, 1, 1)
+    was_training = model.training
+    model.eval()
+    drawn = model((1 - s) * context + s * torch.randn_like(context), level, objects, object_mask)
+    model.train(was_training)
+    drawn = quantize(drawn, levels)
+    return torch.where(redraw.view(b, 1, 1, 1, 1), drawn * context_mask[:, None, :, None, None], context)
 
 
 def quality(pipeline_dir: str, count: int = 9, steps: int = 2) -> dict:
@@ -205,6 +226,9 @@ def train(args) -> dict:
         b = target.shape[0]
         level = torch.where(torch.rand(b) < 0.5, torch.rand(b),
                             few_levels[torch.randint(len(few_levels), (b,))]).to(device)
+        if args.own_context:
+            context = own_context(model, context, context_mask, objects, object_mask, args.own_context,
+                                  tokenizer.config.levels)
         s = level.view(b, 1, 1, 1, 1)
         noisy = (1 - s) * target + s * torch.randn_like(target)
         predicted = model(noisy, level, objects, object_mask, context, context_mask, layout, layout_mask)
@@ -255,6 +279,8 @@ def parse_args(argv=None):
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--init-from", help="start from this pipeline folder's denoiser (e.g. generator/weights/"
                                             "builtin_v3) instead of random weights")
+    parser.add_argument("--own-context", type=float, default=0.0,
+                        help="share of the examples whose context frames the network redraws itself (own_context)")
     parser.add_argument("--start-layout", action="store_true",
                         help="first chunks read a start layout (where each object starts, its size and speed)")
     parser.add_argument("--foreground-weight", type=float, default=1.0,

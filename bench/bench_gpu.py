@@ -597,11 +597,13 @@ def for_pipeline(pipe, args: dict) -> dict:
     the family's adapter gives them; 8 is its own distilled schedule), and what it has not (guidance) is left out."""
     import inspect
 
+    from generator.families.ltx2 import dfr_sigmas
+
     params = inspect.signature(pipe.__call__).parameters
     out = {k: v for k, v in args.items() if k in params}
     steps = args.get("num_inference_steps")
-    if steps and "num_inference_steps" not in params and "sigmas" in params and steps != 8:
-        out["sigmas"] = [float(s) for s in np.linspace(1.0, 1.0 / steps, steps)]
+    if steps and "num_inference_steps" not in params and "sigmas" in params and dfr_sigmas(steps) is not None:
+        out["sigmas"] = dfr_sigmas(steps)
     return out
 
 

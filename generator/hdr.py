@@ -25,6 +25,10 @@ BT709_TO_BT2020 = np.array([[0.6274, 0.3293, 0.0433],
                             [0.0691, 0.9195, 0.0114],
                             [0.0164, 0.0880, 0.8956]])
 BT2020_LUMA = (0.2627, 0.6780, 0.0593)  # Kr, Kg, Kb
+# SMPTE ST 2084 constants m1, m2, c1, c2, c3
+PQ_M1, PQ_M2, PQ_C1, PQ_C2, PQ_C3 = 2610 / 16384, 2523 / 4096 * 128, 3424 / 4096, 2413 / 4096 * 32, 2392 / 4096 * 32
+# the stream's and every frame's colour tags: BT.2020 primaries, PQ transfer, BT.2020 NCL matrix, limited range
+COLOUR_TAGS = {"color_primaries": 9, "color_trc": 16, "colorspace": 9, "color_range": 1}
 
 
 def to_display(video: np.ndarray) -> np.ndarray:
@@ -36,16 +40,14 @@ def to_display(video: np.ndarray) -> np.ndarray:
 
 def pq_encode(nits: np.ndarray) -> np.ndarray:
     """SMPTE ST 2084 inverse EOTF: cd/m2 -> [0, 1] signal."""
-    m1, m2, c1, c2, c3 = 2610 / 16384, 2523 / 4096 * 128, 3424 / 4096, 2413 / 4096 * 32, 2392 / 4096 * 32
-    y = np.power(np.clip(nits / PEAK_NITS, 0.0, 1.0), m1)
-    return np.power((c1 + c2 * y) / (1 + c3 * y), m2)
+    y = np.power(np.clip(nits / PEAK_NITS, 0.0, 1.0), PQ_M1)
+    return np.power((PQ_C1 + PQ_C2 * y) / (1 + PQ_C3 * y), PQ_M2)
 
 
 def pq_decode(signal: np.ndarray) -> np.ndarray:
     """SMPTE ST 2084 EOTF: [0, 1] signal -> cd/m2."""
-    m1, m2, c1, c2, c3 = 2610 / 16384, 2523 / 4096 * 128, 3424 / 4096, 2413 / 4096 * 32, 2392 / 4096 * 32
-    e = np.power(np.clip(signal, 0.0, 1.0), 1 / m2)
-    return PEAK_NITS * np.power(np.maximum(e - c1, 0.0) / (c2 - c3 * e), 1 / m1)
+    e = np.power(np.clip(signal, 0.0, 1.0), 1 / PQ_M2)
+    return PEAK_NITS * np.power(np.maximum(e - PQ_C1, 0.0) / (PQ_C2 - PQ_C3 * e), 1 / PQ_M1)
 
 
 def hdr10_planes(frame: np.ndarray) -> tuple:
@@ -53,7 +55,7 @@ def hdr10_planes(frame: np.ndarray) -> tuple:
     at half size, the mean of each 2x2 block) in BT.2020 non-constant luminance."""
     rgb = np.clip(frame.astype(np.float64), 0.0, None) @ BT709_TO_BT2020.T
     signal = pq_encode(rgb * REFERENCE_WHITE_NITS)
-    kr, kg, kb = BT2020_LUMA
+    kr, _, kb = BT2020_LUMA
     y = signal @ np.array(BT2020_LUMA)
     cb = (signal[..., 2] - y) / (2 * (1 - kb))
     cr = (signal[..., 0] - y) / (2 * (1 - kr))
@@ -87,7 +89,7 @@ def encode_hdr10(video: np.ndarray, fps: float) -> bytes:
 
 
 def _write_hdr10(path: str, video: np.ndarray, fps: float, max_cll: int, max_fall: int) -> None:
-    t, h, w = video.shape[:3]
+    h, w = video.shape[1:3]
     with av.open(path, "w", format="mp4", options={"movflags": "+faststart"}) as container:
         rate = Fraction(fps).limit_denominator(1001)
         stream = container.add_stream("libx265", rate=rate, options={
@@ -99,15 +101,16 @@ def _write_hdr10(path: str, video: np.ndarray, fps: float, max_cll: int, max_fal
                             f"max-cll={max_cll},{max_fall}")})
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p10le"
         stream.codec_tag = "hvc1"  # what Apple's players need to open HEVC in MP4
-        ctx = stream.codec_context
-        ctx.color_primaries, ctx.color_trc, ctx.colorspace, ctx.color_range = 9, 16, 9, 1  # bt2020, PQ, bt2020nc, tv
+        for name, value in COLOUR_TAGS.items():
+            setattr(stream.codec_context, name, value)
         for frame in video:
             out = av.VideoFrame(w, h, "yuv420p10le")
             for plane, data in zip(out.planes, hdr10_planes(frame)):
                 rows = np.zeros((plane.buffer_size // plane.line_size, plane.line_size // 2), dtype="<u2")
                 rows[: data.shape[0], : data.shape[1]] = data
                 plane.update(rows.tobytes())
-            out.color_primaries, out.color_trc, out.colorspace, out.color_range = 9, 16, 9, 1
+            for name, value in COLOUR_TAGS.items():
+                setattr(out, name, value)
             for packet in stream.encode(out):
                 container.mux(packet)
         for packet in stream.encode():

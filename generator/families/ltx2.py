@@ -38,6 +38,14 @@ DFR_CLASS = "LTX2DFRPipeline"
 DFR_DEFAULT_SIGMAS = 8  # len(diffusers' DISTILLED_SIGMA_VALUES), what LTX2DFRPipeline runs unless given sigmas
 
 
+def dfr_sigmas(steps: int) -> list | None:
+    """The sigmas a DFR pass of `steps` steps is given (it takes no step count): None for its own 8 distilled
+    ones, else `steps` evenly spaced from 1."""
+    if steps == DFR_DEFAULT_SIGMAS:
+        return None
+    return [float(s) for s in np.linspace(1.0, 1.0 / steps, steps)]
+
+
 def lora_file(path: str) -> str:
     """The entry's `ic_lora` -> its .safetensors file (a folder must hold exactly one)."""
     if os.path.isfile(path):
@@ -101,9 +109,8 @@ class LTX2Adapter(LTXAdapter):
 
     def task_inputs(self, pipe, task: str, req) -> dict:
         inputs = self._inputs(pipe, task, req)
-        if type(pipe).__name__ == DFR_CLASS and req.steps != DFR_DEFAULT_SIGMAS:
-            # the DFR pass takes no step count, only sigmas (its default: the 8 distilled ones)
-            inputs["sigmas"] = [float(s) for s in np.linspace(1.0, 1.0 / req.steps, req.steps)]
+        if type(pipe).__name__ == DFR_CLASS and (sigmas := dfr_sigmas(req.steps)) is not None:
+            inputs["sigmas"] = sigmas
         return inputs
 
     def _inputs(self, pipe, task: str, req) -> dict:

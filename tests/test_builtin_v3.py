@@ -281,7 +281,7 @@ def test_a_start_layout_puts_each_object_where_it_starts_and_moves_it_the_asked_
     assert blue[:, 3, 0].min() > 0.9 and blue[:, :2, 2:].max() < 0.02
     # a denoiser without layouts and one whose layout layers are still zero draw the same
     plain = ChunkDenoiser(latent_channels=4, dim=32, layers=1, heads=2)
-    fresh = ChunkDenoiser.with_start_layout(plain)
+    fresh = ChunkDenoiser.grown(plain, start_layout=True)
     assert fresh.config.start_layout and not fresh.layout_in.weight.any()
     noisy = torch.randn(1, 4, 4, 16, 16)
     with torch.no_grad():
@@ -350,15 +350,47 @@ def test_chunk_denoiser_training_resumes_and_writes_a_loadable_pipeline(tmp_path
 
     shipped = ChunkDenoiser.from_pretrained(str(tmp_path / "run" / "pipeline" / "denoiser"))
     train(parse_args(args[:3] + [str(tmp_path / "again"), *args[4:], "--steps", "1", "--lr", "0",
-                                 "--init-from", str(tmp_path / "run" / "pipeline"), "--start-layout"]))
+                                 "--init-from", str(tmp_path / "run" / "pipeline"), "--start-layout",
+                                 "--context-noise", "0.5"]))
     again = ChunkDenoiser.from_pretrained(str(tmp_path / "again" / "pipeline" / "denoiser"))
-    assert not shipped.config.start_layout and again.config.start_layout
+    assert not shipped.config.start_layout and again.config.start_layout and again.config.context_noise
     kept = again.state_dict()
     assert all(torch.equal(value, kept[name]) for name, value in shipped.state_dict().items())
-    assert all(not value.any() for name, value in kept.items() if name.startswith("layout_"))
-    backend = BuiltinV3Backend(str(tmp_path / "again" / "pipeline"))  # sampling with a start layout
-    assert backend.generate(GenerationRequest(prompt="a red circle moving up", num_frames=4)).frames.shape == (
-        4, 256, 256, 3)
+    assert all(not value.any() for name, value in kept.items() if name.startswith(("layout_", "context_level_")))
+    again.register_to_config(sample_context_level=0.2)  # sampling noises the context as it was trained
+    again.save_pretrained(str(tmp_path / "again" / "pipeline" / "denoiser"))
+    backend = BuiltinV3Backend(str(tmp_path / "again" / "pipeline"))  # a start layout, then noised context
+    assert backend.generate(GenerationRequest(prompt="a red circle moving up", num_frames=8)).frames.shape == (
+        8, 256, 256, 3)
+    assert backend.pipe.context_level == 0.2
+
+
+def test_noised_context_tells_each_example_its_level_and_keeps_missing_frames_empty():
+    from generator.builtin.causal import ChunkDenoiser, object_ids
+    from generator.builtin.train_causal import noised_context
+
+    torch.manual_seed(0)
+    context = torch.rand(400, 2, 4, 4, 4) * 2 - 1
+    mask = torch.rand(400, 4) < 0.7
+    context = context * mask[:, None, :, None, None]
+    noisy, level = noised_context(context, mask, 0.6)
+    assert level.min() == 0 and level.max() <= 0.6 and 0.15 < (level == 0).float().mean() < 0.35
+    assert torch.equal(noisy[level == 0], context[level == 0])
+    assert not noisy.masked_select(~mask[:, None, :, None, None].expand_as(noisy)).any()
+    noised = level > 0.3
+    assert (noisy[noised] - context[noised]).abs().mean() > 0.2  # the noise is not a rounding error
+    # the network reads the level: once its layer is trained, levels change what it draws
+    model = ChunkDenoiser.grown(ChunkDenoiser(latent_channels=2, latent_size=4, patch=2, dim=16, layers=1, heads=2),
+                                context_noise=True)
+    ids, id_mask = object_ids([{"colour": "red", "shape": "circle", "direction": "left"}], 3)
+    args = (torch.randn(1, 2, 4, 4, 4), torch.tensor([0.5]), ids[None], id_mask[None], context[:1],
+            torch.ones(1, 4, dtype=torch.bool))
+    with torch.no_grad():
+        assert torch.equal(model(*args, context_level=torch.tensor([0.0])),
+                           model(*args, context_level=torch.tensor([0.6])))
+        torch.nn.init.normal_(model.context_level_in.weight)
+        assert not torch.allclose(model(*args, context_level=torch.tensor([0.0])),
+                                  model(*args, context_level=torch.tensor([0.6])), atol=1e-3)
 
 
 def test_own_context_redraws_the_given_frames_on_the_latent_levels_and_leaves_the_rest():

@@ -82,6 +82,7 @@ def start_layout(objects: list, seed: int) -> list:
 class CausalPipeline:
     def __init__(self, tokenizer: CausalVideoTokenizer, denoiser: ChunkDenoiser):
         self.tokenizer, self.denoiser = tokenizer.eval(), denoiser.eval()
+        self.context_level = float(denoiser.config.sample_context_level)
 
     @classmethod
     def from_pretrained(cls, path: str) -> "CausalPipeline":
@@ -128,6 +129,13 @@ class CausalPipeline:
             k = context.shape[2]
             context = F.pad(context, (0, 0, 0, 0, cfg.context - k, 0))
             context_mask = torch.arange(cfg.context, device=device) >= cfg.context - k
+            context_level = None
+            if cfg.context_noise:
+                context_level = torch.tensor([self.context_level], device=device)
+                if self.context_level > 0:  # what the network was trained to redraw from (`context_noise`)
+                    context_noise = torch.randn(context.shape, generator=generator).to(device)
+                    context = ((1 - self.context_level) * context + self.context_level * context_noise) \
+                        * context_mask[None, None, :, None, None]
             # noise drawn on the CPU so a seed gives the same video on every device
             noise = torch.randn(1, cfg.latent_channels, cfg.chunk, cfg.latent_size, cfg.latent_size,
                                 generator=generator).to(device)
@@ -142,7 +150,7 @@ class CausalPipeline:
                 x = (1 - levels[0]) * piece[None] + levels[0] * noise
             for i, level in enumerate(levels):
                 x0 = self.denoiser(x, torch.tensor([level], device=device), ids[None], mask[None], context,
-                                   context_mask[None], layout)
+                                   context_mask[None], layout, context_level=context_level)
                 following = levels[i + 1] if i + 1 < len(levels) else 0.0
                 eps = (x - (1 - level) * x0) / max(level, 1e-6)
                 x = (1 - following) * x0 + following * eps

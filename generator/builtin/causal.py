@@ -19,6 +19,12 @@ token on that frame (moving the asked way at its speed): with the layout known t
 clip, not the average of every place an object could be, so a step or two draws it sharp. Later
 chunks find the objects in their context frames.
 
+A live video's context is its own output, whose small errors the renderer's frames never show; fed back
+chunk after chunk they compound and the objects melt. With `context_noise` the context frames are
+noised during training to a level the network is told (as GameNGen augments its past frames), so it
+learns to redraw the objects from what the prompt says rather than copy the context's flaws; sampling
+noises the context to `sample_context_level`.
+
 Flow-matching noise: x_s = (1 - s) x0 + s noise, s in [0, 1]; the network predicts x0. A pre-norm
 transformer over [object tokens, context tokens, chunk tokens]; latents are folded `patch` x `patch`
 into tokens (4: 16x16 -> 4x4 tokens per frame, 128 tokens for 8 frames, few enough for a CPU).
@@ -91,7 +97,7 @@ class ChunkDenoiser(ModelMixin, ConfigMixin):
     @register_to_config
     def __init__(self, latent_channels: int = 6, latent_size: int = 16, patch: int = 4, dim: int = 160,
                  layers: int = 4, heads: int = 4, chunk: int = 4, context: int = 4, max_objects: int = 3,
-                 start_layout: bool = False):
+                 start_layout: bool = False, context_noise: bool = False, sample_context_level: float = 0.0):
         super().__init__()
         tokens_per_frame = (latent_size // patch) ** 2
         self.proj_in = nn.Linear(latent_channels * patch * patch, dim)
@@ -117,14 +123,20 @@ class ChunkDenoiser(ModelMixin, ConfigMixin):
             self.register_buffer("direction_vectors", torch.tensor(
                 [(0.0, 0.0)] + [world.DIRECTIONS[d] for d in DIRECTION_IDS]), persistent=False)
 
+        if context_noise:
+            self.context_level_in = nn.Linear(dim, dim)  # zero at first, as the layout layers
+            nn.init.zeros_(self.context_level_in.weight)
+            nn.init.zeros_(self.context_level_in.bias)
+
     @classmethod
-    def with_start_layout(cls, model: "ChunkDenoiser") -> "ChunkDenoiser":
-        """`model` with start-layout layers added at zero: it draws as it did until they are trained."""
+    def grown(cls, model: "ChunkDenoiser", **options) -> "ChunkDenoiser":
+        """`model` with the layers of `options` (start_layout, context_noise) added at zero: it draws
+        as it did until they are trained."""
         # (from_config takes `_use_default_values` back to the defaults: only the settings are passed)
         settings = {k: v for k, v in model.config.items() if not k.startswith("_")}
-        grown = cls.from_config(dict(settings, start_layout=True))
+        grown = cls.from_config(dict(settings, **options))
         missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
-        if unexpected or not all(name.startswith("layout_") for name in missing):
+        if unexpected or not all(name.startswith(("layout_", "context_level_")) for name in missing):
             raise ValueError(f"the weights do not fit a ChunkDenoiser: missing {missing}, unexpected {unexpected}")
         return grown
 
@@ -165,12 +177,14 @@ class ChunkDenoiser(ModelMixin, ConfigMixin):
 
     def forward(self, noisy: torch.Tensor, level: torch.Tensor, objects: torch.Tensor, object_mask: torch.Tensor,
                 context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,
-                layout: torch.Tensor | None = None, layout_mask: torch.Tensor | None = None) -> torch.Tensor:
+                layout: torch.Tensor | None = None, layout_mask: torch.Tensor | None = None,
+                context_level: torch.Tensor | None = None) -> torch.Tensor:
         """noisy: B x C x chunk x S x S at noise `level` (B); objects: B x K x 6 ids, object_mask: B x K;
         context: B x C x context x S x S clean latents, right-aligned (the last one just before the
         chunk), context_mask: B x context (False for frames not given); layout: B x K x 4 (x, y,
         radius, speed: `LAYOUT_FIELDS`) where the chunk starts the clip, layout_mask: B (False where
-        the example has none). Returns x0, B x C x chunk x S x S."""
+        the example has none); context_level: B, the noise level of the context frames (0: clean; read
+        with `context_noise`). Returns x0, B x C x chunk x S x S."""
         cfg = self.config
         b, _, t = noisy.shape[:3]
         n = (cfg.latent_size // cfg.patch) ** 2
@@ -182,6 +196,9 @@ class ChunkDenoiser(ModelMixin, ConfigMixin):
                         + self.time[cfg.context:cfg.context + t].repeat_interleave(n, 0) + level_emb[:, None])
         context_tokens = (self.proj_in(self.fold(context)) + self.space.repeat(cfg.context, 1)
                           + self.time[:cfg.context].repeat_interleave(n, 0) + self.clean)
+        if cfg.context_noise and context_level is not None:
+            context_tokens = context_tokens + self.context_level_in(
+                noise_embedding(context_level.expand(b), cfg.dim).to(noisy.dtype))[:, None]
         flags = objects[..., 3:] + torch.tensor([0, 2, 4], device=objects.device)
         object_tokens = (self.colour(objects[..., 0]) + self.shape(objects[..., 1]) + self.direction(objects[..., 2])
                          + self.flags(flags).sum(2) + self.slot[: objects.shape[1]])

@@ -138,6 +138,16 @@ def own_context(model: ChunkDenoiser, context: torch.Tensor, context_mask: torch
     return torch.where(redraw.view(b, 1, 1, 1, 1), drawn * context_mask[:, None, :, None, None], context)
 
 
+def noised_context(context: torch.Tensor, context_mask: torch.Tensor, top: float) -> tuple:
+    """The context frames noised to a level drawn per example from [0, `top`] (a quarter of them
+    clean), and that level, which the network is told (`context_noise`)."""
+    b = context.shape[0]
+    level = torch.rand(b, device=context.device) * top * (torch.rand(b, device=context.device) >= 0.25)
+    s = level.view(b, 1, 1, 1, 1)
+    noisy = ((1 - s) * context + s * torch.randn_like(context)) * context_mask[:, None, :, None, None]
+    return noisy, level
+
+
 def quality(pipeline_dir: str, count: int = 9, steps: int = 2) -> dict:
     """Held-out text-to-video clips (16 frames, 256x256, no MP4 round trip: a quick check per
     checkpoint; the reported figures come from `python -m generator.evaluate`)."""
@@ -166,13 +176,15 @@ def train(args) -> dict:
     state = {"step": 0, "losses": [], "seconds": 0.0}
     model = ChunkDenoiser(latent_channels=tokenizer.config.latent_channels, patch=args.patch, dim=args.dim,
                           layers=args.layers, heads=args.heads, chunk=args.chunk, context=args.context,
-                          start_layout=args.start_layout)
+                          start_layout=args.start_layout, context_noise=bool(args.context_noise))
     saved = None
     if args.init_from and not (args.resume and os.path.exists(checkpoint_path)):
         # a shipped pipeline folder's denoiser (its EMA weights) as the starting point
         model = ChunkDenoiser.from_pretrained(os.path.join(args.init_from, "denoiser"))
-        if args.start_layout and not model.config.start_layout:
-            model = ChunkDenoiser.with_start_layout(model)
+        wanted = {"start_layout": args.start_layout, "context_noise": bool(args.context_noise)}
+        missing = {name: True for name, on in wanted.items() if on and not model.config[name]}
+        if missing:
+            model = ChunkDenoiser.grown(model, **missing)
     if args.resume and os.path.exists(checkpoint_path):
         saved = torch.load(checkpoint_path, weights_only=False, map_location="cpu")
         model = ChunkDenoiser.from_config(saved["config"])
@@ -229,9 +241,13 @@ def train(args) -> dict:
         if args.own_context:
             context = own_context(model, context, context_mask, objects, object_mask, args.own_context,
                                   tokenizer.config.levels)
+        context_level = None
+        if args.context_noise:
+            context, context_level = noised_context(context, context_mask, args.context_noise)
         s = level.view(b, 1, 1, 1, 1)
         noisy = (1 - s) * target + s * torch.randn_like(target)
-        predicted = model(noisy, level, objects, object_mask, context, context_mask, layout, layout_mask)
+        predicted = model(noisy, level, objects, object_mask, context, context_mask, layout, layout_mask,
+                          context_level)
         loss = (foreground_weights(target, args.foreground_weight) * (predicted - target).pow(2)).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -281,6 +297,8 @@ def parse_args(argv=None):
                                             "builtin_v3) instead of random weights")
     parser.add_argument("--own-context", type=float, default=0.0,
                         help="share of the examples whose context frames the network redraws itself (own_context)")
+    parser.add_argument("--context-noise", type=float, default=0.0,
+                        help="noise the context frames to a level up to this, told to the network (noised_context)")
     parser.add_argument("--start-layout", action="store_true",
                         help="first chunks read a start layout (where each object starts, its size and speed)")
     parser.add_argument("--foreground-weight", type=float, default=1.0,

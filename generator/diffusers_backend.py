@@ -8,7 +8,8 @@ A request goes to a task (t2v, i2v, v2v, condition: see `DiffusersBackend.task_f
 the configured pipeline kind that serves it, and the request's inputs to that pipeline's own
 arguments (`adapter.task_inputs`). Long videos (generator.longvideo) and live jobs (generator.live)
 use the optional capabilities the adapter offers (`continuation_frames`, `generate_long`,
-`live_chunks`), plus `upscale_video` / `latent_upscale_factors` when a latent upsampler is configured.
+`live_chunks`), plus `upscale_video` / `latent_upscale_factors` when a latent upsampler is configured and
+`generate_interpolated` / `native_interpolate_factors` when a temporal upsampler is (LTX-2.5's refine rounds).
 With a diffusion decoder configured (`decoder`: LTX-2.5's), every call asks the pipeline for latents and the
 adapter decodes them (`adapter.decoded`), the upsampler's passes too (`adapter.decode_video`).
 
@@ -97,6 +98,7 @@ class DiffusersBackend(Backend):
         self.primary = None  # the pipeline that owns offload hooks
         self.upsampler = None  # latent upsample pipeline (config.upsampler)
         self.decoder = None  # diffusion decode pipeline (config.decoder)
+        self.temporal_refiner = None  # temporal refine pipeline (config.temporal_upsampler)
         self.device = pick_device()
         self.dtype = TORCH_DTYPES[config.dtype]
         self.applied: dict = {}  # memory/speed options actually in effect (for logs, bench, /api)
@@ -105,7 +107,8 @@ class DiffusersBackend(Backend):
         self._preview_ready = False
         self.adapter: FamilyAdapter = (self.family.adapter or FamilyAdapter)(self)
         self.live_mode = self.adapter.live  # "native" (live_chunks) or "continuation"
-        for name, method in self.adapter.capabilities().items():  # continuation_frames, generate_long, live_chunks
+        # continuation_frames, generate_long, live_chunks, generate_interpolated (+ native_interpolate_factors)
+        for name, method in self.adapter.capabilities().items():
             setattr(self, name, method)
         if config.upsampler:
             self.latent_upscale_factors = (2, 4)  # one or two passes of the x2 upsampler
@@ -161,6 +164,8 @@ class DiffusersBackend(Backend):
             self._load_upsampler(pipe)
         if cfg.decoder:
             self._load_decoder(pipe)
+        if cfg.temporal_upsampler:
+            self._load_temporal_refiner()
         log.info("model %s loaded in %.1f s on %s (%s): %s", cfg.name, time.perf_counter() - t0, self.device,
                  self.dtype, self.applied)
 
@@ -179,6 +184,21 @@ class DiffusersBackend(Backend):
             {"vae": pipe.vae, "scheduler": diffusers.FlowMatchEulerDiscreteScheduler()})
         if self.config.memory.vae_tiling:
             self.decoder.diffusion_decoder.enable_tiling()
+
+    def _load_temporal_refiner(self) -> None:
+        """The refine rounds run on the temporal_refine kind's own components (its transformer, VAE, text encoder,
+        sound parts), with an ancestral scheduler (eta 0.5, LTX-2.5's recipe) unless the folder brings one."""
+        import diffusers
+
+        fam = self.family
+        kind = next(k for k in self.config.kinds if fam.kinds[k].temporal_refine)
+        source = self.pipes[kind]
+        pipeline_cls = getattr(diffusers, fam.temporal_upsampler)
+        parts = {name: component for name, component in source.components.items()
+                 if name in pipeline_cls._get_signature_keys(pipeline_cls)[0] and name != "scheduler"}
+        self.temporal_refiner = self._load_second_pipeline(
+            source, "temporal_upsampler", "temporal_latent_upsampler", parts,
+            dict(parts, scheduler=diffusers.LTXEulerAncestralRFScheduler(eta=0.5)))
 
     def _load_second_pipeline(self, pipe, field: str, model_component: str, shared: dict, around_model: dict):
         """The entry's `field` folder (upsampler, decoder) as the family's pipeline of that name: a pipeline folder
@@ -204,9 +224,10 @@ class DiffusersBackend(Backend):
         except Exception as exc:
             raise GenerationError(f"model {cfg.name}: cannot load {pipeline_cls.__name__} from {path}: {exc}") from exc
         second.set_progress_bar_config(disable=True)
-        for component in second.components.values():  # the shared VAE stays where offload keeps it
-            if isinstance(component, torch.nn.Module) and component is not pipe.vae:
-                component.to(self.device)
+        owned = [c for c in second.components.values()  # the model's own parts stay where offload keeps them
+                 if isinstance(c, torch.nn.Module) and not any(c is mine for mine in pipe.components.values())]
+        for component in owned:
+            component.to(self.device)
         return second
 
     def _transformers(self, pipe) -> list:
@@ -282,6 +303,7 @@ class DiffusersBackend(Backend):
         self.primary = None
         self.upsampler = None
         self.decoder = None
+        self.temporal_refiner = None
         self._preview_map = None
         self._preview_ready = False
         free_accelerator_memory()
@@ -419,9 +441,10 @@ class DiffusersBackend(Backend):
 
     def run(self, pipe, task: str, req: GenerationRequest, call: dict, progress, should_cancel,
             total_steps: Optional[int] = None, num_frames: Optional[int] = None,
-            on_latents: Optional[Callable] = None) -> GenerationResult:
+            on_latents: Optional[Callable] = None, raw: bool = False):
         """One pipeline call: the common arguments, the configured ones, then `call` (the task's).
-        `on_latents` sees the latents after every step (the last: the clip's final latents)."""
+        `on_latents` sees the latents after every step (the last: the clip's final latents). Returns a
+        GenerationResult, or with `raw` the pipeline's output as it is (latents, when `call` asks for them)."""
         cfg = self.config
         if not self._preview_ready and progress is not None:
             self._calibrate_preview(pipe)
@@ -466,7 +489,7 @@ class DiffusersBackend(Backend):
             with torch.inference_mode(), hook, torch.random.fork_rng(devices=devices):
                 torch.manual_seed(int(req.seed))
                 output = pipe(**call)
-                if cfg.decoder:  # latents: the diffusion decoder makes the frames
+                if cfg.decoder and not raw:  # latents: the diffusion decoder makes the frames
                     output = self.adapter.decoded(pipe, output, int(req.seed))
         except Cancelled:
             raise
@@ -483,7 +506,7 @@ class DiffusersBackend(Backend):
             if guider is not None:
                 pipe.guider = guider
             self._free_after_call(pipe)
-        return self._result(pipe, output, req, num_frames or req.num_frames)
+        return output if raw else self._result(pipe, output, req, num_frames or req.num_frames)
 
     def _pipeline_kwargs(self, steps: int) -> dict:
         """pipeline_kwargs (a preset's among them); a fixed schedule only when the request runs its length."""

@@ -33,6 +33,10 @@ diffusers backend sets them when its configuration allows, see docs/models.md):
   `latent_upscale_factors`: super-resolution in latent space (LTX's latent upsampler), used by
   `run_job` (and so `hierarchical`) instead of the pixel-space `upscale_frames`, on the whole
   video at once (one VAE pass: its batches would not join seamlessly).
+- `generate_interpolated(request, factor, progress, should_cancel) -> GenerationResult | None` for the
+  factors in `native_interpolate_factors`: the one clip made at `factor` x its fps by the model itself
+  (LTX-2.5's temporal refine rounds after its DFR pass), used by `run_job` instead of flow interpolation
+  when the job is one chunk; None when this request's task cannot (flow interpolation follows).
 
 A sound track (GenerationResult.audio) follows the video: chunks' tracks are cross-faded over the
 shared frames; upscaling and interpolation keep the duration, so they keep the track.
@@ -388,8 +392,17 @@ def run_job(backend: Backend, request: GenerationRequest, options: Optional[Long
         batches.append(frames)
         if on_frames is not None:
             on_frames(frames)
+    extending = options.num_chunks > 1 or options.duration_s is not None
+    native = None
+    if not extending and options.interpolate in getattr(backend, "native_interpolate_factors", ()):
+        native = backend.generate_interpolated(req, options.interpolate, progress, should_cancel)
+    if native is not None:  # made at the final frame rate: nothing left to interpolate
+        options = replace(options, interpolate=1)
     finish = _Finisher(options, workers, should_cancel, keep, backend)
-    if options.num_chunks > 1 or options.duration_s is not None:
+    if native is not None:
+        result = native
+        finish(result.frames)
+    elif extending:
         result = extend(backend, req, num_chunks=options.num_chunks, overlap=options.overlap_for(req.num_frames),
                         progress=progress, should_cancel=should_cancel, duration_s=options.duration_s,
                         on_frames=finish)

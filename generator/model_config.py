@@ -15,6 +15,7 @@ used only when present). JSON, or TOML when the name ends in `.toml`. One entry 
                    "cache": null, "attention_backend": null},
         "upsampler": "/models/ltxv-spatial-upscaler-0.9.7",   # optional latent upsampler folder
         "decoder": "/models/LTX-2.5/diffusion_decoder",        # optional diffusion decoder folder (LTX-2)
+        "temporal_upsampler": "/models/LTX-2.5/temporal_latent_upsampler",  # optional (ltx2-dfr): fps x2, x4
         "ic_lora": "/models/ic-lora-union.safetensors",         # optional IC-LoRA (ltx2-ic-lora): file or folder
         "preset": "ltx-distilled",               # optional few-step preset (PRESETS)
         "pipeline_kwargs": {"decode_timestep": 0.05},          # optional extra pipeline arguments
@@ -194,6 +195,10 @@ class ModelEntry(_Strict):
     decoder: Optional[str] = Field(None, min_length=1, description="a diffusion decoder decoding the video latents "
                                    "in place of the VAE (LTX-2.5's): its pipeline folder (model_index.json) or the "
                                    "decoder model's folder (config.json)")
+    temporal_upsampler: Optional[str] = Field(None, min_length=1, description="a temporal latent upsampler for the "
+                                              "kinds whose passes leave keyframes (ltx2-dfr): a job's `interpolate` "
+                                              "2 or 4 becomes one or two temporal refine rounds (LTX-2.5's); the "
+                                              "upsampler model's folder (config.json) or a refine pipeline folder")
     ic_lora: Optional[str] = Field(None, min_length=1, description="an In-Context LoRA for the kinds that take one "
                                    "(ltx2-ic-lora): its .safetensors file, or a folder holding one")
     preset: Optional[str] = None
@@ -248,6 +253,11 @@ class ModelEntry(_Strict):
             raise ConfigError(f"'upsampler' is set but {fam.description} has no latent upsampler", field="upsampler")
         if self.decoder is not None and fam.decoder is None:
             raise ConfigError(f"'decoder' is set but {fam.description} has no diffusion decoder", field="decoder")
+        if self.temporal_upsampler is not None and not any(fam.kinds[k].temporal_refine for k in self.pipeline):
+            refiners = [k for k, pk in fam.kinds.items() if pk.temporal_refine]
+            raise ConfigError(f"'temporal_upsampler' is set but none of {', '.join(self.pipeline)} leaves the "
+                              f"keyframes a temporal refine round starts from"
+                              + (f" ({' or '.join(refiners)} does)" if refiners else ""), field="temporal_upsampler")
         hdr_kinds = [k for k in self.pipeline if fam.kinds[k].hdr]
         if self.decoder is not None and hdr_kinds:
             raise ConfigError(f"'decoder' cannot decode {' / '.join(hdr_kinds)}'s "
@@ -319,6 +329,7 @@ class ModelConfig:
     max_sequence_length: Optional[int] = None
     upsampler: Optional[str] = None  # latent upsampler pipeline folder
     decoder: Optional[str] = None  # diffusion decoder: pipeline or model folder
+    temporal_upsampler: Optional[str] = None  # temporal latent upsampler: model or refine pipeline folder
     ic_lora: Optional[str] = None  # IC-LoRA weights (file or folder) for the kinds that take one
     preset: Optional[str] = None
     pipeline_kwargs: dict = field(default_factory=dict)  # the preset's, updated by the entry's
@@ -388,6 +399,8 @@ class ModelConfig:
                 "live": fam.live,  # "native": made chunk by chunk with the model's own history
                 "upsampler": self.upsampler is not None,
                 "decoder": self.decoder is not None,
+                # interpolate factors the model makes itself (temporal refine rounds), not by optical flow
+                "native_interpolate": [2, 4] if self.temporal_upsampler else [],
                 "ic_lora": self.ic_lora is not None,
                 "preset": self.preset,
                 "queue": self.queue or self.name,
@@ -401,9 +414,15 @@ def _given(value, fallback):
     return fallback if value is None else value
 
 
+# an entry's folders of a second pipeline beside its checkpoint: field -> (what it is, its model's short name)
+SECOND_FOLDERS = {"upsampler": ("latent upsampler", "upsampler"), "decoder": ("diffusion decoder", "decoder"),
+                  "temporal_upsampler": ("temporal latent upsampler", "upsampler")}
+
+
 def upsampler_folder_kind(folder: str) -> Optional[str]:
     """"pipeline" (model_index.json: LTX's ltxv-spatial-upscaler), "model" (config.json: the upsampler model
-    alone, as LTX-2 ships it in its checkpoint's latent_upsampler folder) or None. The same for a `decoder`."""
+    alone, as LTX-2 ships it in its checkpoint's latent_upsampler folder) or None. The same for the other
+    SECOND_FOLDERS."""
     for kind, marker in (("pipeline", "model_index.json"), ("model", "config.json")):
         if os.path.isfile(os.path.join(folder, marker)):
             return kind
@@ -446,21 +465,18 @@ def parse_entry(name: str, entry: dict, base_dir: str = REPO_ROOT, check_paths: 
     kinds = tuple(parsed.pipeline)
     fam = FAMILIES[KINDS[kinds[0]]]
     path = _resolve(parsed.path or "", base_dir)
-    upsampler = parsed.upsampler and _resolve(parsed.upsampler, base_dir)
-    decoder = parsed.decoder and _resolve(parsed.decoder, base_dir)
+    folders = {key: getattr(parsed, key) and _resolve(getattr(parsed, key), base_dir) for key in SECOND_FOLDERS}
     ic_lora = parsed.ic_lora and _resolve(parsed.ic_lora, base_dir)
     if check_paths and parsed.backend == "diffusers":
         if not os.path.isfile(os.path.join(path, "model_index.json")):
             state = "does not exist" if not os.path.exists(path) else "has no model_index.json"
             raise ConfigError(f"{path} {state}: it must be a local diffusers pipeline folder", model=name, field="path")
-        if upsampler and not upsampler_folder_kind(upsampler):
-            state = "does not exist" if not os.path.exists(upsampler) else "has no model_index.json or config.json"
-            raise ConfigError(f"{upsampler} {state}: it must be a local latent upsampler pipeline folder or the "
-                              f"upsampler model's folder", model=name, field="upsampler")
-        if decoder and not upsampler_folder_kind(decoder):
-            state = "does not exist" if not os.path.exists(decoder) else "has no model_index.json or config.json"
-            raise ConfigError(f"{decoder} {state}: it must be a local diffusion decoder pipeline folder or the "
-                              f"decoder model's folder", model=name, field="decoder")
+        for key, (pipeline_name, model_name) in SECOND_FOLDERS.items():
+            folder = folders[key]
+            if folder and not upsampler_folder_kind(folder):
+                state = "does not exist" if not os.path.exists(folder) else "has no model_index.json or config.json"
+                raise ConfigError(f"{folder} {state}: it must be a local {pipeline_name} pipeline folder or the "
+                                  f"{model_name} model's folder", model=name, field=key)
         if ic_lora and not (os.path.isfile(ic_lora) or os.path.isdir(ic_lora)):
             raise ConfigError(f"{ic_lora} does not exist: it must be an IC-LoRA .safetensors file or a folder "
                               f"holding one", model=name, field="ic_lora")
@@ -468,8 +484,8 @@ def parse_entry(name: str, entry: dict, base_dir: str = REPO_ROOT, check_paths: 
                          vae_dtype=parsed.vae_dtype or fam.vae_dtype, description=parsed.description,
                          defaults=parsed.defaults, limits=parsed.limits, memory=parsed.memory,
                          queue=parsed.queue or name, negative_prompt=parsed.negative_prompt,
-                         max_sequence_length=parsed.max_sequence_length, upsampler=upsampler, ic_lora=ic_lora,
-                         decoder=decoder, preset=parsed.preset,
+                         max_sequence_length=parsed.max_sequence_length, ic_lora=ic_lora, **folders,
+                         preset=parsed.preset,
                          pipeline_kwargs=parsed.merged_kwargs(), backend=parsed.backend,
                          pipeline_class=parsed.pipeline_class,
                          generic_tasks=tuple(sorted(parsed.tasks or ["t2v"], key=TASKS.index)))
@@ -595,12 +611,10 @@ def main(argv=None) -> int:
               f"{info.min_size}..{info.max_size}; memory {cfg.memory.model_dump(exclude_defaults=True)}")
         if cfg.preset:
             print(f"  preset {cfg.preset}: {PRESETS[cfg.preset].description}")
-        if cfg.upsampler:
-            up = upsampler_folder_kind(cfg.upsampler) or "MISSING model_index.json / config.json"
-            print(f"  latent upsampler {cfg.upsampler} [{up}]")
-        if cfg.decoder:
-            kind = upsampler_folder_kind(cfg.decoder) or "MISSING model_index.json / config.json"
-            print(f"  diffusion decoder {cfg.decoder} [{kind}]")
+        for key, (pipeline_name, _) in SECOND_FOLDERS.items():
+            if getattr(cfg, key):
+                kind = upsampler_folder_kind(getattr(cfg, key)) or "MISSING model_index.json / config.json"
+                print(f"  {pipeline_name} {getattr(cfg, key)} [{kind}]")
         if cfg.ic_lora:
             print(f"  IC-LoRA {cfg.ic_lora} [{'ok' if os.path.exists(cfg.ic_lora) else 'MISSING'}]")
     return 1 if problems else 0

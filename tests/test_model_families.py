@@ -252,6 +252,44 @@ def test_ltx2_latent_upsampler_is_the_upscale_post_step_and_keeps_the_sound():
         backend.unload()
 
 
+def test_ltx2_dfr_temporal_refine_rounds_make_the_interpolated_clip_natively(backends):
+    """An ltx2-dfr entry with a `temporal_upsampler` (the model's folder): a job's `interpolate` 2 or 4 is the DFR
+    pass's latents refined by one or two LTX2DFRTemporalRefinePipeline rounds, (T - 1) x k + 1 frames at k x the
+    fps with the DFR pass's sound, progress counting every round's steps; far from optical flow over the plain
+    clip (the rounds re-denoise every frame). Extended jobs and factors the rounds cannot make (3) fall back to
+    optical flow."""
+    from generator import longvideo as lv
+
+    folder = tiny_checkpoints.cached_checkpoint("ltx2-temporal-upsampler")
+    name, (builder, kinds, extra) = "tiny-ltx2-dfr", MODELS["tiny-ltx2-dfr"]
+    cfg = mc.parse_entry("tiny-ltx2-dfr-x4", entry(builder, kinds, temporal_upsampler=folder, **extra),
+                         check_paths=True)
+    assert cfg.model_info().extra["native_interpolate"] == [2, 4]
+    assert backends(name).info.extra["native_interpolate"] == []
+    backend = DiffusersBackend(cfg)
+    try:
+        req = GenerationRequest("a red ball moving right", seed=3)
+        plain = backends(name).generate(req)
+        steps = []
+        x4 = lv.run_job(backend, req, lv.LongVideoOptions(interpolate=4),
+                        progress=lambda s, t, p: steps.append((s, t)))
+        assert [c for c, _ in backend.calls] == ["LTX2DFRPipeline"] + ["LTX2DFRTemporalRefinePipeline"] * 2
+        assert x4.frames.shape == (33, 32, 32, 3) and x4.fps == 32.0
+        assert [s for s, _ in steps] == list(range(1, 21))  # 8 DFR steps, then 4 on each tile: 1, then 2
+        assert {t for _, t in steps} == {20}  # the whole recipe's count from the first step
+        assert x4.audio_sample_rate == plain.audio_sample_rate and len(x4.audio) == round(33 / 32 * 8000)
+        flow = lv.interpolate(plain.frames, 4)
+        assert np.abs(flow.astype(np.int16) - x4.frames).mean() > 5
+        x2 = lv.run_job(backend, req, lv.LongVideoOptions(interpolate=2))
+        assert x2.frames.shape == (17, 32, 32, 3) and x2.fps == 16.0
+        assert np.array_equal(lv.run_job(backend, req, lv.LongVideoOptions(interpolate=2)).frames, x2.frames)
+        backend.calls.clear()
+        x3 = lv.run_job(backend, req, lv.LongVideoOptions(interpolate=3))
+        assert x3.frames.shape == (25, 32, 32, 3) and [c for c, _ in backend.calls] == ["LTX2DFRPipeline"]
+    finally:
+        backend.unload()
+
+
 def test_ltx2_diffusion_decoder_decodes_the_video_and_keeps_the_sound(backends):
     """An LTX-2 entry whose `decoder` is a LTX2VideoDiffusionDecodePipeline folder: the pipeline returns latents,
     the diffusion decoder makes the frames (far from the VAE's: a random decoder, not float noise), seeded by the
@@ -429,6 +467,9 @@ def test_ltx_distilled_preset_runs_its_schedule_without_guidance(tmp_path):
     ({"pipeline": ["ltx2", "ltx2-hdr"], "decoder": "dd"}, "cannot decode ltx2-hdr's HDR latents"),
     ({"pipeline": "ltx2-dfr"}, r"ltx2-dfr is a distilled pass without guidance: .* \(ltx2-distilled\)"),
     ({"pipeline": ["ltx2-dfr", "ltx2"], "preset": "ltx2-distilled"}, None),
+    ({"pipeline": "ltx2-dfr", "preset": "ltx2-distilled", "temporal_upsampler": "tu"}, None),
+    ({"pipeline": "ltx2", "temporal_upsampler": "tu"}, r"none of ltx2 leaves the keyframes .* \(ltx2-dfr does\)"),
+    ({"temporal_upsampler": "tu"}, "none of ltx leaves the keyframes a temporal refine round starts from$"),
     ({"pipeline": "ltx+ltx-i2v"}, None),
     ({"pipeline": "helios-pyramid", "preset": "helios-distilled"}, None),
     ({"pipeline": "helios", "preset": "helios-distilled"}, "is for Helios pyramid"),

@@ -34,7 +34,7 @@ MODELS = {  # name -> (checkpoint builder, pipeline kinds)
     "tiny-ltx2": ("ltx2", ["ltx2", "ltx2-i2v"]),
     "tiny-ltx2-ic": ("ltx2", "ltx2-ic-lora"),  # control only, no IC-LoRA file: the base model reads the reference
     "tiny-ltx2-hdr": ("ltx2", "ltx2-hdr"),  # the reference re-made in linear HDR, tone-mapped into the SDR MP4
-    "tiny-ltx2-dd": ("ltx2", "ltx2"),  # decoded by LTX-2.5's diffusion decoder (DECODERS)
+    "tiny-ltx2-dd": ("ltx2", "ltx2"),  # decoded by LTX-2.5's diffusion decoder (SECOND_FOLDERS)
     "tiny-ltx2-dfr": ("ltx2-dfr", "ltx2-dfr"),  # LTX-2.5's DFR pass: distilled, no guidance (ENTRY_KEYS)
     "tiny-wan22": ("wan2.2-ti2v", ["wan2.2", "wan2.2-i2v"]),
     "tiny-wan-v2v": ("wan2.2-a14b", ["wan", "wan-v2v"]),
@@ -49,8 +49,9 @@ MODELS = {  # name -> (checkpoint builder, pipeline kinds)
     "tiny-chronoedit": ("chronoedit", "chronoedit"),
     "tiny-kandinsky6": ("kandinsky6", "kandinsky6"),
 }
-UPSAMPLERS = {"tiny-ltx2": "ltx2-upsampler"}  # model -> its latent upsampler's checkpoint builder
-DECODERS = {"tiny-ltx2-dd": "ltx2-decoder"}  # model -> its diffusion decoder's checkpoint builder
+# entry key -> {model -> the checkpoint builder of that folder}: latent upsampler, diffusion decoder, temporal upsampler
+SECOND_FOLDERS = {"upsampler": {"tiny-ltx2": "ltx2-upsampler"}, "decoder": {"tiny-ltx2-dd": "ltx2-decoder"},
+                  "temporal_upsampler": {"tiny-ltx2-dfr": "ltx2-temporal-upsampler"}}
 ENTRY_KEYS = {"tiny-ltx2-dfr": {"preset": "ltx2-distilled", "defaults": {"steps": 8}}}  # model -> what it adds
 # ChronoEdit keeps its family's frame limit (the image and its edit: 5 frames)
 OWN_FRAMES = {"tiny-chronoedit": 5}
@@ -78,12 +79,10 @@ def stack(tmp_path_factory):
         if name in OWN_FRAMES:
             models[name]["limits"] = {k: v for k, v in SMALL.items() if k != "max_frames"}
             models[name]["defaults"]["frames"] = OWN_FRAMES[name]
-        if name in UPSAMPLERS:
-            save_tiny_checkpoint(UPSAMPLERS[name], str(tmp / "checkpoints" / f"{name}-upsampler"))
-            models[name]["upsampler"] = f"checkpoints/{name}-upsampler"
-        if name in DECODERS:
-            save_tiny_checkpoint(DECODERS[name], str(tmp / "checkpoints" / f"{name}-decoder"))
-            models[name]["decoder"] = f"checkpoints/{name}-decoder"
+        for key, builders in SECOND_FOLDERS.items():
+            if name in builders:
+                save_tiny_checkpoint(builders[name], str(tmp / "checkpoints" / f"{name}-{key}"))
+                models[name][key] = f"checkpoints/{name}-{key}"
     print(f"tiny checkpoints built in {time.monotonic() - t0:.1f} s")
     svc = Stack(tmp, models=models)
     try:
@@ -205,6 +204,26 @@ def test_ltx2_dfr_text_and_image_jobs_carry_their_sound_and_refuse_guidance(stac
     status, _, body = http("POST", stack.base + "/api/jobs", {**JOB, **job, "prompt": "a cat", "guidance_scale": 3.0},
                            headers={"Origin": stack.origin})
     assert status == 400 and json.loads(body)["field"] == "guidance_scale", body
+
+
+def test_ltx2_dfr_interpolate_is_made_by_temporal_refine_rounds_with_its_sound(stack):
+    """With a temporal upsampler, an LTX-2.5 DFR job's `interpolate` 4 is two temporal refine rounds after the DFR
+    pass, on the worker: 4 x the frames (less 3) at 4 x the fps, the DFR pass's sound as long as the video,
+    progress over every round's steps (2 DFR steps, then 4 per tile: one tile, then two). GET /api/models says
+    which factors the model makes itself."""
+    status, _, body = http("GET", stack.base + "/api/models")
+    extra = {m["name"]: m["extra"] for m in json.loads(body)["models"]}
+    assert extra["tiny-ltx2-dfr"]["native_interpolate"] == [2, 4] and extra["tiny-ltx2"]["native_interpolate"] == []
+    out = watch(stack, {"x4": {"model": "tiny-ltx2-dfr", "num_frames": 9, "interpolate": 4}})["x4"]
+    done = completed(out)
+    assert done["has_audio"] is True and [m["total_steps"] for m in out if m["type"] == "progress"][-1] == 2 + 4 + 8
+    mp4 = fetch_video(stack, done)
+    frames, fps = decode_video(mp4)
+    assert frames.shape == (33, 32, 32, 3) and fps == 32
+    with av.open(io.BytesIO(mp4)) as container:
+        video, sound = container.streams.video[0], container.streams.audio[0]
+        assert float(sound.duration * sound.time_base) == pytest.approx(
+            float(video.duration * video.time_base), abs=0.05)
 
 
 def test_kandinsky6_text_and_image_jobs_carry_their_sound(stack):

@@ -223,6 +223,15 @@ def ltx2_upsampler_pipeline():
     return LTX2LatentUpsamplePipeline(vae=vae, latent_upsampler=upsampler)
 
 
+def ltx2_temporal_upsampler():
+    """LTX-2.5's temporal latent upsampler (x2 in time: F latent frames -> 2F - 1), as the model folder alone."""
+    from diffusers.pipelines.ltx2 import LTX2LatentUpsamplerModel
+
+    torch.manual_seed(0)
+    return LTX2LatentUpsamplerModel(in_channels=4, mid_channels=32, num_blocks_per_stage=1, dims=3,
+                                    spatial_upsample=False, temporal_upsample=True)
+
+
 def ltx2_decoder_pipeline():
     """LTX-2.5's diffusion decoder for the tiny LTX-2 (4 latent channels, 2x spatial and 2x temporal
     compression: one x2-in-time upsampling stage, then 2x2 pixel patches), as a pipeline folder whose
@@ -679,6 +688,7 @@ BUILDERS = {
     "ltx2-dfr": ltx2_dfr_pipeline,
     "ltx2-upsampler": ltx2_upsampler_pipeline,
     "ltx2-decoder": ltx2_decoder_pipeline,
+    "ltx2-temporal-upsampler": ltx2_temporal_upsampler,
     "wan": wan_pipeline,
     "wan-i2v": lambda: wan_pipeline(image_to_video=True),
     "wan2.2-ti2v": wan22_ti2v_pipeline,

@@ -67,6 +67,8 @@ class PipelineKind:
     # False: a distilled pass with no classifier-free guidance (no guidance_scale): its entries need a preset
     # with guidance 1, so no job asks for guidance it would not get
     guidance: bool = True
+    # its latent output carries the keyframes a temporal refine round (Family.temporal_upsampler) starts from
+    temporal_refine: bool = False
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,9 @@ class Family:
     # diffusion decode pipeline class (latents -> pixels in place of the VAE decoder), from the entry's "decoder"
     decoder: Optional[str] = None
     vae_dtype: Optional[str] = None  # default VAE dtype when the entry names none
+    # temporal refine pipeline class (frame rate x2 a round, on a temporal_refine kind's latents), run with the
+    # temporal latent upsampler of the entry's "temporal_upsampler" folder
+    temporal_upsampler: Optional[str] = None
 
     def tasks(self, kinds) -> set:
         return {task for kind in kinds for task in self.kinds[kind].tasks}

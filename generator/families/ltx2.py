@@ -16,6 +16,11 @@ only. The MP4 is SDR H.264 like every job's: `generator.hdr.to_display` clips at
 transfer, as diffusers' `encode_hdr_tensor_to_mp4` and Lightricks' reference export do; the linear frames are
 kept as the job's HDR10 master (`generator.hdr.encode_hdr10`, the job's `hdr_url`).
 
+An entry with `ltx2-dfr` and a `temporal_upsampler` (LTX-2.5's temporal latent upsampler) makes a job's
+`interpolate` 2 or 4 natively, as LTX-2.5's recipe does (LTX2DFRTemporalRefinePipeline,
+`generate_interpolated`): the DFR pass leaves its latents, keyframes and sound latents, and each round doubles
+the latent frames and re-denoises the canvas tile by tile between the keyframes; the sound is the DFR pass's.
+
 An entry's `decoder` (LTX-2.5's diffusion decoder, LTX2VideoDiffusionDecodePipeline) decodes the video latents
 in place of the VAE: the pipelines run with output_type="latent" (denormalised video latents, and the audio
 latents, which are decoded here as the pipelines decode them), the decoder denoises pixels from them with a
@@ -23,7 +28,9 @@ generator seeded with the job's seed.
 """
 from __future__ import annotations
 
+import math
 import os
+from dataclasses import replace
 
 import numpy as np
 
@@ -35,6 +42,8 @@ ADAPTER_NAME = "ic_lora"
 
 
 DFR_CLASS = "LTX2DFRPipeline"
+TEMPORAL_REFINE_CLASS = "LTX2DFRTemporalRefinePipeline"
+TEMPORAL_FACTORS = (2, 4)  # one or two temporal refine rounds
 DFR_DEFAULT_SIGMAS = 8  # len(diffusers' DISTILLED_SIGMA_VALUES), what LTX2DFRPipeline runs unless given sigmas
 
 
@@ -44,6 +53,22 @@ def dfr_sigmas(steps: int) -> list | None:
     if steps == DFR_DEFAULT_SIGMAS:
         return None
     return [float(s) for s in np.linspace(1.0, 1.0 / steps, steps)]
+
+
+def refine_round_steps(num_frames: int, rounds: int, temporal_ratio: int) -> list:
+    """Denoising steps of each temporal refine round after a DFR pass of `num_frames`: its sigmas on each tile of
+    the round's canvas, which is split on the keyframe seams (diffusers' own canvas and tile plans)."""
+    from diffusers.pipelines.ltx2.dfr_layout import resolve_canvas, temporal_tile_plan
+    from diffusers.pipelines.ltx2.utils import TEMPORAL_ROUND_DISTILLED_SIGMA_VALUES
+
+    canvas, segment, positions = resolve_canvas(num_frames, temporal_ratio)
+    steps = []
+    for r in range(1, rounds + 1):
+        canvas = 2 * (canvas - 1) + 1
+        tiles = temporal_tile_plan([2 * p for p in positions], canvas, 2 ** r, temporal_ratio)
+        steps.append(len(TEMPORAL_ROUND_DISTILLED_SIGMA_VALUES) * len(tiles))
+        positions = list(range(segment, canvas, segment))  # the keyframes a round carries: every segment's end
+    return steps
 
 
 def lora_file(path: str) -> str:
@@ -69,6 +94,57 @@ class LTX2Adapter(LTXAdapter):
 
     def call_arguments(self, req) -> dict:
         return {"frame_rate": float(req.fps)}
+
+    def capabilities(self) -> dict:
+        out = super().capabilities()
+        if self.config.temporal_upsampler:
+            out.update(native_interpolate_factors=TEMPORAL_FACTORS, generate_interpolated=self.generate_interpolated)
+        return out
+
+    # ---------------------------------------------------------------- temporal refine rounds
+    def generate_interpolated(self, request, factor: int, progress=None, should_cancel=None):
+        """The clip at `factor` x its frame rate ((T - 1) x factor + 1 frames): the DFR pass with latent output,
+        then one temporal refine round per doubling, the last one decoded. None when the request's task runs
+        another kind (which leaves no keyframes to refine from: flow interpolation follows)."""
+        from diffusers.pipelines.ltx2.utils import TEMPORAL_ROUND_DISTILLED_SIGMA_VALUES
+
+        backend = self.backend
+        req = backend.checked(request)
+        task = backend.task_for(req)
+        pipe = backend.pipe_for(task)
+        if factor not in TEMPORAL_FACTORS or not self.family.kinds[self.config.tasks[task]].temporal_refine:
+            return None
+        rounds = refine_round_steps(req.num_frames, int(math.log2(factor)), pipe.vae_temporal_compression_ratio)
+        total = req.steps + sum(rounds)
+        done = [0]
+
+        def counted(step, _, preview):  # one call's steps -> the recipe's (the rounds' tiles have no preview)
+            progress(done[0] + step, max(total, done[0] + step), preview if done[0] == 0 else None)
+
+        report = counted if progress is not None else None
+        call = dict(self.task_inputs(pipe, task, req), output_type="latent")
+        output = backend.run(pipe, task, req, call, report, should_cancel, raw=True)
+        done[0] = req.steps
+        canvas = (output.frames.shape[2] - 1) * pipe.vae_temporal_compression_ratio + 1  # padded to whole segments
+        for r in range(1, len(rounds) + 1):
+            fps = req.fps * 2 ** (r - 1)
+            call = {"latents": output.frames, "keyframes_latents": output.keyframes,
+                    "keyframe_positions": output.keyframe_positions, "audio_latents": output.audio,
+                    "num_frames": 2 ** (r - 1) * (canvas - 1) + 1, "frame_rate": float(fps),
+                    "source_seconds": canvas / float(req.fps), "round_index": r,
+                    "sigmas": list(TEMPORAL_ROUND_DISTILLED_SIGMA_VALUES)}  # its own, not the entry's DFR schedule
+            if r < len(rounds):
+                output = backend.run(backend.temporal_refiner, task, req, dict(call, output_type="latent"), report,
+                                     should_cancel, raw=True)
+                done[0] += rounds[r - 1]
+        final = replace(req, fps=req.fps * factor)
+        result = backend.run(backend.temporal_refiner, task, final, call, report, should_cancel,
+                             num_frames=factor * (canvas - 1) + 1)
+        keep = factor * (req.num_frames - 1) + 1  # the canvas's padding off the end
+        result.frames = result.frames[:keep]
+        if result.audio is not None:
+            result.audio = result.audio[:round(keep / final.fps * result.audio_sample_rate)]
+        return result
 
     # ---------------------------------------------------------------- the diffusion decoder
     def decode_video(self, latents, seed: int):
@@ -141,9 +217,10 @@ FAMILIES = (
         # an SDR video -> the same content in linear HDR (with the HDR IC-LoRA), no sound
         "ltx2-hdr": PipelineKind("LTX2HDRPipeline", ("control",), ic_lora=True, sound=False, hdr=True),
         # LTX-2.5's Diffusion Fidelity Rendering pass (distilled, no guidance; keyframe slots), one pass at the size
-        "ltx2-dfr": PipelineKind(DFR_CLASS, ("t2v", "i2v", "condition"), guidance=False),
+        "ltx2-dfr": PipelineKind(DFR_CLASS, ("t2v", "i2v", "condition"), guidance=False, temporal_refine=True),
     }, vae="AutoencoderKLLTX2Video", frame_multiple=8, frame_offset=1, min_frames=9, max_frames=257,
         size_multiple=32, max_size=1280, default_width=768, default_height=512, default_frames=121,
         default_steps=30, default_guidance=3.0, default_fps=24.0, adapter=LTX2Adapter, audio=True,
-        upsampler="LTX2LatentUpsamplePipeline", decoder="LTX2VideoDiffusionDecodePipeline"),
+        upsampler="LTX2LatentUpsamplePipeline", decoder="LTX2VideoDiffusionDecodePipeline",
+        temporal_upsampler=TEMPORAL_REFINE_CLASS),
 )

@@ -23,10 +23,18 @@ def stack(live_service):
     return live_service  # the shared stack (tests/conftest.py: LIVE_MAX_LEAD_S 1, LIVE_STATUS_EVERY 1)
 
 
-def open_page(browser, url):  # noqa: F811
+def open_page(browser, url, lose: str = ""):  # noqa: F811
+    """A lobby page; with `lose`, the lobby messages of that type never reach it (the websocket is routed
+    through Playwright, which passes everything else on)."""
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     page.errors = []
     page.on("pageerror", lambda exc: page.errors.append(str(exc)))
+    if lose:
+        def route(socket):
+            server = socket.connect_to_server()
+            socket.on_message(server.send)
+            server.on_message(lambda message: None if json.loads(message).get("type") == lose else socket.send(message))
+        page.route_web_socket(re.compile(r"/ws/lobby/"), route)
     page.goto(url + "/")
     playwright_api.expect(page.get_by_test_id("conn-status")).to_have_attribute("data-state", "open",
                                                                                 timeout=20_000)
@@ -55,7 +63,7 @@ def stop_live_videos(page) -> None:
 def test_start_watch_steer_and_stop_a_live_video(stack, browser, tmp_path):  # noqa: F811
     expect = playwright_api.expect
     owner = open_page(browser, stack.base)
-    viewer = None
+    viewer = deaf = None
     try:
         expect(owner.locator("#model option[value=builtin]")).to_have_count(1, timeout=20_000)
         owner.check("#live")
@@ -88,6 +96,11 @@ def test_start_watch_steer_and_stop_a_live_video(stack, browser, tmp_path):  # n
         expect(seen.get_by_test_id("job-stop")).to_be_hidden()  # not theirs to stop
         expect(seen.get_by_test_id("job-cancel")).to_be_hidden()
         wait_playing(viewer, seen.get_by_test_id("job-stream"), 1.0)
+        # and one whose `steered` is lost on the way (a busy lobby): the next live_status names the prompt in
+        # force, and the page takes the timeline from the server
+        deaf = open_page(browser, stack.base, lose="steered")
+        unsteered = deaf.locator(f'[data-testid=job][data-job-id="{job_id}"]')
+        expect(unsteered.get_by_test_id("job-live-badge")).to_be_visible(timeout=20_000)
 
         # steer: the prompt box stays editable, Enter sends it; the timeline gets the new prompt
         owner.fill("#prompt", UP)
@@ -100,6 +113,9 @@ def test_start_watch_steer_and_stop_a_live_video(stack, browser, tmp_path):  # n
         shown = job.get_by_test_id("live-steer-latency").inner_text()
         assert re.fullmatch(r"\d+\.\d\d s", shown) and abs(float(shown[:-2]) - latency) <= 0.006, (shown, latency)
         expect(seen.get_by_test_id("timeline-entry")).to_have_count(2, timeout=30_000)  # the audience sees it
+        expect(unsteered.get_by_test_id("timeline-entry")).to_have_count(2, timeout=30_000)
+        expect(unsteered.get_by_test_id("timeline-entry").nth(1)).to_contain_text(UP)
+        expect(unsteered.get_by_test_id("job-prompt")).to_have_text(UP)
         expect(job.get_by_test_id("job-prompt")).to_have_text(UP)
         wait_playing(owner, stream, 0)  # still playing after the steer
         shot = Path(os.environ.get("BROWSER_SCREENSHOT", tmp_path / "live.png"))
@@ -124,12 +140,13 @@ def test_start_watch_steer_and_stop_a_live_video(stack, browser, tmp_path):  # n
         assert status == 200
         record = json.loads(body)["job"]
         assert record["timeline"] == [{"from_frame": 0, "prompt": RIGHT}, {"from_frame": from_frame, "prompt": UP}]
-        assert not owner.errors and not viewer.errors, owner.errors + viewer.errors
+        assert not owner.errors and not viewer.errors and not deaf.errors, owner.errors + viewer.errors + deaf.errors
     finally:
         stop_live_videos(owner)
         owner.close()
-        if viewer is not None:
-            viewer.close()
+        for page in (viewer, deaf):
+            if page is not None:
+                page.close()
 
 
 def test_live_mode_over_the_phoenix_protocol(stack, browser):  # noqa: F811

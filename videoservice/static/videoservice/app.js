@@ -725,6 +725,22 @@
     }
   }
 
+  /** The timeline as the server keeps it, when a live_status says another prompt is in force than the
+   * newest entry here: a `steered` this page missed (a lobby message lost under load) is not lost. */
+  async function refreshTimeline(card, jobId) {
+    if (card.dataset.timelineFetch) return;
+    card.dataset.timelineFetch = "1";
+    try {
+      const job = await api("GET", "/api/jobs/" + encodeURIComponent(jobId));
+      const j = job && job.job ? job.job : job;
+      if (j && j.timeline && j.timeline.length) {
+        setTimeline(card, j.timeline);
+        $(".job-prompt-text", card).textContent = j.timeline[j.timeline.length - 1].prompt;
+      }
+    } catch (e) { /* the next live_status asks again */ }
+    delete card.dataset.timelineFetch;
+  }
+
   /** A live event (live_status, steering, steered, stopping); true when `msg` was one. */
   function handleLive(msg) {
     switch (msg.type) {
@@ -738,6 +754,8 @@
         rtf.classList.toggle("slow", msg.realtime_factor < 1);
         rtf.title = msg.realtime_factor < 1 ? "made slower than it plays: expect stalls" : "seconds of video made per second";
         $("[data-testid=live-frames]", card).textContent = String(msg.frames);
+        const entries = state.timelines.get(card) || [];
+        if (!entries.length || entries[entries.length - 1].prompt !== msg.prompt) refreshTimeline(card, msg.job_id);
         return true;
       }
       case "steering": {  // taken; `steered` follows when its first frame streams

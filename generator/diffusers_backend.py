@@ -9,7 +9,7 @@ the configured pipeline kind that serves it, and the request's inputs to that pi
 arguments (`adapter.task_inputs`). Long videos (generator.longvideo) and live jobs (generator.live)
 use the optional capabilities the adapter offers (`continuation_frames`, `generate_long`,
 `live_chunks`), plus `upscale_video` / `latent_upscale_factors` when a latent upsampler is configured and
-`generate_interpolated` / `native_interpolate_factors` when a temporal upsampler is (LTX-2.5's refine rounds).
+`generate_refined` / `native_factors` where the model makes `upscale` / `interpolate` itself (LTX-2.5's recipe).
 With a diffusion decoder configured (`decoder`: LTX-2.5's), every call asks the pipeline for latents and the
 adapter decodes them (`adapter.decoded`), the upsampler's passes too (`adapter.decode_video`).
 
@@ -107,7 +107,7 @@ class DiffusersBackend(Backend):
         self._preview_ready = False
         self.adapter: FamilyAdapter = (self.family.adapter or FamilyAdapter)(self)
         self.live_mode = self.adapter.live  # "native" (live_chunks) or "continuation"
-        # continuation_frames, generate_long, live_chunks, generate_interpolated (+ native_interpolate_factors)
+        # continuation_frames, generate_long, live_chunks, generate_refined (+ native_factors)
         for name, method in self.adapter.capabilities().items():
             setattr(self, name, method)
         if config.upsampler:
@@ -186,12 +186,12 @@ class DiffusersBackend(Backend):
             self.decoder.diffusion_decoder.enable_tiling()
 
     def _load_temporal_refiner(self) -> None:
-        """The refine rounds run on the temporal_refine kind's own components (its transformer, VAE, text encoder,
+        """The refine rounds run on the keyframes kind's own components (its transformer, VAE, text encoder,
         sound parts), with an ancestral scheduler (eta 0.5, LTX-2.5's recipe) unless the folder brings one."""
         import diffusers
 
         fam = self.family
-        kind = next(k for k in self.config.kinds if fam.kinds[k].temporal_refine)
+        kind = next(k for k in self.config.kinds if fam.kinds[k].keyframes)
         source = self.pipes[kind]
         pipeline_cls = getattr(diffusers, fam.temporal_upsampler)
         parts = {name: component for name, component in source.components.items()
@@ -490,7 +490,7 @@ class DiffusersBackend(Backend):
                 torch.manual_seed(int(req.seed))
                 output = pipe(**call)
                 if cfg.decoder and not raw:  # latents: the diffusion decoder makes the frames
-                    output = self.adapter.decoded(pipe, output, int(req.seed))
+                    output = self.adapter.decoded(pipe, output, int(req.seed), num_frames or req.num_frames)
         except Cancelled:
             raise
         except Exception as exc:
@@ -535,11 +535,13 @@ class DiffusersBackend(Backend):
                                   hdr_frames=linear)
         audio = getattr(output, "audio", None)
         if audio is not None:  # LTX-2, Kandinsky 6: the sound track made with the video
-            track, rate = self.adapter.audio_track(pipe, audio)
-            result.audio = fit_audio(np.clip(track, -1.0, 1.0).astype(np.float32),
-                                     round(num_frames / float(req.fps) * rate))
-            result.audio_sample_rate = rate
+            result.audio, result.audio_sample_rate = self.track_of(pipe, audio, num_frames, float(req.fps))
         return result
+
+    def track_of(self, pipe, audio, num_frames: int, fps: float) -> tuple:
+        """A pipeline's sound output -> (samples x channels float32, as long as `num_frames` at `fps`; its rate)."""
+        track, rate = self.adapter.audio_track(pipe, audio)
+        return fit_audio(np.clip(track, -1.0, 1.0).astype(np.float32), round(num_frames / fps * rate)), rate
 
     def _free_after_call(self, pipe) -> None:
         for p in {id(pipe): pipe, id(self.primary): self.primary}.values():

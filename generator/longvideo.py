@@ -33,10 +33,11 @@ diffusers backend sets them when its configuration allows, see docs/models.md):
   `latent_upscale_factors`: super-resolution in latent space (LTX's latent upsampler), used by
   `run_job` (and so `hierarchical`) instead of the pixel-space `upscale_frames`, on the whole
   video at once (one VAE pass: its batches would not join seamlessly).
-- `generate_interpolated(request, factor, progress, should_cancel) -> GenerationResult | None` for the
-  factors in `native_interpolate_factors`: the one clip made at `factor` x its fps by the model itself
-  (LTX-2.5's temporal refine rounds after its DFR pass), used by `run_job` instead of flow interpolation
-  when the job is one chunk; None when this request's task cannot (flow interpolation follows).
+- `generate_refined(request, upscale, interpolate, progress, should_cancel) -> GenerationResult | None`
+  for the factors in `native_factors` ({"upscale": [...], "interpolate": [...]}; 1: not asked): the one
+  clip made at `upscale` x its size and `interpolate` x its fps by the model itself (LTX-2.5's second pass
+  and temporal refine rounds after its DFR pass), used by `run_job` for a one-chunk job instead of those
+  post-steps; None when this request's task cannot (the post-steps follow).
 
 A sound track (GenerationResult.audio) follows the video: chunks' tracks are cross-faded over the
 shared frames; upscaling and interpolation keep the duration, so they keep the track.
@@ -394,10 +395,13 @@ def run_job(backend: Backend, request: GenerationRequest, options: Optional[Long
             on_frames(frames)
     extending = options.num_chunks > 1 or options.duration_s is not None
     native = None
-    if not extending and options.interpolate in getattr(backend, "native_interpolate_factors", ()):
-        native = backend.generate_interpolated(req, options.interpolate, progress, should_cancel)
-    if native is not None:  # made at the final frame rate: nothing left to interpolate
-        options = replace(options, interpolate=1)
+    factors = getattr(backend, "native_factors", {})
+    upscale = options.upscale if options.upscale in factors.get("upscale", ()) else 1
+    interpolate = options.interpolate if options.interpolate in factors.get("interpolate", ()) else 1
+    if not extending and (upscale, interpolate) != (1, 1):
+        native = backend.generate_refined(req, upscale, interpolate, progress, should_cancel)
+    if native is not None:  # what the model made itself is not done again
+        options = replace(options, upscale=options.upscale // upscale, interpolate=options.interpolate // interpolate)
     finish = _Finisher(options, workers, should_cancel, keep, backend)
     if native is not None:
         result = native

@@ -253,8 +253,8 @@ class ModelEntry(_Strict):
             raise ConfigError(f"'upsampler' is set but {fam.description} has no latent upsampler", field="upsampler")
         if self.decoder is not None and fam.decoder is None:
             raise ConfigError(f"'decoder' is set but {fam.description} has no diffusion decoder", field="decoder")
-        if self.temporal_upsampler is not None and not any(fam.kinds[k].temporal_refine for k in self.pipeline):
-            refiners = [k for k, pk in fam.kinds.items() if pk.temporal_refine]
+        if self.temporal_upsampler is not None and not any(fam.kinds[k].keyframes for k in self.pipeline):
+            refiners = [k for k, pk in fam.kinds.items() if pk.keyframes]
             raise ConfigError(f"'temporal_upsampler' is set but none of {', '.join(self.pipeline)} leaves the "
                               f"keyframes a temporal refine round starts from"
                               + (f" ({' or '.join(refiners)} does)" if refiners else ""), field="temporal_upsampler")
@@ -359,6 +359,15 @@ class ModelConfig:
                 out.setdefault(task, kind)
         return out
 
+    @property
+    def native_factors(self) -> dict:
+        """The `upscale` / `interpolate` factors the model makes itself from a kind's keyframe slots (LTX-2.5's
+        recipe): upscale 2 with a latent upsampler (a second pass at twice the size), interpolate 2 and 4 with a
+        temporal upsampler (refine rounds). Other factors, and other kinds' jobs, take the generic post-steps."""
+        keyframes = any(self.family_info.kinds[k].keyframes for k in self.kinds)
+        return {"upscale": [2] if keyframes and self.upsampler else [],
+                "interpolate": [2, 4] if keyframes and self.temporal_upsampler else []}
+
     def model_info(self) -> ModelInfo:
         fam = self.family_info
         d, lim = self.defaults, self.limits
@@ -399,8 +408,7 @@ class ModelConfig:
                 "live": fam.live,  # "native": made chunk by chunk with the model's own history
                 "upsampler": self.upsampler is not None,
                 "decoder": self.decoder is not None,
-                # interpolate factors the model makes itself (temporal refine rounds), not by optical flow
-                "native_interpolate": [2, 4] if self.temporal_upsampler else [],
+                "native_factors": self.native_factors,
                 "ic_lora": self.ic_lora is not None,
                 "preset": self.preset,
                 "queue": self.queue or self.name,

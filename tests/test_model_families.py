@@ -252,20 +252,22 @@ def test_ltx2_latent_upsampler_is_the_upscale_post_step_and_keeps_the_sound():
         backend.unload()
 
 
-def test_ltx2_dfr_temporal_refine_rounds_make_the_interpolated_clip_natively(backends):
-    """An ltx2-dfr entry with a `temporal_upsampler` (the model's folder): a job's `interpolate` 2 or 4 is the DFR
-    pass's latents refined by one or two LTX2DFRTemporalRefinePipeline rounds, (T - 1) x k + 1 frames at k x the
-    fps with the DFR pass's sound, progress counting every round's steps; far from optical flow over the plain
-    clip (the rounds re-denoise every frame). Extended jobs and factors the rounds cannot make (3) fall back to
-    optical flow."""
+def test_ltx2_dfr_makes_upscale_and_interpolate_itself_from_its_keyframe_slots(backends):
+    """An ltx2-dfr entry with an `upsampler` and a `temporal_upsampler` (LTX-2.5's composed recipe): a job's
+    `upscale` 2 is a second DFR pass at twice the size from the upsampled latents and slots, its `interpolate` 2 or
+    4 one or two LTX2DFRTemporalRefinePipeline rounds ((T - 1) x k + 1 frames at k x the fps); the sound is the
+    first pass's, progress counts every pass's steps, and the clips are far from the generic post-steps over the
+    plain clip (resize, optical flow). Extended jobs and factors the recipe cannot make (3) take the generic ones."""
     from generator import longvideo as lv
+    from generator.postprocess import resize_frames
 
     folder = tiny_checkpoints.cached_checkpoint("ltx2-temporal-upsampler")
     name, (builder, kinds, extra) = "tiny-ltx2-dfr", MODELS["tiny-ltx2-dfr"]
-    cfg = mc.parse_entry("tiny-ltx2-dfr-x4", entry(builder, kinds, temporal_upsampler=folder, **extra),
+    cfg = mc.parse_entry("tiny-ltx2-dfr-1080p", entry(builder, kinds, temporal_upsampler=folder, **extra,
+                                                      upsampler=tiny_checkpoints.cached_checkpoint("ltx2-upsampler")),
                          check_paths=True)
-    assert cfg.model_info().extra["native_interpolate"] == [2, 4]
-    assert backends(name).info.extra["native_interpolate"] == []
+    assert cfg.model_info().extra["native_factors"] == {"upscale": [2], "interpolate": [2, 4]}
+    assert backends(name).info.extra["native_factors"] == {"upscale": [], "interpolate": []}
     backend = DiffusersBackend(cfg)
     try:
         req = GenerationRequest("a red ball moving right", seed=3)
@@ -275,14 +277,21 @@ def test_ltx2_dfr_temporal_refine_rounds_make_the_interpolated_clip_natively(bac
                         progress=lambda s, t, p: steps.append((s, t)))
         assert [c for c, _ in backend.calls] == ["LTX2DFRPipeline"] + ["LTX2DFRTemporalRefinePipeline"] * 2
         assert x4.frames.shape == (33, 32, 32, 3) and x4.fps == 32.0
-        assert [s for s, _ in steps] == list(range(1, 21))  # 8 DFR steps, then 4 on each tile: 1, then 2
-        assert {t for _, t in steps} == {20}  # the whole recipe's count from the first step
+        assert steps == [(s, 20) for s in range(1, 21)]  # 8 DFR steps, then 4 on each tile: 1, then 2
         assert x4.audio_sample_rate == plain.audio_sample_rate and len(x4.audio) == round(33 / 32 * 8000)
-        flow = lv.interpolate(plain.frames, 4)
-        assert np.abs(flow.astype(np.int16) - x4.frames).mean() > 5
+        assert np.abs(lv.interpolate(plain.frames, 4).astype(np.int16) - x4.frames).mean() > 5
         x2 = lv.run_job(backend, req, lv.LongVideoOptions(interpolate=2))
         assert x2.frames.shape == (17, 32, 32, 3) and x2.fps == 16.0
-        assert np.array_equal(lv.run_job(backend, req, lv.LongVideoOptions(interpolate=2)).frames, x2.frames)
+        backend.calls.clear()
+        steps.clear()
+        big = lv.run_job(backend, req, lv.LongVideoOptions(upscale=2), progress=lambda s, t, p: steps.append((s, t)))
+        assert [c for c, _ in backend.calls] == ["LTX2DFRPipeline"] * 2 and steps == [(s, 11) for s in range(1, 12)]
+        assert big.frames.shape == (9, 64, 64, 3) and big.fps == 8.0
+        np.testing.assert_allclose(big.audio, plain.audio, atol=1e-5)  # the first pass's sound, as without it
+        assert np.abs(resize_frames(plain.frames, (64, 64)).astype(np.int16) - big.frames).mean() > 5
+        both = lv.run_job(backend, req, lv.LongVideoOptions(upscale=2, interpolate=2))
+        assert both.frames.shape == (17, 64, 64, 3) and both.fps == 16.0
+        assert [c for c, _ in backend.calls][2:] == ["LTX2DFRPipeline"] * 2 + ["LTX2DFRTemporalRefinePipeline"]
         backend.calls.clear()
         x3 = lv.run_job(backend, req, lv.LongVideoOptions(interpolate=3))
         assert x3.frames.shape == (25, 32, 32, 3) and [c for c, _ in backend.calls] == ["LTX2DFRPipeline"]

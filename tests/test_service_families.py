@@ -50,7 +50,8 @@ MODELS = {  # name -> (checkpoint builder, pipeline kinds)
     "tiny-kandinsky6": ("kandinsky6", "kandinsky6"),
 }
 # entry key -> {model -> the checkpoint builder of that folder}: latent upsampler, diffusion decoder, temporal upsampler
-SECOND_FOLDERS = {"upsampler": {"tiny-ltx2": "ltx2-upsampler"}, "decoder": {"tiny-ltx2-dd": "ltx2-decoder"},
+SECOND_FOLDERS = {"upsampler": {"tiny-ltx2": "ltx2-upsampler", "tiny-ltx2-dfr": "ltx2-upsampler"},
+                  "decoder": {"tiny-ltx2-dd": "ltx2-decoder"},
                   "temporal_upsampler": {"tiny-ltx2-dfr": "ltx2-temporal-upsampler"}}
 ENTRY_KEYS = {"tiny-ltx2-dfr": {"preset": "ltx2-distilled", "defaults": {"steps": 8}}}  # model -> what it adds
 # ChronoEdit keeps its family's frame limit (the image and its edit: 5 frames)
@@ -206,20 +207,21 @@ def test_ltx2_dfr_text_and_image_jobs_carry_their_sound_and_refuse_guidance(stac
     assert status == 400 and json.loads(body)["field"] == "guidance_scale", body
 
 
-def test_ltx2_dfr_interpolate_is_made_by_temporal_refine_rounds_with_its_sound(stack):
-    """With a temporal upsampler, an LTX-2.5 DFR job's `interpolate` 4 is two temporal refine rounds after the DFR
-    pass, on the worker: 4 x the frames (less 3) at 4 x the fps, the DFR pass's sound as long as the video,
-    progress over every round's steps (2 DFR steps, then 4 per tile: one tile, then two). GET /api/models says
-    which factors the model makes itself."""
+def test_ltx2_dfr_upscale_and_interpolate_are_made_by_its_refine_passes_with_its_sound(stack):
+    """With a latent upsampler and a temporal upsampler, an LTX-2.5 DFR job's `upscale` 2 and `interpolate` 2 are
+    LTX-2.5's recipe on the worker: a second DFR pass at twice the size, then a temporal refine round: twice the
+    frames (less one) at twice the size and fps, the first pass's sound as long as the video, progress over every
+    pass's steps (2 + 3 + 4). GET /api/models says which factors each model makes itself."""
     status, _, body = http("GET", stack.base + "/api/models")
     extra = {m["name"]: m["extra"] for m in json.loads(body)["models"]}
-    assert extra["tiny-ltx2-dfr"]["native_interpolate"] == [2, 4] and extra["tiny-ltx2"]["native_interpolate"] == []
-    out = watch(stack, {"x4": {"model": "tiny-ltx2-dfr", "num_frames": 9, "interpolate": 4}})["x4"]
+    assert extra["tiny-ltx2-dfr"]["native_factors"] == {"upscale": [2], "interpolate": [2, 4]}
+    assert extra["tiny-ltx2"]["native_factors"] == {"upscale": [], "interpolate": []}
+    out = watch(stack, {"job": {"model": "tiny-ltx2-dfr", "num_frames": 9, "upscale": 2, "interpolate": 2}})["job"]
     done = completed(out)
-    assert done["has_audio"] is True and [m["total_steps"] for m in out if m["type"] == "progress"][-1] == 2 + 4 + 8
+    assert done["has_audio"] is True and [m["total_steps"] for m in out if m["type"] == "progress"][-1] == 2 + 3 + 4
     mp4 = fetch_video(stack, done)
     frames, fps = decode_video(mp4)
-    assert frames.shape == (33, 32, 32, 3) and fps == 32
+    assert frames.shape == (17, 64, 64, 3) and fps == 16
     with av.open(io.BytesIO(mp4)) as container:
         video, sound = container.streams.video[0], container.streams.audio[0]
         assert float(sound.duration * sound.time_base) == pytest.approx(

@@ -67,8 +67,9 @@ class PipelineKind:
     # False: a distilled pass with no classifier-free guidance (no guidance_scale): its entries need a preset
     # with guidance 1, so no job asks for guidance it would not get
     guidance: bool = True
-    # its latent output carries the keyframes a temporal refine round (Family.temporal_upsampler) starts from
-    temporal_refine: bool = False
+    # its latent output carries keyframe slots that LTX-2.5's refine passes start from: a second pass at twice the
+    # size (with the entry's latent upsampler) and temporal refine rounds (Family.temporal_upsampler)
+    keyframes: bool = False
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ class Family:
     # diffusion decode pipeline class (latents -> pixels in place of the VAE decoder), from the entry's "decoder"
     decoder: Optional[str] = None
     vae_dtype: Optional[str] = None  # default VAE dtype when the entry names none
-    # temporal refine pipeline class (frame rate x2 a round, on a temporal_refine kind's latents), run with the
+    # temporal refine pipeline class (frame rate x2 a round, on a keyframes kind's latents), run with the
     # temporal latent upsampler of the entry's "temporal_upsampler" folder
     temporal_upsampler: Optional[str] = None
 
@@ -195,10 +196,11 @@ class FamilyAdapter:
 
     # the family's diffusion decoder (Family.decoder, loaded from the entry's "decoder" folder as backend.decoder):
     # the pipeline is run with output_type="latent" and its latents decoded here instead of by its VAE
-    def decoded(self, pipe, output, seed: int):
+    def decoded(self, pipe, output, seed: int, num_frames: int):
         """A pipeline's output with output_type="latent" -> the output output_type="np" gives (frames
-        [B, T, H, W, 3] floats in [0, 1], a sound track decoded as the pipeline decodes it), the video through
-        the diffusion decoder with a generator seeded with `seed` (the same seed, the same video)."""
+        [B, T, H, W, 3] floats in [0, 1], `num_frames` of them, a sound track decoded as the pipeline decodes it),
+        the video through the diffusion decoder with a generator seeded with `seed` (the same seed, the same
+        video)."""
         raise NotImplementedError(f"{self.family.name} has no diffusion decoder")  # the configuration refuses one
 
     def decode_video(self, latents, seed: int):

@@ -16,10 +16,11 @@ only. The MP4 is SDR H.264 like every job's: `generator.hdr.to_display` clips at
 transfer, as diffusers' `encode_hdr_tensor_to_mp4` and Lightricks' reference export do; the linear frames are
 kept as the job's HDR10 master (`generator.hdr.encode_hdr10`, the job's `hdr_url`).
 
-An entry with `ltx2-dfr` and a `temporal_upsampler` (LTX-2.5's temporal latent upsampler) makes a job's
-`interpolate` 2 or 4 natively, as LTX-2.5's recipe does (LTX2DFRTemporalRefinePipeline,
-`generate_interpolated`): the DFR pass leaves its latents, keyframes and sound latents, and each round doubles
-the latent frames and re-denoises the canvas tile by tile between the keyframes; the sound is the DFR pass's.
+An `ltx2-dfr` entry makes LTX-2.5's composed recipe from its pass's latents and keyframe slots
+(`generate_refined`): with an `upsampler`, a job's `upscale` 2 is a second DFR pass at twice the size from the
+upsampled latents and slots; with a `temporal_upsampler`, its `interpolate` 2 or 4 is one or two
+LTX2DFRTemporalRefinePipeline rounds, each doubling the latent frames and re-denoising the canvas tile by tile
+between the keyframes. The sound is the first pass's.
 
 An entry's `decoder` (LTX-2.5's diffusion decoder, LTX2VideoDiffusionDecodePipeline) decodes the video latents
 in place of the VAE: the pipelines run with output_type="latent" (denormalised video latents, and the audio
@@ -97,50 +98,71 @@ class LTX2Adapter(LTXAdapter):
 
     def capabilities(self) -> dict:
         out = super().capabilities()
-        if self.config.temporal_upsampler:
-            out.update(native_interpolate_factors=TEMPORAL_FACTORS, generate_interpolated=self.generate_interpolated)
+        if any(self.config.native_factors.values()):
+            out.update(native_factors=self.config.native_factors, generate_refined=self.generate_refined)
         return out
 
-    # ---------------------------------------------------------------- temporal refine rounds
-    def generate_interpolated(self, request, factor: int, progress=None, should_cancel=None):
-        """The clip at `factor` x its frame rate ((T - 1) x factor + 1 frames): the DFR pass with latent output,
-        then one temporal refine round per doubling, the last one decoded. None when the request's task runs
-        another kind (which leaves no keyframes to refine from: flow interpolation follows)."""
-        from diffusers.pipelines.ltx2.utils import TEMPORAL_ROUND_DISTILLED_SIGMA_VALUES
+    # ---------------------------------------------------------------- LTX-2.5's refine passes
+    def generate_refined(self, request, upscale: int, interpolate: int, progress=None, should_cancel=None):
+        """LTX-2.5's composed recipe from the DFR pass's latents and keyframe slots: `upscale` 2 is a second DFR pass
+        at twice the size from the latent upsampler's latents and slots (diffusers' stage-2 sigmas), each doubling
+        of `interpolate` a temporal refine round ((T - 1) x 2 + 1 frames at twice the fps), and the last call
+        decodes; the sound is the first pass's. None when the request's task runs a kind without keyframe slots
+        (the generic post-steps follow)."""
+        import torch
+        from diffusers.pipelines.ltx2.utils import STAGE_2_DISTILLED_SIGMA_VALUES, TEMPORAL_ROUND_DISTILLED_SIGMA_VALUES
 
         backend = self.backend
         req = backend.checked(request)
         task = backend.task_for(req)
         pipe = backend.pipe_for(task)
-        if factor not in TEMPORAL_FACTORS or not self.family.kinds[self.config.tasks[task]].temporal_refine:
+        if not self.family.kinds[self.config.tasks[task]].keyframes:
             return None
-        rounds = refine_round_steps(req.num_frames, int(math.log2(factor)), pipe.vae_temporal_compression_ratio)
-        total = req.steps + sum(rounds)
+        rounds = refine_round_steps(req.num_frames, int(math.log2(interpolate)), pipe.vae_temporal_compression_ratio)
+        detail = len(STAGE_2_DISTILLED_SIGMA_VALUES) if upscale == 2 else 0
+        total = req.steps + detail + sum(rounds)
         done = [0]
 
-        def counted(step, _, preview):  # one call's steps -> the recipe's (the rounds' tiles have no preview)
+        def counted(step, _, preview):  # one call's steps -> the recipe's (previews: the first pass's)
             progress(done[0] + step, max(total, done[0] + step), preview if done[0] == 0 else None)
 
         report = counted if progress is not None else None
-        call = dict(self.task_inputs(pipe, task, req), output_type="latent")
-        output = backend.run(pipe, task, req, call, report, should_cancel, raw=True)
+        first = backend.run(pipe, task, req, dict(self.task_inputs(pipe, task, req), output_type="latent"), report,
+                            should_cancel, raw=True)
         done[0] = req.steps
+        output, made = first, req
+        if upscale == 2:
+            made = replace(req, width=2 * req.width, height=2 * req.height)
+            with torch.inference_mode():  # the slots go through together, as Lightricks' recipe upsamples them
+                latents, slots = (backend.upsampler(latents=x, latents_normalized=False, output_type="latent").frames
+                                  for x in (first.frames, first.keyframes))
+            call = dict(self.task_inputs(pipe, task, made), latents=latents, keyframes_latents=slots,
+                        keyframe_positions=first.keyframe_positions, audio_latents=first.audio,
+                        sigmas=list(STAGE_2_DISTILLED_SIGMA_VALUES))
+            if not rounds:  # this pass decodes; its re-noised sound gives way to the first pass's
+                result = backend.run(pipe, task, made, call, report, should_cancel)
+                with torch.inference_mode():
+                    result.audio, result.audio_sample_rate = backend.track_of(pipe, self.sound(pipe, first.audio),
+                                                                              req.num_frames, float(req.fps))
+                return result
+            output = backend.run(pipe, task, made, dict(call, output_type="latent"), report, should_cancel, raw=True)
+            done[0] += detail
         canvas = (output.frames.shape[2] - 1) * pipe.vae_temporal_compression_ratio + 1  # padded to whole segments
         for r in range(1, len(rounds) + 1):
             fps = req.fps * 2 ** (r - 1)
             call = {"latents": output.frames, "keyframes_latents": output.keyframes,
-                    "keyframe_positions": output.keyframe_positions, "audio_latents": output.audio,
+                    "keyframe_positions": output.keyframe_positions, "audio_latents": first.audio,
                     "num_frames": 2 ** (r - 1) * (canvas - 1) + 1, "frame_rate": float(fps),
                     "source_seconds": canvas / float(req.fps), "round_index": r,
                     "sigmas": list(TEMPORAL_ROUND_DISTILLED_SIGMA_VALUES)}  # its own, not the entry's DFR schedule
             if r < len(rounds):
-                output = backend.run(backend.temporal_refiner, task, req, dict(call, output_type="latent"), report,
+                output = backend.run(backend.temporal_refiner, task, made, dict(call, output_type="latent"), report,
                                      should_cancel, raw=True)
                 done[0] += rounds[r - 1]
-        final = replace(req, fps=req.fps * factor)
+        final = replace(made, fps=req.fps * interpolate)
         result = backend.run(backend.temporal_refiner, task, final, call, report, should_cancel,
-                             num_frames=factor * (canvas - 1) + 1)
-        keep = factor * (req.num_frames - 1) + 1  # the canvas's padding off the end
+                             num_frames=interpolate * (canvas - 1) + 1)
+        keep = interpolate * (req.num_frames - 1) + 1  # the canvas's padding off the end
         result.frames = result.frames[:keep]
         if result.audio is not None:
             result.audio = result.audio[:round(keep / final.fps * result.audio_sample_rate)]
@@ -156,13 +178,19 @@ class LTX2Adapter(LTXAdapter):
         frames = decoder(latents[:1], generator=generator, output_type="np", denormalize=False).frames
         return np.asarray(frames[0])
 
-    def decoded(self, pipe, output, seed: int):
+    def decoded(self, pipe, output, seed: int, num_frames: int):
         from diffusers.pipelines.ltx2.pipeline_output import LTX2PipelineOutput
+        from diffusers.pipelines.ltx2.utils import trim_canvas
 
-        video = self.decode_video(output.frames, seed)[None]
-        # the audio latents as the pipeline's own non-latent branch decodes them: audio VAE -> mel -> vocoder
-        mel = pipe.audio_vae.decode(output.audio.to(pipe.audio_vae.dtype), return_dict=False)[0]
-        return LTX2PipelineOutput(frames=video, audio=pipe.vocoder(mel))
+        # a DFR pass's latents are its canvas, padded to whole keyframe segments
+        latents = trim_canvas(output.frames, num_frames, pipe.vae_temporal_compression_ratio)
+        return LTX2PipelineOutput(frames=self.decode_video(latents, seed)[None], audio=self.sound(pipe, output.audio))
+
+    @staticmethod
+    def sound(pipe, audio_latents):
+        """Audio latents as the pipelines' own non-latent branch decodes them: audio VAE -> mel -> vocoder."""
+        mel = pipe.audio_vae.decode(audio_latents.to(pipe.audio_vae.dtype), return_dict=False)[0]
+        return pipe.vocoder(mel)
 
     # ---------------------------------------------------------------- IC-LoRA
     def loaded(self, pipe, path: str) -> None:
@@ -217,7 +245,7 @@ FAMILIES = (
         # an SDR video -> the same content in linear HDR (with the HDR IC-LoRA), no sound
         "ltx2-hdr": PipelineKind("LTX2HDRPipeline", ("control",), ic_lora=True, sound=False, hdr=True),
         # LTX-2.5's Diffusion Fidelity Rendering pass (distilled, no guidance; keyframe slots), one pass at the size
-        "ltx2-dfr": PipelineKind(DFR_CLASS, ("t2v", "i2v", "condition"), guidance=False, temporal_refine=True),
+        "ltx2-dfr": PipelineKind(DFR_CLASS, ("t2v", "i2v", "condition"), guidance=False, keyframes=True),
     }, vae="AutoencoderKLLTX2Video", frame_multiple=8, frame_offset=1, min_frames=9, max_frames=257,
         size_multiple=32, max_size=1280, default_width=768, default_height=512, default_frames=121,
         default_steps=30, default_guidance=3.0, default_fps=24.0, adapter=LTX2Adapter, audio=True,

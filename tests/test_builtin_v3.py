@@ -266,11 +266,11 @@ def test_a_start_layout_puts_each_object_where_it_starts_and_moves_it_the_asked_
     objects = [{"colour": "red", "shape": "circle", "direction": "right"},
                {"colour": "blue", "shape": "square", "direction": "up", "stopped": True}]
     ids, mask = object_ids(objects, 3)
-    layout = torch.tensor([[40.0, 24.0, 8.0, 4.0], [8.0, 56.0, 6.0, 1.5], [0.0, 0.0, 0.0, 0.0]])
+    layout = torch.tensor([[40.0, 24.0, 8.0, 4.0, 4.0, 0.0], [8.0, 56.0, 6.0, 1.5, 0.0, 0.0], [0.0] * 6])
     with torch.no_grad():
-        tokens = model.layout_tokens(layout[None], ids[None], model.colour(ids[None, :, 0]), mask[None].float(), 4)
+        tokens = model.layout_tokens(layout[None], model.colour(ids[None, :, 0]), mask[None].float(), 4)
         nearness = tokens[0, :, 0].view(4, 4, 4)  # frame x token row x token column (16 pixels each)
-        only_red = model.layout_tokens(layout[None], ids[None], model.colour(ids[None, :, 0]),
+        only_red = model.layout_tokens(layout[None], model.colour(ids[None, :, 0]),
                                        torch.tensor([[1.0, 0.0, 0.0]]), 4)[0, :, 0].view(4, 4, 4)
     def nearest(frame):
         return divmod(int(only_red[frame].argmax()), 4)
@@ -290,16 +290,55 @@ def test_a_start_layout_puts_each_object_where_it_starts_and_moves_it_the_asked_
 
 
 def test_the_start_layout_comes_from_the_seed_and_keeps_every_path_inside():
-    from generator.builtin.backend_v3 import start_layout
+    from generator.builtin.backend_v3 import start_bodies
 
     objects = [{"colour": "red", "shape": "circle", "direction": "left"},
                {"colour": "blue", "shape": "square", "direction": None}]
-    assert start_layout(objects, 5) == start_layout(objects, 5) != start_layout(objects, 6)
+
+    def layout(seed):
+        return [body.layout() for body in start_bodies(objects, str(seed))]
+
+    assert layout(5) == layout(5) != layout(6)
     for seed in range(50):
-        for (x, y, radius, speed), o in zip(start_layout(objects, seed), objects):
+        for (x, y, radius, speed, vx, vy), o in zip(layout(seed), objects):
             assert 6 <= radius <= 10 and 1 <= speed <= 1.9
             if o["direction"] == "left":  # 16 frames of the path stay inside the canvas
                 assert x - 15 * speed - radius >= 0 and radius <= y <= 64 - radius
+
+
+def test_the_scene_layout_moves_as_the_world_does_and_follows_the_steers():
+    """A clip made from text keeps its scene as the world moves it: chunk by chunk, the layout is where
+    `world.simulate` (what training renders) puts each object, a steer acting at its chunk's first frame; an
+    object a steer adds starts where the seed puts it. Only a scene_layout denoiser is given it after the first
+    chunk."""
+    from generator.builtin.backend_v3 import CausalPipeline, next_chunk, scene_objects, start_bodies
+    from generator.builtin.causal import ChunkDenoiser
+
+    chunks = [scene_objects("a red circle moving right")] * 2
+    chunks += [scene_objects("now the red circle moves up", chunks[-1])] * 3
+    chunks.append(scene_objects("and a blue square moving left", chunks[-1]))
+    bodies = start_bodies(chunks[0], "3")
+    start = world.ShapeMotion("red", "circle", "right", bodies[0].radius, bodies[0].x, bodies[0].y, bodies[0].speed)
+    seen = [bodies[0].layout()[:2]]
+    for index in range(1, len(chunks)):
+        next_chunk(bodies, chunks[index - 1], chunks[index], 4, f"3:{index}")
+        seen.append(bodies[0].layout()[:2])
+    path = world.simulate([start], 24, [world.Event(8, 0, "go", "up")])[0]
+    assert np.allclose(seen, [path[frame] for frame in range(0, 24, 4)])
+    assert bodies[0].vy < 0 and bodies[0].vx == 0  # going up (y grows downwards)
+    assert len(bodies) == 2 and bodies[1].vx < 0  # the blue square, moving left
+    laid = {}
+    for scene in (False, True):
+        denoiser = ChunkDenoiser(latent_channels=4, dim=16, layers=1, heads=2, start_layout=True, scene_layout=scene)
+        pipe = CausalPipeline(tiny_tokenizer(), denoiser)
+        given = []
+        forward = denoiser.forward
+        denoiser.forward = lambda *a, **k: given.append(a[6] is not None) or forward(*a, **k)
+        made = pipe.chunks(lambda i: chunks[min(i, 5)], 1, torch.Generator().manual_seed(0), seed=3)
+        for _ in range(3):
+            next(made)
+        laid[scene] = given
+    assert laid == {False: [True, False, False], True: [True, True, True]}
 
 
 # ------------------------------------------------------------------ training recipes (tiny)

@@ -68,15 +68,41 @@ def scene_objects(prompt: str, previous: Optional[list] = None) -> list:
     return out
 
 
-def start_layout(objects: list, seed: int) -> list:
-    """Where each object starts, its size and speed ((x, y, radius, speed) on the 64-pixel canvas):
-    what a prompt does not say, drawn from the seed as the training scenes draw it."""
+def start_bodies(objects: list, seed: str) -> list:
+    """Where each object starts, its size and speed (`world.Body`s on the 64-pixel canvas): what a prompt
+    does not say, drawn from the seed as the training scenes draw it."""
     rng = random.Random(f"layout:{seed}")
-    layout = []
+    bodies = []
     for o in objects:
-        m = world.sample_shape(rng, 16, direction=o.get("direction") or rng.choice(list(world.DIRECTIONS)))
-        layout.append((m.x0, m.y0, m.radius, m.speed))
-    return layout
+        direction = o.get("direction") or rng.choice(list(world.DIRECTIONS))
+        body = world.Body(world.sample_shape(rng, 16, direction=direction))
+        if o.get("stopped"):
+            body.obey(world.Event(0, 0, "stop"))
+        bodies.append(body)
+    return bodies
+
+
+def follow_steers(bodies: list, before: list, objects: list, seed: str) -> None:
+    """What a steer changed (`scene_objects`: before -> objects), as world events on the moving `bodies`;
+    an object the steer adds starts where the seed puts it."""
+    for index, (o, was) in enumerate(zip(objects, before)):
+        if o["stopped"] and not was["stopped"]:
+            bodies[index].obey(world.Event(0, index, "stop"))
+        elif o["direction"] and (o["direction"] != was["direction"] or was["stopped"] and not o["stopped"]):
+            bodies[index].obey(world.Event(0, index, "go", o["direction"]))
+        if o["fast"] and not was["fast"]:
+            bodies[index].obey(world.Event(0, index, "faster"))
+    bodies.extend(start_bodies(objects[len(bodies):], seed))
+
+
+def next_chunk(bodies: list, before: list, objects: list, frames: int, seed: str) -> None:
+    """The moving `bodies` `frames` on, at the next chunk's first frame, where a steer (`before` -> `objects`)
+    acts before the move onto it, as `world.simulate` puts a chunk's events."""
+    for frame in range(frames):
+        if frame == frames - 1:
+            follow_steers(bodies, before, objects, seed)
+        for body in bodies:
+            body.advance()
 
 
 class CausalPipeline:
@@ -107,9 +133,11 @@ class CausalPipeline:
         """Endless: yields decoded 256x256 uint8 frames, chunk after chunk (the `given` latents'
         frames first). `objects_at(i)` is chunk i's objects (`scene_objects`); `source` (C x T x
         16 x 16) is redrawn from `strength` (video-to-video) while it lasts. A clip that starts from
-        nothing starts at a layout drawn from `seed` (`start_layout`)."""
+        nothing starts at a layout drawn from `seed` (`start_bodies`); with the denoiser's `scene_layout`
+        every chunk gets its scene's layout, the world moving the objects as the steers ask."""
         cfg, tok, device = self.denoiser.config, self.tokenizer, self.denoiser.device
         cache = DecoderCache()
+        bodies, before = None, None  # a clip made from text: its scene as the world moves it
         history = torch.zeros(1, cfg.latent_channels, 0, cfg.latent_size, cfg.latent_size, device=device)
         if source is not None:
             source = source.to(device)
@@ -122,9 +150,14 @@ class CausalPipeline:
                 raise Cancelled()
             objects = objects_at(index)
             ids, mask = (x.to(device) for x in object_ids(objects, cfg.max_objects))
-            layout = None
             if index == 0 and history.shape[2] == 0 and (source is None or strength >= 1.0):
-                layout = layout_rows(start_layout(objects, seed), cfg.max_objects)[None].to(device)
+                bodies = start_bodies(objects, str(seed))
+            elif bodies is not None:
+                next_chunk(bodies, before, objects, cfg.chunk, f"{seed}:{index}")
+            before = objects
+            layout = None
+            if bodies is not None and (index == 0 or cfg.scene_layout):
+                layout = layout_rows([body.layout() for body in bodies], cfg.max_objects)[None].to(device)
             context = history[:, :, -cfg.context:]
             k = context.shape[2]
             context = F.pad(context, (0, 0, 0, 0, cfg.context - k, 0))

@@ -15,9 +15,11 @@ bounced off an edge and keeps going, unless it was just told to turn.
 A text-to-video clip's first chunk has nothing before it, so where each object starts (and its
 size and speed: what a prompt does not say) is drawn from the seed as a start layout
 (`start_layout`). Each of that chunk's tokens reads, per object, where the object is relative to the
-token on that frame (moving the asked way at its speed): with the layout known the chunk is one
-clip, not the average of every place an object could be, so a step or two draws it sharp. Later
-chunks find the objects in their context frames.
+token on that frame (moving at its velocity): with the layout known the chunk is one clip, not the
+average of every place an object could be, so a step or two draws it sharp. Without `scene_layout`
+later chunks find the objects in their context frames only; with it, every chunk of a clip made from
+text gets the layout of the scene as the world moves it (`world.Body`: bounces, stops, turns, speed-ups
+as the prompt's steers ask), so an object its own flawed frames lost is drawn again where it is.
 
 A live video's context is its own output, whose small errors the renderer's frames never show; fed back
 chunk after chunk they compound and the objects melt. With `context_noise` the context frames are
@@ -45,7 +47,7 @@ COLOUR_IDS = {name: i + 1 for i, name in enumerate(world.COLOURS)}  # 0: not sai
 SHAPE_IDS = {name: i + 1 for i, name in enumerate(world.SHAPES)}
 DIRECTION_IDS = {name: i + 1 for i, name in enumerate(world.DIRECTIONS)}
 OBJECT_FIELDS = ("colour", "shape", "direction", "stopped", "fast", "steer")
-LAYOUT_FIELDS = ("x", "y", "radius", "speed")  # 64-pixel canvas units, the chunk's first frame
+LAYOUT_FIELDS = ("x", "y", "radius", "speed", "vx", "vy")  # 64-pixel canvas units, the chunk's first frame
 CANVAS = 64.0
 
 
@@ -62,7 +64,8 @@ def object_ids(objects: list, max_objects: int) -> tuple:
 
 
 def layout_rows(layout: list, max_objects: int) -> torch.Tensor:
-    """[(x, y, radius, speed)] per object -> max_objects x 4 (rows of absent objects are zero)."""
+    """[(x, y, radius, speed, vx, vy)] per object (`world.Body.layout`) -> max_objects x 6 (rows of absent
+    objects are zero)."""
     rows = torch.zeros(max_objects, len(LAYOUT_FIELDS))
     for i, row in enumerate(layout[:max_objects]):
         rows[i] = torch.tensor(row, dtype=torch.float32)
@@ -97,7 +100,8 @@ class ChunkDenoiser(ModelMixin, ConfigMixin):
     @register_to_config
     def __init__(self, latent_channels: int = 6, latent_size: int = 16, patch: int = 4, dim: int = 160,
                  layers: int = 4, heads: int = 4, chunk: int = 4, context: int = 4, max_objects: int = 3,
-                 start_layout: bool = False, context_noise: bool = False, sample_context_level: float = 0.0):
+                 start_layout: bool = False, context_noise: bool = False, sample_context_level: float = 0.0,
+                 scene_layout: bool = False):
         super().__init__()
         tokens_per_frame = (latent_size // patch) ** 2
         self.proj_in = nn.Linear(latent_channels * patch * patch, dim)
@@ -120,8 +124,6 @@ class ChunkDenoiser(ModelMixin, ConfigMixin):
             for layer in (self.layout_in, self.layout_object):
                 nn.init.zeros_(layer.weight)
                 nn.init.zeros_(layer.bias)
-            self.register_buffer("direction_vectors", torch.tensor(
-                [(0.0, 0.0)] + [world.DIRECTIONS[d] for d in DIRECTION_IDS]), persistent=False)
 
         if context_noise:
             self.context_level_in = nn.Linear(dim, dim)  # zero at first, as the layout layers
@@ -153,19 +155,18 @@ class ChunkDenoiser(ModelMixin, ConfigMixin):
         x = tokens.view(b, t, s // p, s // p, c, p, p).permute(0, 4, 1, 2, 5, 3, 6)
         return x.reshape(b, c, t, s, s)
 
-    def layout_tokens(self, layout: torch.Tensor, objects: torch.Tensor, object_tokens: torch.Tensor,
-                      present: torch.Tensor, t: int) -> torch.Tensor:
-        """Per chunk token, what the start layout puts near it: for each object, the offset of its
-        centre from the token's centre on that frame (moving the asked way at its speed), its size
-        and speed, and the object itself, weighted by closeness. B x t*n x dim."""
+    def layout_tokens(self, layout: torch.Tensor, object_tokens: torch.Tensor, present: torch.Tensor,
+                      t: int) -> torch.Tensor:
+        """Per chunk token, what the layout puts near it: for each object, the offset of its centre
+        from the token's centre on that frame (moving at its velocity), its size and speed, and the
+        object itself, weighted by closeness. B x t*n x dim."""
         g = self.config.latent_size // self.config.patch
         cell = CANVAS / g
         centres = (torch.arange(g, device=layout.device, dtype=layout.dtype) + 0.5) * cell
-        moving = self.direction_vectors[objects[..., 2]] * (1 - objects[..., 3:4]).to(layout.dtype)  # B x K x 2
         frames = torch.arange(t, device=layout.device, dtype=layout.dtype)
-        x, y, radius, speed = layout.unbind(-1)  # B x K
-        path_x = x[..., None] + moving[..., 0, None] * speed[..., None] * frames  # B x K x t
-        path_y = y[..., None] + moving[..., 1, None] * speed[..., None] * frames
+        x, y, radius, speed, vx, vy = layout.unbind(-1)  # B x K
+        path_x = x[..., None] + vx[..., None] * frames  # B x K x t
+        path_y = y[..., None] + vy[..., None] * frames
         dx = (path_x[..., None, None] - centres.view(1, g)).expand(*path_x.shape, g, g)  # B x K x t x g(y) x g(x)
         dy = (path_y[..., None, None] - centres.view(g, 1)).expand(*path_y.shape, g, g)
         size = radius[..., None, None, None].expand_as(dx)
@@ -181,10 +182,10 @@ class ChunkDenoiser(ModelMixin, ConfigMixin):
                 context_level: torch.Tensor | None = None) -> torch.Tensor:
         """noisy: B x C x chunk x S x S at noise `level` (B); objects: B x K x 6 ids, object_mask: B x K;
         context: B x C x context x S x S clean latents, right-aligned (the last one just before the
-        chunk), context_mask: B x context (False for frames not given); layout: B x K x 4 (x, y,
-        radius, speed: `LAYOUT_FIELDS`) where the chunk starts the clip, layout_mask: B (False where
-        the example has none); context_level: B, the noise level of the context frames (0: clean; read
-        with `context_noise`). Returns x0, B x C x chunk x S x S."""
+        chunk), context_mask: B x context (False for frames not given); layout: B x K x 6
+        (`LAYOUT_FIELDS`) at the chunk's first frame, layout_mask: B (False where the example has none);
+        context_level: B, the noise level of the context frames (0: clean; read with `context_noise`).
+        Returns x0, B x C x chunk x S x S."""
         cfg = self.config
         b, _, t = noisy.shape[:3]
         n = (cfg.latent_size // cfg.patch) ** 2
@@ -204,7 +205,7 @@ class ChunkDenoiser(ModelMixin, ConfigMixin):
                          + self.flags(flags).sum(2) + self.slot[: objects.shape[1]])
         if layout is not None and cfg.start_layout:
             present = object_mask & (torch.ones_like(object_mask) if layout_mask is None else layout_mask[:, None])
-            chunk_tokens = chunk_tokens + self.layout_tokens(layout.to(noisy.dtype), objects, object_tokens,
+            chunk_tokens = chunk_tokens + self.layout_tokens(layout.to(noisy.dtype), object_tokens,
                                                              present.to(noisy.dtype), t)
         x = torch.cat([object_tokens, context_tokens, chunk_tokens], dim=1)
         mask = torch.cat([object_mask, context_mask.repeat_interleave(n, 1),

@@ -36,8 +36,10 @@ OBJECT_COUNT_WEIGHTS = (0.4, 0.35, 0.25)
 EVENT_RATE = 0.15  # per object and chunk start of a continuation
 
 
-def example(rng: random.Random, chunk: int, context: int) -> dict:
-    """One training chunk: its scene, events, which frames are context and which the chunk."""
+def example(rng: random.Random, chunk: int, context: int, scene_layout: float = 0.0) -> dict:
+    """One training chunk: its scene, events, which frames are context and which the chunk, and whether it
+    gets its layout (a clip's first chunk; with `scene_layout`, that share of continuations: a clip made
+    from text knows its scene at every chunk, one continuing given frames does not)."""
     count = rng.choices(OBJECT_COUNTS, OBJECT_COUNT_WEIGHTS)[0]
     colours = rng.sample(list(world.COLOURS), count)
     scene = [world.sample_shape(rng, 16, colour=c) for c in colours]
@@ -71,12 +73,14 @@ def example(rng: random.Random, chunk: int, context: int) -> dict:
             state["steer_at"] = boundary
     for state in asked:
         state["steer"] = state.pop("steer_at", None) == start and start > 0
-    return {"scene": scene, "events": events, "start": start, "given": given, "objects": asked}
+    with_layout = start == 0 or (mode >= 0.45 and rng.random() < scene_layout)
+    return {"scene": scene, "events": events, "start": start, "given": given, "objects": asked,
+            "layout": with_layout}
 
 
 def batch(rng: random.Random, size: int, tokenizer: CausalVideoTokenizer, chunk: int, context: int,
-          max_objects: int) -> tuple:
-    items = [example(rng, chunk, context) for _ in range(size)]
+          max_objects: int, scene_layout: float = 0.0) -> tuple:
+    items = [example(rng, chunk, context, scene_layout) for _ in range(size)]
     length = max(item["start"] for item in items) + chunk
     clips = world.render([item["scene"] for item in items], length, 64, bounce=True,
                          events=[item["events"] for item in items])
@@ -101,9 +105,11 @@ def batch(rng: random.Random, size: int, tokenizer: CausalVideoTokenizer, chunk:
         obj, obj_mask = object_ids(item["objects"], max_objects)
         ids.append(obj)
         id_masks.append(obj_mask)
-        # a clip's first chunk gets its start layout, as sampling draws one from the seed
-        layouts.append(layout_rows([(m.x0, m.y0, m.radius, m.speed) for m in item["scene"]], max_objects))
-        layout_masks.append(item["start"] == 0)
+        # the scene's layout at the chunk's first frame, as sampling moves it (a first chunk: where it starts)
+        bodies = []
+        world.simulate(item["scene"], item["start"] + 1, item["events"], bodies)
+        layouts.append(layout_rows([body.layout() for body in bodies], max_objects))
+        layout_masks.append(item["layout"])
     return (torch.stack(targets), torch.stack(contexts), torch.stack(masks), torch.stack(ids), torch.stack(id_masks),
             torch.stack(layouts), torch.tensor(layout_masks))
 
@@ -176,12 +182,14 @@ def train(args) -> dict:
     state = {"step": 0, "losses": [], "seconds": 0.0}
     model = ChunkDenoiser(latent_channels=tokenizer.config.latent_channels, patch=args.patch, dim=args.dim,
                           layers=args.layers, heads=args.heads, chunk=args.chunk, context=args.context,
-                          start_layout=args.start_layout, context_noise=bool(args.context_noise))
+                          start_layout=args.start_layout or bool(args.scene_layout),
+                          context_noise=bool(args.context_noise), scene_layout=bool(args.scene_layout))
     saved = None
     if args.init_from and not (args.resume and os.path.exists(checkpoint_path)):
         # a shipped pipeline folder's denoiser (its EMA weights) as the starting point
         model = ChunkDenoiser.from_pretrained(os.path.join(args.init_from, "denoiser"))
-        wanted = {"start_layout": args.start_layout, "context_noise": bool(args.context_noise)}
+        wanted = {"start_layout": args.start_layout or bool(args.scene_layout),
+                  "context_noise": bool(args.context_noise), "scene_layout": bool(args.scene_layout)}
         missing = {name: True for name, on in wanted.items() if on and not model.config[name]}
         if missing:
             model = ChunkDenoiser.grown(model, **missing)
@@ -234,7 +242,8 @@ def train(args) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = lr
         target, context, context_mask, objects, object_mask, layout, layout_mask = (
-            x.to(device) for x in batch(rng, args.batch, tokenizer, cfg.chunk, cfg.context, cfg.max_objects))
+            x.to(device) for x in batch(rng, args.batch, tokenizer, cfg.chunk, cfg.context, cfg.max_objects,
+                                        args.scene_layout))
         b = target.shape[0]
         level = torch.where(torch.rand(b) < 0.5, torch.rand(b),
                             few_levels[torch.randint(len(few_levels), (b,))]).to(device)
@@ -299,6 +308,10 @@ def parse_args(argv=None):
                         help="share of the examples whose context frames the network redraws itself (own_context)")
     parser.add_argument("--context-noise", type=float, default=0.0,
                         help="noise the context frames to a level up to this, told to the network (noised_context)")
+    parser.add_argument("--scene-layout", type=float, default=0.0,
+                        help="share of the continuations given the scene's layout at their first frame, as clips "
+                             "made from text get it at every chunk (the denoiser's scene_layout; implies "
+                             "--start-layout)")
     parser.add_argument("--start-layout", action="store_true",
                         help="first chunks read a start layout (where each object starts, its size and speed)")
     parser.add_argument("--foreground-weight", type=float, default=1.0,

@@ -150,35 +150,55 @@ class Event:
     direction: str | None = None
 
 
-def simulate(scene: list, num_frames: int, events: list = ()) -> list:
+class Body:
+    """One object of the endless world as it moves: its centre, velocity and speed (64-pixel canvas)."""
+
+    def __init__(self, m: ShapeMotion):
+        self.x, self.y, self.radius, self.speed = m.x0, m.y0, m.radius, m.speed
+        self.vx, self.vy = (c * m.speed for c in DIRECTIONS[m.direction])
+
+    def obey(self, event: Event) -> None:
+        if event.kind == "stop":
+            self.vx = self.vy = 0.0
+        elif event.kind == "faster":
+            self.speed = min(MAX_SPEED, self.speed * SPEED_UP)
+            norm = max((self.vx * self.vx + self.vy * self.vy) ** 0.5, 1e-9)
+            if norm > 1e-6:
+                self.vx, self.vy = self.vx / norm * self.speed, self.vy / norm * self.speed
+        elif event.kind == "go":
+            self.vx, self.vy = (c * self.speed for c in DIRECTIONS[event.direction])
+
+    def advance(self) -> None:
+        """One frame on: a straight line, turning back where its outline would cross an edge."""
+        low, high = self.radius, 64.0 - self.radius
+        self.x, self.y = self.x + self.vx, self.y + self.vy
+        if self.x < low or self.x > high:
+            self.x, self.vx = (2 * low - self.x if self.x < low else 2 * high - self.x), -self.vx
+        if self.y < low or self.y > high:
+            self.y, self.vy = (2 * low - self.y if self.y < low else 2 * high - self.y), -self.vy
+
+    def layout(self) -> tuple:
+        """(x, y, radius, speed, vx, vy): where it is and where it goes, as the denoiser's layout reads it."""
+        return (self.x, self.y, self.radius, self.speed, self.vx, self.vy)
+
+
+def simulate(scene: list, num_frames: int, events: list = (), bodies: list | None = None) -> list:
     """Per object, its centre (x, y) at each frame on the 64-pixel canvas: it moves in a straight
-    line and bounces off the edges (its outline touches them, it turns back), obeying `events`."""
-    paths = []
-    for index, m in enumerate(scene):
-        x, y = m.x0, m.y0
-        vx, vy = (c * m.speed for c in DIRECTIONS[m.direction])
-        speed = m.speed
-        low, high = m.radius, 64.0 - m.radius
-        path = []
-        for frame in range(num_frames):
-            for event in events:
-                if event.frame == frame and event.index == index:
-                    if event.kind == "stop":
-                        vx = vy = 0.0
-                    elif event.kind == "faster":
-                        speed = min(MAX_SPEED, speed * SPEED_UP)
-                        norm = max((vx * vx + vy * vy) ** 0.5, 1e-9)
-                        vx, vy = (vx / norm * speed, vy / norm * speed) if norm > 1e-6 else (vx, vy)
-                    elif event.kind == "go":
-                        vx, vy = (c * speed for c in DIRECTIONS[event.direction])
+    line and bounces off the edges (its outline touches them, it turns back), obeying `events` (an
+    event at a frame acts before the move onto the next). With `bodies`, the objects' states after the
+    last frame are put there."""
+    moving = [Body(m) for m in scene]
+    paths = [[] for _ in scene]
+    for frame in range(num_frames):
+        for event in events:
+            if event.frame == frame:
+                moving[event.index].obey(event)
+        for body, path in zip(moving, paths):
             if frame:
-                x, y = x + vx, y + vy
-                if x < low or x > high:
-                    x, vx = (2 * low - x if x < low else 2 * high - x), -vx
-                if y < low or y > high:
-                    y, vy = (2 * low - y if y < low else 2 * high - y), -vy
-            path.append((x, y))
-        paths.append(path)
+                body.advance()
+            path.append((body.x, body.y))
+    if bodies is not None:
+        bodies[:] = moving
     return paths
 
 

@@ -55,6 +55,12 @@ Row `ltx2-dfr`: LTX2DFRPipeline (LTX-2.5's Diffusion Fidelity Rendering pass) on
 with the keyframe position embedding its slots need, one pass at its example's setting (1216x704, 121 frames,
 the 8 distilled sigmas, no guidance), bare and through the backend's `t2v` task with the `ltx2-distilled` preset.
 
+Row `ltx2-dfr-1080p`: LTX-2.5's composed 1080p recipe through the service's backend (`generate_refined`): the DFR
+pass at 960x544 (121 frames, 8 distilled sigmas), the spatial latent upsampler and a second pass at 1920x1088
+(3 steps), then two temporal refine rounds (x4 fps: 481 frames at 96 fps), on the same architecture with the
+published upsamplers' configurations (LTX-2.3's spatial and temporal LTX2LatentUpsamplerModel), random weights,
+in memory: total seconds, peak memory, the passes run.
+
 Rows `sana-video`, `motif-video`, `lucy-edit`: diffusers' constructor defaults for their transformers
 (Sana-Video 2B; Motif-Video; Lucy Edit = Wan 2.2 TI2V-5B's transformer with 96 input channels) on
 their VAEs, one-layer prompt encoders of the width they read, at their published settings; Lucy Edit
@@ -82,8 +88,8 @@ from generator.families import FAMILIES
 
 # In the order they run: the most telling first, so a run cut short still answers the main questions.
 VARIANTS = ("bf16", "steps20", "service", "cache", "fp16", "cudnn", "tiling", "offload", "compile", "ltx2",
-            "ltx2-ic-lora", "ltx2-hdr", "ltx2-dfr", "wan2.2-ti2v", "helios-distilled", "sana-video", "motif-video",
-            "lucy-edit", "framepack", "wan-animate", "chronoedit", "kandinsky6", "kandinsky6-sr")
+            "ltx2-ic-lora", "ltx2-hdr", "ltx2-dfr", "ltx2-dfr-1080p", "wan2.2-ti2v", "helios-distilled", "sana-video",
+            "motif-video", "lucy-edit", "framepack", "wan-animate", "chronoedit", "kandinsky6", "kandinsky6-sr")
 DENSE_BF16_TFLOPS = 989  # NVIDIA's H100 SXM / H200 spec sheet, dense (no sparsity)
 PUBLISHED = "LTX-Video: 768x512, 121 frames (5 s at 24 fps) in about 2 s on one H100 (published claim)"
 
@@ -345,6 +351,68 @@ def helios_rows(pipe, tiny: bool, device: str) -> list:
 KANDINSKY6_SR = {"width": 864, "height": 480, "frames": 121, "factor": 2, "steps": 2,
                  "published": "Kandinsky 6.0 VSR distilled (diffusers example): 2 steps on Kandinsky 6's 864x480, "
                               "121-frame output, repeated blocks compiled"}
+
+
+DFR_1080P = {"width": 960, "height": 544, "frames": 121, "upscale": 2, "interpolate": 4,
+             "published": "LTX-2.5 DFR 1080p recipe (diffusers' LTX-2 docs): a 960x544 pass, x2 spatial pass "
+                          "(1920x1088), two temporal rounds (x4 fps); no speed figure published"}
+
+
+def ltx2_dfr_recipe_rows(tiny: bool, device: str) -> list:
+    """LTX-2.5's composed recipe as a job asks it (`upscale` 2, `interpolate` 4) through DiffusersBackend's
+    run_job -> generate_refined, the pipelines in memory: the DFR pass, the spatial upsampler and second pass, two
+    temporal refine rounds."""
+    import diffusers
+    from diffusers.pipelines.ltx2 import LTX2LatentUpsamplerModel
+
+    from generator.diffusers_backend import DiffusersBackend
+    from generator.interface import GenerationRequest
+    from generator.longvideo import LongVideoOptions, run_job
+    from generator.model_config import parse_entry
+
+    spec = dict(DFR_1080P, **({"width": 32, "height": 32, "frames": 9} if tiny else {}))
+    pipe = build_family("ltx2-dfr", tiny, device, torch.bfloat16)
+    if tiny:
+        from tests import tiny_checkpoints
+
+        spatial, temporal = tiny_checkpoints.ltx2_upsampler_pipeline().latent_upsampler, \
+            tiny_checkpoints.ltx2_temporal_upsampler()
+    else:  # LTX-2.3's published configurations (its spatial_upsampler / latent_upsampler_temporal folders)
+        torch.manual_seed(0)
+        spatial = LTX2LatentUpsamplerModel(in_channels=128, mid_channels=1024, num_blocks_per_stage=4, dims=3,
+                                           spatial_upsample=True, temporal_upsample=False)
+        temporal = LTX2LatentUpsamplerModel(in_channels=128, mid_channels=1024, num_blocks_per_stage=4, dims=3,
+                                            spatial_upsample=False, temporal_upsample=True)
+    upsampler = diffusers.LTX2LatentUpsamplePipeline(vae=pipe.vae, latent_upsampler=spatial.to(device, torch.bfloat16))
+    refiner = diffusers.LTX2DFRTemporalRefinePipeline.from_pipe(
+        pipe, temporal_latent_upsampler=temporal.to(device, torch.bfloat16),
+        scheduler=diffusers.LTXEulerAncestralRFScheduler(eta=0.5))
+    for p in (upsampler, refiner):
+        p.set_progress_bar_config(disable=True)
+    config = parse_entry("bench-ltx2-dfr-1080p", {
+        "path": "in-memory", "pipeline": "ltx2-dfr", "preset": "ltx2-distilled", "upsampler": "in-memory",
+        "temporal_upsampler": "in-memory", "dtype": "bfloat16", "max_sequence_length": 128,
+        "defaults": {"width": spec["width"], "height": spec["height"], "frames": spec["frames"], "fps": 24},
+        "limits": {"min_size": 32}})
+    backend = DiffusersBackend(config)
+    backend.pipes, backend.upsampler, backend.temporal_refiner = {"ltx2-dfr": pipe}, upsampler, refiner
+    options = LongVideoOptions(upscale=spec["upscale"], interpolate=spec["interpolate"])
+    request = GenerationRequest("a cat walking over the city at night, camera slowly flying", seed=0)
+    run_job(backend, GenerationRequest(request.prompt, seed=0, steps=2), options)  # warm-up
+    backend.calls.clear()
+    sync()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    steps = []
+    t0 = time.perf_counter()
+    result = run_job(backend, request, options, progress=lambda s, t, p: steps.append(t))
+    sync()
+    total_s = time.perf_counter() - t0
+    return [{"variant": "ltx2-dfr-1080p", "total_s": total_s, "frames_shape": list(result.frames.shape),
+             "fps": result.fps, "steps": steps[-1] if steps else None, "passes": [c for c, _ in backend.calls],
+             "audio_s": None if result.audio is None else len(result.audio) / result.audio_sample_rate,
+             "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
+             "setting": {k: v for k, v in spec.items() if k != "published"}, "published": spec["published"]}]
 
 
 def kandinsky6_sr_rows(tiny: bool, device: str) -> list:
@@ -891,6 +959,13 @@ def main(argv=None) -> int:
             record(service)
 
     for label in variants:
+        if label == "ltx2-dfr-1080p":
+            try:
+                record(*ltx2_dfr_recipe_rows(tiny, device))
+            except Exception as exc:
+                record({"variant": label, "error": f"{type(exc).__name__}: {exc}"[:500]})
+            free_memory()
+            continue
         if label == "kandinsky6-sr":
             try:
                 record(*kandinsky6_sr_rows(tiny, device))

@@ -958,17 +958,11 @@ def main(argv=None) -> int:
             service["overhead_ratio"] = service["total_s"] / row["total_s"]
             record(service)
 
+    own_rows = {"ltx2-dfr-1080p": ltx2_dfr_recipe_rows, "kandinsky6-sr": kandinsky6_sr_rows}  # label -> its rows
     for label in variants:
-        if label == "ltx2-dfr-1080p":
+        if label in own_rows:
             try:
-                record(*ltx2_dfr_recipe_rows(tiny, device))
-            except Exception as exc:
-                record({"variant": label, "error": f"{type(exc).__name__}: {exc}"[:500]})
-            free_memory()
-            continue
-        if label == "kandinsky6-sr":
-            try:
-                record(*kandinsky6_sr_rows(tiny, device))
+                record(*own_rows[label](tiny, device))
             except Exception as exc:
                 record({"variant": label, "error": f"{type(exc).__name__}: {exc}"[:500]})
             free_memory()

@@ -43,8 +43,6 @@ ADAPTER_NAME = "ic_lora"
 
 
 DFR_CLASS = "LTX2DFRPipeline"
-TEMPORAL_REFINE_CLASS = "LTX2DFRTemporalRefinePipeline"
-TEMPORAL_FACTORS = (2, 4)  # one or two temporal refine rounds
 DFR_DEFAULT_SIGMAS = 8  # len(diffusers' DISTILLED_SIGMA_VALUES), what LTX2DFRPipeline runs unless given sigmas
 
 
@@ -250,5 +248,5 @@ FAMILIES = (
         size_multiple=32, max_size=1280, default_width=768, default_height=512, default_frames=121,
         default_steps=30, default_guidance=3.0, default_fps=24.0, adapter=LTX2Adapter, audio=True,
         upsampler="LTX2LatentUpsamplePipeline", decoder="LTX2VideoDiffusionDecodePipeline",
-        temporal_upsampler=TEMPORAL_REFINE_CLASS),
+        temporal_upsampler="LTX2DFRTemporalRefinePipeline"),
 )

@@ -289,6 +289,31 @@ def test_a_start_layout_puts_each_object_where_it_starts_and_moves_it_the_asked_
                            fresh(noisy, torch.tensor([1.0]), ids[None], mask[None], layout=layout[None]))
 
 
+def test_layout_pairs_tell_which_shape_is_on_which_side_of_a_token():
+    """Two objects equally near one token, mirrored: the linear layout terms sum to the same features
+    whichever shape is on which side; with `layout_pairs` the token tells them apart."""
+    from generator.builtin.causal import ChunkDenoiser, object_ids
+
+    torch.manual_seed(0)
+    square_left = [{"colour": "red", "shape": "square", "direction": "up"},
+                   {"colour": "red", "shape": "circle", "direction": "up"}]
+    ids, mask = object_ids(square_left, 3)
+    swapped, _ = object_ids(square_left[::-1], 3)
+    layout = torch.tensor([[16.0, 24.0, 8.0, 0.0, 0.0, 0.0], [32.0, 24.0, 8.0, 0.0, 0.0, 0.0], [0.0] * 6])
+    token = 1 * 4 + 1  # the token centred at (24, 24), 8 units from each object
+    seen = {}
+    for pairs in (False, True):
+        model = ChunkDenoiser(latent_channels=4, dim=32, layers=1, heads=2, start_layout=True, layout_pairs=pairs)
+        with torch.no_grad():
+            for name, value in model.named_parameters():
+                if name.startswith("layout_"):
+                    value.normal_()
+            seen[pairs] = [model.layout_tokens(layout[None], model.shape(which[None, :, 1]), mask[None].float(),
+                                               1)[0, token] for which in (ids, swapped)]
+    assert torch.allclose(*seen[False], atol=1e-5)
+    assert (seen[True][0] - seen[True][1]).abs().max() > 0.1
+
+
 def test_the_start_layout_comes_from_the_seed_and_keeps_every_path_inside():
     from generator.builtin.backend_v3 import start_bodies
 
@@ -390,12 +415,15 @@ def test_chunk_denoiser_training_resumes_and_writes_a_loadable_pipeline(tmp_path
     shipped = ChunkDenoiser.from_pretrained(str(tmp_path / "run" / "pipeline" / "denoiser"))
     train(parse_args(args[:3] + [str(tmp_path / "again"), *args[4:], "--steps", "1", "--lr", "0",
                                  "--init-from", str(tmp_path / "run" / "pipeline"), "--start-layout",
-                                 "--context-noise", "0.5"]))
+                                 "--context-noise", "0.5", "--layout-pairs"]))
     again = ChunkDenoiser.from_pretrained(str(tmp_path / "again" / "pipeline" / "denoiser"))
     assert not shipped.config.start_layout and again.config.start_layout and again.config.context_noise
+    assert again.config.layout_pairs
     kept = again.state_dict()
     assert all(torch.equal(value, kept[name]) for name, value in shipped.state_dict().items())
-    assert all(not value.any() for name, value in kept.items() if name.startswith(("layout_", "context_level_")))
+    # the layers that add to a token start at zero (the pair MLP's hidden layer is random, read by a zero one)
+    assert all(not value.any() for name, value in kept.items()
+               if name.startswith(("layout_in", "layout_object", "layout_pair.2", "context_level_")))
     again.register_to_config(sample_context_level=0.2)  # sampling noises the context as it was trained
     again.save_pretrained(str(tmp_path / "again" / "pipeline" / "denoiser"))
     backend = BuiltinV3Backend(str(tmp_path / "again" / "pipeline"))  # a start layout, then noised context

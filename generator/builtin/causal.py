@@ -20,6 +20,9 @@ average of every place an object could be, so a step or two draws it sharp. With
 later chunks find the objects in their context frames only; with it, every chunk of a clip made from
 text gets the layout of the scene as the world moves it (`world.Body`: bounces, stops, turns, speed-ups
 as the prompt's steers ask), so an object its own flawed frames lost is drawn again where it is.
+The layout's first terms are linear in each object's offset and in its token, summed over the objects:
+where two objects are near one token the sum no longer says which offset belongs to which shape. With
+`layout_pairs` a small MLP also reads each (token, object) pair before the sum.
 
 A live video's context is its own output, whose small errors the renderer's frames never show; fed back
 chunk after chunk they compound and the objects melt. With `context_noise` the context frames are
@@ -101,7 +104,7 @@ class ChunkDenoiser(ModelMixin, ConfigMixin):
     def __init__(self, latent_channels: int = 6, latent_size: int = 16, patch: int = 4, dim: int = 160,
                  layers: int = 4, heads: int = 4, chunk: int = 4, context: int = 4, max_objects: int = 3,
                  start_layout: bool = False, context_noise: bool = False, sample_context_level: float = 0.0,
-                 scene_layout: bool = False):
+                 scene_layout: bool = False, layout_pairs: bool = False):
         super().__init__()
         tokens_per_frame = (latent_size // patch) ** 2
         self.proj_in = nn.Linear(latent_channels * patch * patch, dim)
@@ -124,7 +127,10 @@ class ChunkDenoiser(ModelMixin, ConfigMixin):
             for layer in (self.layout_in, self.layout_object):
                 nn.init.zeros_(layer.weight)
                 nn.init.zeros_(layer.bias)
-
+            if layout_pairs:
+                self.layout_pair = nn.Sequential(nn.Linear(5 + dim, dim), nn.GELU(), nn.Linear(dim, dim))
+                nn.init.zeros_(self.layout_pair[-1].weight)
+                nn.init.zeros_(self.layout_pair[-1].bias)
         if context_noise:
             self.context_level_in = nn.Linear(dim, dim)  # zero at first, as the layout layers
             nn.init.zeros_(self.context_level_in.weight)
@@ -132,7 +138,7 @@ class ChunkDenoiser(ModelMixin, ConfigMixin):
 
     @classmethod
     def grown(cls, model: "ChunkDenoiser", **options) -> "ChunkDenoiser":
-        """`model` with the layers of `options` (start_layout, context_noise) added at zero: it draws
+        """`model` with the layers of `options` (start_layout, context_noise, layout_pairs) added at zero: it draws
         as it did until they are trained."""
         # (from_config takes `_use_default_values` back to the defaults: only the settings are passed)
         settings = {k: v for k, v in model.config.items() if not k.startswith("_")}
@@ -159,7 +165,7 @@ class ChunkDenoiser(ModelMixin, ConfigMixin):
                       t: int) -> torch.Tensor:
         """Per chunk token, what the layout puts near it: for each object, the offset of its centre
         from the token's centre on that frame (moving at its velocity), its size and speed, and the
-        object itself, weighted by closeness. B x t*n x dim."""
+        object itself, weighted by closeness (and with `layout_pairs`, read together). B x t*n x dim."""
         g = self.config.latent_size // self.config.patch
         cell = CANVAS / g
         centres = (torch.arange(g, device=layout.device, dtype=layout.dtype) + 0.5) * cell
@@ -170,10 +176,15 @@ class ChunkDenoiser(ModelMixin, ConfigMixin):
         dx = (path_x[..., None, None] - centres.view(1, g)).expand(*path_x.shape, g, g)  # B x K x t x g(y) x g(x)
         dy = (path_y[..., None, None] - centres.view(g, 1)).expand(*path_y.shape, g, g)
         size = radius[..., None, None, None].expand_as(dx)
-        gate = torch.exp(-(dx**2 + dy**2) / (size + cell) ** 2) * present[..., None, None, None]
+        gate = (torch.exp(-(dx**2 + dy**2) / (size + cell) ** 2) * present[..., None, None, None])[..., None]
         features = torch.stack([torch.ones_like(dx), dx / cell, dy / cell, size / cell,
-                                speed[..., None, None, None].expand_as(dx) / 2.0], dim=-1) * gate[..., None]
-        near = self.layout_in(features) + gate[..., None] * self.layout_object(object_tokens)[:, :, None, None, None]
+                                speed[..., None, None, None].expand_as(dx) / 2.0], dim=-1)
+        near = self.layout_in(features * gate) + gate * self.layout_object(object_tokens)[:, :, None, None, None]
+        if self.config.layout_pairs:
+            # the terms above are linear in each object's offset and in its token, so where two objects
+            # are near one token their sum no longer says which offset is whose shape: this reads them together
+            each = object_tokens[:, :, None, None, None].expand(*dx.shape, -1)
+            near = near + gate * self.layout_pair(torch.cat([features, each], dim=-1))
         return near.sum(1).flatten(1, 3)  # B x t*g*g x dim, in the chunk tokens' order
 
     def forward(self, noisy: torch.Tensor, level: torch.Tensor, objects: torch.Tensor, object_mask: torch.Tensor,

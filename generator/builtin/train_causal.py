@@ -183,13 +183,15 @@ def train(args) -> dict:
     model = ChunkDenoiser(latent_channels=tokenizer.config.latent_channels, patch=args.patch, dim=args.dim,
                           layers=args.layers, heads=args.heads, chunk=args.chunk, context=args.context,
                           start_layout=args.start_layout or bool(args.scene_layout),
-                          context_noise=bool(args.context_noise), scene_layout=bool(args.scene_layout))
+                          context_noise=bool(args.context_noise), scene_layout=bool(args.scene_layout),
+                          layout_pairs=args.layout_pairs)
     saved = None
     if args.init_from and not (args.resume and os.path.exists(checkpoint_path)):
         # a shipped pipeline folder's denoiser (its EMA weights) as the starting point
         model = ChunkDenoiser.from_pretrained(os.path.join(args.init_from, "denoiser"))
         wanted = {"start_layout": args.start_layout or bool(args.scene_layout),
-                  "context_noise": bool(args.context_noise), "scene_layout": bool(args.scene_layout)}
+                  "context_noise": bool(args.context_noise), "scene_layout": bool(args.scene_layout),
+                  "layout_pairs": args.layout_pairs}
         missing = {name: True for name, on in wanted.items() if on and not model.config[name]}
         if missing:
             model = ChunkDenoiser.grown(model, **missing)
@@ -314,6 +316,8 @@ def parse_args(argv=None):
                              "--start-layout)")
     parser.add_argument("--start-layout", action="store_true",
                         help="first chunks read a start layout (where each object starts, its size and speed)")
+    parser.add_argument("--layout-pairs", action="store_true",
+                        help="each object's layout read together with its own token (the denoiser's layout_pairs)")
     parser.add_argument("--foreground-weight", type=float, default=1.0,
                         help="loss weight of the latent positions a shape covers (the background's is 1)")
     return parser.parse_args(argv)

@@ -9,6 +9,8 @@ video (`live_chunks`, the prompt read again before every chunk) are one loop.
 """
 from __future__ import annotations
 
+import copy
+import math
 import os
 import random
 from typing import Callable, Iterator, Optional
@@ -68,18 +70,47 @@ def scene_objects(prompt: str, previous: Optional[list] = None) -> list:
     return out
 
 
-def start_bodies(objects: list, seed: str) -> list:
+START_TRIES = 512  # layouts drawn per start, the first that keeps the objects apart is taken
+APART_FRAMES = 16  # a default clip
+APART_GAP = 2.0  # pixels (64-pixel canvas) between two objects' outlines
+
+
+def start_bodies(objects: list, seed: str, others: tuple = ()) -> list:
     """Where each object starts, its size and speed (`world.Body`s on the 64-pixel canvas): what a prompt
-    does not say, drawn from the seed as the training scenes draw it."""
+    does not say, drawn from the seed as the training scenes draw it, and kept apart from each other and
+    from the `others` already there for the first `APART_FRAMES` frames (else the draw that keeps them
+    furthest apart). Two objects drawn over each other from the start blend into one blob of mixed colour
+    and no shape (the denoiser never learnt which one is in front), and the prompt asked for two."""
     rng = random.Random(f"layout:{seed}")
-    bodies = []
-    for o in objects:
-        direction = o.get("direction") or rng.choice(list(world.DIRECTIONS))
-        body = world.Body(world.sample_shape(rng, 16, direction=direction))
-        if o.get("stopped"):
-            body.obey(world.Event(0, 0, "stop"))
-        bodies.append(body)
-    return bodies
+    best, best_gap = None, -float("inf")
+    for _ in range(START_TRIES):
+        bodies = []
+        for o in objects:
+            direction = o.get("direction") or rng.choice(list(world.DIRECTIONS))
+            body = world.Body(world.sample_shape(rng, 16, direction=direction))
+            if o.get("stopped"):
+                body.obey(world.Event(0, 0, "stop"))
+            bodies.append(body)
+        gap = closest_gap(list(others) + bodies, APART_FRAMES)
+        if gap > best_gap:
+            best, best_gap = bodies, gap
+        if gap >= APART_GAP:
+            break
+    return best
+
+
+def closest_gap(bodies: list, frames: int) -> float:
+    """The smallest gap (pixels) between two of the `bodies`' outlines over their next `frames` frames (a
+    square's corner and a triangle's tip reach 1.3 radii from the centre); inf for fewer than two."""
+    moving = [copy.copy(body) for body in bodies]
+    gap = float("inf")
+    for frame in range(frames):
+        for i, a in enumerate(moving):
+            for b in moving[i + 1:]:
+                gap = min(gap, math.hypot(a.x - b.x, a.y - b.y) - 1.3 * (a.radius + b.radius))
+        for body in moving:
+            body.advance()
+    return gap
 
 
 def follow_steers(bodies: list, before: list, objects: list, seed: str) -> None:
@@ -92,7 +123,7 @@ def follow_steers(bodies: list, before: list, objects: list, seed: str) -> None:
             bodies[index].obey(world.Event(0, index, "go", o["direction"]))
         if o["fast"] and not was["fast"]:
             bodies[index].obey(world.Event(0, index, "faster"))
-    bodies.extend(start_bodies(objects[len(bodies):], seed))
+    bodies.extend(start_bodies(objects[len(bodies):], seed, tuple(bodies)))
 
 
 def next_chunk(bodies: list, before: list, objects: list, frames: int, seed: str) -> None:

@@ -98,10 +98,30 @@ def test_shapes_bounce_off_the_edges_and_stay_in_view_forever():
     assert max(xs) <= 56 and xs[-1] < xs[3]  # turned back at the right edge
 
 
-def test_bounce_leaves_the_v2_world_unchanged_while_paths_stay_inside():
+def test_bounce_leaves_the_v2_world_unchanged_while_paths_stay_inside_and_apart():
+    from generator.builtin.backend_v3 import closest_gap
+
     rng = random.Random(2)
-    scenes = [world.sample_scene(rng, 16, two_shapes_prob=0.5) for _ in range(8)]
-    assert (world.render(scenes, 16, 64) - world.render(scenes, 16, 64, bounce=True)).abs().max() < 1e-4
+    scenes = [world.sample_scene(rng, 16, two_shapes_prob=0.5) for _ in range(24)]
+    apart = [scene for scene in scenes if closest_gap([world.Body(m) for m in scene], 16) >= world.BOUNCE_GAP]
+    assert 8 <= len(apart) < len(scenes)
+    assert (world.render(apart, 16, 64) - world.render(apart, 16, 64, bounce=True)).abs().max() < 1e-4
+
+
+def test_objects_bounce_off_each_other_as_off_the_edges():
+    """Head-on, side by side, and into a stopped one: each object moving towards the other turns back
+    before their outlines come within BOUNCE_GAP less a frame's move."""
+    head_on = [world.ShapeMotion("red", "circle", "right", 8, 12, 32, 1.5),
+               world.ShapeMotion("blue", "square", "left", 8, 52, 32, 1.5)]
+    crossing = [world.ShapeMotion("red", "circle", "right", 8, 12, 32, 1.5),
+                world.ShapeMotion("blue", "square", "up", 8, 34, 56, 1.0)]
+    for scene in (head_on, crossing):
+        paths = world.simulate(scene, 40)
+        gaps = [np.hypot(a[0] - b[0], a[1] - b[1]) - world.OUTLINE_REACH * 16 for a, b in zip(*paths)]
+        assert min(gaps) > world.BOUNCE_GAP - 2 * 1.5
+        assert paths[0][12][0] < paths[0][8][0]  # the red circle has turned back to the left
+    stopped = world.simulate(head_on, 40, [world.Event(0, 1, "stop")])
+    assert stopped[1][39] == stopped[1][0] and stopped[0][39][0] < max(x for x, _ in stopped[0])
 
 
 def test_events_stop_turn_and_speed_up_a_shape():
@@ -334,17 +354,17 @@ def test_the_start_layout_comes_from_the_seed_and_keeps_every_path_inside():
 def test_objects_start_apart_and_stay_apart_through_the_first_clip():
     """Drawn independently, two objects' 16-frame paths crossed in 7 of 10 starts and blended into one blob;
     three objects are kept apart too, and most objects a steer adds beside two moving ones."""
-    from generator.builtin.backend_v3 import APART_GAP, closest_gap, follow_steers, scene_objects, start_bodies
+    from generator.builtin.backend_v3 import closest_gap, follow_steers, scene_objects, start_bodies
 
     three = scene_objects("a red circle moving left, a blue square and a green triangle going up")
     added_apart = []
     for seed in range(40):
-        assert closest_gap(start_bodies(three[:2], str(seed)), 16) >= APART_GAP
-        assert closest_gap(start_bodies(three, str(seed)), 16) >= APART_GAP
+        assert closest_gap(start_bodies(three[:2], str(seed)), 16) >= world.BOUNCE_GAP
+        assert closest_gap(start_bodies(three, str(seed)), 16) >= world.BOUNCE_GAP
         bodies = start_bodies(three[:2], str(seed))
         follow_steers(bodies, three[:2], three, f"{seed}:1")
         assert len(bodies) == 3
-        added_apart.append(closest_gap(bodies, 16) >= APART_GAP)
+        added_apart.append(closest_gap(bodies, 16) >= world.BOUNCE_GAP)
     # one added beside two moving ones cannot always keep clear of both (drawn alone: 2 in 40 did)
     assert np.mean(added_apart) >= 0.8
     # the gap of two paths: their centres' distance less 1.3 radii each (side by side going up: 3 pixels)

@@ -138,6 +138,8 @@ def draw(tracks: list, num_frames: int, size: int, device=None) -> torch.Tensor:
 # ------------------------------------------------------------------ an endless world (v3)
 SPEED_UP = 1.6  # "speeds up": the speed times this
 MAX_SPEED = 3.0
+OUTLINE_REACH = 1.3  # a square's corner and a triangle's tip reach this many radii from the centre
+BOUNCE_GAP = 2.0  # pixels between two outlines where objects moving towards each other turn back
 
 
 @dataclass
@@ -182,20 +184,40 @@ class Body:
         return (self.x, self.y, self.radius, self.speed, self.vx, self.vy)
 
 
+def gap(a: Body, b: Body) -> float:
+    """Pixels between two objects' outlines (at most: measured as if both reached OUTLINE_REACH radii)."""
+    return math.hypot(a.x - b.x, a.y - b.y) - OUTLINE_REACH * (a.radius + b.radius)
+
+
+def move(bodies: list) -> None:
+    """One frame on for every object: each advances (turning back at the edges), then two that come
+    within BOUNCE_GAP of each other turn back too, each that was moving towards the other. Drawn over
+    each other, two objects blend into one blob of neither's colour and shape."""
+    for body in bodies:
+        body.advance()
+    for i, a in enumerate(bodies):
+        for b in bodies[i + 1:]:
+            if gap(a, b) >= BOUNCE_GAP:
+                continue
+            for body, dx, dy in ((a, b.x - a.x, b.y - a.y), (b, a.x - b.x, a.y - b.y)):
+                if body.vx * dx + body.vy * dy > 0:
+                    body.vx, body.vy = -body.vx, -body.vy
+
+
 def simulate(scene: list, num_frames: int, events: list = (), bodies: list | None = None) -> list:
     """Per object, its centre (x, y) at each frame on the 64-pixel canvas: it moves in a straight
-    line and bounces off the edges (its outline touches them, it turns back), obeying `events` (an
-    event at a frame acts before the move onto the next). With `bodies`, the objects' states after the
-    last frame are put there."""
+    line and bounces off the edges (its outline touches them, it turns back) and off the other
+    objects (`move`), obeying `events` (an event at a frame acts before the move onto the next).
+    With `bodies`, the objects' states after the last frame are put there."""
     moving = [Body(m) for m in scene]
     paths = [[] for _ in scene]
     for frame in range(num_frames):
         for event in events:
             if event.frame == frame:
                 moving[event.index].obey(event)
+        if frame:
+            move(moving)
         for body, path in zip(moving, paths):
-            if frame:
-                body.advance()
             path.append((body.x, body.y))
     if bodies is not None:
         bodies[:] = moving

@@ -418,7 +418,7 @@ def test_tokenizer_training_resumes_and_can_freeze_the_encoder(tmp_path):
             "8", "--ckpt-every", "2", "--threads", "1"]
     train(parse_args(tiny + ["--steps", "2"]))
     before = CausalVideoTokenizer.from_pretrained(tmp_path / "tokenizer")
-    state = train(parse_args(tiny + ["--steps", "4", "--resume", "--freeze-encoder"]))
+    state = train(parse_args(tiny + ["--steps", "4", "--resume", "--freeze-encoder", "--steepness-weight", "1"]))
     after = CausalVideoTokenizer.from_pretrained(tmp_path / "tokenizer")
     assert state["step"] == 4
     lines = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
@@ -428,6 +428,20 @@ def test_tokenizer_training_resumes_and_can_freeze_the_encoder(tmp_path):
     b, a = dict(before.named_parameters()), dict(after.named_parameters())
     assert all(torch.equal(b[name], a[name]) for name in encoder)
     assert any(not torch.equal(b[name], a[name]) for name in decoder)
+
+
+def test_the_steepness_term_asks_for_a_steep_edge_near_the_target_one_not_at_its_exact_place():
+    from generator.builtin.train_tokenizer import steepness_shortfall
+
+    def edge(at, ramp=1):
+        x = torch.arange(32, dtype=torch.float32)
+        return ((x - at) / ramp).clamp(0, 1).mul(2).sub(1).expand(1, 3, 32, 32).clone()
+
+    target = edge(16)
+    assert steepness_shortfall(target, target) == 0
+    # a step one pixel off falls short only at the far rim of the 5-pixel window; a ramp falls short across it
+    off, soft = steepness_shortfall(edge(17), target), steepness_shortfall(edge(15, ramp=3), target)
+    assert off < 0.5 < 1.0 < soft
 
 
 def test_chunk_denoiser_training_resumes_and_writes_a_loadable_pipeline(tmp_path):

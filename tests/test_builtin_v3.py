@@ -154,6 +154,20 @@ def test_tokenizer_quantizes_to_its_levels_and_passes_gradients_straight_through
     assert torch.equal(z.grad, ((z >= -1) & (z <= 1)).float())  # straight through inside the clip
 
 
+@pytest.mark.parametrize("kernel", [(1, 3, 3), (3, 1, 1), (3, 3, 3)])
+def test_the_causal_convolution_is_its_conv3d_padded_on_the_past_side_only(kernel):
+    from generator.builtin.tokenizer import CausalConv3d
+
+    conv = CausalConv3d(5, 7, kernel)
+    frames = torch.randn(2, 6, 5, 9, 9)  # frames-major: B x T x C x H x W
+    past = torch.randn(2, kernel[0] - 1, 5, 9, 9)
+    ours, kept = conv(frames, past)
+    reference = conv.conv(torch.cat([past, frames], dim=1).transpose(1, 2)).transpose(1, 2)
+    assert ours.shape == reference.shape == (2, 6, 7, 9, 9)
+    assert (ours - reference).abs().max() < 1e-4 * reference.abs().max()
+    assert kernel[0] == 1 or torch.equal(kept, frames[:, -(kernel[0] - 1):])  # what the next call pads with
+
+
 def test_a_later_latent_never_changes_an_earlier_decoded_frame_and_streaming_matches_whole_decoding():
     from generator.builtin.tokenizer import DecoderCache
 

@@ -22,7 +22,7 @@ from generator.builtin import world
 from generator.builtin.causal import ChunkDenoiser, layout_rows, object_ids, sample_levels
 from generator.builtin.info import INFO_V3
 from generator.builtin.text import parse_objects
-from generator.builtin.tokenizer import CausalVideoTokenizer, DecoderCache, ENCODER_SIZE, quantize
+from generator.builtin.tokenizer import CausalVideoTokenizer, DecoderCache, ENCODER_SIZE, decode_frames_uint8, quantize
 from generator.interface import (DEFAULT_STRENGTH, Backend, CancelCheck, Cancelled, GenerationError, GenerationRequest,
                                  GenerationResult, ModelInfo, ProgressCallback)
 from generator.postprocess import resize_frames
@@ -170,7 +170,7 @@ class CausalPipeline:
             source = source.to(device)
         if given is not None and given.shape[1]:
             history = given[None].to(device)
-            yield self._decode(history, cache)
+            yield decode_frames_uint8(tok, history[0], cache)
         index = 0
         while True:
             if should_cancel is not None and should_cancel():
@@ -216,12 +216,8 @@ class CausalPipeline:
                 x = (1 - following) * x0 + following * eps
             latents = quantize(x0, tok.config.levels)
             history = torch.cat([history, latents], dim=2)[:, :, -cfg.context:]
-            yield self._decode(latents, cache)
+            yield decode_frames_uint8(tok, latents[0], cache)
             index += 1
-
-    def _decode(self, latents: torch.Tensor, cache: DecoderCache) -> np.ndarray:
-        video = self.tokenizer.decode(latents.to(self.tokenizer.device), cache)[0].clamp(-1, 1)
-        return ((video.permute(1, 2, 3, 0) + 1.0) * 127.5).round().to(torch.uint8).cpu().numpy()
 
 
 class BuiltinV3Backend(Backend):

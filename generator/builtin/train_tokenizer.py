@@ -65,17 +65,21 @@ def quality(tokenizer: CausalVideoTokenizer, seed: int = 12345, count: int = 8, 
 
 
 def steepness_shortfall(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """How much less steep the output's steepest step is than the target's, within 2 pixels of each
-    target edge: where an edge's exact place is uncertain, L1 is lowest for a soft ramp across the
-    places it could be; this asks for one steep step somewhere near (its place is left to the L1)."""
-    def steepest(v):
-        step = F.pad((v[..., :, 1:] - v[..., :, :-1]).abs(), (0, 1)) + F.pad((v[..., 1:, :] - v[..., :-1, :]).abs(),
-                                                                             (0, 0, 0, 1))
-        return F.max_pool2d(step.amax(1, keepdim=True), 5, stride=1, padding=2)
+    """How much less steep the output's edges are than the target's, near each target edge, read as
+    `evaluate.edge_sharpness` reads an edge: the brightest channel's central-difference gradient,
+    its largest within 2 pixels. Where an edge's exact place is uncertain L1 is lowest for a soft
+    ramp; this asks for one steep step near it (its place is left to the L1). The output is clamped
+    to what a frame can show first: unclamped, overshoot past black and full brightness (ringing)
+    met the term while the edge itself stayed soft."""
+    def steepness(v):
+        value = v.clamp(-1.0, 1.0).amax(1, keepdim=True)
+        gx = F.pad(value[..., :, 2:] - value[..., :, :-2], (1, 1)) / 2
+        gy = F.pad(value[..., 2:, :] - value[..., :-2, :], (0, 0, 1, 1)) / 2
+        return F.max_pool2d((gx * gx + gy * gy + 1e-8).sqrt(), 5, stride=1, padding=2)
 
-    wanted = steepest(target)
+    wanted = steepness(target)
     near = (wanted > 0.1).float()
-    return ((wanted - steepest(output)).clamp(min=0) * near).sum() / near.sum().clamp(min=1.0)
+    return ((wanted - steepness(output)).clamp(min=0) * near).sum() / near.sum().clamp(min=1.0)
 
 
 def train(args) -> dict:

@@ -168,6 +168,17 @@ def test_the_causal_convolution_is_its_conv3d_padded_on_the_past_side_only(kerne
     assert kernel[0] == 1 or torch.equal(kept, frames[:, -(kernel[0] - 1):])  # what the next call pads with
 
 
+def test_the_decoders_resizing_is_pytorchs_nearest_and_bilinear():
+    import torch.nn.functional as F
+
+    from generator.builtin.tokenizer import _bilinear, _twice_nearest
+
+    features, colour = torch.randn(4, 8, 32, 32), torch.randn(4, 3, 16, 16)
+    assert torch.equal(_twice_nearest(features), F.interpolate(features, scale_factor=2, mode="nearest"))
+    spread = F.interpolate(colour, scale_factor=16, mode="bilinear", align_corners=False)
+    assert _bilinear(colour, 16).shape == spread.shape and (_bilinear(colour, 16) - spread).abs().max() < 1e-5
+
+
 def test_a_later_latent_never_changes_an_earlier_decoded_frame_and_streaming_matches_whole_decoding():
     from generator.builtin.tokenizer import DecoderCache
 

@@ -25,6 +25,7 @@ latent of one frame is then 16 x 16 x `latent_channels` symbols of log2(levels) 
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
@@ -111,6 +112,26 @@ def _frames(fn, x: torch.Tensor) -> torch.Tensor:
     return y.view(b, t, *y.shape[1:])
 
 
+def _twice_nearest(f: torch.Tensor) -> torch.Tensor:
+    """F.interpolate(f, scale_factor=2, mode="nearest") as a broadcast and one copy (a third of its CPU time)."""
+    n, c, h, w = f.shape
+    return f[:, :, :, None, :, None].expand(n, c, h, 2, w, 2).reshape(n, c, 2 * h, 2 * w)
+
+
+def _bilinear(f: torch.Tensor, factor: int) -> torch.Tensor:
+    """F.interpolate(f, scale_factor=factor, mode="bilinear", align_corners=False) as two small
+    matrix products (bilinear resizing is separable; a fifth of its CPU time for 16 -> 256)."""
+    rows, cols = (_linear_resize_matrix(n, factor, f.device, f.dtype) for n in f.shape[-2:])
+    return rows @ f @ cols.T
+
+
+@functools.lru_cache(maxsize=8)
+def _linear_resize_matrix(size: int, factor: int, device, dtype) -> torch.Tensor:
+    """(size * factor) x size: row i holds the weights linear resizing gives output i."""
+    impulses = torch.eye(size, dtype=torch.float64)[:, None]
+    return F.interpolate(impulses, scale_factor=factor, mode="linear", align_corners=False)[:, 0].T.to(device, dtype)
+
+
 class DecoderCache:
     """The past inputs of each causal convolution of the decoder, for streaming."""
 
@@ -185,9 +206,9 @@ class CausalVideoTokenizer(ModelMixin, ConfigMixin):
         latents = latents.transpose(1, 2).contiguous()  # frames-major inside (CausalConv3d)
         x = causal("in", self.dec_in, latents)
         x = causal("b2", self.dec_block2, x)
-        x = _frames(lambda f: self.dec_up1(F.interpolate(F.silu(f), scale_factor=2, mode="nearest")), x)
+        x = _frames(lambda f: self.dec_up1(_twice_nearest(F.silu(f))), x)
         x = causal("b1", self.dec_block1, x)
-        x = _frames(lambda f: self.dec_up0(F.interpolate(F.silu(f), scale_factor=2, mode="nearest")), x)
+        x = _frames(lambda f: self.dec_up0(_twice_nearest(F.silu(f))), x)
         x = causal("b0", self.dec_block0, x)
         x = F.silu(self.dec_norm(x))
 
@@ -198,8 +219,7 @@ class CausalVideoTokenizer(ModelMixin, ConfigMixin):
         out = _frames(head, x)
         if self.config.colour_channels:  # the mean colour, spread smoothly, plus what the network draws
             colour = latents[:, :, -self.config.colour_channels:]
-            out = out + _frames(lambda f: F.interpolate(f, scale_factor=SPATIAL_DOWN * OUTPUT_SCALE, mode="bilinear",
-                                                        align_corners=False), colour)
+            out = out + _frames(lambda f: _bilinear(f, SPATIAL_DOWN * OUTPUT_SCALE), colour)
         return out.transpose(1, 2)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:

@@ -472,6 +472,12 @@ def test_the_steepness_term_asks_for_a_steep_edge_near_the_target_one_not_at_its
     ringing[..., 12] -= 1.5
     ringing[..., 20] += 1.5
     assert torch.isclose(steepness_shortfall(ringing, target), soft)
+    # a red edge is not made steeper by a sharp step of green beside its soft ramp
+    red, soft_red = target.clone(), edge(15, ramp=3)
+    red[:, 1:] = soft_red[:, 1:] = -1.0
+    fringed = soft_red.clone()
+    fringed[:, 1] = edge(16)[:, 1]
+    assert torch.isclose(steepness_shortfall(fringed, red), steepness_shortfall(soft_red, red))
 
 
 def test_chunk_denoiser_training_resumes_and_writes_a_loadable_pipeline(tmp_path):

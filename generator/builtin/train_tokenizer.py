@@ -65,16 +65,18 @@ def quality(tokenizer: CausalVideoTokenizer, seed: int = 12345, count: int = 8, 
 
 
 def steepness_shortfall(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """How much less steep the output's edges are than the target's, near each target edge, read as
-    `evaluate.edge_sharpness` reads an edge: the brightest channel's central-difference gradient,
-    its largest within 2 pixels. Where an edge's exact place is uncertain L1 is lowest for a soft
-    ramp; this asks for one steep step near it (its place is left to the L1). The output is clamped
-    to what a frame can show first: unclamped, overshoot past black and full brightness (ringing)
-    met the term while the edge itself stayed soft."""
+    """How much less steep the output's edges are than the target's near each target edge, in each
+    colour channel: the central-difference gradient, its largest within 2 pixels (as
+    `evaluate.edge_sharpness` reads an edge). Where an edge's exact place is uncertain L1 is lowest
+    for a soft ramp; this asks for one steep step near it (its place is left to the L1). The output
+    is clamped to what a frame can show first (overshoot past black and full brightness met the
+    term while the edge stayed soft), and each channel answers for itself (read on the brightest
+    channel, a bright fringe of another colour beside a soft edge met it, and the evaluator saw a
+    colour that was not asked)."""
     def steepness(v):
-        value = v.clamp(-1.0, 1.0).amax(1, keepdim=True)
-        gx = F.pad(value[..., :, 2:] - value[..., :, :-2], (1, 1)) / 2
-        gy = F.pad(value[..., 2:, :] - value[..., :-2, :], (0, 0, 1, 1)) / 2
+        v = v.clamp(-1.0, 1.0)
+        gx = F.pad(v[..., :, 2:] - v[..., :, :-2], (1, 1)) / 2
+        gy = F.pad(v[..., 2:, :] - v[..., :-2, :], (0, 0, 1, 1)) / 2
         return F.max_pool2d((gx * gx + gy * gy + 1e-8).sqrt(), 5, stride=1, padding=2)
 
     wanted = steepness(target)

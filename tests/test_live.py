@@ -113,6 +113,11 @@ def test_a_live_job_streams_is_steered_watched_and_stopped(stack):
             assert stopping["type"] == "stopping", stopping
             done = await owner.terminal(job_id, 60)
             await viewer.terminal(job_id, 30)
+            # live_status names the prompt of the frames streamed: the new one only after its `steered`
+            mine = [m for m in viewer.seen if m.get("job_id") == job_id and m["type"] in ("live_status", "steered")]
+            told = next(i for i, m in enumerate(mine) if m["type"] == "steered")
+            assert all(m["prompt"] == RIGHT for m in mine[:told] if m["type"] == "live_status"), mine
+            assert any(m["prompt"] == UP for m in mine[told:] if m["type"] == "live_status"), mine
             return job_id, steered, latency, done, viewer
 
     job_id, steered, latency, done, viewer = run(scenario())

@@ -40,6 +40,7 @@ class LiveSession:
         self.fps = params.fps
         self.max_frames = max(1, math.floor(params.max_duration_s * params.fps + 1e-9))
         self.timeline: list = [{"from_frame": 0, "prompt": self.job.prompt}]
+        self.streamed_prompt = self.job.prompt  # what the newest streamed frames were made under
         self.stop_reason = None
         self.video = None  # the LiveVideo, for the frame count a new prompt starts at
         self.started = time.monotonic()  # generation starts (model loaded)
@@ -61,9 +62,15 @@ class LiveSession:
             self.timeline.append({"from_frame": from_frame, "prompt": asked})
             self.job.record_timeline(self.timeline)
             log.info("live job %s steered at frame %d: %r", self.job.pk, from_frame, asked[:80])
-            self.stream.when_streamed(from_frame, lambda: self.run.publish(
-                SteeredEvent(job_id=str(self.job.pk), prompt=asked, from_frame=from_frame), wait=False))
+            self.stream.when_streamed(from_frame, lambda: self.shown(asked, from_frame))
         return self.prompt
+
+    def shown(self, prompt: str, from_frame: int) -> None:
+        """The first frame made under `prompt` is streamed (the encoder thread): `steered`, and from
+        now on `live_status` names it (named when its chunk was made, it reached pages before
+        `steered` and before its frames)."""
+        self.streamed_prompt = prompt
+        self.run.publish(SteeredEvent(job_id=str(self.job.pk), prompt=prompt, from_frame=from_frame), wait=False)
 
     def streamed(self, chunk) -> None:
         """A chunk went to the stream: pace, report, and decide whether to go on."""
@@ -79,8 +86,9 @@ class LiveSession:
             rate = frames / self.fps / max(now - self.started, 1e-6)
             metrics.record_live_rate(str(self.job.pk), self.job.model, rate)
             self.run.publish(LiveStatusEvent(job_id=str(self.job.pk), realtime_factor=round(rate, 3),
-                                             lead_s=round(self.lead(frames), 3), frames=frames, prompt=self.prompt,
-                                             chunk_s=round(self.video.last_chunk_s, 3)), wait=False)
+                                             lead_s=round(self.lead(frames), 3), frames=frames,
+                                             prompt=self.streamed_prompt, chunk_s=round(self.video.last_chunk_s, 3)),
+                             wait=False)
         if self.stop_reason is None and self.job.live_commands()[1]:
             self.stop_reason = "stopped"
         # whoever received the previous chunk renewed its key for previous_ttl (the start: LIVE_IDLE_S)

@@ -136,7 +136,8 @@ class LiveStatusEvent(JobEvent):
     lead_s: float = Field(description="seconds of video made ahead of real-time playback from the first chunk")
     frames: int = Field(description="frames streamed so far")
     chunk_s: Optional[float] = Field(None, description="seconds the model took to make the last chunk")
-    prompt: str
+    prompt: str = Field(description="the prompt the newest streamed frames were made under (named after its "
+                                    "`steered`)")
 
 
 class GenerationCompleteEvent(JobEvent):
